@@ -1,0 +1,341 @@
+//! `agora devnet`: N real `agora up` processes on loopback, connected to one another.
+//!
+//! Node 0 starts alone; node i bootstraps from node i-1 and from node (i-1)/2, so the start-up
+//! graph is a chain plus a binary tree rather than a star around one node. The devnet then waits
+//! until every node has a peer and the connection graph is in one piece, prints a table, and
+//! runs until SIGINT/SIGTERM, when it stops exactly the processes it started (by pid) and
+//! waits for them. Children also get SIGTERM if the devnet process itself dies
+//! (`PR_SET_PDEATHSIG`). Data directories under `--dir` are kept, so a re-run reuses the
+//! identities; without `--dir` a temporary directory is used and removed at the end.
+
+use std::{
+    fs::{self, File},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{client::Endpoint, output::short_id};
+
+/// How long one node may take to become ready.
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the whole network may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long stopping waits before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Args, Debug)]
+pub struct DevnetArgs {
+    /// Number of nodes.
+    #[arg(long, short = 'n', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub nodes: u32,
+    /// Directory for the nodes' data directories (kept, so identities are reused).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print the node table as one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct NodeRow {
+    name: String,
+    peer_id: String,
+    pid: u32,
+    api: String,
+    data_dir: PathBuf,
+    addrs: Vec<String>,
+}
+
+struct Devnet {
+    children: Vec<(String, Child)>,
+    temp_dir: Option<PathBuf>,
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        stop_children(&mut self.children);
+        if let Some(dir) = &self.temp_dir {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+pub fn run(args: DevnetArgs) -> Result<()> {
+    let (dir, temp_dir) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let d = std::env::temp_dir().join(format!("agora-devnet-{}", std::process::id()));
+            (d.clone(), Some(d))
+        }
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let exe = std::env::current_exe().context("cannot find the agora executable")?;
+    let mut net = Devnet {
+        children: Vec::new(),
+        temp_dir,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stop = runtime.block_on(async { signals() })?;
+
+    let mut rows: Vec<NodeRow> = Vec::new();
+    for i in 0..args.nodes as usize {
+        let name = format!("node{i}");
+        let data_dir = dir.join(&name);
+        let mut bootstrap: Vec<String> = Vec::new();
+        if i > 0 {
+            for j in [i - 1, (i - 1) / 2] {
+                if let Some(addr) = tcp_addr(&rows[j]) {
+                    if !bootstrap.contains(&addr) {
+                        bootstrap.push(addr);
+                    }
+                }
+            }
+        }
+        let child = spawn_node(&exe, &data_dir, &bootstrap)?;
+        let pid = child.id();
+        net.children.push((name.clone(), child));
+        let row = wait_ready(
+            &name,
+            &data_dir,
+            pid,
+            &mut net.children.last_mut().unwrap().1,
+        )?;
+        rows.push(row);
+    }
+
+    wait_connected(&rows)?;
+    if args.json {
+        println!("{}", serde_json::json!({ "dir": dir, "nodes": rows }));
+    } else {
+        print_table(&rows, &dir);
+    }
+
+    runtime.block_on(async {
+        let mut stop = stop;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tick.tick() => {
+                    for (name, child) in net.children.iter_mut() {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            eprintln!("warning: {name} exited ({status}); see {}", dir.join(name.as_str()).join("node.log").display());
+                        }
+                    }
+                    net.children.retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_))));
+                }
+            }
+        }
+    });
+    eprintln!("stopping {} node(s)…", net.children.len());
+    let count = net.children.len();
+    stop_children(&mut net.children);
+    eprintln!("stopped {count} node(s)");
+    Ok(())
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+fn signals() -> Result<tokio::sync::oneshot::Receiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        let _ = tx.send(());
+    });
+    Ok(rx)
+}
+
+fn spawn_node(exe: &Path, data_dir: &Path, bootstrap: &[String]) -> Result<Child> {
+    fs::create_dir_all(data_dir)?;
+    // A stale api.json from a killed run must not be mistaken for this node's.
+    let _ = fs::remove_file(data_dir.join(agora_store::API_INFO_FILE));
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("node.log"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .args(["--api", "127.0.0.1:0"]);
+    for b in bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env_remove("AGORA_API")
+        .env_remove("AGORA_DATA_DIR");
+    // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))
+}
+
+fn wait_ready(name: &str, data_dir: &Path, pid: u32, child: &mut Child) -> Result<NodeRow> {
+    let deadline = Instant::now() + NODE_START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = fs::read_to_string(data_dir.join("node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!(
+                "{name} exited during start-up ({status}):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if let Ok(info) = agora_store::read_api_info(data_dir)
+            && info.pid == pid
+        {
+            let token = fs::read_to_string(&info.token_file)?.trim().to_owned();
+            let id: Value = Endpoint::new(&info.api, token).get("/v1/id")?;
+            let addrs = id["addrs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            return Ok(NodeRow {
+                name: name.to_owned(),
+                peer_id: info.peer_id,
+                pid,
+                api: info.api,
+                data_dir: data_dir.to_owned(),
+                addrs,
+            });
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name} did not become ready within {NODE_START_TIMEOUT:?}; see {}",
+                data_dir.join("node.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tcp_addr(row: &NodeRow) -> Option<String> {
+    row.addrs.iter().find(|a| a.contains("/tcp/")).cloned()
+}
+
+/// Waits until every node has a peer and all nodes form one connected graph.
+fn wait_connected(rows: &[NodeRow]) -> Result<()> {
+    if rows.len() < 2 {
+        return Ok(());
+    }
+    let endpoints: Vec<Endpoint> = rows
+        .iter()
+        .map(|r| {
+            let token = fs::read_to_string(r.data_dir.join(agora_store::TOKEN_FILE))?;
+            Ok(Endpoint::new(&r.api, token.trim().to_owned()))
+        })
+        .collect::<Result<_>>()?;
+    let index = |id: &str| rows.iter().position(|r| r.peer_id == id);
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let mut parent: Vec<usize> = (0..rows.len()).collect();
+        fn find(p: &mut Vec<usize>, i: usize) -> usize {
+            if p[i] != i {
+                let r = find(p, p[i]);
+                p[i] = r;
+            }
+            p[i]
+        }
+        let mut all_have_peers = true;
+        for (i, ep) in endpoints.iter().enumerate() {
+            let peers: Value = ep.get("/v1/peers")?;
+            let peers = peers.as_array().cloned().unwrap_or_default();
+            all_have_peers &= !peers.is_empty();
+            for p in &peers {
+                if let Some(j) = p["peer_id"].as_str().and_then(index) {
+                    let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+                    parent[a] = b;
+                }
+            }
+        }
+        let root = find(&mut parent, 0);
+        if all_have_peers && (0..rows.len()).all(|i| find(&mut parent, i) == root) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the devnet did not connect within {CONNECT_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn print_table(rows: &[NodeRow], dir: &Path) {
+    println!("agora devnet: {} node(s) in {}", rows.len(), dir.display());
+    println!();
+    println!(
+        "{:<7} {:<20} {:<8} {:<17} DATA DIR",
+        "NAME", "PEER", "PID", "API"
+    );
+    for r in rows {
+        println!(
+            "{:<7} {:<20} {:<8} {:<17} {}",
+            r.name,
+            short_id(&r.peer_id),
+            r.pid,
+            r.api,
+            r.data_dir.display()
+        );
+    }
+    let d0 = rows[0].data_dir.display();
+    println!();
+    println!("Try:");
+    println!("  agora peers  --data-dir {d0}");
+    println!("  agora status --data-dir {d0}");
+    if let Some(last) = rows.last() {
+        println!("  agora connect {} --data-dir {d0}", last.peer_id);
+    }
+    println!("  export AGORA_DATA_DIR={d0}; agora id");
+    println!();
+    println!("Logs are in each data dir's node.log. Press Ctrl-C to stop the devnet.");
+}
+
+/// SIGTERM to each child we started, then SIGKILL to those still running after the timeout.
+fn stop_children(children: &mut Vec<(String, Child)>) {
+    for (_, child) in children.iter() {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for (name, child) in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    eprintln!("{name} did not stop in time; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+    children.clear();
+}

@@ -1,0 +1,96 @@
+//! `agora`: run a node (`agora up`), talk to a running node, run a local devnet.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage error (clap's own).
+
+mod client;
+mod devnet;
+mod output;
+mod up;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "agora",
+    version,
+    about = "Agora: a peer-to-peer node. Run one with `agora up`, then talk to it with the other commands.",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node in the foreground (stop it with Ctrl-C or SIGTERM).
+    Up(up::UpArgs),
+    /// This node's peer id, listen addresses, agent version and NAT status.
+    Id(ClientArgs),
+    /// Connected peers with address, latency, protocols and direction.
+    Peers(ClientArgs),
+    /// Connect to a peer by multiaddr, or by bare peer id (found through the DHT).
+    Connect {
+        /// `/ip4/…/tcp/…/p2p/<id>` or a peer id.
+        target: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Close the connections to a peer.
+    Disconnect {
+        peer: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Uptime, peers, routing table, bandwidth and storage.
+    Status(ClientArgs),
+    /// Start N nodes on loopback, connected to one another, until Ctrl-C.
+    Devnet(devnet::DevnetArgs),
+}
+
+/// How client commands find the node.
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Data directory of the node to talk to (its api.json and api.token are read).
+    #[arg(long, env = "AGORA_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+    /// API address (`host:port`) of the node; overrides the data directory's api.json.
+    #[arg(long, env = "AGORA_API")]
+    pub api: Option<String>,
+    /// API token; by default read from the data directory.
+    #[arg(long, env = "AGORA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `$HOME/.agora`, or `./.agora` without a home directory.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".agora")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Devnet(args) => devnet::run(args),
+        Command::Id(c) => client::id(&c),
+        Command::Peers(c) => client::peers(&c),
+        Command::Connect { target, client } => client::connect(&client, &target),
+        Command::Disconnect { peer, client } => client::disconnect(&client, &peer),
+        Command::Status(c) => client::status(&c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! `agora up`: run a node in the foreground.
+//!
+//! Settings come from, in order of precedence: flags, `AGORA_*` environment variables,
+//! `<data-dir>/config.toml`, built-in defaults.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use agora_node::{CancellationToken, NodeConfig};
+use anyhow::{Context, Result};
+use clap::Args;
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"];
+pub const DEFAULT_API: &str = "127.0.0.1:7401";
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+
+#[derive(Args, Debug, Default)]
+pub struct UpArgs {
+    /// Data directory: identity, API token, database, config.toml.
+    #[arg(long, env = "AGORA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Multiaddr to listen on (repeatable). Default: TCP and QUIC on port 4001, all interfaces.
+    #[arg(long, env = "AGORA_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<Multiaddr>,
+    /// Address of the HTTP API (default 127.0.0.1:7401; port 0 picks a free one).
+    #[arg(long, env = "AGORA_API_LISTEN")]
+    pub api: Option<SocketAddr>,
+    /// Multiaddr of a peer to join the network through (repeatable).
+    #[arg(long, env = "AGORA_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// Address to announce as reachable without confirmation (repeatable), e.g. a forwarded port.
+    #[arg(long, env = "AGORA_EXTERNAL_ADDR", value_delimiter = ',')]
+    pub external_addr: Vec<Multiaddr>,
+    /// Kademlia mode: auto (server on loopback/private networks), server or client.
+    #[arg(long, env = "AGORA_KAD_MODE")]
+    pub kad_mode: Option<agora_net::KadMode>,
+    /// Discover peers on the local network with mDNS (multicast; off by default).
+    #[arg(long, env = "AGORA_MDNS")]
+    pub mdns: bool,
+    /// Ask the router for a port mapping with UPnP (off by default).
+    #[arg(long, env = "AGORA_UPNP")]
+    pub upnp: bool,
+    /// Do not act as a circuit relay for other peers.
+    #[arg(long, env = "AGORA_NO_RELAY_SERVER")]
+    pub no_relay_server: bool,
+    /// Most connections held at once.
+    #[arg(long, env = "AGORA_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+}
+
+/// `<data-dir>/config.toml`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<Vec<String>>,
+    pub api: Option<String>,
+    pub bootstrap: Option<Vec<String>>,
+    pub external_addrs: Option<Vec<String>>,
+    pub kad_mode: Option<agora_net::KadMode>,
+    pub mdns: Option<bool>,
+    pub upnp: Option<bool>,
+    pub relay_server: Option<bool>,
+    pub max_connections: Option<u32>,
+}
+
+fn parse_addrs(what: &str, raw: &[String]) -> Result<Vec<Multiaddr>> {
+    raw.iter()
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("config.toml: {what} {s:?} is not a multiaddr"))
+        })
+        .collect()
+}
+
+/// Merges flags/environment (already in `args`) over the config file over defaults.
+pub fn resolve(args: UpArgs) -> Result<NodeConfig> {
+    let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let path = data_dir.join(agora_store::CONFIG_FILE);
+    let file: FileConfig = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            toml::from_str(&text).with_context(|| format!("{} is invalid", path.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let listen = if !args.listen.is_empty() {
+        args.listen
+    } else if let Some(l) = &file.listen {
+        parse_addrs("listen", l)?
+    } else {
+        DEFAULT_LISTEN.iter().map(|a| a.parse().unwrap()).collect()
+    };
+    let api = match (args.api, &file.api) {
+        (Some(a), _) => a,
+        (None, Some(a)) => a
+            .parse()
+            .with_context(|| format!("config.toml: api {a:?} is not host:port"))?,
+        (None, None) => DEFAULT_API.parse().unwrap(),
+    };
+    let bootstrap = if args.bootstrap.is_empty() {
+        file.bootstrap.unwrap_or_default()
+    } else {
+        args.bootstrap
+    };
+    let external_addrs = if args.external_addr.is_empty() {
+        parse_addrs("external_addrs", &file.external_addrs.unwrap_or_default())?
+    } else {
+        args.external_addr
+    };
+    Ok(NodeConfig {
+        data_dir,
+        listen,
+        api,
+        bootstrap,
+        external_addrs,
+        kad_mode: args.kad_mode.or(file.kad_mode).unwrap_or_default(),
+        mdns: args.mdns || file.mdns.unwrap_or(false),
+        upnp: args.upnp || file.upnp.unwrap_or(false),
+        relay_server: !args.no_relay_server && file.relay_server.unwrap_or(true),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+    })
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = resolve(args)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signals(shutdown.clone()));
+        agora_node::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: clean shutdown. Second: exit at once.
+async fn on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    shutdown.cancel();
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    eprintln!("second signal: exiting without a clean shutdown");
+    std::process::exit(130);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "api = \"127.0.0.1:9999\"\nlisten = [\"/ip4/127.0.0.1/tcp/5555\"]\nmdns = true\nkad_mode = \"client\"\n",
+        )
+        .unwrap();
+        let from_file = resolve(UpArgs {
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.api, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(
+            from_file.listen,
+            vec!["/ip4/127.0.0.1/tcp/5555".parse().unwrap()]
+        );
+        assert!(from_file.mdns);
+        assert_eq!(from_file.kad_mode, agora_net::KadMode::Client);
+        assert!(from_file.relay_server);
+
+        let from_flags = resolve(UpArgs {
+            data_dir: Some(dir.path().into()),
+            api: Some("127.0.0.1:1".parse().unwrap()),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            kad_mode: Some(agora_net::KadMode::Server),
+            no_relay_server: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(from_flags.api, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(
+            from_flags.listen,
+            vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]
+        );
+        assert_eq!(from_flags.kad_mode, agora_net::KadMode::Server);
+        assert!(!from_flags.relay_server);
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = resolve(UpArgs {
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.api, DEFAULT_API.parse().unwrap());
+        assert_eq!(c.listen.len(), 2);
+        assert!(!c.mdns && !c.upnp);
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn bad_config_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "listen = [\"nonsense\"]\n").unwrap();
+        let err = resolve(UpArgs {
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not a multiaddr"), "{err:#}");
+        std::fs::write(dir.path().join("config.toml"), "colour = \"blue\"\n").unwrap();
+        let err = resolve(UpArgs {
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+}

@@ -1,0 +1,162 @@
+//! Request-response for application protocols, over libp2p streams.
+//!
+//! One request per stream: the requester opens a stream on the protocol, writes one frame and
+//! closes its side; the responder reads the frame, writes one frame back.
+//!
+//! A frame is a u32 big-endian length followed by that many bytes. The length is checked
+//! against [`MAX_FRAME_LEN`] before any buffer is allocated, so a peer announcing a huge frame
+//! costs us four bytes of reading, not memory.
+
+use std::{io, sync::Arc, time::Duration};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::{Error, InboundRequest};
+
+/// Largest request or response frame, in bytes.
+pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
+
+/// Reads one frame, refusing lengths above [`MAX_FRAME_LEN`] before allocating.
+pub async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Writes one frame and closes the writing side.
+pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
+    if data.len() > MAX_FRAME_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "frame of {} bytes exceeds the limit of {MAX_FRAME_LEN}",
+                data.len()
+            ),
+        ));
+    }
+    io.write_all(&(data.len() as u32).to_be_bytes()).await?;
+    io.write_all(data).await?;
+    io.close().await
+}
+
+/// Most inbound requests handled at once per protocol; streams beyond it are dropped.
+pub const MAX_INBOUND_PER_PROTOCOL: usize = 64;
+/// How long a peer has to send its request once the stream is open.
+const READ_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one request on a new stream and reads the one response, within `timeout`.
+pub(crate) async fn request(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    data: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, Error> {
+    let exchange = async {
+        let mut stream = control
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| Error::Request(e.to_string()))?;
+        write_frame(&mut stream, &data)
+            .await
+            .map_err(|e| Error::Request(format!("sending: {e}")))?;
+        read_frame(&mut stream)
+            .await
+            .map_err(|e| Error::Request(format!("receiving: {e}")))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| Error::Request(format!("no response within {timeout:?}")))?
+}
+
+/// Accepts streams of `protocol` and hands each request to `requests`, writing back the reply.
+pub(crate) fn serve(
+    mut control: libp2p_stream::Control,
+    protocol: StreamProtocol,
+    requests: mpsc::Sender<InboundRequest>,
+) -> Result<(), Error> {
+    let mut incoming = control
+        .accept(protocol.clone())
+        .map_err(|_| Error::Request(format!("{protocol} is already served")))?;
+    let slots = Arc::new(Semaphore::new(MAX_INBOUND_PER_PROTOCOL));
+    tokio::spawn(async move {
+        while let Some((peer, mut stream)) = incoming.next().await {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, %protocol, "too many inbound requests; dropping stream");
+                continue;
+            };
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let data = match tokio::time::timeout(READ_REQUEST_TIMEOUT, read_frame(&mut stream))
+                    .await
+                {
+                    Ok(Ok(data)) => data,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "bad request frame: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "request not sent in time");
+                        return;
+                    }
+                };
+                let (reply, response) = oneshot::channel();
+                if requests
+                    .try_send(InboundRequest { peer, data, reply })
+                    .is_err()
+                {
+                    tracing::debug!(%peer, "request handler busy or gone; dropping request");
+                    return;
+                }
+                if let Ok(response) = response.await
+                    && let Err(e) = write_frame(&mut stream, &response).await
+                {
+                    tracing::debug!(%peer, "cannot send response: {e}");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::io::Cursor;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let mut buf = Cursor::new(Vec::new());
+        write_frame(&mut buf, b"hello").await.unwrap();
+        let mut rd = Cursor::new(buf.into_inner());
+        assert_eq!(read_frame(&mut rd).await.unwrap(), b"hello");
+    }
+
+    #[tokio::test]
+    async fn oversized_length_is_rejected_before_allocation() {
+        let mut bytes = (u32::MAX).to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"tiny");
+        let err = read_frame(&mut Cursor::new(bytes)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_error() {
+        let mut bytes = 10u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"abc");
+        assert!(read_frame(&mut Cursor::new(bytes)).await.is_err());
+    }
+}

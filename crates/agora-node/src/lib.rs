@@ -1,0 +1,254 @@
+//! The Agora daemon.
+//!
+//! [`run`] opens and locks the data directory, loads the identity, starts the network task
+//! ([`agora_net`]), serves the HTTP API ([`api`]) on loopback, writes `api.json` once both are
+//! up, and on shutdown closes connections, remembers the peers it was connected to and removes
+//! `api.json`. Every long-lived part stops through one [`CancellationToken`].
+//!
+//! # HTTP API
+//! JSON under `/v1`, every request authenticated with `Authorization: Bearer <token>` where the
+//! token is in `<data-dir>/api.token`. Errors are `{"error": {"code", "message", "hint"?}}`.
+//!
+//! | route                  | what                                            |
+//! |------------------------|-------------------------------------------------|
+//! | `GET /v1/id`           | peer id, listen addresses, agent, NAT status     |
+//! | `GET /v1/peers`        | connected peers                                  |
+//! | `GET /v1/peers/{id}`   | one connected peer (404 if not connected)        |
+//! | `POST /v1/connect`     | `{"target": MULTIADDR or PEER_ID}`               |
+//! | `POST /v1/disconnect`  | `{"peer": PEER_ID}`                              |
+//! | `GET /v1/status`       | uptime, peers, routing table, bandwidth, storage |
+//! | `GET /v1/events`       | server-sent events of the network                |
+//! | `GET /metrics`         | Prometheus text                                  |
+
+pub mod api;
+mod metrics;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use agora_net::{KadMode, Multiaddr};
+use agora_store::{ApiInfo, DataDir, KnownPeer};
+pub use tokio_util::sync::CancellationToken;
+
+/// How often the peers we are connected to are written to the database.
+const SAVE_PEERS_INTERVAL: Duration = Duration::from_secs(30);
+/// How long start-up waits for the network to report its listen addresses.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Everything `agora up` can be told.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub api: SocketAddr,
+    /// Bootstrap addresses as given; malformed ones are reported and skipped.
+    pub bootstrap: Vec<String>,
+    pub external_addrs: Vec<Multiaddr>,
+    pub kad_mode: KadMode,
+    pub mdns: bool,
+    pub upnp: bool,
+    pub relay_server: bool,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] agora_store::Error),
+    #[error("{0}")]
+    Network(String),
+    #[error("cannot serve the API on {addr}: {source}{hint}", hint = if source.kind() == std::io::ErrorKind::AddrInUse { "; pass another --api (127.0.0.1:0 picks a free port) or stop the other `agora up`" } else { "" })]
+    Api {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "the network did not report any listen address within {0:?}; check the --listen addresses"
+    )]
+    NoListenAddr(Duration),
+}
+
+/// State shared by the API handlers.
+pub struct Node {
+    pub net: agora_net::Handle,
+    pub data_dir: Arc<DataDir>,
+    pub token: String,
+    pub started: Instant,
+    pub metrics: metrics::Metrics,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs a node until `shutdown` is cancelled. Returns once the node has stopped cleanly.
+pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
+    let keypair = data_dir.load_or_create_identity()?;
+    let token = data_dir.load_or_create_token()?;
+    let db = Arc::new(data_dir.open_db()?);
+    let known: Vec<_> = db
+        .known_peers()
+        .map_err(agora_store::Error::from)?
+        .into_iter()
+        .map(|p| (p.peer_id, p.addrs))
+        .collect();
+    if !known.is_empty() {
+        tracing::info!(
+            count = known.len(),
+            "redialing peers known from earlier runs"
+        );
+    }
+
+    let mut bootstrap = Vec::new();
+    for raw in &config.bootstrap {
+        match raw.parse::<Multiaddr>() {
+            Ok(addr) => bootstrap.push(addr),
+            Err(e) => tracing::warn!(
+                "ignoring malformed bootstrap address {raw:?}: {e} (expected e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...)"
+            ),
+        }
+    }
+
+    let mut net_config = agora_net::Config::new(config.listen.clone())
+        .with_bootstrap(bootstrap)
+        .with_known_peers(known)
+        .with_kad_mode(config.kad_mode);
+    net_config.external_addrs = config.external_addrs.clone();
+    net_config.mdns = config.mdns;
+    net_config.upnp = config.upnp;
+    net_config.relay_server = config.relay_server;
+    net_config.max_connections = config.max_connections;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let (net, event_loop) = agora_net::new(keypair, net_config, &mut registry).map_err(|e| {
+        let mut msg = e.to_string();
+        if msg.contains("in use") {
+            msg.push_str(
+                "; pass another --listen (port 0 picks a free one) or stop the other `agora up`",
+            );
+        }
+        Error::Network(msg)
+    })?;
+    let metrics = metrics::Metrics::new(registry, event_loop.bandwidth());
+    let net_task = tokio::spawn(event_loop.run());
+
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(|source| Error::Api {
+            addr: config.api,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| Error::Api {
+        addr: config.api,
+        source,
+    })?;
+    if !api_addr.ip().is_loopback() {
+        tracing::warn!(%api_addr, "the API listens on a non-loopback address; anyone who can reach it and has the token controls this node");
+    }
+
+    // Ready means: the network listens, so the addresses in `agora id` are real.
+    let deadline = Instant::now() + LISTEN_WAIT;
+    let info = loop {
+        let info = net
+            .local_info()
+            .await
+            .map_err(|e| Error::Network(e.to_string()))?;
+        if !info.addrs.is_empty() || config.listen.is_empty() {
+            break info;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::NoListenAddr(LISTEN_WAIT));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let node = Arc::new(Node {
+        net: net.clone(),
+        data_dir: data_dir.clone(),
+        token,
+        started: Instant::now(),
+        metrics,
+        shutdown: shutdown.clone(),
+    });
+    let app = api::router(node.clone());
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        }
+    });
+
+    data_dir.write_api_info(&ApiInfo {
+        api: api_addr.to_string(),
+        peer_id: info.peer_id.clone(),
+        pid: std::process::id(),
+        token_file: data_dir.file(agora_store::TOKEN_FILE),
+    })?;
+    tracing::info!(peer_id = %info.peer_id, api = %api_addr, "agora node ready");
+    for addr in &info.addrs {
+        tracing::info!("reachable at {addr}");
+    }
+
+    // Remember connected peers now and then, so a kill -9 loses at most one interval.
+    let saver = tokio::spawn({
+        let (net, db, shutdown) = (net.clone(), db.clone(), shutdown.clone());
+        async move {
+            let mut tick = tokio::time::interval(SAVE_PEERS_INTERVAL);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                if let Ok(peers) = net.known_peers().await {
+                    save_peers(&db, peers).await;
+                }
+            }
+        }
+    });
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    data_dir.remove_api_info();
+    let _ = saver.await;
+    match net.shutdown().await {
+        Ok(peers) => save_peers(&db, peers).await,
+        Err(e) => tracing::warn!("network did not stop cleanly: {e}"),
+    }
+    let _ = net_task.await;
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!("API server error: {e}"),
+        Err(_) => tracing::warn!("API connections did not close within 5 s"),
+        _ => {}
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn save_peers(db: &Arc<agora_store::Db>, peers: Vec<agora_net::KnownPeerAddrs>) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let peers: Vec<KnownPeer> = peers
+        .into_iter()
+        .map(|(peer_id, addrs)| KnownPeer {
+            peer_id,
+            addrs,
+            last_seen: now,
+        })
+        .collect();
+    if peers.is_empty() {
+        return;
+    }
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || db.save_peers(&peers)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot save known peers: {e}"),
+        Err(e) => tracing::warn!("cannot save known peers: {e}"),
+    }
+}
