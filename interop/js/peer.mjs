@@ -91,12 +91,26 @@ function waitFor (target, events, predicate) {
   })
 }
 
+// rust-libp2p's ping handler serves one inbound ping stream per connection at a time and
+// resets the older one when a second opens. Our kad-dht pings the remote on its own (before it
+// enters the routing table), which can race with our explicit pings: retry a reset once or twice.
+async function pingOnce (node, remote) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await node.services.ping.ping(remote)
+    } catch (err) {
+      if (attempt >= 3 || !String(err?.message ?? err).includes('reset')) throw err
+      step(`ping attempt ${attempt} was reset; retrying`)
+    }
+  }
+}
+
 async function identifyPing (node, remote, identified) {
   step('waiting for identify')
   const id = await identified
   step('pinging')
   const rtt = []
-  for (let i = 0; i < 3; i++) rtt.push(await node.services.ping.ping(remote))
+  for (let i = 0; i < 3; i++) rtt.push(await pingOnce(node, remote))
   return {
     ok: true,
     local_peer_id: node.peerId.toString(),

@@ -94,10 +94,10 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         let mut bootstrap: Vec<String> = Vec::new();
         if i > 0 {
             for j in [i - 1, (i - 1) / 2] {
-                if let Some(addr) = tcp_addr(&rows[j]) {
-                    if !bootstrap.contains(&addr) {
-                        bootstrap.push(addr);
-                    }
+                if let Some(addr) = tcp_addr(&rows[j])
+                    && !bootstrap.contains(&addr)
+                {
+                    bootstrap.push(addr);
                 }
             }
         }

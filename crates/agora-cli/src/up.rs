@@ -132,6 +132,7 @@ pub fn run(args: UpArgs) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = resolve(args)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -125,7 +125,7 @@ pub(crate) fn build(
             .listen_on(addr.clone())
             .map_err(|e| BuildError::Listen {
                 addr: addr.clone(),
-                reason: e.to_string(),
+                reason: error_chain(&e),
             })?;
     }
     for addr in &config.external_addrs {
@@ -716,6 +716,20 @@ fn peer_info(id: &PeerId, state: &PeerState) -> PeerInfo {
         listen_addrs: state.listen_addrs.iter().map(|a| a.to_string()).collect(),
         connected_secs: oldest.map(|(_, _, s)| s.elapsed().as_secs()).unwrap_or(0),
     }
+}
+
+/// An error and its sources, `outer: inner: innermost`, skipping empty messages.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.contains(&text) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 /// The peer id in a trailing `/p2p/<id>`, if any.

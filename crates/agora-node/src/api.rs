@@ -104,6 +104,13 @@ impl From<agora_net::Error> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request bodies are limited to {MAX_BODY} bytes"),
+            );
+        }
         Self::bad_request(format!("invalid JSON body: {}", r.body_text()))
     }
 }

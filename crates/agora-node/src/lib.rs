@@ -124,7 +124,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let mut registry = prometheus_client::registry::Registry::default();
     let (net, event_loop) = agora_net::new(keypair, net_config, &mut registry).map_err(|e| {
         let mut msg = e.to_string();
-        if msg.contains("in use") {
+        if matches!(e, agora_net::BuildError::Listen { .. }) {
             msg.push_str(
                 "; pass another --listen (port 0 picks a free one) or stop the other `agora up`",
             );

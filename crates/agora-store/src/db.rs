@@ -137,7 +137,7 @@ impl Db {
                 last_seen: record.last_seen,
             });
         }
-        out.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+        out.sort_by_key(|p| std::cmp::Reverse(p.last_seen));
         Ok(out)
     }
 }

@@ -1,0 +1,103 @@
+//! Interoperability with an independent libp2p implementation: js-libp2p (interop/js) dials an
+//! agora node over TCP, identifies it, pings it and uses its Kademlia DHT.
+
+use std::{path::PathBuf, process::Command, sync::Mutex};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+fn js_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop/js")
+}
+
+/// Installs the pinned js-libp2p packages once (`npm ci`), as the test's own setup.
+fn ensure_js_deps() {
+    static DONE: Mutex<bool> = Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if *done || js_dir().join("node_modules/libp2p").exists() {
+        *done = true;
+        return;
+    }
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(js_dir())
+        .output()
+        .expect("npm is needed for the interop test (Node.js >= 20)");
+    assert!(
+        out.status.success(),
+        "npm ci in interop/js failed:\n{}",
+        stderr(&out)
+    );
+    *done = true;
+}
+
+fn js_peer(args: &[&str]) -> Value {
+    ensure_js_deps();
+    let out = Command::new("node")
+        .arg("peer.mjs")
+        .args(args)
+        .current_dir(js_dir())
+        .env("INTEROP_TIMEOUT_MS", "25000")
+        .output()
+        .expect("node is needed for the interop test");
+    let text = stdout(&out);
+    let last = text.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(last)
+        .unwrap_or_else(|_| panic!("js peer printed no JSON:\n{text}\n{}", stderr(&out)));
+    assert!(
+        out.status.success() && v["ok"] == true,
+        "js peer failed: {v}\n{}",
+        stderr(&out)
+    );
+    v
+}
+
+#[test]
+fn js_libp2p_dials_identifies_and_pings_an_agora_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let v = js_peer(&["identify-ping", &node.tcp_addr()]);
+    assert_eq!(v["remote_peer_id"], node.peer_id.as_str());
+    assert!(
+        v["agent_version"].as_str().unwrap().starts_with("agora/"),
+        "{v}"
+    );
+    let protocols: Vec<&str> = v["protocols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for p in [
+        "/ipfs/id/1.0.0",
+        "/ipfs/ping/1.0.0",
+        "/agora/kad/1.0.0",
+        "/meshsub/1.1.0",
+    ] {
+        assert!(protocols.contains(&p), "{p} missing from {protocols:?}");
+    }
+    assert_eq!(v["rtt_ms"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn js_libp2p_finds_a_peer_through_the_agora_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&dir.path().join("a"), &[]);
+    let b = Node::start(&dir.path().join("b"), &["--bootstrap", &a.tcp_addr()]);
+    wait_for("a's routing table to hold b", WAIT, || {
+        let (_, s) = a.get("/v1/status");
+        (s["routing_table_size"].as_u64()? >= 1).then_some(())
+    });
+    let v = js_peer(&["kad-find", &a.tcp_addr(), &b.peer_id]);
+    assert_eq!(v["target"], b.peer_id.as_str());
+    let b_port = b.tcp_addr().split('/').nth(4).unwrap().to_owned();
+    assert!(
+        v["addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str().unwrap().contains(&format!("/tcp/{b_port}"))),
+        "{v}"
+    );
+}

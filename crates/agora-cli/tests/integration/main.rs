@@ -1,0 +1,9 @@
+//! Integration tests: real `agora` processes over real loopback sockets.
+
+mod api;
+mod cli;
+mod common;
+mod devnet;
+mod hostile;
+mod interop;
+mod network;
