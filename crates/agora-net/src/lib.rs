@@ -29,7 +29,7 @@
 //! let mut registry = prometheus_client::registry::Registry::default();
 //! let (handle, event_loop) = agora_net::new(key, config, &mut registry)?;
 //! tokio::spawn(event_loop.run());
-//! println!("{:?}", handle.local_info().await?.listen_addrs);
+//! println!("{:?}", handle.local_info().await?.addrs);
 //! # Ok(()) }
 //! ```
 
