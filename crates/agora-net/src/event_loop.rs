@@ -72,6 +72,8 @@ pub struct EventLoop {
     connects: HashMap<PeerId, (ConnectStage, Vec<ConnectReply>)>,
     lookups: HashMap<kad::QueryId, PeerId>,
     topics: HashMap<TopicHash, mpsc::Sender<GossipMessage>>,
+    /// Dials of `--bootstrap` addresses, to warn clearly when one fails.
+    bootstrap_dials: HashMap<ConnectionId, Multiaddr>,
     nat: NatState,
     kad_mode: &'static str,
     shutdown: Option<(oneshot::Sender<Vec<KnownPeerAddrs>>, Vec<KnownPeerAddrs>)>,
@@ -140,6 +142,7 @@ pub(crate) fn build(
             tracing::debug!(%peer, "cannot redial known peer: {e}");
         }
     }
+    let mut bootstrap_dials = HashMap::new();
     for addr in &config.bootstrap {
         let opts = match peer_id_of(addr) {
             Some(peer) => {
@@ -153,8 +156,12 @@ pub(crate) fn build(
             }
             None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
         };
-        if let Err(e) = swarm.dial(opts) {
-            tracing::warn!(%addr, "cannot dial bootstrap address: {e}");
+        let id = opts.connection_id();
+        match swarm.dial(opts) {
+            Ok(()) => {
+                bootstrap_dials.insert(id, addr.clone());
+            }
+            Err(e) => tracing::warn!(%addr, "cannot dial bootstrap address: {e}"),
         }
     }
 
@@ -178,6 +185,7 @@ pub(crate) fn build(
         connects: HashMap::new(),
         lookups: HashMap::new(),
         topics: HashMap::new(),
+        bootstrap_dials,
         nat: NatState::Unknown,
         kad_mode,
         shutdown: None,
@@ -471,6 +479,7 @@ impl EventLoop {
                 if let Some(reply) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
+                self.bootstrap_dials.remove(&connection_id);
                 if let Some((stage, _)) = self.connects.get(&peer_id) {
                     let via = match stage {
                         ConnectStage::Dialing => "dialed",
@@ -514,6 +523,12 @@ impl EventLoop {
                 });
                 if let Some(reply) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Err(Error::Dial(error.to_string())));
+                }
+                if let Some(addr) = self.bootstrap_dials.remove(&connection_id) {
+                    tracing::warn!(
+                        "bootstrap peer {addr} is unreachable ({}); running on with the peers known from earlier runs, if any",
+                        error_chain(&error)
+                    );
                 }
                 let Some(peer) = peer_id else { return };
                 if self.swarm.is_connected(&peer) {

@@ -36,6 +36,8 @@ pub use tokio_util::sync::CancellationToken;
 
 /// How often the peers we are connected to are written to the database.
 const SAVE_PEERS_INTERVAL: Duration = Duration::from_secs(30);
+/// How long after a newly identified peer the known peers are saved (batching bursts).
+const SAVE_PEERS_DEBOUNCE: Duration = Duration::from_millis(500);
 /// How long start-up waits for the network to report its listen addresses.
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
 
@@ -132,6 +134,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         Error::Network(msg)
     })?;
     let metrics = metrics::Metrics::new(registry, event_loop.bandwidth());
+    // Subscribed before the loop runs, so the first connections (bootstrap) are not missed.
+    let mut saver_events = net.events();
     let net_task = tokio::spawn(event_loop.run());
 
     let listener = tokio::net::TcpListener::bind(config.api)
@@ -193,17 +197,38 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         tracing::info!("reachable at {addr}");
     }
 
-    // Remember connected peers now and then, so a kill -9 loses at most one interval.
+    // Remember connected peers soon after each new connection (debounced) and every
+    // SAVE_PEERS_INTERVAL, so that a kill -9 loses little.
     let saver = tokio::spawn({
         let (net, db, shutdown) = (net.clone(), db.clone(), shutdown.clone());
         async move {
             let mut tick = tokio::time::interval(SAVE_PEERS_INTERVAL);
             tick.tick().await;
+            let mut due: Option<tokio::time::Instant> = None;
             loop {
+                let debounce = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = tick.tick() => {}
+                    () = debounce => {}
+                    event = saver_events.recv() => {
+                        match event {
+                            Ok(agora_net::Event::PeerIdentified { .. })
+                            | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                due.get_or_insert(tokio::time::Instant::now() + SAVE_PEERS_DEBOUNCE);
+                            }
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
+                        continue;
+                    }
                     () = shutdown.cancelled() => return,
                 }
+                due = None;
                 if let Ok(peers) = net.known_peers().await {
                     save_peers(&db, peers).await;
                 }
