@@ -441,7 +441,14 @@ impl EventLoop {
                 });
             }
             SwarmEvent::ListenerError { error, .. } => {
-                tracing::warn!("listener error: {error}");
+                tracing::warn!("listener error: {}", error_chain(&error));
+            }
+            SwarmEvent::ListenerClosed {
+                addresses,
+                reason: Err(error),
+                ..
+            } => {
+                tracing::warn!(?addresses, "stopped listening: {}", error_chain(&error));
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,

@@ -54,7 +54,21 @@ impl Node {
         Self::ready(dir, child)
     }
 
+    /// Starts a node that listens only on `listen`.
+    pub fn start_listening(dir: &Path, listen: &[String], extra: &[&str]) -> Node {
+        let child = Self::spawn_with(dir, listen, extra);
+        Self::ready(dir, child)
+    }
+
     pub fn spawn(dir: &Path, extra: &[&str]) -> Child {
+        let loopback = [
+            "/ip4/127.0.0.1/tcp/0".to_owned(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".to_owned(),
+        ];
+        Self::spawn_with(dir, &loopback, extra)
+    }
+
+    pub fn spawn_with(dir: &Path, listen: &[String], extra: &[&str]) -> Child {
         fs::create_dir_all(dir).unwrap();
         let _ = fs::remove_file(dir.join("api.json"));
         let log = fs::File::options()
@@ -66,8 +80,7 @@ impl Node {
             .arg("up")
             .arg("--data-dir")
             .arg(dir)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+            .args(listen.iter().flat_map(|l| ["--listen", l.as_str()]))
             .args(["--api", "127.0.0.1:0"])
             .args(extra)
             .stdout(log.try_clone().unwrap())
@@ -235,6 +248,15 @@ impl Drop for Node {
         }
         self.kill9();
     }
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn signal(pid: u32, sig: i32) {

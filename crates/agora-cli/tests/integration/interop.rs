@@ -101,3 +101,88 @@ fn js_libp2p_finds_a_peer_through_the_agora_dht() {
         "{v}"
     );
 }
+
+/// An in-process agora-net node (gossip has no CLI yet; applications will put it to use).
+async fn gossip_node() -> (agora_net::Handle, String) {
+    let config = agora_net::Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]);
+    let (handle, event_loop) = agora_net::new(
+        libp2p::identity::Keypair::generate_ed25519(),
+        config,
+        &mut libp2p::metrics::Registry::default(),
+    )
+    .unwrap();
+    tokio::spawn(event_loop.run());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(addr) = handle.local_info().await.unwrap().addrs.first() {
+            return (handle.clone(), addr.clone());
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossipsub_messages_flow_between_js_libp2p_and_agora() {
+    use agora_net::MessageAcceptance;
+    use tokio::{io::AsyncBufReadExt, sync::mpsc};
+
+    tokio::task::spawn_blocking(ensure_js_deps).await.unwrap();
+    let (node, addr) = gossip_node().await;
+    let (tx, mut rx) = mpsc::channel(16);
+    node.subscribe("agora-interop", tx).await.unwrap();
+
+    // js → agora: the message arrives signed by the js peer and is accepted.
+    let sent = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || js_peer(&["gossip-send", &addr, "agora-interop", "hello from js"])
+    });
+    let msg = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.data, b"hello from js");
+    assert!(msg.author.is_some());
+    node.validate(msg.id, msg.source, MessageAcceptance::Accept)
+        .await
+        .unwrap();
+    sent.await.unwrap();
+
+    // agora → js.
+    let mut js = tokio::process::Command::new("node")
+        .args(["peer.mjs", "gossip-recv", &addr, "agora-interop"])
+        .current_dir(js_dir())
+        .env("INTEROP_TIMEOUT_MS", "25000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(js.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("{\"ready\":true}"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while node
+        .publish("agora-interop", b"hello from agora".to_vec())
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no gossip peer to publish to"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["data"], "hello from agora");
+    assert_eq!(v["from"], node.local_peer_id().to_string());
+    assert!(js.wait().await.unwrap().success());
+}

@@ -183,3 +183,36 @@ fn kill9_then_restart_keeps_identity_and_reconnects_to_known_peers() {
     assert_eq!(b.peer_id, b_id);
     wait_connected(&b, &a);
 }
+
+#[test]
+fn a_peer_behind_a_relay_is_reached_through_the_circuit() {
+    let dir = tempfile::tempdir().unwrap();
+    // The relay announces its address (on a public network AutoNAT would confirm it).
+    let relay_addr = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let relay = Node::start_listening(
+        &dir.path().join("relay"),
+        std::slice::from_ref(&relay_addr),
+        &["--external-addr", &relay_addr],
+    );
+    let circuit = format!("{}/p2p-circuit", relay.tcp_addr());
+    // This peer has no listen address of its own: it is reachable only through the relay.
+    let hidden = Node::start_listening(
+        &dir.path().join("hidden"),
+        std::slice::from_ref(&circuit),
+        &[],
+    );
+    assert!(
+        hidden.addrs.iter().all(|a| a.contains("/p2p-circuit/")),
+        "{:?}",
+        hidden.addrs
+    );
+    let dialer = Node::start(&dir.path().join("dialer"), &[]);
+    let target = format!("{circuit}/p2p/{}", hidden.peer_id);
+    let (status, body) = dialer.post("/v1/connect", &json!({ "target": target }));
+    assert_eq!(status, 200, "{body}");
+    let (_, peer) = dialer.get(&format!("/v1/peers/{}", hidden.peer_id));
+    assert!(
+        peer["addrs"][0].as_str().unwrap().contains("/p2p-circuit"),
+        "{peer}"
+    );
+}
