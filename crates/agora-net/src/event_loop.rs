@@ -133,35 +133,56 @@ pub(crate) fn build(
     for addr in &config.external_addrs {
         swarm.add_external_address(addr.clone());
     }
-    for (peer, addrs) in &config.known_peers {
-        for addr in addrs {
-            swarm.behaviour_mut().kad.add_address(peer, addr.clone());
-        }
-        let opts = DialOpts::peer_id(*peer).addresses(addrs.clone()).build();
-        if let Err(e) = swarm.dial(opts) {
-            tracing::debug!(%peer, "cannot redial known peer: {e}");
-        }
-    }
+    // One dial per peer with every address we have for it, bootstrap addresses first: two
+    // dials to one peer would refuse each other (a peer is dialed only while not dialing), and
+    // a remembered address may be stale while the bootstrap one is fresh.
     let mut bootstrap_dials = HashMap::new();
+    let mut by_peer: Vec<(PeerId, Vec<Multiaddr>, bool)> = Vec::new();
     for addr in &config.bootstrap {
-        let opts = match peer_id_of(addr) {
+        match peer_id_of(addr) {
             Some(peer) => {
                 swarm
                     .behaviour_mut()
                     .kad
                     .add_address(&peer, without_p2p(addr));
-                DialOpts::peer_id(peer)
-                    .addresses(vec![addr.clone()])
-                    .build()
+                match by_peer.iter_mut().find(|(p, ..)| *p == peer) {
+                    Some((_, addrs, _)) => addrs.push(addr.clone()),
+                    None => by_peer.push((peer, vec![addr.clone()], true)),
+                }
             }
-            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
-        };
+            None => {
+                let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                let id = opts.connection_id();
+                match swarm.dial(opts) {
+                    Ok(()) => {
+                        bootstrap_dials.insert(id, addr.clone());
+                    }
+                    Err(e) => tracing::warn!(%addr, "cannot dial bootstrap address: {e}"),
+                }
+            }
+        }
+    }
+    for (peer, addrs) in &config.known_peers {
+        for addr in addrs {
+            swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+        }
+        match by_peer.iter_mut().find(|(p, ..)| p == peer) {
+            Some((_, known, _)) => known.extend(addrs.iter().cloned()),
+            None => by_peer.push((*peer, addrs.clone(), false)),
+        }
+    }
+    for (peer, addrs, is_bootstrap) in by_peer {
+        let first = addrs.first().cloned();
+        let opts = DialOpts::peer_id(peer).addresses(addrs).build();
         let id = opts.connection_id();
         match swarm.dial(opts) {
             Ok(()) => {
-                bootstrap_dials.insert(id, addr.clone());
+                if let (true, Some(addr)) = (is_bootstrap, first) {
+                    bootstrap_dials.insert(id, addr);
+                }
             }
-            Err(e) => tracing::warn!(%addr, "cannot dial bootstrap address: {e}"),
+            Err(e) if is_bootstrap => tracing::warn!(%peer, "cannot dial bootstrap peer: {e}"),
+            Err(e) => tracing::debug!(%peer, "cannot redial known peer: {e}"),
         }
     }
 
