@@ -94,6 +94,15 @@ pub fn peers(v: &Value) -> String {
             p["agent_version"].as_str().unwrap_or("?"),
             addr
         ));
+        let protocols: Vec<&str> = p["protocols"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !protocols.is_empty() {
+            out.push_str(&format!("\n    protocols: {}", protocols.join(" ")));
+        }
     }
     out.push_str(&format!("\n{} peer(s)", list.len()));
     out

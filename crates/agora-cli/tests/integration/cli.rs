@@ -1,6 +1,17 @@
 //! The command line: usage errors, missing nodes, locked data dirs, bad bootstrap addresses.
 
+use std::{path::Path, process::Output};
+
 use crate::common::*;
+
+/// `agora up` that is expected to fail at start-up (it would run forever otherwise).
+fn up_once(dir: &Path, listen: &str, api: &str) -> Output {
+    agora()
+        .args(["up", "--listen", listen, "--api", api, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
 
 #[test]
 fn usage_errors_exit_2() {
@@ -83,18 +94,7 @@ fn env_vars_and_wrong_token() {
 fn a_locked_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
-    let out = agora()
-        .args([
-            "up",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = up_once(dir.path(), "/ip4/127.0.0.1/tcp/0", "127.0.0.1:0");
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -109,11 +109,7 @@ fn a_locked_data_dir_is_refused() {
 #[test]
 fn bad_bootstrap_addresses_warn_but_the_node_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = free_port();
     let node = Node::start(
         dir.path(),
         &[
@@ -131,24 +127,18 @@ fn bad_bootstrap_addresses_warn_but_the_node_starts() {
         log.contains("ignoring malformed bootstrap address \"garbage\""),
         "{log}"
     );
+    let log = wait_for("the unreachable bootstrap warning", WAIT, || {
+        let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+        log.contains("is unreachable").then_some(log)
+    });
+    assert!(log.contains(&format!("/tcp/{closed}")), "{log}");
 }
 
 #[test]
 fn corrupt_identity_is_refused_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("identity.key"), b"garbage").unwrap();
-    let out = agora()
-        .args([
-            "up",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = up_once(dir.path(), "/ip4/127.0.0.1/tcp/0", "127.0.0.1:0");
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is corrupt"), "{}", stderr(&out));
     assert_eq!(
@@ -162,37 +152,21 @@ fn busy_listen_port_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let out = agora()
-        .args([
-            "up",
-            "--listen",
-            &format!("/ip4/127.0.0.1/tcp/{port}"),
-            "--api",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = up_once(
+        dir.path(),
+        &format!("/ip4/127.0.0.1/tcp/{port}"),
+        "127.0.0.1:0",
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("--listen"), "{err}");
-    let out = agora()
-        .args([
-            "up",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("pass another --api"),
-        "{}",
-        stderr(&out)
+    assert!(err.contains("Address already in use"), "{err}");
+    assert!(err.contains("pass another --listen"), "{err}");
+    let out = up_once(
+        dir.path(),
+        "/ip4/127.0.0.1/tcp/0",
+        &format!("127.0.0.1:{port}"),
     );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("pass another --api"), "{err}");
 }

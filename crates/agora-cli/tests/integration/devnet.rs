@@ -15,15 +15,17 @@ fn start_devnet(dir: &std::path::Path, n: &str) -> (std::process::Child, Value) 
         .args(["devnet", "--nodes", n, "--json", "--dir"])
         .arg(dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.with_extension("stderr")).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let v: Value = serde_json::from_str(&line)
-        .unwrap_or_else(|_| panic!("devnet did not print its table: {line:?}"));
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+        let err = std::fs::read_to_string(dir.with_extension("stderr")).unwrap_or_default();
+        panic!("devnet did not print its table: {line:?}\n{err}")
+    });
     (child, v)
 }
 
