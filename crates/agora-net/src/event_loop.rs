@@ -60,6 +60,18 @@ enum ConnectStage {
 
 type ConnectReply = oneshot::Sender<Result<ConnectOutcome, Error>>;
 
+/// A Kademlia query someone waits for.
+enum PendingQuery {
+    /// Looking up a peer for [`Handle::connect`].
+    Connect(PeerId),
+    ClosestPeers(oneshot::Sender<Result<Vec<PeerId>, Error>>),
+    Providers {
+        reply: oneshot::Sender<Result<Vec<PeerId>, Error>>,
+        found: Vec<PeerId>,
+        max: usize,
+    },
+}
+
 /// The network task. Run it with [`EventLoop::run`].
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -70,7 +82,7 @@ pub struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, Error>>>,
     connects: HashMap<PeerId, (ConnectStage, Vec<ConnectReply>)>,
-    lookups: HashMap<kad::QueryId, PeerId>,
+    queries: HashMap<kad::QueryId, PendingQuery>,
     topics: HashMap<TopicHash, mpsc::Sender<GossipMessage>>,
     /// Dials of `--bootstrap` addresses, to warn clearly when one fails.
     bootstrap_dials: HashMap<ConnectionId, Multiaddr>,
@@ -204,7 +216,7 @@ pub(crate) fn build(
         peers: HashMap::new(),
         dials: HashMap::new(),
         connects: HashMap::new(),
-        lookups: HashMap::new(),
+        queries: HashMap::new(),
         topics: HashMap::new(),
         bootstrap_dials,
         nat: NatState::Unknown,
@@ -340,6 +352,41 @@ impl EventLoop {
                     .gossipsub
                     .report_message_validation_result(&id, &source, acceptance);
             }
+            Command::Provide(key, reply) => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(kad::RecordKey::new(&key))
+                    .map(|_| ())
+                    .map_err(|e| Error::Dht(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::StopProviding(key) => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .stop_providing(&kad::RecordKey::new(&key));
+            }
+            Command::FindProviders(key, max, reply) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key));
+                self.queries.insert(
+                    id,
+                    PendingQuery::Providers {
+                        reply,
+                        found: Vec::new(),
+                        max: max.max(1),
+                    },
+                );
+            }
+            Command::ClosestPeers(key, reply) => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(key);
+                self.queries.insert(id, PendingQuery::ClosestPeers(reply));
+            }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -431,7 +478,7 @@ impl EventLoop {
 
     fn start_lookup(&mut self, peer: PeerId) {
         let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-        self.lookups.insert(query, peer);
+        self.queries.insert(query, PendingQuery::Connect(peer));
     }
 
     fn finish_connect(&mut self, peer: PeerId, result: Result<ConnectOutcome, Error>) {
@@ -678,29 +725,79 @@ impl EventLoop {
 
     fn on_kad(&mut self, event: kad::Event) {
         let kad::Event::OutboundQueryProgressed {
-            id,
-            result: kad::QueryResult::GetClosestPeers(result),
-            step,
-            ..
+            id, result, step, ..
         } = event
         else {
             return;
         };
-        let Some(&target) = self.lookups.get(&id) else {
+        let Some(pending) = self.queries.remove(&id) else {
             return;
         };
-        let peers = match result {
-            Ok(ok) => ok.peers,
-            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+        let finished = match (pending, result) {
+            (PendingQuery::Connect(target), kad::QueryResult::GetClosestPeers(result)) => {
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let found = peers.into_iter().find(|p| p.peer_id == target);
+                if found.is_none() && !step.last {
+                    self.queries.insert(id, PendingQuery::Connect(target));
+                    return;
+                }
+                self.on_lookup_done(target, found);
+                true
+            }
+            (PendingQuery::ClosestPeers(reply), kad::QueryResult::GetClosestPeers(result)) => {
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let _ = reply.send(Ok(peers.into_iter().map(|p| p.peer_id).collect()));
+                true
+            }
+            (
+                PendingQuery::Providers {
+                    reply,
+                    mut found,
+                    max,
+                },
+                kad::QueryResult::GetProviders(result),
+            ) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    let me = *self.swarm.local_peer_id();
+                    for peer in providers {
+                        if peer == me || found.contains(&peer) {
+                            continue;
+                        }
+                        // Dial now: the query still holds the provider's addresses.
+                        if !self.swarm.is_connected(&peer) {
+                            let _ = self.swarm.dial(DialOpts::peer_id(peer).build());
+                        }
+                        found.push(peer);
+                    }
+                }
+                if step.last || found.len() >= max {
+                    found.truncate(max);
+                    let _ = reply.send(Ok(found));
+                    true
+                } else {
+                    self.queries
+                        .insert(id, PendingQuery::Providers { reply, found, max });
+                    false
+                }
+            }
+            (pending, _) => {
+                // Not the result this query was for (cannot happen); keep waiting.
+                self.queries.insert(id, pending);
+                false
+            }
         };
-        let found = peers.into_iter().find(|p| p.peer_id == target);
-        if found.is_none() && !step.last {
-            return;
-        }
-        self.lookups.remove(&id);
-        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+        if finished && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
             query.finish();
         }
+    }
+
+    fn on_lookup_done(&mut self, target: PeerId, found: Option<kad::PeerInfo>) {
         if self.swarm.is_connected(&target) {
             return; // the lookup itself connected; ConnectionEstablished answered
         }

@@ -27,6 +27,8 @@ pub enum Error {
     UnknownProtocol(String),
     #[error("gossip: {0}")]
     Gossip(String),
+    #[error("DHT: {0}")]
+    Dht(String),
 }
 
 /// A request to the event loop. Each carries the oneshot on which the reply comes back.
@@ -48,6 +50,10 @@ pub(crate) enum Command {
     Unsubscribe(String, oneshot::Sender<bool>),
     Publish(String, Vec<u8>, oneshot::Sender<Result<MessageId, Error>>),
     Validate(MessageId, PeerId, MessageAcceptance),
+    Provide(Vec<u8>, oneshot::Sender<Result<(), Error>>),
+    StopProviding(Vec<u8>),
+    FindProviders(Vec<u8>, usize, oneshot::Sender<Result<Vec<PeerId>, Error>>),
+    ClosestPeers(Vec<u8>, oneshot::Sender<Result<Vec<PeerId>, Error>>),
     /// Close all connections and stop; replies with the peers to remember.
     Shutdown(oneshot::Sender<Vec<KnownPeerAddrs>>),
 }
@@ -164,6 +170,30 @@ impl Handle {
             .send(Command::Validate(id, source, acceptance))
             .await
             .map_err(|_| Error::Stopped)
+    }
+
+    /// Announces in the DHT that this node provides `key`. The record is stored locally at once
+    /// and published to the closest peers in the background; Kademlia republishes it
+    /// periodically while the node runs.
+    pub async fn provide(&self, key: Vec<u8>) -> Result<(), Error> {
+        self.call(|tx| Command::Provide(key, tx)).await?
+    }
+
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), Error> {
+        self.commands
+            .send(Command::StopProviding(key))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Looks up providers of `key` in the DHT (at most `max`), dialing each one found.
+    pub async fn find_providers(&self, key: Vec<u8>, max: usize) -> Result<Vec<PeerId>, Error> {
+        self.call(|tx| Command::FindProviders(key, max, tx)).await?
+    }
+
+    /// The peers closest to `key` in the DHT's XOR metric (up to the replication factor, 20).
+    pub async fn closest_peers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, Error> {
+        self.call(|tx| Command::ClosestPeers(key, tx)).await?
     }
 
     /// Handles inbound requests of an application protocol: each arrives on `requests` as an

@@ -233,3 +233,31 @@ async fn shutdown_closes_connections_and_reports_known_peers() {
     wait_for(|| async { (!connected(&a, b.local_peer_id()).await).then_some(()) }).await;
     assert_eq!(b.local_info().await.unwrap_err(), agora_net::Error::Stopped);
 }
+
+#[tokio::test]
+async fn providers_are_announced_and_found() {
+    let (hub, hub_addr) = node(vec![]).await;
+    let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
+    let (a, _) = node(vec![hub_addr.clone()]).await;
+    let (c, _) = node(vec![hub_addr]).await;
+    wait_for(|| async { (hub.stats().await.unwrap().routing_table_size >= 2).then_some(()) }).await;
+    let key = b"some blob hash".to_vec();
+    a.provide(key.clone()).await.unwrap();
+    let providers = wait_for(|| async {
+        let found = c.find_providers(key.clone(), 5).await.unwrap();
+        found.contains(&a.local_peer_id()).then_some(found)
+    })
+    .await;
+    assert_eq!(providers, vec![a.local_peer_id()]);
+    // The provider was dialed while its address was at hand.
+    wait_for(|| async { connected(&c, a.local_peer_id()).await.then_some(()) }).await;
+    assert!(
+        c.find_providers(b"nobody has this".to_vec(), 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let closest = c.closest_peers(b"any key".to_vec()).await.unwrap();
+    assert!(closest.contains(&hub.local_peer_id()), "{closest:?}");
+}

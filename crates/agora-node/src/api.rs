@@ -95,7 +95,7 @@ impl From<agora_net::Error> for ApiError {
                 "shutting_down",
                 e.to_string(),
             ),
-            E::Request(_) | E::UnknownProtocol(_) | E::Gossip(_) => {
+            E::Request(_) | E::UnknownProtocol(_) | E::Gossip(_) | E::Dht(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "network_error", e.to_string())
             }
         }
