@@ -4,6 +4,7 @@
 
 mod client;
 mod devnet;
+mod files;
 mod output;
 mod up;
 
@@ -46,6 +47,42 @@ enum Command {
     },
     /// Uptime, peers, routing table, bandwidth and storage.
     Status(ClientArgs),
+    /// Share a file or directory: hash it, keep serving it, print its hash and a ticket.
+    Share {
+        path: PathBuf,
+        /// Keep it even under storage pressure (shares are never evicted anyway).
+        #[arg(long)]
+        pin: bool,
+        /// Copy the data into the node's store instead of serving it from where it is.
+        #[arg(long)]
+        copy: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Download by hash or ticket from every provider at once, verified as it streams.
+    Get {
+        /// BLAKE3 hash (hex) or ticket (agora1…).
+        target: String,
+        /// Where to put the file or directory.
+        #[arg(short, long)]
+        out: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// What this node shares, pins and caches.
+    Files(ClientArgs),
+    /// Stop sharing a blob (your file itself is left alone).
+    Unshare {
+        hash: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Keep a downloaded blob for good.
+    Pin {
+        hash: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Start N nodes on loopback, connected to one another, until Ctrl-C.
     Devnet(devnet::DevnetArgs),
 }
@@ -85,6 +122,20 @@ fn main() -> ExitCode {
         Command::Connect { target, client } => client::connect(&client, &target),
         Command::Disconnect { peer, client } => client::disconnect(&client, &peer),
         Command::Status(c) => client::status(&c),
+        Command::Share {
+            path,
+            pin,
+            copy,
+            client,
+        } => files::share(&client, &path, pin, copy),
+        Command::Get {
+            target,
+            out,
+            client,
+        } => files::get(&client, &target, &out),
+        Command::Files(c) => files::list(&c),
+        Command::Unshare { hash, client } => files::unshare(&client, &hash),
+        Command::Pin { hash, client } => files::pin(&client, &hash),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

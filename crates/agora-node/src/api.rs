@@ -127,6 +127,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .route("/v1/files", get(files_list))
+        .route("/v1/files/share", post(files_share))
+        .route("/v1/files/get", post(files_get))
+        .route("/v1/files/unshare", post(files_unshare))
+        .route("/v1/files/pin", post(files_pin))
+        .route("/v1/jobs/{id}", get(job))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -167,8 +173,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
-        .with_hint("routes live under /v1: id, peers, connect, disconnect, status, events")
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").with_hint(
+        "routes live under /v1: id, peers, connect, disconnect, status, events, files, jobs",
+    )
 }
 
 fn parse_peer(s: &str) -> Result<PeerId, ApiError> {
@@ -355,6 +362,133 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
         body,
     )
         .into_response())
+}
+
+impl From<agora_files::FilesError> for ApiError {
+    fn from(e: agora_files::FilesError) -> Self {
+        use agora_files::FilesError as E;
+        match &e {
+            E::BadTarget(_) => Self::bad_request(e.to_string()),
+            E::NotHeld(_) => Self::new(StatusCode::NOT_FOUND, "not_held", e.to_string()),
+            E::Store(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JobStarted {
+    job: u64,
+}
+
+fn absolute(path: &str, what: &str) -> Result<std::path::PathBuf, ApiError> {
+    let p = std::path::PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be an absolute path, got {path:?}"
+        )));
+    }
+    Ok(p)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareRequest {
+    pub path: String,
+    #[serde(default)]
+    pub pin: bool,
+    #[serde(default)]
+    pub copy: bool,
+}
+
+async fn files_share(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<ShareRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<JobStarted>), ApiError> {
+    let Json(req) = body?;
+    let path = absolute(&req.path, "path")?;
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "path_not_found",
+            format!("{} does not exist", path.display()),
+        ));
+    }
+    let job = node.files.share(path, req.pin, req.copy);
+    Ok((StatusCode::ACCEPTED, Json(JobStarted { job: job.id })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetRequest {
+    pub target: String,
+    pub out: String,
+}
+
+async fn files_get(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<GetRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<JobStarted>), ApiError> {
+    let Json(req) = body?;
+    let out = absolute(&req.out, "out")?;
+    let job = node.files.get(&req.target, out)?;
+    Ok((StatusCode::ACCEPTED, Json(JobStarted { job: job.id })))
+}
+
+async fn job(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<u64>,
+) -> Result<Json<agora_files::JobView>, ApiError> {
+    node.files.job(id).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("no job {id}"),
+        )
+    })
+}
+
+async fn files_list(
+    State(node): State<Arc<Node>>,
+) -> Result<Json<Vec<agora_files::service::FileView>>, ApiError> {
+    let files = node.clone();
+    let list = tokio::task::spawn_blocking(move || files.files.list())
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok(Json(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashRequest {
+    pub hash: String,
+}
+
+async fn files_unshare(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<HashRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body?;
+    let meta = node.files.unshare(&req.hash).await?;
+    Ok(Json(
+        serde_json::json!({ "hash": req.hash.trim(), "name": meta.name, "unshared": true }),
+    ))
+}
+
+async fn files_pin(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<HashRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body?;
+    let meta = node.files.pin(&req.hash)?;
+    Ok(Json(
+        serde_json::json!({ "hash": req.hash.trim(), "name": meta.name, "kind": meta.kind }),
+    ))
 }
 
 #[cfg(test)]

@@ -19,6 +19,11 @@
 //! | `GET /v1/status`       | uptime, peers, routing table, bandwidth, storage |
 //! | `GET /v1/events`       | server-sent events of the network                |
 //! | `GET /metrics`         | Prometheus text                                  |
+//! | `POST /v1/files/share` | `{"path", "pin"?, "copy"?}` → `{"job"}`          |
+//! | `POST /v1/files/get`   | `{"target": HASH or TICKET, "out"}` → `{"job"}`  |
+//! | `GET /v1/jobs/{id}`    | progress and result of a share or download       |
+//! | `GET /v1/files`        | blobs this node holds                            |
+//! | `POST /v1/files/unshare`, `POST /v1/files/pin` | `{"hash"}`              |
 
 pub mod api;
 mod metrics;
@@ -68,6 +73,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("file sharing: {0}")]
+    Files(#[from] agora_files::FilesError),
     #[error(
         "the network did not report any listen address within {0:?}; check the --listen addresses"
     )]
@@ -77,6 +84,7 @@ pub enum Error {
 /// State shared by the API handlers.
 pub struct Node {
     pub net: agora_net::Handle,
+    pub files: Arc<agora_files::Files>,
     pub data_dir: Arc<DataDir>,
     pub token: String,
     pub started: Instant,
@@ -168,8 +176,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
+    let files = agora_files::Files::start(net.clone(), data_dir.path(), db.clone())?;
     let node = Arc::new(Node {
         net: net.clone(),
+        files,
         data_dir: data_dir.clone(),
         token,
         started: Instant::now(),

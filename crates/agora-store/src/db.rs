@@ -71,6 +71,12 @@ impl Db {
         Ok(Self { db })
     }
 
+    /// The underlying redb database, for application crates to keep their own tables in the
+    /// node's one database file.
+    pub fn redb(&self) -> &redb::Database {
+        &self.db
+    }
+
     /// Records peers (merging with what is stored) and forgets the oldest beyond
     /// [`MAX_KNOWN_PEERS`]. One transaction: all or nothing.
     pub fn save_peers(&self, peers: &[KnownPeer]) -> Result<(), DbError> {

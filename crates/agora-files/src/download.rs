@@ -1,0 +1,556 @@
+//! Multi-source verified download of one blob.
+//!
+//! The missing part of the blob is cut into 1 MiB pieces. One worker per provider takes
+//! pieces (a few at a time) and fetches them over [`PROTOCOL`](crate::protocol::PROTOCOL);
+//! every chunk group is verified against the blob's hash before it is written at its offset
+//! in `<dest>.agora-part`, and every verified parent hash is saved in the partial outboard.
+//! A provider that sends a bad chunk group is banned for this download at that group; one that
+//! stalls (no byte for [`STALL_TIMEOUT`]) is dropped and its pieces go back to the queue. When
+//! the queue is empty, idle workers duplicate pieces still in flight elsewhere (end game), so a
+//! slow provider does not hold up the end. A restarted download finds what is already verified
+//! by re-hashing the partial file against the partial outboard and fetches only the rest.
+//! The destination appears, by rename, only when every group is verified.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read},
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use agora_net::Handle;
+use bao_tree::{
+    BaoTree, ChunkNum, ChunkRanges,
+    io::{
+        BaoContentItem, DecodeError, Leaf, Parent,
+        outboard::PreOrderOutboard,
+        sync::{DecodeResponseIter, OutboardMut},
+    },
+};
+use libp2p::PeerId;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::{compat::FuturesAsyncReadCompatExt, io::SyncIoBridge};
+
+use crate::{
+    BLOCK_SIZE, Hash,
+    protocol::{PROTOCOL, Request, Response, read_limited_frame, write_frame},
+};
+
+/// Size of a piece, in 1 KiB chunks (1 MiB).
+const PIECE_CHUNKS: u64 = 1024;
+/// Pieces asked for in one request.
+const PIECES_PER_REQUEST: usize = 4;
+/// A provider that sends nothing for this long is dropped.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts per provider before it is dropped for this download.
+const MAX_FAILURES: u32 = 3;
+
+/// Live counters of a download, read by the API for progress bars.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+    pub peers: AtomicUsize,
+    pub banned: Mutex<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no provider of {0} was found")]
+    NotFound(String),
+    #[error("no provider could deliver {hash}: {reasons}")]
+    AllFailed { hash: String, reasons: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PieceState {
+    Pending,
+    InFlight,
+    Done,
+}
+
+struct Work {
+    pieces: Vec<(ChunkRanges, PieceState)>,
+}
+
+impl Work {
+    /// Up to `n` pending pieces; in the end game, one in-flight piece instead.
+    fn take(&mut self, n: usize) -> Option<(Vec<usize>, ChunkRanges)> {
+        let mut idx: Vec<usize> = self
+            .pieces
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, s))| *s == PieceState::Pending)
+            .map(|(i, _)| i)
+            .take(n)
+            .collect();
+        if idx.is_empty() {
+            idx = self
+                .pieces
+                .iter()
+                .position(|(_, s)| *s == PieceState::InFlight)
+                .into_iter()
+                .collect();
+        }
+        if idx.is_empty() {
+            return None;
+        }
+        let mut ranges = ChunkRanges::empty();
+        for &i in &idx {
+            self.pieces[i].1 = PieceState::InFlight;
+            ranges |= self.pieces[i].0.clone();
+        }
+        Some((idx, ranges))
+    }
+
+    fn finish(&mut self, idx: &[usize], ok: bool) {
+        for &i in idx {
+            let state = &mut self.pieces[i].1;
+            if ok {
+                *state = PieceState::Done;
+            } else if *state == PieceState::InFlight {
+                *state = PieceState::Pending;
+            }
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.pieces.iter().all(|(_, s)| *s == PieceState::Done)
+    }
+}
+
+/// What one request to one provider ended with.
+enum Outcome {
+    Ok,
+    /// The provider sent data that does not match the hash: ban it.
+    Lied(String),
+    /// Transient (stall, reset, busy): retry elsewhere.
+    Failed(String),
+}
+
+/// Path of the partial data file of a download to `dest`.
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".agora-part");
+    dest.with_file_name(name)
+}
+
+struct Target {
+    hash: Hash,
+    tree: BaoTree,
+    data: File,
+    outboard_path: PathBuf,
+}
+
+impl Target {
+    fn outboard(&self) -> io::Result<PreOrderOutboard<File>> {
+        Ok(PreOrderOutboard {
+            root: self.hash,
+            tree: self.tree,
+            data: OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.outboard_path)?,
+        })
+    }
+}
+
+/// Downloads `hash` from `providers` into `dest` (atomically, by rename, once verified).
+/// The partial outboard goes to `outboard_path`. Returns the blob's size.
+pub async fn fetch(
+    net: &Handle,
+    hash: Hash,
+    providers: Vec<PeerId>,
+    dest: &Path,
+    outboard_path: &Path,
+    progress: Arc<Progress>,
+) -> Result<u64, FetchError> {
+    let hex = hash.to_hex().to_string();
+    if providers.is_empty() {
+        return Err(FetchError::NotFound(hex));
+    }
+    // 1. Learn the size from a provider, authenticated by the blob's last chunk group.
+    let mut reasons = Vec::new();
+    let mut size = None;
+    for peer in &providers {
+        match fetch_size(net, hash, *peer).await {
+            Ok(s) => {
+                size = Some(s);
+                break;
+            }
+            Err(e) => reasons.push(format!("{peer}: {e}")),
+        }
+    }
+    let Some(size) = size else {
+        return Err(FetchError::AllFailed {
+            hash: hex,
+            reasons: reasons.join("; "),
+        });
+    };
+    progress.total.store(size, Ordering::Relaxed);
+
+    // 2. Open (or reopen, to resume) the partial files and find what is already verified.
+    let part = partial_path(dest);
+    let tree = BaoTree::new(size, BLOCK_SIZE);
+    let open = |p: &Path, len: u64| -> io::Result<File> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p)?;
+        if f.metadata()?.len() != len {
+            f.set_len(len)?;
+        }
+        Ok(f)
+    };
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FetchError::Io { path, source }
+    };
+    let data = open(&part, size).map_err(io_err(&part))?;
+    open(outboard_path, tree.outboard_size()).map_err(io_err(outboard_path))?;
+    let target = Arc::new(Target {
+        hash,
+        tree,
+        data,
+        outboard_path: outboard_path.to_owned(),
+    });
+    let have = {
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<ChunkRanges> {
+            let ob = target.outboard()?;
+            let mut have = ChunkRanges::empty();
+            for r in bao_tree::io::sync::valid_ranges(&ob, &target.data, &ChunkRanges::all()) {
+                have |= ChunkRanges::from(r?);
+            }
+            Ok(have)
+        })
+        .await
+        .expect("valid_ranges does not panic")
+        .map_err(io_err(&part))?
+    };
+    let all = ChunkRanges::from(ChunkNum(0)..tree.chunks());
+    let missing = all.clone() - have.clone();
+    let have_bytes = size - ranges_bytes(&missing, size);
+    progress.done.store(have_bytes, Ordering::Relaxed);
+    if have_bytes > 0 {
+        tracing::info!(hash = %hex, have_bytes, "resuming download");
+    }
+
+    // 3. Cut what is missing into pieces and let one worker per provider fetch them.
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < tree.chunks().0 {
+        let end = (start + PIECE_CHUNKS).min(tree.chunks().0);
+        let piece = missing.clone() & ChunkRanges::from(ChunkNum(start)..ChunkNum(end));
+        if !piece.is_empty() {
+            pieces.push((piece, PieceState::Pending));
+        }
+        start = end;
+    }
+    let work = Arc::new(Mutex::new(Work { pieces }));
+    let reasons = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = tokio::task::JoinSet::new();
+    for peer in providers {
+        let (net, work, target, progress, reasons) = (
+            net.clone(),
+            work.clone(),
+            target.clone(),
+            progress.clone(),
+            reasons.clone(),
+        );
+        workers.spawn(async move {
+            progress.peers.fetch_add(1, Ordering::Relaxed);
+            let mut failures = 0;
+            loop {
+                let Some((idx, ranges)) = work.lock().unwrap().take(PIECES_PER_REQUEST) else {
+                    break;
+                };
+                let outcome = fetch_ranges(&net, peer, &target, ranges, &progress).await;
+                let ok = matches!(outcome, Outcome::Ok);
+                work.lock().unwrap().finish(&idx, ok);
+                match outcome {
+                    Outcome::Ok => failures = 0,
+                    Outcome::Lied(why) => {
+                        tracing::warn!(%peer, "banning provider: {why}");
+                        progress.banned.lock().unwrap().push(peer.to_string());
+                        reasons
+                            .lock()
+                            .unwrap()
+                            .push(format!("{peer} sent bad data ({why})"));
+                        break;
+                    }
+                    Outcome::Failed(why) => {
+                        failures += 1;
+                        tracing::debug!(%peer, failures, "request failed: {why}");
+                        if failures >= MAX_FAILURES {
+                            reasons.lock().unwrap().push(format!("{peer}: {why}"));
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
+                    }
+                }
+            }
+            progress.peers.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    if !work.lock().unwrap().complete() {
+        return Err(FetchError::AllFailed {
+            hash: hex,
+            reasons: reasons.lock().unwrap().join("; "),
+        });
+    }
+
+    // 4. Every group verified as it arrived; sync and move into place.
+    target.data.sync_all().map_err(io_err(&part))?;
+    std::fs::rename(&part, dest).map_err(io_err(dest))?;
+    Ok(size)
+}
+
+fn ranges_bytes(ranges: &ChunkRanges, size: u64) -> u64 {
+    ranges
+        .boundaries()
+        .chunks(2)
+        .map(|p| {
+            let start = p[0].to_bytes().min(size);
+            let end = p.get(1).map(|e| e.to_bytes()).unwrap_or(size).min(size);
+            end - start
+        })
+        .sum()
+}
+
+async fn open_request(
+    net: &Handle,
+    peer: PeerId,
+    request: &Request,
+) -> Result<(libp2p::Stream, Response), String> {
+    let mut control = net.stream_control();
+    let mut stream = tokio::time::timeout(STALL_TIMEOUT, control.open_stream(peer, PROTOCOL))
+        .await
+        .map_err(|_| "no stream within the timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    write_frame(&mut stream, request)
+        .await
+        .map_err(|e| e.to_string())?;
+    futures::AsyncWriteExt::close(&mut stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let frame = tokio::time::timeout(STALL_TIMEOUT, read_limited_frame(&mut stream, 4096))
+        .await
+        .map_err(|_| "no response within the timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let response = serde_json::from_slice(&frame).map_err(|e| format!("bad response: {e}"))?;
+    Ok((stream, response))
+}
+
+/// Asks for the last chunk group only and verifies it, which authenticates the size.
+async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, String> {
+    // A range starting past any real end is truncated to the last chunk group by both sides.
+    let ranges = ChunkRanges::from(ChunkNum(u64::MAX >> 12)..);
+    let (stream, response) = open_request(net, peer, &Request::new(&hash, &ranges)).await?;
+    let size = match response {
+        Response::Size(size) => size,
+        Response::NotFound => return Err("does not have it".into()),
+        Response::Unavailable(why) => return Err(why),
+    };
+    let reader = Stalling::new(stream.compat());
+    tokio::task::spawn_blocking(move || {
+        let tree = BaoTree::new(size, BLOCK_SIZE);
+        let mut reader = SyncIoBridge::new(reader);
+        for item in DecodeResponseIter::new(hash, tree, &mut reader, &ranges) {
+            item.map_err(|e| format!("size {size} does not verify: {e}"))?;
+        }
+        Ok(size)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn fetch_ranges(
+    net: &Handle,
+    peer: PeerId,
+    target: &Arc<Target>,
+    ranges: ChunkRanges,
+    progress: &Arc<Progress>,
+) -> Outcome {
+    let request = Request::new(&target.hash, &ranges);
+    let (stream, response) = match open_request(net, peer, &request).await {
+        Ok(ok) => ok,
+        Err(e) => return Outcome::Failed(e),
+    };
+    match response {
+        Response::Size(s) if s == target.tree.size() => {}
+        Response::Size(s) => {
+            return Outcome::Lied(format!("claims size {s}, not {}", target.tree.size()));
+        }
+        Response::NotFound => return Outcome::Failed("does not have it".into()),
+        Response::Unavailable(why) => return Outcome::Failed(why),
+    }
+    let reader = Stalling::new(stream.compat());
+    let (target, progress) = (target.clone(), progress.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut outboard = match target.outboard() {
+            Ok(ob) => ob,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let mut reader = SyncIoBridge::new(reader);
+        let items = DecodeResponseIter::new(target.hash, target.tree, &mut reader, &ranges);
+        for item in items {
+            match item {
+                Ok(BaoContentItem::Parent(Parent { node, pair })) => {
+                    if let Err(e) = outboard.save(node, &pair) {
+                        return Outcome::Failed(e.to_string());
+                    }
+                }
+                Ok(BaoContentItem::Leaf(Leaf { offset, data })) => {
+                    if let Err(e) =
+                        std::os::unix::fs::FileExt::write_all_at(&target.data, &data, offset)
+                    {
+                        return Outcome::Failed(e.to_string());
+                    }
+                    progress
+                        .done
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Err(
+                    e @ (DecodeError::LeafHashMismatch(_) | DecodeError::ParentHashMismatch(_)),
+                ) => {
+                    return Outcome::Lied(describe(&e, &target.tree));
+                }
+                Err(e) => return Outcome::Failed(e.to_string()),
+            }
+        }
+        Outcome::Ok
+    })
+    .await
+    .unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+}
+
+fn describe(e: &DecodeError, tree: &BaoTree) -> String {
+    match e {
+        DecodeError::LeafHashMismatch(c) => {
+            let start = c.to_bytes();
+            let end = (start + BLOCK_SIZE.bytes() as u64).min(tree.size());
+            format!("chunk group at bytes {start}..{end} does not match the hash")
+        }
+        DecodeError::ParentHashMismatch(n) => {
+            let r = n.chunk_range();
+            format!(
+                "hashes for bytes {}..{} do not match",
+                r.start.to_bytes(),
+                r.end.to_bytes().min(tree.size())
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A reader that fails with `TimedOut` when no byte arrives for [`STALL_TIMEOUT`].
+struct Stalling<R> {
+    inner: R,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<R> Stalling<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(STALL_TIMEOUT)),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Stalling<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + STALL_TIMEOUT;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the provider stalled",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Reads a whole small file (used for collections after download).
+pub fn read_file_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let f = File::open(path)?;
+    let mut out = Vec::new();
+    f.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "too large"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_queue_hands_out_pending_then_end_game() {
+        let piece = |a, b| {
+            (
+                ChunkRanges::from(ChunkNum(a)..ChunkNum(b)),
+                PieceState::Pending,
+            )
+        };
+        let mut w = Work {
+            pieces: vec![piece(0, 16), piece(16, 32), piece(32, 48)],
+        };
+        let (a, _) = w.take(2).unwrap();
+        assert_eq!(a, vec![0, 1]);
+        let (b, _) = w.take(2).unwrap();
+        assert_eq!(b, vec![2]);
+        // End game: everything is in flight, so an idle worker duplicates a piece.
+        let (c, _) = w.take(2).unwrap();
+        assert_eq!(c, vec![0]);
+        w.finish(&a, true);
+        w.finish(&b, false);
+        assert!(!w.complete());
+        let (d, _) = w.take(2).unwrap();
+        assert_eq!(d, vec![2]);
+        w.finish(&d, true);
+        w.finish(&c, false); // a duplicate failing does not undo the piece done elsewhere
+        assert!(w.complete());
+        assert!(w.take(1).is_none());
+    }
+
+    #[test]
+    fn partial_path_sits_beside_the_destination() {
+        assert_eq!(
+            partial_path(Path::new("/x/y/file.iso")),
+            PathBuf::from("/x/y/file.iso.agora-part")
+        );
+    }
+
+    #[test]
+    fn byte_count_of_ranges() {
+        let r = ChunkRanges::from(ChunkNum(0)..ChunkNum(2)) | ChunkRanges::from(ChunkNum(3)..);
+        assert_eq!(ranges_bytes(&r, 3500), 2048 + (3500 - 3072));
+    }
+}

@@ -1,0 +1,209 @@
+//! `/agora/blobs/1.0.0`: fetch byte ranges of a blob, verified as they stream.
+//!
+//! One request per stream. The requester writes one length-prefixed JSON frame
+//! ([`Request`], at most [`MAX_REQUEST_LEN`] bytes) and closes its side. The provider answers
+//! with one frame ([`Response`]): the blob's size, or why it cannot serve it; then, after a
+//! size, the BLAKE3 verified stream (bao encoding with 16 KiB chunk groups) of the requested
+//! chunk ranges. The requester checks every chunk group against the hash it asked for before
+//! using it; the size is authenticated by always requesting the last chunk group with the first
+//! request of a download.
+
+use std::io::{self, BufWriter};
+
+use bao_tree::{ChunkNum, ChunkRanges, io::round_up_to_chunks_groups};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use tokio_util::{compat::FuturesAsyncWriteCompatExt, io::SyncIoBridge};
+
+use crate::{BLOCK_SIZE, Hash, store::Store};
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/blobs/1.0.0");
+/// Largest request frame.
+pub const MAX_REQUEST_LEN: usize = 16 * 1024;
+/// Most ranges in one request.
+pub const MAX_RANGES: usize = 256;
+/// Streams served at once; more are refused.
+pub const MAX_CONCURRENT_SERVES: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Request {
+    /// Hex BLAKE3 hash.
+    pub hash: String,
+    /// Chunk ranges `[start, end)` in 1 KiB chunks; `end: None` means to the end.
+    pub ranges: Vec<(u64, Option<u64>)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Size(u64),
+    NotFound,
+    Unavailable(String),
+}
+
+impl Request {
+    pub fn new(hash: &Hash, ranges: &ChunkRanges) -> Self {
+        let b = ranges.boundaries();
+        let ranges = b
+            .chunks(2)
+            .map(|pair| (pair[0].0, pair.get(1).map(|e| e.0)))
+            .collect();
+        Self {
+            hash: hash.to_hex().to_string(),
+            ranges,
+        }
+    }
+
+    /// Parses and bounds-checks the ranges, rounded out to whole chunk groups.
+    pub fn chunk_ranges(&self) -> Result<ChunkRanges, String> {
+        if self.ranges.len() > MAX_RANGES {
+            return Err(format!("more than {MAX_RANGES} ranges"));
+        }
+        let mut out = ChunkRanges::empty();
+        let mut last_end = 0u64;
+        for (i, (start, end)) in self.ranges.iter().enumerate() {
+            if i > 0 && *start < last_end {
+                return Err("ranges must be sorted and disjoint".into());
+            }
+            match end {
+                Some(end) if end <= start => return Err("empty or inverted range".into()),
+                Some(end) => {
+                    out |= ChunkRanges::from(ChunkNum(*start)..ChunkNum(*end));
+                    last_end = *end;
+                }
+                None => {
+                    if i + 1 != self.ranges.len() {
+                        return Err("only the last range may be open".into());
+                    }
+                    out |= ChunkRanges::from(ChunkNum(*start)..);
+                }
+            }
+        }
+        Ok(round_up_to_chunks_groups(out, BLOCK_SIZE))
+    }
+}
+
+/// Serves one inbound stream. Errors are logged by the caller; the stream is dropped either way.
+pub async fn serve_stream(
+    store: Store,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+) -> io::Result<()> {
+    let frame = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        read_limited_frame(&mut stream, MAX_REQUEST_LEN),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request not sent in time"))??;
+    let request: Request = serde_json::from_slice(&frame)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let ranges = request
+        .chunk_ranges()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let Ok(hash) = Hash::from_hex(&request.hash) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad hash"));
+    };
+    let opened = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.open_blob(&hash))
+            .await
+            .map_err(io::Error::other)?
+    };
+    let blob = match opened {
+        Ok(blob) => blob,
+        Err(crate::store::StoreError::Unknown(_)) => {
+            write_frame(&mut stream, &Response::NotFound).await?;
+            return Ok(());
+        }
+        Err(e) => {
+            write_frame(&mut stream, &Response::Unavailable(e.to_string())).await?;
+            return Ok(());
+        }
+    };
+    tracing::debug!(%peer, hash = %hash.to_hex(), ?ranges, "serving ranges");
+    write_frame(&mut stream, &Response::Size(blob.size)).await?;
+    // bao-tree's fast encoder is synchronous: run it on a blocking thread, writing into the
+    // stream through a bridge. Validated encoding re-hashes each group it sends, so data that
+    // rotted on disk is never sent as if it were good.
+    let writer = SyncIoBridge::new(stream.compat_write());
+    let mut writer = tokio::task::spawn_blocking(move || {
+        let mut out = BufWriter::with_capacity(256 * 1024, writer);
+        bao_tree::io::sync::encode_ranges_validated(&blob.data, &blob.outboard, &ranges, &mut out)
+            .map_err(io::Error::from)?;
+        let bridge = out.into_inner().map_err(|e| e.into_error())?;
+        Ok::<_, io::Error>(bridge.into_inner())
+    })
+    .await
+    .map_err(io::Error::other)??;
+    tokio::io::AsyncWriteExt::shutdown(&mut writer).await
+}
+
+pub(crate) async fn write_frame<W: futures::AsyncWrite + Unpin, T: Serialize>(
+    io: &mut W,
+    value: &T,
+) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).expect("serialisable");
+    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    io.write_all(&bytes).await?;
+    io.flush().await
+}
+
+pub(crate) async fn read_limited_frame<R: futures::AsyncRead + Unpin>(
+    io: &mut R,
+    limit: usize,
+) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {limit}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ranges_round_trip_and_round_to_groups() {
+        let hash = blake3::hash(b"x");
+        let ranges =
+            ChunkRanges::from(ChunkNum(16)..ChunkNum(32)) | ChunkRanges::from(ChunkNum(64)..);
+        let req = Request::new(&hash, &ranges);
+        assert_eq!(req.ranges, vec![(16, Some(32)), (64, None)]);
+        assert_eq!(req.chunk_ranges().unwrap(), ranges);
+        let odd = Request {
+            hash: req.hash.clone(),
+            ranges: vec![(3, Some(5))],
+        };
+        assert_eq!(
+            odd.chunk_ranges().unwrap(),
+            ChunkRanges::from(ChunkNum(0)..ChunkNum(16))
+        );
+    }
+
+    #[test]
+    fn hostile_ranges_are_refused() {
+        let hash = blake3::hash(b"x").to_hex().to_string();
+        for ranges in [
+            vec![(5, Some(5))],
+            vec![(9, Some(3))],
+            vec![(0, None), (10, Some(20))],
+            vec![(10, Some(20)), (0, Some(5))],
+            (0..300).map(|i| (i * 2, Some(i * 2 + 1))).collect(),
+        ] {
+            let req = Request {
+                hash: hash.clone(),
+                ranges,
+            };
+            assert!(req.chunk_ranges().is_err(), "{req:?}");
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! The file-sharing service: serves blobs, runs share and download jobs, announces providers.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use agora_net::Handle;
+use futures::StreamExt;
+use libp2p::PeerId;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::{
+    Hash,
+    collection::{Collection, Entry, MAX_COLLECTION_LEN, safe_relative_path},
+    download::{self, FetchError, Progress},
+    protocol::{self, MAX_CONCURRENT_SERVES},
+    store::{BlobMeta, Kind, Store, StoreError},
+    ticket::Ticket,
+};
+
+/// How often every held blob is announced again in the DHT.
+const REANNOUNCE_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// Most providers a download asks the DHT for.
+const MAX_PROVIDERS: usize = 16;
+/// Finished jobs kept for clients to read.
+const MAX_FINISHED_JOBS: usize = 256;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum JobState {
+    Running,
+    Done { result: serde_json::Value },
+    Failed { error: String, code: &'static str },
+}
+
+/// A long-running share or download, polled by clients for progress.
+pub struct Job {
+    pub id: u64,
+    pub kind: &'static str,
+    /// Deduplicates concurrent identical requests.
+    key: String,
+    pub progress: Arc<Progress>,
+    state: Mutex<JobState>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: u64,
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub state: JobState,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub peers: usize,
+    pub banned: Vec<String>,
+}
+
+impl Job {
+    pub fn view(&self) -> JobView {
+        JobView {
+            id: self.id,
+            kind: self.kind,
+            state: self.state.lock().unwrap().clone(),
+            done_bytes: self.progress.done.load(Ordering::Relaxed),
+            total_bytes: self.progress.total.load(Ordering::Relaxed),
+            peers: self.progress.peers.load(Ordering::Relaxed),
+            banned: self.progress.banned.lock().unwrap().clone(),
+        }
+    }
+
+    fn finish(&self, state: JobState) {
+        *self.state.lock().unwrap() = state;
+    }
+
+    fn running(&self) -> bool {
+        matches!(*self.state.lock().unwrap(), JobState::Running)
+    }
+}
+
+/// One held blob, as `agora files` lists it.
+#[derive(Debug, Serialize)]
+pub struct FileView {
+    pub hash: String,
+    pub name: String,
+    pub size: u64,
+    pub kind: Kind,
+    pub collection: bool,
+    pub stale: bool,
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("{0}")]
+    BadTarget(String),
+    #[error("{0} is not held by this node; fetch it first with `agora get`")]
+    NotHeld(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Files {
+    net: Handle,
+    store: Store,
+    jobs: Mutex<HashMap<u64, Arc<Job>>>,
+    next_job: AtomicU64,
+}
+
+impl Files {
+    /// Opens the store, serves `/agora/blobs/1.0.0` and announces every held blob.
+    pub fn start(
+        net: Handle,
+        data_dir: &Path,
+        db: Arc<agora_store::Db>,
+    ) -> Result<Arc<Self>, FilesError> {
+        let store = Store::open(data_dir, db)?;
+        let files = Arc::new(Self {
+            net: net.clone(),
+            store: store.clone(),
+            jobs: Mutex::new(HashMap::new()),
+            next_job: AtomicU64::new(1),
+        });
+        let mut incoming = net
+            .stream_control()
+            .accept(protocol::PROTOCOL)
+            .map_err(|e| FilesError::BadTarget(e.to_string()))?;
+        let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many blob requests; dropping one");
+                    continue;
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = protocol::serve_stream(store, peer, stream).await {
+                        tracing::debug!(%peer, "blob request failed: {e}");
+                    }
+                });
+            }
+        });
+        tokio::spawn({
+            let files = Arc::downgrade(&files);
+            async move {
+                let mut tick = tokio::time::interval(REANNOUNCE_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    let Some(files) = files.upgrade() else { return };
+                    files.announce_all().await;
+                }
+            }
+        });
+        Ok(files)
+    }
+
+    async fn announce_all(&self) {
+        let Ok(list) = self.store.list() else { return };
+        for (hash, meta) in list {
+            if !meta.stale {
+                let _ = self.net.provide(hash.as_bytes().to_vec()).await;
+            }
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn job(&self, id: u64) -> Option<JobView> {
+        self.jobs.lock().unwrap().get(&id).map(|j| j.view())
+    }
+
+    fn new_job(&self, kind: &'static str, key: String) -> (Arc<Job>, bool) {
+        let mut jobs = self.jobs.lock().unwrap();
+        if let Some(job) = jobs.values().find(|j| j.key == key && j.running()) {
+            return (job.clone(), false);
+        }
+        if jobs.len() >= MAX_FINISHED_JOBS {
+            let mut finished: Vec<u64> = jobs
+                .values()
+                .filter(|j| !j.running())
+                .map(|j| j.id)
+                .collect();
+            finished.sort();
+            for id in finished.iter().take(jobs.len() + 1 - MAX_FINISHED_JOBS) {
+                jobs.remove(id);
+            }
+        }
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let job = Arc::new(Job {
+            id,
+            kind,
+            key,
+            progress: Arc::new(Progress::default()),
+            state: Mutex::new(JobState::Running),
+        });
+        jobs.insert(id, job.clone());
+        (job, true)
+    }
+
+    /// Node addresses for tickets.
+    async fn ticket(&self, hash: Hash) -> String {
+        let addrs = self
+            .net
+            .local_info()
+            .await
+            .map(|i| {
+                i.addrs
+                    .iter()
+                    .chain(i.external_addrs.iter())
+                    .filter_map(|a| a.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ticket {
+            hash,
+            peer: self.net.local_peer_id(),
+            addrs,
+        }
+        .encode()
+    }
+
+    /// Starts sharing a file or directory. `path` must be absolute.
+    pub fn share(self: &Arc<Self>, path: PathBuf, pin: bool, copy: bool) -> Arc<Job> {
+        let (job, fresh) = self.new_job("share", format!("share:{}", path.display()));
+        if !fresh {
+            return job;
+        }
+        let this = self.clone();
+        let job2 = job.clone();
+        tokio::spawn(async move {
+            let kind = if pin { Kind::Pinned } else { Kind::Own };
+            let store = this.store.clone();
+            let progress = job2.progress.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                import_path(&store, &path, copy, kind, &progress)
+            })
+            .await
+            .unwrap_or_else(|e| Err(FilesError::BadTarget(e.to_string())));
+            match result {
+                Ok((hash, size, name, hashes)) => {
+                    for h in hashes.iter().chain([&hash]) {
+                        if let Err(e) = this.net.provide(h.as_bytes().to_vec()).await {
+                            tracing::warn!("cannot announce {}: {e}", h.to_hex());
+                        }
+                    }
+                    let ticket = this.ticket(hash).await;
+                    job2.finish(JobState::Done {
+                        result: serde_json::json!({
+                            "hash": hash.to_hex().to_string(),
+                            "ticket": ticket,
+                            "size": size,
+                            "name": name,
+                        }),
+                    });
+                }
+                Err(e) => job2.finish(JobState::Failed {
+                    error: e.to_string(),
+                    code: "share_failed",
+                }),
+            }
+        });
+        job
+    }
+
+    /// Starts a download of `target` (a hex hash or a ticket) to `out` (absolute).
+    pub fn get(self: &Arc<Self>, target: &str, out: PathBuf) -> Result<Arc<Job>, FilesError> {
+        let target = target.trim();
+        let (hash, ticket) = if target.starts_with("agora1") {
+            let t = Ticket::decode(target).map_err(FilesError::BadTarget)?;
+            (t.hash, Some(t))
+        } else {
+            let hash = Hash::from_hex(target).map_err(|_| {
+                FilesError::BadTarget(format!(
+                    "{target:?} is neither a BLAKE3 hash (64 hex digits) nor a ticket (agora1…)"
+                ))
+            })?;
+            (hash, None)
+        };
+        let (job, fresh) = self.new_job("get", format!("get:{}:{}", hash.to_hex(), out.display()));
+        if !fresh {
+            return Ok(job);
+        }
+        let this = self.clone();
+        let job2 = job.clone();
+        tokio::spawn(async move {
+            let result = this.download(hash, ticket, &out, &job2.progress).await;
+            job2.finish(match result {
+                Ok(result) => JobState::Done { result },
+                Err(e) => {
+                    let code = match &e {
+                        FetchError::NotFound(_) => "not_found",
+                        FetchError::AllFailed { .. } => "providers_failed",
+                        FetchError::Io { .. } => "io_error",
+                    };
+                    JobState::Failed {
+                        error: e.to_string(),
+                        code,
+                    }
+                }
+            });
+        });
+        Ok(job)
+    }
+
+    async fn providers(&self, hash: Hash, ticket: Option<&Ticket>) -> Vec<PeerId> {
+        let mut providers = Vec::new();
+        if let Some(t) = ticket {
+            for addr in &t.addrs {
+                let addr = addr.clone().with_p2p(t.peer).unwrap_or_else(|a| a);
+                if self.net.dial(addr).await.is_ok() {
+                    break;
+                }
+            }
+            providers.push(t.peer);
+        }
+        match self
+            .net
+            .find_providers(hash.as_bytes().to_vec(), MAX_PROVIDERS)
+            .await
+        {
+            Ok(found) => {
+                for p in found {
+                    if !providers.contains(&p) {
+                        providers.push(p);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("provider lookup failed: {e}"),
+        }
+        let me = self.net.local_peer_id();
+        providers.retain(|p| *p != me);
+        providers
+    }
+
+    async fn download(
+        &self,
+        hash: Hash,
+        ticket: Option<Ticket>,
+        out: &Path,
+        progress: &Arc<Progress>,
+    ) -> Result<serde_json::Value, FetchError> {
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |e: std::io::Error| FetchError::Io { path, source: e }
+        };
+        let held = self.store.get(&hash).ok().flatten().filter(|m| !m.stale);
+        let providers = if held.is_some() {
+            Vec::new()
+        } else {
+            self.providers(hash, ticket.as_ref()).await
+        };
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let root_meta = match held {
+            Some(meta) => {
+                progress.total.store(meta.size, Ordering::Relaxed);
+                export(&self.store, &hash, &meta, out).map_err(io_err(out))?;
+                progress.done.store(meta.size, Ordering::Relaxed);
+                meta
+            }
+            None => {
+                if let Some(parent) = out.parent() {
+                    fs::create_dir_all(parent).map_err(io_err(parent))?;
+                }
+                let size = download::fetch(
+                    &self.net,
+                    hash,
+                    providers.clone(),
+                    out,
+                    &self.store.partial_outboard_path(&hash),
+                    progress.clone(),
+                )
+                .await?;
+                self.store
+                    .adopt_download(&hash, size, out, &name, false)
+                    .map_err(|e| FetchError::Io {
+                        path: out.to_owned(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                let _ = self.net.provide(hash.as_bytes().to_vec()).await;
+                self.store.get(&hash).ok().flatten().expect("just adopted")
+            }
+        };
+        // A collection: the listing landed at `out`; keep it in the store and fetch the tree.
+        let listing = (root_meta.size <= MAX_COLLECTION_LEN)
+            .then(|| download::read_file_limited(out, MAX_COLLECTION_LEN).ok())
+            .flatten()
+            .filter(|bytes| bytes.starts_with(b"{\"agora_collection\""));
+        let Some(listing) = listing else {
+            return Ok(serde_json::json!({
+                "hash": hash.to_hex().to_string(),
+                "size": root_meta.size,
+                "path": out,
+                "collection": false,
+            }));
+        };
+        let collection = Collection::parse(&listing).map_err(|e| FetchError::Io {
+            path: out.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        })?;
+        self.store
+            .import_bytes(&listing, &name, Kind::Cached, true)
+            .map_err(|e| FetchError::Io {
+                path: out.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        fs::remove_file(out).map_err(io_err(out))?;
+        fs::create_dir_all(out).map_err(io_err(out))?;
+        let total: u64 = collection.entries.iter().map(|e| e.size).sum();
+        progress.total.store(total, Ordering::Relaxed);
+        progress.done.store(0, Ordering::Relaxed);
+        for entry in &collection.entries {
+            let rel = safe_relative_path(&entry.path).expect("checked by parse");
+            let dest = out.join(rel);
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            let entry_hash = Hash::from_hex(&entry.hash).expect("checked by parse");
+            let file_progress = Arc::new(Progress::default());
+            let base = progress.done.load(Ordering::Relaxed);
+            let watcher = {
+                let (fp, p) = (file_progress.clone(), progress.clone());
+                tokio::spawn(async move {
+                    loop {
+                        p.done
+                            .store(base + fp.done.load(Ordering::Relaxed), Ordering::Relaxed);
+                        p.peers
+                            .store(fp.peers.load(Ordering::Relaxed), Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            };
+            let result = self
+                .fetch_entry(entry_hash, entry, &providers, &dest, &file_progress)
+                .await;
+            watcher.abort();
+            progress
+                .banned
+                .lock()
+                .unwrap()
+                .extend(file_progress.banned.lock().unwrap().drain(..));
+            result?;
+            progress.done.store(base + entry.size, Ordering::Relaxed);
+        }
+        let _ = self.net.provide(hash.as_bytes().to_vec()).await;
+        Ok(serde_json::json!({
+            "hash": hash.to_hex().to_string(),
+            "size": total,
+            "path": out,
+            "collection": true,
+            "files": collection.entries.len(),
+        }))
+    }
+
+    async fn fetch_entry(
+        &self,
+        hash: Hash,
+        entry: &Entry,
+        root_providers: &[PeerId],
+        dest: &Path,
+        progress: &Arc<Progress>,
+    ) -> Result<(), FetchError> {
+        if let Ok(Some(meta)) = self.store.get(&hash)
+            && !meta.stale
+        {
+            return export(&self.store, &hash, &meta, dest).map_err(|e| FetchError::Io {
+                path: dest.to_owned(),
+                source: e,
+            });
+        }
+        let mut providers = root_providers.to_vec();
+        for p in self.providers(hash, None).await {
+            if !providers.contains(&p) {
+                providers.push(p);
+            }
+        }
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let size = download::fetch(
+            &self.net,
+            hash,
+            providers,
+            dest,
+            &self.store.partial_outboard_path(&hash),
+            progress.clone(),
+        )
+        .await?;
+        if size != entry.size {
+            tracing::warn!(path = %entry.path, "listed size {} differs from the verified size {size}", entry.size);
+        }
+        self.store
+            .adopt_download(&hash, size, dest, &name, false)
+            .map_err(|e| FetchError::Io {
+                path: dest.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let _ = self.net.provide(hash.as_bytes().to_vec()).await;
+        Ok(())
+    }
+
+    pub fn list(&self) -> Result<Vec<FileView>, FilesError> {
+        let mut out: Vec<FileView> = self
+            .store
+            .list()?
+            .into_iter()
+            .map(|(hash, meta)| FileView {
+                hash: hash.to_hex().to_string(),
+                name: meta.name,
+                size: meta.size,
+                kind: meta.kind,
+                collection: meta.collection,
+                stale: meta.stale,
+                path: meta.source,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.hash.cmp(&b.hash)));
+        Ok(out)
+    }
+
+    /// Stops sharing a blob and forgets it (the user's own file is left alone).
+    pub async fn unshare(&self, hash: &str) -> Result<BlobMeta, FilesError> {
+        let hash = parse_hash(hash)?;
+        let meta = self
+            .store
+            .remove(&hash)?
+            .ok_or_else(|| FilesError::NotHeld(hash.to_hex().to_string()))?;
+        let _ = self.net.stop_providing(hash.as_bytes().to_vec()).await;
+        Ok(meta)
+    }
+
+    /// Marks a held blob as pinned (never evicted).
+    pub fn pin(&self, hash: &str) -> Result<BlobMeta, FilesError> {
+        let hash = parse_hash(hash)?;
+        let mut meta = self
+            .store
+            .get(&hash)?
+            .ok_or_else(|| FilesError::NotHeld(hash.to_hex().to_string()))?;
+        if meta.kind == Kind::Cached {
+            meta.kind = Kind::Pinned;
+            self.store.put(&hash, &meta)?;
+        }
+        Ok(meta)
+    }
+}
+
+fn parse_hash(s: &str) -> Result<Hash, FilesError> {
+    Hash::from_hex(s.trim())
+        .map_err(|_| FilesError::BadTarget(format!("{s:?} is not a BLAKE3 hash (64 hex digits)")))
+}
+
+/// Copies a held blob to `out` (temporary file, fsync, rename).
+fn export(store: &Store, hash: &Hash, meta: &BlobMeta, out: &Path) -> std::io::Result<()> {
+    let src = meta.source.clone().unwrap_or_else(|| store.data_path(hash));
+    if src == out {
+        return Ok(());
+    }
+    if let Some(parent) = out.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let tmp = download::partial_path(out);
+    let result = fs::copy(&src, &tmp)
+        .and_then(|_| fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| fs::rename(&tmp, out));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+type Imported = (Hash, u64, String, Vec<Hash>);
+
+/// Imports a file, or a directory as a collection. Returns the root hash, total size, name and
+/// the hashes of the files inside (for a directory).
+fn import_path(
+    store: &Store,
+    path: &Path,
+    copy: bool,
+    kind: Kind,
+    progress: &Progress,
+) -> Result<Imported, FilesError> {
+    let meta = fs::metadata(path).map_err(|e| StoreError::Io {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    if meta.is_file() {
+        progress.total.store(meta.len(), Ordering::Relaxed);
+        let (hash, size) = store.import_file(path, copy, kind, &progress.done)?;
+        return Ok((hash, size, name, Vec::new()));
+    }
+    let mut files = Vec::new();
+    walk(path, path, &mut files)?;
+    let total: u64 = files.iter().map(|(_, _, s)| s).sum();
+    progress.total.store(total, Ordering::Relaxed);
+    let mut entries = Vec::new();
+    let mut hashes = Vec::new();
+    for (abs, rel, _) in files {
+        let (hash, size) = store.import_file(&abs, copy, kind, &progress.done)?;
+        hashes.push(hash);
+        entries.push(Entry {
+            path: rel,
+            hash: hash.to_hex().to_string(),
+            size,
+        });
+    }
+    let collection = Collection::new(entries);
+    let root = store.import_bytes(&collection.to_bytes(), &name, kind, true)?;
+    Ok((root, total, name, hashes))
+}
+
+/// Regular files under `dir` with their `/`-separated relative paths. Symbolic links are
+/// skipped: following them could publish files outside the shared tree.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String, u64)>) -> Result<(), FilesError> {
+    let io = |e| StoreError::Io {
+        path: dir.to_owned(),
+        source: e,
+    };
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(io)?
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let ft = entry.file_type().map_err(io)?;
+        if ft.is_symlink() {
+            tracing::warn!(path = %path.display(), "skipping symbolic link");
+        } else if ft.is_dir() {
+            walk(root, &path, out)?;
+        } else if ft.is_file() {
+            let rel = path
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .replace(std::path::MAIN_SEPARATOR, "/");
+            let size = entry.metadata().map_err(io)?.len();
+            out.push((path, rel, size));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! The blob store: outboards and metadata in the node's data directory.
+//!
+//! | what                         | where                                   |
+//! |------------------------------|-----------------------------------------|
+//! | metadata                     | redb table `blobs` (hex hash → JSON)    |
+//! | outboard (pre-order, 16 KiB) | `<data-dir>/blobs/<hex>.obao`           |
+//! | data, when held by the store | `<data-dir>/blobs/<hex>.data`           |
+//! | data, when shared in place   | the user's file, checked before serving |
+//! | partial outboard             | `<data-dir>/blobs/<hex>.obao.part`      |
+//!
+//! A shared file is not copied unless asked: the store remembers its path, length and
+//! modification time, and refuses to serve it once either changed (the outboard would no
+//! longer match). Downloads write their data next to the destination and, once complete,
+//! are recorded the same way, so a file is never stored twice.
+
+use std::{
+    fs::{self, File},
+    io::{self, BufReader, Read},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use agora_store::Db;
+use bao_tree::{
+    BaoTree,
+    io::{outboard::PreOrderOutboard, sync::CreateOutboard},
+};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::{BLOCK_SIZE, Hash};
+
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+
+/// Why a blob is held.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Shared by this node's user. Never evicted.
+    Own,
+    /// Pinned by this node's user. Never evicted.
+    Pinned,
+    /// Downloaded or replicated; may be evicted.
+    Cached,
+}
+
+/// What the store knows about a blob.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlobMeta {
+    pub size: u64,
+    /// File name (for collections: the directory name).
+    pub name: String,
+    pub kind: Kind,
+    /// The data lives in the user's file at this path (not copied into the store).
+    pub source: Option<PathBuf>,
+    /// Modification time of `source` (ns since the epoch) when it was hashed.
+    pub source_mtime_ns: Option<u128>,
+    /// A collection (directory listing) rather than a file.
+    #[serde(default)]
+    pub collection: bool,
+    /// The source changed after it was hashed: not served any more.
+    #[serde(default)]
+    pub stale: bool,
+    pub added: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0} changed while it was being hashed; share it again once it is complete")]
+    ChangedWhileHashing(PathBuf),
+    #[error("{0} is not a regular file")]
+    NotAFile(PathBuf),
+    #[error("store database: {0}")]
+    Db(String),
+    #[error("blob {0} is not in the store")]
+    Unknown(String),
+    #[error(
+        "the shared file {0} changed after it was shared; it is no longer served (share it again)"
+    )]
+    Stale(PathBuf),
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> Option<u128> {
+    meta.modified()
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos())
+}
+
+/// A complete blob opened for reading.
+pub struct OpenBlob {
+    pub data: File,
+    pub outboard: PreOrderOutboard<File>,
+    pub size: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    dir: PathBuf,
+    db: Arc<Db>,
+}
+
+impl Store {
+    pub fn open(data_dir: &Path, db: Arc<Db>) -> Result<Self, StoreError> {
+        let dir = data_dir.join("blobs");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let tx = db.redb().begin_write().map_err(db_err)?;
+        tx.open_table(BLOBS).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(Self { dir, db })
+    }
+
+    pub fn data_path(&self, hash: &Hash) -> PathBuf {
+        self.dir.join(format!("{}.data", hash.to_hex()))
+    }
+
+    pub fn outboard_path(&self, hash: &Hash) -> PathBuf {
+        self.dir.join(format!("{}.obao", hash.to_hex()))
+    }
+
+    pub fn partial_outboard_path(&self, hash: &Hash) -> PathBuf {
+        self.dir.join(format!("{}.obao.part", hash.to_hex()))
+    }
+
+    pub fn get(&self, hash: &Hash) -> Result<Option<BlobMeta>, StoreError> {
+        let tx = self.db.redb().begin_read().map_err(db_err)?;
+        let table = tx.open_table(BLOBS).map_err(db_err)?;
+        let Some(value) = table.get(hash.to_hex().as_str()).map_err(db_err)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(db_err)
+    }
+
+    pub fn put(&self, hash: &Hash, meta: &BlobMeta) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(meta).expect("meta serialises");
+        let tx = self.db.redb().begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(BLOBS).map_err(db_err)?;
+            table
+                .insert(hash.to_hex().as_str(), bytes.as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    pub fn list(&self) -> Result<Vec<(Hash, BlobMeta)>, StoreError> {
+        let tx = self.db.redb().begin_read().map_err(db_err)?;
+        let table = tx.open_table(BLOBS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let (Ok(hash), Ok(meta)) = (
+                Hash::from_hex(k.value()),
+                serde_json::from_slice::<BlobMeta>(v.value()),
+            ) else {
+                tracing::warn!(key = k.value(), "skipping unreadable blob record");
+                continue;
+            };
+            out.push((hash, meta));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a blob and deletes the files the store owns (never the user's own file).
+    pub fn remove(&self, hash: &Hash) -> Result<Option<BlobMeta>, StoreError> {
+        let tx = self.db.redb().begin_write().map_err(db_err)?;
+        let old = {
+            let mut table = tx.open_table(BLOBS).map_err(db_err)?;
+            let old = table.remove(hash.to_hex().as_str()).map_err(db_err)?;
+            old.and_then(|v| serde_json::from_slice::<BlobMeta>(v.value()).ok())
+        };
+        tx.commit().map_err(db_err)?;
+        let _ = fs::remove_file(self.outboard_path(hash));
+        let _ = fs::remove_file(self.data_path(hash));
+        Ok(old)
+    }
+
+    /// Hashes a file (computing its outboard), optionally copies it into the store, and records
+    /// it. Blocking: call from `spawn_blocking`. `progress` counts bytes hashed.
+    pub fn import_file(
+        &self,
+        path: &Path,
+        copy: bool,
+        kind: Kind,
+        progress: &AtomicU64,
+    ) -> Result<(Hash, u64), StoreError> {
+        let before = fs::metadata(path).map_err(io_err(path))?;
+        if !before.is_file() {
+            return Err(StoreError::NotAFile(path.to_owned()));
+        }
+        let size = before.len();
+        let file = File::open(path).map_err(io_err(path))?;
+        let reader = Counting {
+            inner: BufReader::with_capacity(1 << 20, file),
+            count: progress,
+        };
+        let outboard = PreOrderOutboard::<Vec<u8>>::create_sized(reader, size, BLOCK_SIZE)
+            .map_err(io_err(path))?;
+        let after = fs::metadata(path).map_err(io_err(path))?;
+        if after.len() != size || mtime_ns(&after) != mtime_ns(&before) {
+            return Err(StoreError::ChangedWhileHashing(path.to_owned()));
+        }
+        let hash = outboard.root;
+        let ob_path = self.outboard_path(&hash);
+        agora_store::write_atomic(&ob_path, &outboard.data, 0o644)
+            .map_err(|e| StoreError::Db(e.to_string()))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (source, source_mtime_ns) = if copy {
+            let dest = self.data_path(&hash);
+            let tmp = dest.with_extension("data.tmp");
+            fs::copy(path, &tmp)
+                .and_then(|_| File::open(&tmp)?.sync_all())
+                .and_then(|()| fs::rename(&tmp, &dest))
+                .map_err(|e| {
+                    let _ = fs::remove_file(&tmp);
+                    StoreError::Io {
+                        path: dest.clone(),
+                        source: e,
+                    }
+                })?;
+            (None, None)
+        } else {
+            let abs = path.canonicalize().map_err(io_err(path))?;
+            (Some(abs), mtime_ns(&after))
+        };
+        // Keep the stronger claim if the blob is already held.
+        let kind = match self.get(&hash)? {
+            Some(old)
+                if old.kind == Kind::Own || old.kind == Kind::Pinned && kind == Kind::Cached =>
+            {
+                old.kind
+            }
+            _ => kind,
+        };
+        self.put(
+            &hash,
+            &BlobMeta {
+                size,
+                name,
+                kind,
+                source,
+                source_mtime_ns,
+                collection: false,
+                stale: false,
+                added: now_secs(),
+            },
+        )?;
+        Ok((hash, size))
+    }
+
+    /// Stores a small in-memory blob (a collection listing) inside the store.
+    pub fn import_bytes(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        kind: Kind,
+        collection: bool,
+    ) -> Result<Hash, StoreError> {
+        let outboard =
+            PreOrderOutboard::<Vec<u8>>::create_sized(bytes, bytes.len() as u64, BLOCK_SIZE)
+                .map_err(io_err(&self.dir))?;
+        let hash = outboard.root;
+        let write = |p: &Path, b: &[u8]| {
+            agora_store::write_atomic(p, b, 0o644).map_err(|e| StoreError::Db(e.to_string()))
+        };
+        write(&self.outboard_path(&hash), &outboard.data)?;
+        write(&self.data_path(&hash), bytes)?;
+        self.put(
+            &hash,
+            &BlobMeta {
+                size: bytes.len() as u64,
+                name: name.to_owned(),
+                kind,
+                source: None,
+                source_mtime_ns: None,
+                collection,
+                stale: false,
+                added: now_secs(),
+            },
+        )?;
+        Ok(hash)
+    }
+
+    /// Records a blob whose data was downloaded and verified at `path` and whose outboard is
+    /// complete at `partial_outboard`.
+    pub fn adopt_download(
+        &self,
+        hash: &Hash,
+        size: u64,
+        path: &Path,
+        name: &str,
+        collection: bool,
+    ) -> Result<(), StoreError> {
+        let ob = self.partial_outboard_path(hash);
+        let final_ob = self.outboard_path(hash);
+        fs::rename(&ob, &final_ob).map_err(io_err(&ob))?;
+        let meta = fs::metadata(path).map_err(io_err(path))?;
+        let kind = match self.get(hash)? {
+            Some(old) if old.kind != Kind::Cached => old.kind,
+            _ => Kind::Cached,
+        };
+        self.put(
+            hash,
+            &BlobMeta {
+                size,
+                name: name.to_owned(),
+                kind,
+                source: Some(path.to_owned()),
+                source_mtime_ns: mtime_ns(&meta),
+                collection,
+                stale: false,
+                added: now_secs(),
+            },
+        )
+    }
+
+    /// Opens a complete blob for serving. A shared-in-place file that changed is marked stale
+    /// and refused.
+    pub fn open_blob(&self, hash: &Hash) -> Result<OpenBlob, StoreError> {
+        let mut meta = self
+            .get(hash)?
+            .ok_or_else(|| StoreError::Unknown(hash.to_hex().to_string()))?;
+        let data_path = match &meta.source {
+            Some(p) => p.clone(),
+            None => self.data_path(hash),
+        };
+        if let Some(source) = &meta.source {
+            let fresh = fs::metadata(source)
+                .map(|m| m.len() == meta.size && mtime_ns(&m) == meta.source_mtime_ns)
+                .unwrap_or(false);
+            if meta.stale || !fresh {
+                if !meta.stale {
+                    meta.stale = true;
+                    self.put(hash, &meta)?;
+                    tracing::warn!(path = %source.display(), "shared file changed; no longer serving it");
+                }
+                return Err(StoreError::Stale(source.clone()));
+            }
+        }
+        let data = File::open(&data_path).map_err(io_err(&data_path))?;
+        let ob_path = self.outboard_path(hash);
+        let ob_file = File::open(&ob_path).map_err(io_err(&ob_path))?;
+        Ok(OpenBlob {
+            data,
+            outboard: PreOrderOutboard {
+                root: *hash,
+                tree: BaoTree::new(meta.size, BLOCK_SIZE),
+                data: ob_file,
+            },
+            size: meta.size,
+        })
+    }
+
+    /// Reads a whole small blob (a collection) that the store holds.
+    pub fn read_small(&self, hash: &Hash, limit: u64) -> Result<Vec<u8>, StoreError> {
+        let blob = self.open_blob(hash)?;
+        if blob.size > limit {
+            return Err(StoreError::Db(format!(
+                "blob {} is {} bytes, more than the {limit} allowed here",
+                hash.to_hex(),
+                blob.size
+            )));
+        }
+        let mut out = Vec::with_capacity(blob.size as usize);
+        (&blob.data)
+            .take(blob.size)
+            .read_to_end(&mut out)
+            .map_err(io_err(&self.dir))?;
+        Ok(out)
+    }
+}
+
+struct Counting<'a, R> {
+    inner: R,
+    count: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
+        let store = Store::open(dir.path(), db).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn import_matches_blake3_and_detects_changes() {
+        let (dir, store) = store();
+        let path = dir.path().join("file.bin");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let progress = AtomicU64::new(0);
+        let (hash, size) = store
+            .import_file(&path, false, Kind::Own, &progress)
+            .unwrap();
+        assert_eq!(
+            hash,
+            blake3::hash(&data),
+            "the id is the plain BLAKE3 hash, as b3sum prints"
+        );
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(progress.load(Ordering::Relaxed), size);
+        let meta = store.get(&hash).unwrap().unwrap();
+        assert_eq!(meta.name, "file.bin");
+        assert_eq!(meta.kind, Kind::Own);
+        assert!(store.open_blob(&hash).is_ok());
+
+        // The user edits the file: it is no longer served.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::write(&path, b"something else").unwrap();
+        assert!(matches!(store.open_blob(&hash), Err(StoreError::Stale(_))));
+        assert!(store.get(&hash).unwrap().unwrap().stale);
+    }
+
+    #[test]
+    fn copied_import_survives_the_original() {
+        let (dir, store) = store();
+        let path = dir.path().join("a.txt");
+        fs::write(&path, b"hello world").unwrap();
+        let (hash, _) = store
+            .import_file(&path, true, Kind::Pinned, &AtomicU64::new(0))
+            .unwrap();
+        fs::remove_file(&path).unwrap();
+        let blob = store.open_blob(&hash).unwrap();
+        assert_eq!(blob.size, 11);
+        assert_eq!(store.read_small(&hash, 100).unwrap(), b"hello world");
+        store.remove(&hash).unwrap();
+        assert!(store.get(&hash).unwrap().is_none());
+        assert!(!store.data_path(&hash).exists());
+    }
+
+    #[test]
+    fn not_a_file_and_missing_file_are_errors() {
+        let (dir, store) = store();
+        let err = store
+            .import_file(dir.path(), false, Kind::Own, &AtomicU64::new(0))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotAFile(_)));
+        let err = store
+            .import_file(
+                &dir.path().join("nope"),
+                false,
+                Kind::Own,
+                &AtomicU64::new(0),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}
