@@ -303,7 +303,14 @@ pub async fn fetch(
             progress.peers.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    while workers.join_next().await.is_some() {}
+    // Once every piece is in, stragglers (a stalled provider, a duplicate in the end game)
+    // are not waited for.
+    while workers.join_next().await.is_some() {
+        if work.lock().unwrap().complete() {
+            workers.abort_all();
+            break;
+        }
+    }
     if !work.lock().unwrap().complete() {
         return Err(FetchError::AllFailed {
             hash: hex,

@@ -139,7 +139,7 @@ pub async fn serve_stream(
     tokio::io::AsyncWriteExt::shutdown(&mut writer).await
 }
 
-pub(crate) async fn write_frame<W: futures::AsyncWrite + Unpin, T: Serialize>(
+pub async fn write_frame<W: futures::AsyncWrite + Unpin, T: Serialize>(
     io: &mut W,
     value: &T,
 ) -> io::Result<()> {
@@ -149,7 +149,7 @@ pub(crate) async fn write_frame<W: futures::AsyncWrite + Unpin, T: Serialize>(
     io.flush().await
 }
 
-pub(crate) async fn read_limited_frame<R: futures::AsyncRead + Unpin>(
+pub async fn read_limited_frame<R: futures::AsyncRead + Unpin>(
     io: &mut R,
     limit: usize,
 ) -> io::Result<Vec<u8>> {

@@ -406,10 +406,19 @@ impl Files {
                 "collection": false,
             }));
         };
-        let collection = Collection::parse(&listing).map_err(|e| FetchError::Io {
-            path: out.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-        })?;
+        let collection = match Collection::parse(&listing) {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing of a hostile listing is left behind, and nothing outside `out` was
+                // touched: paths are checked before any is used.
+                let _ = fs::remove_file(out);
+                let _ = self.store.remove(&hash);
+                return Err(FetchError::Io {
+                    path: out.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+                });
+            }
+        };
         self.store
             .import_bytes(&listing, &name, Kind::Cached, true)
             .map_err(|e| FetchError::Io {

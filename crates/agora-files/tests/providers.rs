@@ -1,0 +1,195 @@
+//! Multi-source downloads against real swarms on loopback: honest providers, one that lies
+//! (sends data that does not match the hash) and one that stalls.
+
+use std::{sync::Arc, time::Duration};
+
+use agora_files::{
+    BLOCK_SIZE, Files, JobState,
+    protocol::{PROTOCOL, Request, Response, read_limited_frame, write_frame},
+};
+use agora_net::{Config, Handle, Multiaddr};
+use bao_tree::io::{outboard::PreOrderOutboard, sync::CreateOutboard};
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::identity::Keypair;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn node(bootstrap: Vec<Multiaddr>) -> (Handle, Multiaddr) {
+    let config =
+        Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]).with_bootstrap(bootstrap);
+    let (handle, event_loop) = agora_net::new(
+        Keypair::generate_ed25519(),
+        config,
+        &mut libp2p::metrics::Registry::default(),
+    )
+    .unwrap();
+    tokio::spawn(event_loop.run());
+    loop {
+        if let Some(a) = handle.local_info().await.unwrap().addrs.first() {
+            return (handle.clone(), a.parse().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn files(net: &Handle, dir: &std::path::Path) -> Arc<Files> {
+    std::fs::create_dir_all(dir).unwrap();
+    let db = Arc::new(agora_store::Db::open(&dir.join("db")).unwrap());
+    Files::start(net.clone(), dir, db).unwrap()
+}
+
+async fn wait_job(files: &Files, id: u64) -> agora_files::JobView {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let view = files.job(id).unwrap();
+        if !matches!(view.state, JobState::Running) {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Serves the blob's real size but data corrupted every 64 KiB.
+fn liar(net: &Handle, data: Vec<u8>) {
+    let mut corrupt = data.clone();
+    for i in (0..corrupt.len()).step_by(64 * 1024) {
+        corrupt[i] ^= 0xff;
+    }
+    let honest =
+        PreOrderOutboard::<Vec<u8>>::create_sized(&data[..], data.len() as u64, BLOCK_SIZE)
+            .unwrap();
+    let mut incoming = net.stream_control().accept(PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let frame = read_limited_frame(&mut stream, 16 * 1024).await.unwrap();
+            let req: Request = serde_json::from_slice(&frame).unwrap();
+            let ranges = req.chunk_ranges().unwrap();
+            let mut encoded = Vec::new();
+            bao_tree::io::sync::encode_ranges(&corrupt[..], &honest, &ranges, &mut encoded)
+                .unwrap();
+            write_frame(&mut stream, &Response::Size(data.len() as u64))
+                .await
+                .unwrap();
+            let _ = stream.write_all(&encoded).await;
+            let _ = stream.close().await;
+        }
+    });
+}
+
+/// Answers with the size, then never sends a byte.
+fn staller(net: &Handle, size: u64) {
+    let mut incoming = net.stream_control().accept(PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((_, mut stream)) = incoming.next().await {
+            let _ = read_limited_frame(&mut stream, 16 * 1024).await;
+            let _ = write_frame(&mut stream, &Response::Size(size)).await;
+            held.push(stream);
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_from_many_providers_bans_the_liar_and_outlasts_the_staller() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..16 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let hash = blake3::hash(&data);
+    let src = dir.path().join("source.bin");
+    std::fs::write(&src, &data).unwrap();
+
+    let (hub, hub_addr) = node(vec![]).await;
+    let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
+    let mut honest = Vec::new();
+    for i in 0..2 {
+        let (net, _) = node(vec![hub_addr.clone()]).await;
+        let f = files(&net, &dir.path().join(format!("honest{i}")));
+        let job = f.share(src.clone(), false, false);
+        let view = wait_job(&f, job.id).await;
+        assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+        honest.push((net, f));
+    }
+    let (liar_net, _) = node(vec![hub_addr.clone()]).await;
+    liar(&liar_net, data.clone());
+    liar_net.provide(hash.as_bytes().to_vec()).await.unwrap();
+    let (staller_net, _) = node(vec![hub_addr.clone()]).await;
+    staller(&staller_net, data.len() as u64);
+    staller_net.provide(hash.as_bytes().to_vec()).await.unwrap();
+
+    let (down_net, _) = node(vec![hub_addr]).await;
+    let down = files(&down_net, &dir.path().join("down"));
+    // Provider records spread through the hub; wait until all four are visible.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while down_net
+        .find_providers(hash.as_bytes().to_vec(), 16)
+        .await
+        .unwrap()
+        .len()
+        < 4
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "providers not found"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let out = dir.path().join("out/copy.bin");
+    let job = down.get(&hash.to_hex(), out.clone()).unwrap();
+    let view = wait_job(&down, job.id).await;
+    assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), data, "byte-identical");
+    assert_eq!(view.banned, vec![liar_net.local_peer_id().to_string()]);
+    assert!(!out.with_file_name("copy.bin.agora-part").exists());
+
+    // The downloader now provides it too, and holds it as a cached blob.
+    let listed = down.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].hash, hash.to_hex().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_liars_means_failure_and_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![7u8; 3 * 1024 * 1024];
+    let hash = blake3::hash(&data);
+    let (hub, hub_addr) = node(vec![]).await;
+    let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
+    let (liar_net, _) = node(vec![hub_addr.clone()]).await;
+    liar(&liar_net, data.clone());
+    liar_net.provide(hash.as_bytes().to_vec()).await.unwrap();
+    let (down_net, _) = node(vec![hub_addr]).await;
+    let down = files(&down_net, &dir.path().join("down"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while down_net
+        .find_providers(hash.as_bytes().to_vec(), 4)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "provider not found");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = dir.path().join("x.bin");
+    let job = down.get(&hash.to_hex(), out.clone()).unwrap();
+    let view = wait_job(&down, job.id).await;
+    match view.state {
+        JobState::Failed { error, code } => {
+            assert_eq!(code, "providers_failed");
+            assert!(
+                error.contains("does not verify") || error.contains("bad data"),
+                "{error}"
+            );
+        }
+        other => panic!("expected failure, got {other:?}"),
+    }
+    assert!(
+        !out.exists(),
+        "nothing unverified appears at the destination"
+    );
+}
