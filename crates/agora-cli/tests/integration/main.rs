@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod common;
 mod devnet;
+mod files;
 mod hostile;
 mod interop;
 mod network;

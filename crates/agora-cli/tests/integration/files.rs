@@ -1,0 +1,244 @@
+//! File sharing between real nodes: share, find through the DHT, get, tickets, directories,
+//! resume after kill -9, and bad input.
+
+use std::{fs, path::Path, time::Duration};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Deterministic pseudo-random bytes.
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn json_out(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
+    serde_json::from_str(&stdout(out)).unwrap_or_else(|_| panic!("not JSON: {}", stdout(out)))
+}
+
+fn share(node: &Node, path: &Path) -> Value {
+    json_out(&node.cli(&["share", path.to_str().unwrap(), "--json"]))
+}
+
+#[test]
+fn share_then_get_through_the_dht_with_tickets_and_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&dir.path().join("a"), &[]);
+    let b = Node::start(&dir.path().join("b"), &["--bootstrap", &a.tcp_addr()]);
+    let c = Node::start(&dir.path().join("c"), &["--bootstrap", &b.tcp_addr()]);
+
+    let content = data(3 * 1024 * 1024 + 123, 1);
+    let src = dir.path().join("report.pdf");
+    fs::write(&src, &content).unwrap();
+    let shared = share(&a, &src);
+    assert_eq!(
+        shared["hash"],
+        blake3::hash(&content).to_hex().as_str(),
+        "same as b3sum"
+    );
+    assert_eq!(shared["size"], content.len());
+    assert_eq!(shared["name"], "report.pdf");
+    assert!(shared["ticket"].as_str().unwrap().starts_with("agora1"));
+    let hash = shared["hash"].as_str().unwrap().to_owned();
+
+    // c bootstrapped from b only; whatever it learned since, it must find the provider a
+    // through the DHT's provider records.
+    let _ = c.post("/v1/disconnect", &serde_json::json!({ "peer": a.peer_id }));
+    let out = dir.path().join("got/report.pdf");
+    let got = json_out(&c.cli(&["get", &hash, "-o", out.to_str().unwrap(), "--json"]));
+    assert_eq!(got["size"], content.len());
+    assert_eq!(fs::read(&out).unwrap(), content);
+    let listed = json_out(&c.cli(&["files", "--json"]));
+    assert_eq!(listed[0]["hash"], hash.as_str());
+    assert_eq!(listed[0]["kind"], "cached");
+
+    // A node outside the network (no bootstrap) gets it with the ticket alone.
+    let d = Node::start(&dir.path().join("d"), &[]);
+    let out_d = dir.path().join("d-copy");
+    json_out(&d.cli(&[
+        "get",
+        shared["ticket"].as_str().unwrap(),
+        "-o",
+        out_d.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(fs::read(&out_d).unwrap(), content);
+
+    // A directory tree comes back as the same tree.
+    let tree = dir.path().join("album");
+    fs::create_dir_all(tree.join("disc 1")).unwrap();
+    fs::create_dir_all(tree.join("empty-ish/deeper")).unwrap();
+    fs::write(tree.join("cover.jpg"), data(70_000, 2)).unwrap();
+    fs::write(tree.join("disc 1/01.flac"), data(1_500_000, 3)).unwrap();
+    fs::write(tree.join("empty-ish/deeper/notes.txt"), b"liner notes").unwrap();
+    let shared_dir = share(&a, &tree);
+    let out_tree = dir.path().join("album-copy");
+    let got = json_out(&c.cli(&[
+        "get",
+        shared_dir["hash"].as_str().unwrap(),
+        "-o",
+        out_tree.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(got["files"], 3);
+    for rel in ["cover.jpg", "disc 1/01.flac", "empty-ish/deeper/notes.txt"] {
+        assert_eq!(
+            fs::read(out_tree.join(rel)).unwrap(),
+            fs::read(tree.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+
+    // Unshare: a no longer lists it.
+    let out = a.cli(&["unshare", &hash]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = json_out(&a.cli(&["files", "--json"]));
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["hash"] != hash.as_str())
+    );
+    assert!(src.exists(), "unshare leaves the user's file alone");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&dir.path().join("a"), &[]);
+    let b = Node::start(&dir.path().join("b"), &["--bootstrap", &a.tcp_addr()]);
+
+    // A path that does not exist.
+    let out = a.cli(&["share", dir.path().join("nope.txt").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+
+    // A hash nobody has: "not found" after a bounded search.
+    let nobody = blake3::hash(b"nobody shares this").to_hex().to_string();
+    let started = std::time::Instant::now();
+    let out = b.cli(&["get", &nobody, "-o", dir.path().join("x").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no provider"), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(!dir.path().join("x").exists());
+
+    // Not a hash, not a ticket.
+    let out = b.cli(&["get", "hello", "-o", "/tmp/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("neither a BLAKE3 hash"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A listing that tries to escape the destination is refused; nothing is written outside.
+    let evil = dir.path().join("evil.json");
+    let listing = serde_json::json!({
+        "agora_collection": 1,
+        "entries": [{"path": "../escaped.txt", "hash": blake3::hash(b"x").to_hex().to_string(), "size": 1}]
+    });
+    fs::write(&evil, listing.to_string()).unwrap();
+    let shared = share(&a, &evil);
+    let out_dir = dir.path().join("dl/evil");
+    let out = b.cli(&[
+        "get",
+        shared["hash"].as_str().unwrap(),
+        "-o",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("escape"), "{}", stderr(&out));
+    assert!(!dir.path().join("dl/escaped.txt").exists());
+    assert!(!out_dir.exists());
+
+    // A shared file edited afterwards is no longer served.
+    let doc = dir.path().join("doc.txt");
+    fs::write(&doc, b"version 1").unwrap();
+    let shared = share(&a, &doc);
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(&doc, b"version 2, longer").unwrap();
+    let out = b.cli(&[
+        "get",
+        shared["hash"].as_str().unwrap(),
+        "-o",
+        dir.path().join("doc").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("changed"), "{}", stderr(&out));
+    let listed = json_out(&a.cli(&["files", "--json"]));
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["hash"] == shared["hash"])
+        .unwrap()
+        .clone();
+    assert_eq!(entry["stale"], true);
+}
+
+#[test]
+fn a_download_killed_with_the_node_resumes_from_the_verified_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&dir.path().join("a"), &[]);
+    let b_dir = dir.path().join("b");
+    let mut b = Node::start(&b_dir, &["--bootstrap", &a.tcp_addr()]);
+    let content = data(400 * 1024 * 1024, 9);
+    let src = dir.path().join("big.bin");
+    fs::write(&src, &content).unwrap();
+    let shared = share(&a, &src);
+    let hash = shared["hash"].as_str().unwrap().to_owned();
+    let out = dir.path().join("big-copy.bin");
+
+    let (status, started) = b.post(
+        "/v1/files/get",
+        &serde_json::json!({ "target": hash, "out": out }),
+    );
+    assert_eq!(status, 202, "{started}");
+    let job = started["job"].as_u64().unwrap();
+    // Kill the downloading node part-way.
+    let done_at_kill = wait_for("some progress", WAIT, || {
+        let (_, v) = b.get(&format!("/v1/jobs/{job}"));
+        let done = v["done_bytes"].as_u64()?;
+        assert_eq!(
+            v["state"], "running",
+            "finished before it could be killed: {v}"
+        );
+        (done > 16 * 1024 * 1024).then_some(done)
+    });
+    b.kill9();
+    assert!(!out.exists(), "no partial file at the destination");
+    let part = dir.path().join("big-copy.bin.agora-part");
+    assert!(part.exists());
+
+    let b = Node::start(&b_dir, &[]);
+    wait_connected(&b, &a);
+    let got = json_out(&b.cli(&["get", &hash, "-o", out.to_str().unwrap(), "--json"]));
+    assert_eq!(got["size"], content.len());
+    assert!(
+        fs::read(&out).unwrap() == content,
+        "byte-identical after resume"
+    );
+    assert!(!part.exists());
+    let log = fs::read_to_string(b_dir.join("node.log")).unwrap();
+    let resumed: u64 = log
+        .lines()
+        .find(|l| l.contains("resuming download"))
+        .and_then(|l| l.split("have_bytes=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no resume in the log:\n{log}"));
+    assert!(
+        resumed > 0,
+        "resumed from {resumed} bytes (had {done_at_kill} at the kill)"
+    );
+}
