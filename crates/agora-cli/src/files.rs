@@ -51,7 +51,7 @@ fn follow(ep: &Endpoint, job: u64, verb: &str) -> Result<Value> {
             }
         }
         match v["state"].as_str() {
-            Some("running") => std::thread::sleep(Duration::from_millis(100)),
+            Some("running") => std::thread::sleep(Duration::from_millis(50)),
             Some("done") => {
                 if let Some(bar) = &bar {
                     bar.finish_and_clear();

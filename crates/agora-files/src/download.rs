@@ -46,6 +46,9 @@ use crate::{
 const PIECE_CHUNKS: u64 = 1024;
 /// Pieces asked for in one request.
 const PIECES_PER_REQUEST: usize = 4;
+/// Requests in flight per provider, so the link is not idle between a response and the next
+/// request.
+const REQUESTS_PER_PROVIDER: usize = 2;
 /// A provider that sends nothing for this long is dropped.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts per provider before it is dropped for this download.
@@ -134,6 +137,8 @@ enum Outcome {
     Lied(String),
     /// Transient (stall, reset, busy): retry elsewhere.
     Failed(String),
+    /// Writing here failed (disk full, permissions): no provider can help; stop.
+    Local(io::Error),
 }
 
 /// Path of the partial data file of a download to `dest`.
@@ -177,11 +182,16 @@ pub async fn fetch(
     if providers.is_empty() {
         return Err(FetchError::NotFound(hex));
     }
-    // 1. Learn the size from a provider, authenticated by the blob's last chunk group.
+    // 1. Learn the size, authenticated by the blob's last chunk group. All providers are
+    // asked at once and the first verified answer wins, so one that stalls costs nothing.
+    let mut asks: futures::stream::FuturesUnordered<_> = providers
+        .iter()
+        .map(|peer| async move { (*peer, fetch_size(net, hash, *peer).await) })
+        .collect();
     let mut reasons = Vec::new();
     let mut size = None;
-    for peer in &providers {
-        match fetch_size(net, hash, *peer).await {
+    while let Some((peer, result)) = futures::StreamExt::next(&mut asks).await {
+        match result {
             Ok(s) => {
                 size = Some(s);
                 break;
@@ -189,6 +199,7 @@ pub async fn fetch(
             Err(e) => reasons.push(format!("{peer}: {e}")),
         }
     }
+    drop(asks);
     let Some(size) = size else {
         return Err(FetchError::AllFailed {
             hash: hex,
@@ -259,19 +270,28 @@ pub async fn fetch(
     }
     let work = Arc::new(Mutex::new(Work { pieces }));
     let reasons = Arc::new(Mutex::new(Vec::<String>::new()));
+    let local_error = Arc::new(Mutex::new(None::<io::Error>));
     let mut workers = tokio::task::JoinSet::new();
-    for peer in providers {
-        let (net, work, target, progress, reasons) = (
+    for peer in providers
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(*p, REQUESTS_PER_PROVIDER))
+    {
+        let (net, work, target, progress, reasons, local_error) = (
             net.clone(),
             work.clone(),
             target.clone(),
             progress.clone(),
             reasons.clone(),
+            local_error.clone(),
         );
         workers.spawn(async move {
             progress.peers.fetch_add(1, Ordering::Relaxed);
             let mut failures = 0;
             loop {
+                let banned = progress.banned.lock().unwrap().contains(&peer.to_string());
+                if banned || local_error.lock().unwrap().is_some() {
+                    break;
+                }
                 let Some((idx, ranges)) = work.lock().unwrap().take(PIECES_PER_REQUEST) else {
                     break;
                 };
@@ -280,13 +300,18 @@ pub async fn fetch(
                 work.lock().unwrap().finish(&idx, ok);
                 match outcome {
                     Outcome::Ok => failures = 0,
+                    Outcome::Local(e) => {
+                        local_error.lock().unwrap().get_or_insert(e);
+                        break;
+                    }
                     Outcome::Lied(why) => {
-                        tracing::warn!(%peer, "banning provider: {why}");
-                        progress.banned.lock().unwrap().push(peer.to_string());
-                        reasons
-                            .lock()
-                            .unwrap()
-                            .push(format!("{peer} sent bad data ({why})"));
+                        let mut banned = progress.banned.lock().unwrap();
+                        if !banned.contains(&peer.to_string()) {
+                            tracing::warn!(%peer, "banning provider: {why}");
+                            banned.push(peer.to_string());
+                            let mut reasons = reasons.lock().unwrap();
+                            reasons.push(format!("{peer} sent bad data ({why})"));
+                        }
                         break;
                     }
                     Outcome::Failed(why) => {
@@ -310,6 +335,9 @@ pub async fn fetch(
             workers.abort_all();
             break;
         }
+    }
+    if let Some(source) = local_error.lock().unwrap().take() {
+        return Err(FetchError::Io { path: part, source });
     }
     if !work.lock().unwrap().complete() {
         return Err(FetchError::AllFailed {
@@ -408,7 +436,7 @@ async fn fetch_ranges(
     tokio::task::spawn_blocking(move || {
         let mut outboard = match target.outboard() {
             Ok(ob) => ob,
-            Err(e) => return Outcome::Failed(e.to_string()),
+            Err(e) => return Outcome::Local(e),
         };
         let mut reader = SyncIoBridge::new(reader);
         let items = DecodeResponseIter::new(target.hash, target.tree, &mut reader, &ranges);
@@ -416,14 +444,14 @@ async fn fetch_ranges(
             match item {
                 Ok(BaoContentItem::Parent(Parent { node, pair })) => {
                     if let Err(e) = outboard.save(node, &pair) {
-                        return Outcome::Failed(e.to_string());
+                        return Outcome::Local(e);
                     }
                 }
                 Ok(BaoContentItem::Leaf(Leaf { offset, data })) => {
                     if let Err(e) =
                         std::os::unix::fs::FileExt::write_all_at(&target.data, &data, offset)
                     {
-                        return Outcome::Failed(e.to_string());
+                        return Outcome::Local(e);
                     }
                     progress
                         .done

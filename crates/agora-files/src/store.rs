@@ -15,7 +15,7 @@
 
 use std::{
     fs::{self, File},
-    io::{self, BufReader, Read},
+    io::{self, Read},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -217,12 +217,7 @@ impl Store {
         }
         let size = before.len();
         let file = File::open(path).map_err(io_err(path))?;
-        let reader = Counting {
-            inner: BufReader::with_capacity(1 << 20, file),
-            count: progress,
-        };
-        let outboard = PreOrderOutboard::<Vec<u8>>::create_sized(reader, size, BLOCK_SIZE)
-            .map_err(io_err(path))?;
+        let outboard = parallel_outboard(&file, size, progress).map_err(io_err(path))?;
         let after = fs::metadata(path).map_err(io_err(path))?;
         if after.len() != size || mtime_ns(&after) != mtime_ns(&before) {
             return Err(StoreError::ChangedWhileHashing(path.to_owned()));
@@ -400,17 +395,120 @@ impl Store {
     }
 }
 
-struct Counting<'a, R> {
-    inner: R,
-    count: &'a AtomicU64,
-}
+/// Computes the pre-order outboard of `file` on every core.
+///
+/// The chaining value of each 16 KiB group depends only on its bytes and offset, so groups are
+/// hashed in parallel (1 MiB batches handed out to threads), then combined up the tree in one
+/// cheap serial pass (one parent per group). The result is byte-identical to bao-tree's
+/// single-threaded encoder (see the tests), at about twice its speed on two cores.
+pub fn parallel_outboard(
+    file: &File,
+    size: u64,
+    progress: &AtomicU64,
+) -> io::Result<PreOrderOutboard<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
 
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+    use bao_tree::{io::outboard::PostOrderMemOutboard, iter::BaoChunk};
+    use blake3::hazmat::{HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+
+    const GROUPS_PER_BATCH: u64 = 64;
+    let group = BLOCK_SIZE.bytes() as u64;
+    let tree = BaoTree::new(size, BLOCK_SIZE);
+    let blocks = tree.blocks();
+    if blocks <= 1 {
+        let mut data = Vec::with_capacity(size as usize);
+        file.take(size).read_to_end(&mut data)?;
+        if data.len() as u64 != size {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank"));
+        }
+        progress.fetch_add(size, Ordering::Relaxed);
+        return Ok(PreOrderOutboard {
+            root: blake3::hash(&data),
+            tree,
+            data: Vec::new(),
+        });
     }
+    let batches = blocks.div_ceil(GROUPS_PER_BATCH);
+    let next = AtomicU64::new(0);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(batches as usize);
+    let mut cvs = vec![[0u8; 32]; blocks as usize];
+    let results: Vec<io::Result<Vec<(u64, Vec<[u8; 32]>)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buf = vec![0u8; (GROUPS_PER_BATCH * group) as usize];
+                    let mut done = Vec::new();
+                    loop {
+                        let batch = next.fetch_add(1, Ordering::Relaxed);
+                        if batch >= batches {
+                            return Ok(done);
+                        }
+                        let start = batch * GROUPS_PER_BATCH * group;
+                        let len = (size - start).min(buf.len() as u64) as usize;
+                        file.read_exact_at(&mut buf[..len], start)?;
+                        let batch_cvs: Vec<[u8; 32]> = buf[..len]
+                            .chunks(group as usize)
+                            .enumerate()
+                            .map(|(i, bytes)| {
+                                let mut hasher = blake3::Hasher::new();
+                                hasher.set_input_offset(start + i as u64 * group);
+                                hasher.update(bytes);
+                                hasher.finalize_non_root()
+                            })
+                            .collect();
+                        progress.fetch_add(len as u64, Ordering::Relaxed);
+                        done.push((batch, batch_cvs));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("hashing thread panicked"))
+            .collect()
+    });
+    for result in results {
+        for (batch, batch_cvs) in result? {
+            let first = (batch * GROUPS_PER_BATCH) as usize;
+            cvs[first..first + batch_cvs.len()].copy_from_slice(&batch_cvs);
+        }
+    }
+    let mut post_order = Vec::with_capacity(tree.outboard_size() as usize);
+    let mut stack: Vec<[u8; 32]> = Vec::new();
+    let mut root = None;
+    for item in tree.post_order_chunks_iter() {
+        match item {
+            BaoChunk::Leaf { start_chunk, .. } => {
+                stack.push(cvs[(start_chunk.0 >> BLOCK_SIZE.chunk_log()) as usize]);
+            }
+            BaoChunk::Parent { is_root, .. } => {
+                let right = stack.pop().expect("post order has two children");
+                let left = stack.pop().expect("post order has two children");
+                post_order.extend_from_slice(&left);
+                post_order.extend_from_slice(&right);
+                if is_root {
+                    root = Some(merge_subtrees_root(&left, &right, Mode::Hash));
+                } else {
+                    stack.push(merge_subtrees_non_root(&left, &right, Mode::Hash));
+                }
+            }
+        }
+    }
+    let root = root.expect("a tree of two or more groups has a root parent");
+    let pre = PostOrderMemOutboard {
+        root,
+        tree,
+        data: post_order,
+    }
+    .flip();
+    Ok(PreOrderOutboard {
+        root,
+        tree,
+        data: pre.data,
+    })
 }
 
 #[cfg(test)]
@@ -468,6 +566,37 @@ mod tests {
         store.remove(&hash).unwrap();
         assert!(store.get(&hash).unwrap().is_none());
         assert!(!store.data_path(&hash).exists());
+    }
+
+    #[test]
+    fn parallel_outboard_equals_the_reference_encoder() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = 16 * 1024;
+        for size in [
+            0,
+            1,
+            1024,
+            group,
+            group + 1,
+            2 * group,
+            3 * group - 7,
+            64 * group + 5,
+            200 * group + 999,
+        ] {
+            let data: Vec<u8> = (0..size as u64).map(|i| (i * 31 % 251) as u8).collect();
+            let path = dir.path().join(format!("f{size}"));
+            fs::write(&path, &data).unwrap();
+            let progress = AtomicU64::new(0);
+            let ours =
+                parallel_outboard(&File::open(&path).unwrap(), size as u64, &progress).unwrap();
+            let reference =
+                PreOrderOutboard::<Vec<u8>>::create_sized(&data[..], size as u64, BLOCK_SIZE)
+                    .unwrap();
+            assert_eq!(ours.root, blake3::hash(&data), "size {size}");
+            assert_eq!(ours.root, reference.root, "size {size}");
+            assert_eq!(ours.data, reference.data, "size {size}");
+            assert_eq!(progress.load(Ordering::Relaxed), size as u64);
+        }
     }
 
     #[test]

@@ -62,20 +62,24 @@ fn liar(net: &Handle, data: Vec<u8>) {
     let honest =
         PreOrderOutboard::<Vec<u8>>::create_sized(&data[..], data.len() as u64, BLOCK_SIZE)
             .unwrap();
+    let (corrupt, honest, size) = (Arc::new(corrupt), Arc::new(honest), data.len() as u64);
     let mut incoming = net.stream_control().accept(PROTOCOL).unwrap();
     tokio::spawn(async move {
         while let Some((_, mut stream)) = incoming.next().await {
-            let frame = read_limited_frame(&mut stream, 16 * 1024).await.unwrap();
-            let req: Request = serde_json::from_slice(&frame).unwrap();
-            let ranges = req.chunk_ranges().unwrap();
-            let mut encoded = Vec::new();
-            bao_tree::io::sync::encode_ranges(&corrupt[..], &honest, &ranges, &mut encoded)
-                .unwrap();
-            write_frame(&mut stream, &Response::Size(data.len() as u64))
-                .await
-                .unwrap();
-            let _ = stream.write_all(&encoded).await;
-            let _ = stream.close().await;
+            let (corrupt, honest) = (corrupt.clone(), honest.clone());
+            tokio::spawn(async move {
+                let frame = read_limited_frame(&mut stream, 16 * 1024).await.unwrap();
+                let req: Request = serde_json::from_slice(&frame).unwrap();
+                let ranges = req.chunk_ranges().unwrap();
+                let mut encoded = Vec::new();
+                bao_tree::io::sync::encode_ranges(&corrupt[..], &*honest, &ranges, &mut encoded)
+                    .unwrap();
+                write_frame(&mut stream, &Response::Size(size))
+                    .await
+                    .unwrap();
+                let _ = stream.write_all(&encoded).await;
+                let _ = stream.close().await;
+            });
         }
     });
 }

@@ -242,3 +242,56 @@ fn a_download_killed_with_the_node_resumes_from_the_verified_part() {
         "resumed from {resumed} bytes (had {done_at_kill} at the kill)"
     );
 }
+
+/// Unmounts the small tmpfs when the test ends, however it ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_at_the_destination_is_a_clear_error_that_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    fs::create_dir_all(&small).unwrap();
+    // A 2 MiB filesystem of our own (root, as in CI); without root there is no way to fill a
+    // disk safely, so say so rather than pretend.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "agora-test"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    let _mount = Mount(small.clone());
+    let a = Node::start(&dir.path().join("a"), &[]);
+    let b = Node::start(&dir.path().join("b"), &["--bootstrap", &a.tcp_addr()]);
+    let content = data(8 * 1024 * 1024, 5);
+    let src = dir.path().join("eight.bin");
+    fs::write(&src, &content).unwrap();
+    let hash = share(&a, &src)["hash"].as_str().unwrap().to_owned();
+
+    let out = small.join("eight.bin");
+    let result = b.cli(&["get", &hash, "-o", out.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(1));
+    assert!(
+        stderr(&result).contains("No space left on device"),
+        "{}",
+        stderr(&result)
+    );
+    assert!(!out.exists(), "no partial file at OUT");
+
+    // Nothing else is lost: the node still downloads elsewhere, and the source is intact.
+    let ok = dir.path().join("eight-ok.bin");
+    json_out(&b.cli(&["get", &hash, "-o", ok.to_str().unwrap(), "--json"]));
+    assert_eq!(fs::read(&ok).unwrap(), content);
+    assert_eq!(fs::read(&src).unwrap(), content);
+}
