@@ -435,7 +435,9 @@ pub fn parallel_outboard(
         .unwrap_or(1)
         .min(batches as usize);
     let mut cvs = vec![[0u8; 32]; blocks as usize];
-    let results: Vec<io::Result<Vec<(u64, Vec<[u8; 32]>)>>> = std::thread::scope(|scope| {
+    /// Each thread's hashed batches: (batch index, chaining values of its groups).
+    type Batches = Vec<(u64, Vec<[u8; 32]>)>;
+    let results: Vec<io::Result<Batches>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
