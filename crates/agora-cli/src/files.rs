@@ -158,3 +158,34 @@ pub fn pin(args: &ClientArgs, hash: &str) -> Result<()> {
         )
     })
 }
+
+pub fn search(args: &ClientArgs, words: &[String]) -> Result<()> {
+    let ep = Endpoint::resolve(args)?;
+    let query: String = words.join(" ");
+    let mut url = String::from("/v1/search?q=");
+    for b in query.bytes() {
+        if b.is_ascii_alphanumeric() {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let hits: Value = ep.get(&url)?;
+    output::print(args.json, &hits, |v| {
+        let list = v.as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            return format!("nothing found for {query:?}");
+        }
+        let mut out = format!("{:<64} {:>10} {:>9}  NAME", "HASH", "SIZE", "PROVIDERS");
+        for h in &list {
+            out.push_str(&format!(
+                "\n{:<64} {:>10} {:>9}  {}",
+                h["hash"].as_str().unwrap_or(""),
+                bytes(h["size"].as_u64().unwrap_or(0)),
+                h["providers"].as_u64().unwrap_or(0),
+                h["name"].as_str().unwrap_or("")
+            ));
+        }
+        out
+    })
+}

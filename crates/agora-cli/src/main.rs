@@ -69,6 +69,13 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Find files by name across the network (all words must match).
+    Search {
+        #[arg(required = true)]
+        words: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// What this node shares, pins and caches.
     Files(ClientArgs),
     /// Stop sharing a blob (your file itself is left alone).
@@ -134,6 +141,7 @@ fn main() -> ExitCode {
             client,
         } => files::get(&client, &target, &out),
         Command::Files(c) => files::list(&c),
+        Command::Search { words, client } => files::search(&client, &words),
         Command::Unshare { hash, client } => files::unshare(&client, &hash),
         Command::Pin { hash, client } => files::pin(&client, &hash),
     };

@@ -13,6 +13,9 @@
 //! once, verifies every chunk group before writing it, bans a provider at its first bad group,
 //! and becomes a provider itself when done ([`download`]).
 //!
+//! Names are findable by keyword ([`search`]): index entries are stored at the peers closest
+//! to each keyword's hash, eMule-Kad style, and a query intersects keywords.
+//!
 //! # Limits
 //! Request frames ≤ 16 KiB with ≤ 256 ranges; ≤ 32 blob streams served at once; collection
 //! listings ≤ 16 MiB and ≤ 100,000 entries, with every path checked so that it cannot escape the
@@ -21,6 +24,7 @@
 pub mod collection;
 pub mod download;
 pub mod protocol;
+pub mod search;
 pub mod service;
 pub mod store;
 pub mod ticket;

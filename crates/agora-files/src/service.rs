@@ -22,6 +22,7 @@ use crate::{
     collection::{Collection, Entry, MAX_COLLECTION_LEN, safe_relative_path},
     download::{self, FetchError, Progress},
     protocol::{self, MAX_CONCURRENT_SERVES},
+    search,
     store::{BlobMeta, Kind, Store, StoreError},
     ticket::Ticket,
 };
@@ -110,6 +111,7 @@ pub enum FilesError {
 pub struct Files {
     net: Handle,
     store: Store,
+    index: Mutex<search::Index>,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     next_job: AtomicU64,
 }
@@ -125,6 +127,7 @@ impl Files {
         let files = Arc::new(Self {
             net: net.clone(),
             store: store.clone(),
+            index: Mutex::new(search::Index::default()),
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
         });
@@ -148,6 +151,28 @@ impl Files {
                 });
             }
         });
+        let (tx, mut requests) = tokio::sync::mpsc::channel::<agora_net::InboundRequest>(64);
+        net.serve(search::PROTOCOL, tx)
+            .map_err(|e| FilesError::BadTarget(e.to_string()))?;
+        tokio::spawn({
+            let files = Arc::downgrade(&files);
+            async move {
+                while let Some(req) = requests.recv().await {
+                    let Some(files) = files.upgrade() else { return };
+                    let response = match serde_json::from_slice::<search::Request>(&req.data) {
+                        Ok(request) => files.index.lock().unwrap().handle(
+                            req.peer,
+                            request,
+                            std::time::Instant::now(),
+                        ),
+                        Err(e) => search::Response::Refused(format!("malformed request: {e}")),
+                    };
+                    let _ = req
+                        .reply
+                        .send(serde_json::to_vec(&response).expect("serialises"));
+                }
+            }
+        });
         tokio::spawn({
             let files = Arc::downgrade(&files);
             async move {
@@ -164,11 +189,113 @@ impl Files {
 
     async fn announce_all(&self) {
         let Ok(list) = self.store.list() else { return };
+        self.index.lock().unwrap().expire(std::time::Instant::now());
         for (hash, meta) in list {
             if !meta.stale {
                 let _ = self.net.provide(hash.as_bytes().to_vec()).await;
+                self.publish_name(&meta.name, meta.size, &hash).await;
             }
         }
+    }
+
+    /// Stores index entries for `name` at the peers closest to each of its keywords, and in
+    /// this node's own index.
+    pub async fn publish_name(&self, name: &str, size: u64, hash: &Hash) {
+        let me = self.net.local_peer_id();
+        let entry = search::Entry {
+            name: name.to_owned(),
+            size,
+            hash: hash.to_hex().to_string(),
+            provider: me.to_string(),
+        };
+        for keyword in search::keywords(name) {
+            let request = search::Request::Publish {
+                keyword: keyword.clone(),
+                entries: vec![entry.clone()],
+            };
+            self.index
+                .lock()
+                .unwrap()
+                .handle(me, request, std::time::Instant::now());
+            let peers = self
+                .net
+                .closest_peers(search::keyword_key(&keyword))
+                .await
+                .unwrap_or_default();
+            let bytes = serde_json::to_vec(&search::Request::Publish {
+                keyword,
+                entries: vec![entry.clone()],
+            })
+            .expect("serialises");
+            let sends = peers.into_iter().take(search::REPLICAS).map(|peer| {
+                self.net.request(
+                    peer,
+                    search::PROTOCOL,
+                    bytes.clone(),
+                    Duration::from_secs(10),
+                )
+            });
+            for result in futures::future::join_all(sends).await {
+                if let Err(e) = result {
+                    tracing::debug!("publishing a keyword failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Searches the network for names containing every word of `query`.
+    pub async fn search(&self, query: &str) -> Result<Vec<search::Hit>, FilesError> {
+        let all = search::keywords(query);
+        let Some(keyword) = all.iter().max_by_key(|k| k.chars().count()).cloned() else {
+            return Err(FilesError::BadTarget(
+                "give at least one word of two or more letters or digits".into(),
+            ));
+        };
+        let me = self.net.local_peer_id();
+        let mut entries =
+            self.index
+                .lock()
+                .unwrap()
+                .query(&keyword, &all, std::time::Instant::now());
+        let peers = self
+            .net
+            .closest_peers(search::keyword_key(&keyword))
+            .await
+            .unwrap_or_default();
+        let bytes = serde_json::to_vec(&search::Request::Query {
+            keyword,
+            all: all.clone(),
+        })
+        .expect("serialises");
+        let asks = peers
+            .into_iter()
+            .filter(|p| *p != me)
+            .take(search::REPLICAS * 2)
+            .map(|peer| {
+                self.net.request(
+                    peer,
+                    search::PROTOCOL,
+                    bytes.clone(),
+                    Duration::from_secs(10),
+                )
+            });
+        for answer in futures::future::join_all(asks).await {
+            if let Ok(Ok(search::Response::Results(found))) =
+                answer.map(|b| serde_json::from_slice::<search::Response>(&b))
+            {
+                // An answer is untrusted: keep only entries that really match.
+                entries.extend(
+                    found
+                        .into_iter()
+                        .take(search::MAX_ENTRIES_PER_MESSAGE)
+                        .filter(|e| {
+                            let have = search::keywords(&e.name);
+                            Hash::from_hex(&e.hash).is_ok() && all.iter().all(|k| have.contains(k))
+                        }),
+                );
+            }
+        }
+        Ok(search::merge(entries))
     }
 
     pub fn store(&self) -> &Store {
@@ -253,6 +380,7 @@ impl Files {
                             tracing::warn!("cannot announce {}: {e}", h.to_hex());
                         }
                     }
+                    this.publish_name(&name, size, &hash).await;
                     let ticket = this.ticket(hash).await;
                     job2.finish(JobState::Done {
                         result: serde_json::json!({
@@ -390,7 +518,9 @@ impl Files {
                         source: std::io::Error::other(e.to_string()),
                     })?;
                 let _ = self.net.provide(hash.as_bytes().to_vec()).await;
-                self.store.get(&hash).ok().flatten().expect("just adopted")
+                let meta = self.store.get(&hash).ok().flatten().expect("just adopted");
+                self.publish_name(&meta.name, meta.size, &hash).await;
+                meta
             }
         };
         // A collection: the listing landed at `out`; keep it in the store and fetch the tree.

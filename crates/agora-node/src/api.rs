@@ -133,6 +133,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/files/unshare", post(files_unshare))
         .route("/v1/files/pin", post(files_pin))
         .route("/v1/jobs/{id}", get(job))
+        .route("/v1/search", get(files_search))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -461,6 +462,20 @@ async fn files_list(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })??;
     Ok(Json(list))
+}
+
+#[derive(Deserialize)]
+pub struct SearchQuery {
+    pub q: String,
+}
+
+async fn files_search(
+    State(node): State<Arc<Node>>,
+    query: Result<axum::extract::Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<agora_files::search::Hit>>, ApiError> {
+    let axum::extract::Query(SearchQuery { q }) =
+        query.map_err(|e| ApiError::bad_request(format!("expected ?q=WORDS: {e}")))?;
+    Ok(Json(node.files.search(&q).await?))
 }
 
 #[derive(Deserialize)]

@@ -23,6 +23,7 @@
 //! | `POST /v1/files/get`   | `{"target": HASH or TICKET, "out"}` → `{"job"}`  |
 //! | `GET /v1/jobs/{id}`    | progress and result of a share or download       |
 //! | `GET /v1/files`        | blobs this node holds                            |
+//! | `GET /v1/search?q=…`   | keyword search across the network                |
 //! | `POST /v1/files/unshare`, `POST /v1/files/pin` | `{"hash"}`              |
 
 pub mod api;

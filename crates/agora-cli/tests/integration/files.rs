@@ -295,3 +295,45 @@ fn a_full_disk_at_the_destination_is_a_clear_error_that_loses_nothing() {
     assert_eq!(fs::read(&ok).unwrap(), content);
     assert_eq!(fs::read(&src).unwrap(), content);
 }
+
+#[test]
+fn keyword_search_finds_a_file_from_a_node_four_hops_away() {
+    let dir = tempfile::tempdir().unwrap();
+    // A chain: each node bootstraps from the previous one only.
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..5 {
+        let extra: Vec<String> = nodes
+            .last()
+            .map(|prev| vec!["--bootstrap".to_owned(), prev.tcp_addr()])
+            .unwrap_or_default();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        nodes.push(Node::start(&dir.path().join(format!("n{i}")), &extra));
+    }
+    let (first, last) = (&nodes[0], &nodes[4]);
+    let content = data(200_000, 7);
+    let src = dir.path().join("Holiday_Photos-2024 (Greece).zip");
+    fs::write(&src, &content).unwrap();
+    let hash = share(first, &src)["hash"].as_str().unwrap().to_owned();
+    fs::write(dir.path().join("Work Photos.tar"), b"other").unwrap();
+    share(&nodes[1], &dir.path().join("Work Photos.tar"));
+
+    // Case and punctuation do not matter; every word must match.
+    let hits = json_out(&last.cli(&["search", "PHOTOS", "greece", "--json"]));
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["hash"], hash.as_str());
+    assert_eq!(hits[0]["name"], "Holiday_Photos-2024 (Greece).zip");
+    assert_eq!(hits[0]["size"], content.len());
+    assert!(hits[0]["providers"].as_u64().unwrap() >= 1);
+    let both = json_out(&last.cli(&["search", "photos", "--json"]));
+    assert_eq!(both.as_array().unwrap().len(), 2, "{both}");
+    let none = json_out(&last.cli(&["search", "nonexistent", "words", "--json"]));
+    assert!(none.as_array().unwrap().is_empty());
+    let out = last.cli(&["search", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // And the hit can be fetched, byte-identical.
+    let dest = dir.path().join("found.zip");
+    json_out(&last.cli(&["get", &hash, "-o", dest.to_str().unwrap(), "--json"]));
+    assert_eq!(fs::read(&dest).unwrap(), content);
+}
