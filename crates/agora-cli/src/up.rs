@@ -47,6 +47,41 @@ pub struct UpArgs {
     /// Most connections held at once.
     #[arg(long, env = "AGORA_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Disk the node may use for others' replicas and outboards (e.g. 10GiB, 500MB); cached
+    /// replicas are evicted, oldest first, to stay under it. Default 10GiB.
+    #[arg(long, env = "AGORA_STORAGE_QUOTA", value_parser = parse_size)]
+    pub storage_quota: Option<u64>,
+    /// Seconds between checks that shared blobs still have enough replicas. Default 600.
+    #[arg(long, env = "AGORA_REPLICA_CHECK_INTERVAL")]
+    pub replica_check_interval: Option<u64>,
+}
+
+/// `1048576`, `512KiB`, `10MB`, `10GiB`, `1TB`…
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 500MB or 10GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000u64.pow(4),
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `<data-dir>/config.toml`.
@@ -62,6 +97,8 @@ pub struct FileConfig {
     pub upnp: Option<bool>,
     pub relay_server: Option<bool>,
     pub max_connections: Option<u32>,
+    pub storage_quota: Option<String>,
+    pub replica_check_interval: Option<u64>,
 }
 
 fn parse_addrs(what: &str, raw: &[String]) -> Result<Vec<Multiaddr>> {
@@ -122,6 +159,23 @@ pub fn resolve(args: UpArgs) -> Result<NodeConfig> {
             .max_connections
             .or(file.max_connections)
             .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        files: {
+            let mut files = agora_files::service::Config::default();
+            let from_file = match &file.storage_quota {
+                Some(q) => Some(
+                    parse_size(q)
+                        .map_err(|e| anyhow::anyhow!("config.toml: storage_quota: {e}"))?,
+                ),
+                None => None,
+            };
+            if let Some(q) = args.storage_quota.or(from_file) {
+                files.storage_quota = q;
+            }
+            if let Some(secs) = args.replica_check_interval.or(file.replica_check_interval) {
+                files.replica_check = std::time::Duration::from_secs(secs.max(1));
+            }
+            files
+        },
     })
 }
 
@@ -203,6 +257,17 @@ mod tests {
         );
         assert_eq!(from_flags.kad_mode, agora_net::KadMode::Server);
         assert!(!from_flags.relay_server);
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("3MiB"), Ok(3 << 20));
+        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
+        assert_eq!(parse_size("2 gib"), Ok(2 << 30));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5XB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
     }
 
     #[test]

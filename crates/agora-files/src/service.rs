@@ -27,6 +27,49 @@ use crate::{
     ticket::Ticket,
 };
 
+/// `/agora/replicate/1.0.0`: "please hold a replica of this blob" (JSON `{hash, size, name}`,
+/// answered `{accepted, reason}`); the holder then fetches it like any download.
+pub const REPLICATE_PROTOCOL: libp2p::StreamProtocol =
+    libp2p::StreamProtocol::new("/agora/replicate/1.0.0");
+
+/// Replication and storage settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bytes the store may hold for others (replicas) plus all outboards; cached replicas are
+    /// evicted, oldest first, to stay under it. Own shares and pins are never evicted.
+    pub storage_quota: u64,
+    /// Replicas kept of each shared blob besides the publisher's copy.
+    pub replicas: usize,
+    /// How often held blobs are checked for enough replicas (and repaired).
+    pub replica_check: Duration,
+    /// Largest blob accepted as a replica.
+    pub max_replica_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            storage_quota: 10 * 1024 * 1024 * 1024,
+            replicas: 3,
+            replica_check: Duration::from_secs(600),
+            max_replica_size: 4 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct ReplicateRequest {
+    hash: String,
+    size: u64,
+    name: String,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct ReplicateResponse {
+    accepted: bool,
+    reason: String,
+}
+
 /// How often every held blob is announced again in the DHT.
 const REANNOUNCE_INTERVAL: Duration = Duration::from_secs(30 * 60);
 /// Most providers a download asks the DHT for.
@@ -111,7 +154,9 @@ pub enum FilesError {
 pub struct Files {
     net: Handle,
     store: Store,
+    config: Config,
     index: Mutex<search::Index>,
+    replicating: Mutex<std::collections::HashSet<Hash>>,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     next_job: AtomicU64,
 }
@@ -122,12 +167,15 @@ impl Files {
         net: Handle,
         data_dir: &Path,
         db: Arc<agora_store::Db>,
+        config: Config,
     ) -> Result<Arc<Self>, FilesError> {
         let store = Store::open(data_dir, db)?;
         let files = Arc::new(Self {
             net: net.clone(),
             store: store.clone(),
+            config,
             index: Mutex::new(search::Index::default()),
+            replicating: Mutex::new(std::collections::HashSet::new()),
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
         });
@@ -173,6 +221,35 @@ impl Files {
                 }
             }
         });
+        let (tx, mut replicate_requests) =
+            tokio::sync::mpsc::channel::<agora_net::InboundRequest>(16);
+        net.serve(REPLICATE_PROTOCOL, tx)
+            .map_err(|e| FilesError::BadTarget(e.to_string()))?;
+        tokio::spawn({
+            let files = Arc::downgrade(&files);
+            async move {
+                while let Some(req) = replicate_requests.recv().await {
+                    let Some(files) = files.upgrade() else { return };
+                    let response = files.on_replicate(req.peer, &req.data);
+                    let _ = req
+                        .reply
+                        .send(serde_json::to_vec(&response).expect("serialises"));
+                }
+            }
+        });
+        tokio::spawn({
+            let interval = files.config.replica_check;
+            let files = Arc::downgrade(&files);
+            async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(files) = files.upgrade() else { return };
+                    files.check_replicas().await;
+                }
+            }
+        });
         tokio::spawn({
             let files = Arc::downgrade(&files);
             async move {
@@ -194,6 +271,166 @@ impl Files {
             if !meta.stale {
                 let _ = self.net.provide(hash.as_bytes().to_vec()).await;
                 self.publish_name(&meta.name, meta.size, &hash).await;
+            }
+        }
+    }
+
+    /// A peer asks us to hold a replica: accept if it fits the quota (evicting old cached
+    /// replicas), then fetch it in the background from that peer and other providers.
+    fn on_replicate(self: &Arc<Self>, from: PeerId, data: &[u8]) -> ReplicateResponse {
+        let refuse = |reason: String| ReplicateResponse {
+            accepted: false,
+            reason,
+        };
+        let Ok(req) = serde_json::from_slice::<ReplicateRequest>(data) else {
+            return refuse("malformed request".into());
+        };
+        let Ok(hash) = Hash::from_hex(&req.hash) else {
+            return refuse("malformed hash".into());
+        };
+        if req.size > self.config.max_replica_size {
+            return refuse(format!(
+                "larger than {} bytes",
+                self.config.max_replica_size
+            ));
+        }
+        if matches!(self.store.get(&hash), Ok(Some(m)) if !m.stale) {
+            return ReplicateResponse {
+                accepted: true,
+                reason: "already held".into(),
+            };
+        }
+        if !self.replicating.lock().unwrap().insert(hash) {
+            return ReplicateResponse {
+                accepted: true,
+                reason: "already fetching".into(),
+            };
+        }
+        let needed = req.size + bao_tree::BaoTree::new(req.size, crate::BLOCK_SIZE).outboard_size();
+        match self.store.make_room(needed, self.config.storage_quota) {
+            Ok(evicted) => {
+                for h in evicted {
+                    tracing::info!(hash = %h.to_hex(), "evicted a cached replica to stay under the storage quota");
+                }
+            }
+            Err(e) => {
+                self.replicating.lock().unwrap().remove(&hash);
+                return refuse(e.to_string());
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut providers = vec![from];
+            providers.extend(
+                this.providers(hash, None)
+                    .await
+                    .into_iter()
+                    .filter(|p| *p != from),
+            );
+            let dest = this.store.data_path(&hash);
+            let result = download::fetch(
+                &this.net,
+                hash,
+                providers,
+                &dest,
+                &this.store.partial_outboard_path(&hash, &dest),
+                Arc::new(Progress::default()),
+            )
+            .await;
+            match result {
+                Ok(size) => {
+                    if let Err(e) = this
+                        .store
+                        .adopt_download(&hash, size, &dest, &req.name, false)
+                    {
+                        tracing::warn!("cannot keep replica {}: {e}", hash.to_hex());
+                    } else {
+                        tracing::info!(hash = %hash.to_hex(), "holding a replica");
+                        let _ = this.net.provide(hash.as_bytes().to_vec()).await;
+                    }
+                }
+                Err(e) => tracing::warn!("replica of {} failed: {e}", hash.to_hex()),
+            }
+            this.replicating.lock().unwrap().remove(&hash);
+        });
+        ReplicateResponse {
+            accepted: true,
+            reason: "fetching".into(),
+        }
+    }
+
+    /// Asks peers close to `hash` (other than `skip`) to hold replicas until `wanted` accepted.
+    async fn replicate_to(
+        &self,
+        hash: &Hash,
+        size: u64,
+        name: &str,
+        wanted: usize,
+        skip: &[PeerId],
+    ) -> usize {
+        if wanted == 0 {
+            return 0;
+        }
+        let me = self.net.local_peer_id();
+        let peers = self
+            .net
+            .closest_peers(hash.as_bytes().to_vec())
+            .await
+            .unwrap_or_default();
+        let request = serde_json::to_vec(&ReplicateRequest {
+            hash: hash.to_hex().to_string(),
+            size,
+            name: name.to_owned(),
+        })
+        .expect("serialises");
+        let mut accepted = 0;
+        for peer in peers.into_iter().filter(|p| *p != me && !skip.contains(p)) {
+            let answer = self
+                .net
+                .request(
+                    peer,
+                    REPLICATE_PROTOCOL,
+                    request.clone(),
+                    Duration::from_secs(10),
+                )
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ReplicateResponse>(&b).ok());
+            match answer {
+                Some(r) if r.accepted => accepted += 1,
+                Some(r) => tracing::debug!(%peer, "replica refused: {}", r.reason),
+                None => tracing::debug!(%peer, "no answer to a replica request"),
+            }
+            if accepted >= wanted {
+                break;
+            }
+        }
+        accepted
+    }
+
+    /// Repairs replication: every shared blob and every replica held here should have
+    /// `replicas` providers besides this node; ask more peers when it has fewer.
+    async fn check_replicas(&self) {
+        let Ok(list) = self.store.list() else { return };
+        let me = self.net.local_peer_id();
+        for (hash, meta) in list {
+            let replicated =
+                meta.kind == Kind::Own || (meta.kind == Kind::Cached && meta.source.is_none());
+            if meta.stale || !replicated || meta.size > self.config.max_replica_size {
+                continue;
+            }
+            let mut providers = self
+                .net
+                .find_providers(hash.as_bytes().to_vec(), self.config.replicas + 4)
+                .await
+                .unwrap_or_default();
+            providers.retain(|p| *p != me);
+            if providers.len() < self.config.replicas {
+                let missing = self.config.replicas - providers.len();
+                let got = self
+                    .replicate_to(&hash, meta.size, &meta.name, missing, &providers)
+                    .await;
+                tracing::info!(hash = %hash.to_hex(), providers = providers.len(), asked = missing, accepted = got, "repairing replication");
             }
         }
     }
@@ -381,6 +618,14 @@ impl Files {
                         }
                     }
                     this.publish_name(&name, size, &hash).await;
+                    for h in hashes.iter().chain([&hash]) {
+                        let meta = this.store.get(h).ok().flatten();
+                        if let Some(meta) = meta.filter(|m| m.size <= this.config.max_replica_size)
+                        {
+                            this.replicate_to(h, meta.size, &meta.name, this.config.replicas, &[])
+                                .await;
+                        }
+                    }
                     let ticket = this.ticket(hash).await;
                     job2.finish(JobState::Done {
                         result: serde_json::json!({
@@ -507,7 +752,7 @@ impl Files {
                     hash,
                     providers.clone(),
                     out,
-                    &self.store.partial_outboard_path(&hash),
+                    &self.store.partial_outboard_path(&hash, out),
                     progress.clone(),
                 )
                 .await?;
@@ -634,7 +879,7 @@ impl Files {
             hash,
             providers,
             dest,
-            &self.store.partial_outboard_path(&hash),
+            &self.store.partial_outboard_path(&hash, dest),
             progress.clone(),
         )
         .await?;

@@ -6,7 +6,7 @@
 //! | outboard (pre-order, 16 KiB) | `<data-dir>/blobs/<hex>.obao`           |
 //! | data, when held by the store | `<data-dir>/blobs/<hex>.data`           |
 //! | data, when shared in place   | the user's file, checked before serving |
-//! | partial outboard             | `<data-dir>/blobs/<hex>.obao.part`      |
+//! | partial outboard             | `<data-dir>/blobs/<hex>.<dest>.obao.part` |
 //!
 //! A shared file is not copied unless asked: the store remembers its path, length and
 //! modification time, and refuses to serve it once either changed (the outboard would no
@@ -84,6 +84,8 @@ pub enum StoreError {
         "the shared file {0} changed after it was shared; it is no longer served (share it again)"
     )]
     Stale(PathBuf),
+    #[error("storage quota of {quota} bytes leaves no room for {needed} more")]
+    QuotaFull { needed: u64, quota: u64 },
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -143,8 +145,16 @@ impl Store {
         self.dir.join(format!("{}.obao", hash.to_hex()))
     }
 
-    pub fn partial_outboard_path(&self, hash: &Hash) -> PathBuf {
-        self.dir.join(format!("{}.obao.part", hash.to_hex()))
+    /// The outboard of a download of `hash` to `dest` while it is incomplete. One per
+    /// destination, so two downloads of the same blob (a replica and a user's `get`) never
+    /// share, or rename away, each other's partial state.
+    pub fn partial_outboard_path(&self, hash: &Hash, dest: &Path) -> PathBuf {
+        let tag = blake3::hash(dest.as_os_str().as_encoded_bytes());
+        self.dir.join(format!(
+            "{}.{}.obao.part",
+            hash.to_hex(),
+            &tag.to_hex()[..16]
+        ))
     }
 
     pub fn get(&self, hash: &Hash) -> Result<Option<BlobMeta>, StoreError> {
@@ -316,7 +326,7 @@ impl Store {
         name: &str,
         collection: bool,
     ) -> Result<(), StoreError> {
-        let ob = self.partial_outboard_path(hash);
+        let ob = self.partial_outboard_path(hash, path);
         let final_ob = self.outboard_path(hash);
         fs::rename(&ob, &final_ob).map_err(io_err(&ob))?;
         let meta = fs::metadata(path).map_err(io_err(path))?;
@@ -324,19 +334,70 @@ impl Store {
             Some(old) if old.kind != Kind::Cached => old.kind,
             _ => Kind::Cached,
         };
+        // Data downloaded into the store itself (a replica) is the store's, not a user file.
+        let (source, source_mtime_ns) = if path == self.data_path(hash) {
+            (None, None)
+        } else {
+            (Some(path.to_owned()), mtime_ns(&meta))
+        };
         self.put(
             hash,
             &BlobMeta {
                 size,
                 name: name.to_owned(),
                 kind,
-                source: Some(path.to_owned()),
-                source_mtime_ns: mtime_ns(&meta),
+                source,
+                source_mtime_ns,
                 collection,
                 stale: false,
                 added: now_secs(),
             },
         )
+    }
+
+    /// Bytes the store itself holds: data it owns (copies, replicas) and every outboard.
+    pub fn usage(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .list()?
+            .iter()
+            .map(|(_, m)| {
+                let outboard = BaoTree::new(m.size, BLOCK_SIZE).outboard_size();
+                outboard + if m.source.is_none() { m.size } else { 0 }
+            })
+            .sum())
+    }
+
+    /// Makes room for `needed` more bytes under `quota` by evicting cached blobs whose data the
+    /// store owns, least recently added first. Own shares and pins are never evicted. Returns
+    /// the evicted hashes, or an error if even evicting every candidate would not be enough
+    /// (then nothing is evicted).
+    pub fn make_room(&self, needed: u64, quota: u64) -> Result<Vec<Hash>, StoreError> {
+        let usage = self.usage()?;
+        if usage + needed <= quota {
+            return Ok(Vec::new());
+        }
+        let mut candidates: Vec<(Hash, BlobMeta)> = self
+            .list()?
+            .into_iter()
+            .filter(|(_, m)| m.kind == Kind::Cached && m.source.is_none())
+            .collect();
+        candidates.sort_by_key(|(_, m)| m.added);
+        let mut freed = 0;
+        let mut chosen = Vec::new();
+        for (hash, meta) in candidates {
+            if usage + needed - freed <= quota {
+                break;
+            }
+            freed += meta.size + BaoTree::new(meta.size, BLOCK_SIZE).outboard_size();
+            chosen.push(hash);
+        }
+        if usage + needed - freed.min(usage + needed) > quota {
+            return Err(StoreError::QuotaFull { needed, quota });
+        }
+        for hash in &chosen {
+            self.remove(hash)?;
+        }
+        Ok(chosen)
     }
 
     /// Opens a complete blob for serving. A shared-in-place file that changed is marked stale
@@ -599,6 +660,40 @@ mod tests {
             assert_eq!(ours.data, reference.data, "size {size}");
             assert_eq!(progress.load(Ordering::Relaxed), size as u64);
         }
+    }
+
+    #[test]
+    fn eviction_takes_oldest_cached_store_data_and_spares_pins_and_shares() {
+        let (dir, store) = store();
+        let kib = |n: usize| vec![n as u8; n * 1024];
+        let mut hashes = Vec::new();
+        for (i, kind) in [Kind::Cached, Kind::Pinned, Kind::Cached, Kind::Own]
+            .into_iter()
+            .enumerate()
+        {
+            let path = dir.path().join(format!("f{i}"));
+            fs::write(&path, kib(100 + i)).unwrap();
+            let (h, _) = store
+                .import_file(&path, true, kind, &AtomicU64::new(0))
+                .unwrap();
+            let mut meta = store.get(&h).unwrap().unwrap();
+            meta.added = i as u64; // a strict order for the test
+            store.put(&h, &meta).unwrap();
+            hashes.push(h);
+        }
+        let usage = store.usage().unwrap();
+        assert!(usage > 400 * 1024);
+        // Room for 50 KiB more under the current usage: the oldest cached blob goes.
+        let evicted = store.make_room(50 * 1024, usage).unwrap();
+        assert_eq!(evicted, vec![hashes[0]]);
+        // Asking for more than all cached data can free fails and evicts nothing.
+        assert!(matches!(
+            store.make_room(10 * 1024 * 1024, usage),
+            Err(StoreError::QuotaFull { .. })
+        ));
+        assert!(store.get(&hashes[2]).unwrap().is_some());
+        assert!(store.get(&hashes[1]).unwrap().is_some(), "pinned stays");
+        assert!(store.get(&hashes[3]).unwrap().is_some(), "own share stays");
     }
 
     #[test]

@@ -35,7 +35,12 @@ async fn node(bootstrap: Vec<Multiaddr>) -> (Handle, Multiaddr) {
 fn files(net: &Handle, dir: &std::path::Path) -> Arc<Files> {
     std::fs::create_dir_all(dir).unwrap();
     let db = Arc::new(agora_store::Db::open(&dir.join("db")).unwrap());
-    Files::start(net.clone(), dir, db).unwrap()
+    // No replication here: the downloader must fetch from the providers under test.
+    let config = agora_files::service::Config {
+        replicas: 0,
+        ..Default::default()
+    };
+    Files::start(net.clone(), dir, db, config).unwrap()
 }
 
 async fn wait_job(files: &Files, id: u64) -> agora_files::JobView {

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub upnp: bool,
     pub relay_server: bool,
     pub max_connections: u32,
+    /// Replication and storage quota of file sharing.
+    pub files: agora_files::service::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +179,12 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
-    let files = agora_files::Files::start(net.clone(), data_dir.path(), db.clone())?;
+    let files = agora_files::Files::start(
+        net.clone(),
+        data_dir.path(),
+        db.clone(),
+        config.files.clone(),
+    )?;
     let node = Arc::new(Node {
         net: net.clone(),
         files,

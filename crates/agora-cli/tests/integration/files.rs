@@ -116,7 +116,11 @@ fn share_then_get_through_the_dht_with_tickets_and_directories() {
 fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::start(&dir.path().join("a"), &[]);
-    let b = Node::start(&dir.path().join("b"), &["--bootstrap", &a.tcp_addr()]);
+    // b takes no replicas, so a stays the only provider of what a shares.
+    let b = Node::start(
+        &dir.path().join("b"),
+        &["--bootstrap", &a.tcp_addr(), "--storage-quota", "0"],
+    );
 
     // A path that does not exist.
     let out = a.cli(&["share", dir.path().join("nope.txt").to_str().unwrap()]);
@@ -336,4 +340,94 @@ fn keyword_search_finds_a_file_from_a_node_four_hops_away() {
     let dest = dir.path().join("found.zip");
     json_out(&last.cli(&["get", &hash, "-o", dest.to_str().unwrap(), "--json"]));
     assert_eq!(fs::read(&dest).unwrap(), content);
+}
+
+fn holds(node: &Node, hash: &str) -> bool {
+    let listed = json_out(&node.cli(&["files", "--json"]));
+    listed.as_array().unwrap().iter().any(|f| f["hash"] == hash)
+}
+
+#[test]
+fn a_file_outlives_its_publisher_through_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut publisher = Node::start(&dir.path().join("pub"), &[]);
+    let holders: Vec<Node> = (0..3)
+        .map(|i| {
+            Node::start(
+                &dir.path().join(format!("h{i}")),
+                &[
+                    "--bootstrap",
+                    &publisher.tcp_addr(),
+                    "--replica-check-interval",
+                    "2",
+                ],
+            )
+        })
+        .collect();
+    for h in &holders {
+        wait_for("routing tables", WAIT, || {
+            let (_, s) = h.get("/v1/status");
+            (s["routing_table_size"].as_u64()? >= 3).then_some(())
+        });
+    }
+    let content = data(2 * 1024 * 1024 + 77, 11);
+    let src = dir.path().join("precious.bin");
+    fs::write(&src, &content).unwrap();
+    let hash = share(&publisher, &src)["hash"].as_str().unwrap().to_owned();
+    for h in &holders {
+        wait_for("a replica", WAIT, || holds(h, &hash).then_some(()));
+    }
+    // The publisher goes away for good.
+    publisher.kill9();
+    fs::remove_file(&src).unwrap();
+
+    let late = Node::start(
+        &dir.path().join("late"),
+        &["--bootstrap", &holders[1].tcp_addr()],
+    );
+    let out = dir.path().join("recovered.bin");
+    json_out(&late.cli(&["get", &hash, "-o", out.to_str().unwrap(), "--json"]));
+    assert_eq!(fs::read(&out).unwrap(), content);
+}
+
+#[test]
+fn replicas_are_evicted_under_the_quota_but_pins_and_own_shares_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&dir.path().join("a"), &[]);
+    // q holds replicas for a under a 3 MiB quota.
+    let q = Node::start(
+        &dir.path().join("q"),
+        &["--bootstrap", &a.tcp_addr(), "--storage-quota", "3MiB"],
+    );
+    wait_connected(&a, &q);
+    let own = dir.path().join("q-own.bin");
+    fs::write(&own, data(5 * 1024 * 1024, 20)).unwrap();
+    let own_hash = share(&q, &own)["hash"].as_str().unwrap().to_owned();
+
+    let mut hashes = Vec::new();
+    for i in 0..4 {
+        let path = dir.path().join(format!("file{i}.bin"));
+        fs::write(&path, data(1200 * 1024, 30 + i)).unwrap();
+        let hash = share(&a, &path)["hash"].as_str().unwrap().to_owned();
+        wait_for("the replica on q", WAIT, || holds(&q, &hash).then_some(()));
+        if i == 1 {
+            assert!(q.cli(&["pin", &hash]).status.success());
+        }
+        hashes.push(hash);
+    }
+    // file0 was evicted for file2; file2 (not file1, pinned) for file3.
+    assert!(!holds(&q, &hashes[0]), "oldest cached replica evicted");
+    assert!(holds(&q, &hashes[1]), "pinned replica kept");
+    assert!(!holds(&q, &hashes[2]), "next cached replica evicted");
+    assert!(holds(&q, &hashes[3]), "newest replica held");
+    assert!(holds(&q, &own_hash), "own share never evicted");
+    let listed = json_out(&q.cli(&["files", "--json"]));
+    let pinned = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["hash"] == hashes[1].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(pinned["kind"], "pinned");
 }
