@@ -51,6 +51,8 @@ const PIECES_PER_REQUEST: usize = 4;
 const REQUESTS_PER_PROVIDER: usize = 2;
 /// A provider that sends nothing for this long is dropped.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker waits on a provider that is itself still downloading and has nothing new.
+const PARTIAL_PATIENCE: Duration = Duration::from_secs(30);
 /// Attempts per provider before it is dropped for this download.
 const MAX_FAILURES: u32 = 3;
 
@@ -86,12 +88,18 @@ struct Work {
 
 impl Work {
     /// Up to `n` pending pieces; in the end game, one in-flight piece instead.
-    fn take(&mut self, n: usize) -> Option<(Vec<usize>, ChunkRanges)> {
+    /// Only pieces inside `within` (what a partial provider has), when given.
+    fn take(
+        &mut self,
+        n: usize,
+        within: Option<&ChunkRanges>,
+    ) -> Option<(Vec<usize>, ChunkRanges)> {
+        let fits = |r: &ChunkRanges| within.is_none_or(|w| (r.clone() - w.clone()).is_empty());
         let mut idx: Vec<usize> = self
             .pieces
             .iter()
             .enumerate()
-            .filter(|(_, (_, s))| *s == PieceState::Pending)
+            .filter(|(_, (r, s))| *s == PieceState::Pending && fits(r))
             .map(|(i, _)| i)
             .take(n)
             .collect();
@@ -99,7 +107,7 @@ impl Work {
             idx = self
                 .pieces
                 .iter()
-                .position(|(_, s)| *s == PieceState::InFlight)
+                .position(|(r, s)| *s == PieceState::InFlight && fits(r))
                 .into_iter()
                 .collect();
         }
@@ -139,6 +147,65 @@ enum Outcome {
     Failed(String),
     /// Writing here failed (disk full, permissions): no provider can help; stop.
     Local(io::Error),
+    /// The provider is downloading it too and has only these ranges so far.
+    Partial(ChunkRanges),
+}
+
+/// A download in progress, whose verified ranges other downloaders may fetch.
+#[derive(Debug)]
+pub struct Partial {
+    pub hash: Hash,
+    pub size: u64,
+    pub data_path: PathBuf,
+    pub outboard_path: PathBuf,
+    /// Verified chunk ranges (whole 16 KiB groups).
+    pub have: Mutex<ChunkRanges>,
+}
+
+impl Partial {
+    /// Opens the partial files if every group `ranges` asks for is verified here; `None` if
+    /// not. A request past the end means the last group, as the encoder reads it.
+    pub fn open_if_has(
+        &self,
+        ranges: &ChunkRanges,
+        have: &ChunkRanges,
+    ) -> Option<io::Result<crate::store::OpenBlob>> {
+        let tree = BaoTree::new(self.size, BLOCK_SIZE);
+        let all = ChunkRanges::from(ChunkNum(0)..tree.chunks());
+        let mut required = ranges.clone() & all.clone();
+        if !(ranges.clone() - all).is_empty() {
+            let last_group = (tree.chunks().0.saturating_sub(1) >> BLOCK_SIZE.chunk_log())
+                << BLOCK_SIZE.chunk_log();
+            required |= ChunkRanges::from(ChunkNum(last_group)..tree.chunks());
+        }
+        if !(required - have.clone()).is_empty() {
+            return None;
+        }
+        let open = || -> io::Result<crate::store::OpenBlob> {
+            Ok(crate::store::OpenBlob {
+                data: File::open(&self.data_path)?,
+                outboard: PreOrderOutboard {
+                    root: self.hash,
+                    tree,
+                    data: File::open(&self.outboard_path)?,
+                },
+                size: self.size,
+            })
+        };
+        Some(open())
+    }
+}
+
+/// Removes a download from the served partials when it ends, however it ends.
+struct Registered<'a> {
+    partials: &'a crate::protocol::Partials,
+    hash: Hash,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.partials.lock().unwrap().remove(&self.hash);
+    }
 }
 
 /// Path of the partial data file of a download to `dest`.
@@ -153,6 +220,8 @@ struct Target {
     tree: BaoTree,
     data: File,
     outboard_path: PathBuf,
+    /// The served partial state, updated as groups verify.
+    have: Mutex<Option<Arc<Partial>>>,
 }
 
 impl Target {
@@ -177,6 +246,7 @@ pub async fn fetch(
     dest: &Path,
     outboard_path: &Path,
     progress: Arc<Progress>,
+    partials: &crate::protocol::Partials,
 ) -> Result<u64, FetchError> {
     let hex = hash.to_hex().to_string();
     if providers.is_empty() {
@@ -234,6 +304,7 @@ pub async fn fetch(
         tree,
         data,
         outboard_path: outboard_path.to_owned(),
+        have: Mutex::new(None),
     });
     let have = {
         let target = target.clone();
@@ -251,6 +322,22 @@ pub async fn fetch(
     };
     let all = ChunkRanges::from(ChunkNum(0)..tree.chunks());
     let missing = all.clone() - have.clone();
+    // Serve what is verified to other downloaders while this one runs (unless another
+    // download of the same blob already does).
+    let partial = Arc::new(Partial {
+        hash,
+        size,
+        data_path: part.clone(),
+        outboard_path: outboard_path.to_owned(),
+        have: Mutex::new(have.clone()),
+    });
+    let _registered = {
+        let mut map = partials.lock().unwrap();
+        (!map.contains_key(&hash)).then(|| {
+            map.insert(hash, partial.clone());
+            Registered { partials, hash }
+        })
+    };
     let have_bytes = size - ranges_bytes(&missing, size);
     progress.done.store(have_bytes, Ordering::Relaxed);
     if have_bytes > 0 {
@@ -268,6 +355,7 @@ pub async fn fetch(
         }
         start = end;
     }
+    *target.have.lock().unwrap() = Some(partial.clone());
     let work = Arc::new(Mutex::new(Work { pieces }));
     let reasons = Arc::new(Mutex::new(Vec::<String>::new()));
     let local_error = Arc::new(Mutex::new(None::<io::Error>));
@@ -287,19 +375,50 @@ pub async fn fetch(
         workers.spawn(async move {
             progress.peers.fetch_add(1, Ordering::Relaxed);
             let mut failures = 0;
+            // What this provider has, if it said it is still downloading too.
+            let mut peer_has: Option<ChunkRanges> = None;
+            let mut idle_since: Option<tokio::time::Instant> = None;
             loop {
                 let banned = progress.banned.lock().unwrap().contains(&peer.to_string());
                 if banned || local_error.lock().unwrap().is_some() {
                     break;
                 }
-                let Some((idx, ranges)) = work.lock().unwrap().take(PIECES_PER_REQUEST) else {
-                    break;
+                let taken = work
+                    .lock()
+                    .unwrap()
+                    .take(PIECES_PER_REQUEST, peer_has.as_ref());
+                let Some((idx, ranges)) = taken else {
+                    if peer_has.is_none() || work.lock().unwrap().complete() {
+                        break;
+                    }
+                    // A partial provider has nothing we need yet: look again shortly, but not
+                    // forever.
+                    let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > PARTIAL_PATIENCE {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    peer_has = None;
+                    continue;
                 };
                 let outcome = fetch_ranges(&net, peer, &target, ranges, &progress).await;
                 let ok = matches!(outcome, Outcome::Ok);
                 work.lock().unwrap().finish(&idx, ok);
                 match outcome {
-                    Outcome::Ok => failures = 0,
+                    Outcome::Ok => {
+                        failures = 0;
+                        idle_since = None;
+                    }
+                    Outcome::Partial(has) => {
+                        let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() > PARTIAL_PATIENCE {
+                            break;
+                        }
+                        if peer_has.as_ref() == Some(&has) {
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        peer_has = Some(has);
+                    }
                     Outcome::Local(e) => {
                         local_error.lock().unwrap().get_or_insert(e);
                         break;
@@ -397,6 +516,7 @@ async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, Strin
         Response::Size(size) => size,
         Response::NotFound => return Err("does not have it".into()),
         Response::Unavailable(why) => return Err(why),
+        Response::Partial { .. } => return Err("has only part of it so far".into()),
     };
     let reader = Stalling::new(stream.compat());
     tokio::task::spawn_blocking(move || {
@@ -430,6 +550,9 @@ async fn fetch_ranges(
         }
         Response::NotFound => return Outcome::Failed("does not have it".into()),
         Response::Unavailable(why) => return Outcome::Failed(why),
+        Response::Partial { have, .. } => {
+            return Outcome::Partial(crate::protocol::pairs_to_ranges(&have));
+        }
     }
     let reader = Stalling::new(stream.compat());
     let (target, progress) = (target.clone(), progress.clone());
@@ -456,6 +579,11 @@ async fn fetch_ranges(
                     progress
                         .done
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(partial) = target.have.lock().unwrap().as_ref() {
+                        let start = ChunkNum(offset / 1024);
+                        let end = ChunkNum((offset + data.len() as u64).div_ceil(1024));
+                        *partial.have.lock().unwrap() |= ChunkRanges::from(start..end);
+                    }
                 }
                 Err(
                     e @ (DecodeError::LeafHashMismatch(_) | DecodeError::ParentHashMismatch(_)),
@@ -557,22 +685,22 @@ mod tests {
         let mut w = Work {
             pieces: vec![piece(0, 16), piece(16, 32), piece(32, 48)],
         };
-        let (a, _) = w.take(2).unwrap();
+        let (a, _) = w.take(2, None).unwrap();
         assert_eq!(a, vec![0, 1]);
-        let (b, _) = w.take(2).unwrap();
+        let (b, _) = w.take(2, None).unwrap();
         assert_eq!(b, vec![2]);
         // End game: everything is in flight, so an idle worker duplicates a piece.
-        let (c, _) = w.take(2).unwrap();
+        let (c, _) = w.take(2, None).unwrap();
         assert_eq!(c, vec![0]);
         w.finish(&a, true);
         w.finish(&b, false);
         assert!(!w.complete());
-        let (d, _) = w.take(2).unwrap();
+        let (d, _) = w.take(2, None).unwrap();
         assert_eq!(d, vec![2]);
         w.finish(&d, true);
         w.finish(&c, false); // a duplicate failing does not undo the piece done elsewhere
         assert!(w.complete());
-        assert!(w.take(1).is_none());
+        assert!(w.take(1, None).is_none());
     }
 
     #[test]

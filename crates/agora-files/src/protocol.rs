@@ -8,7 +8,11 @@
 //! using it; the size is authenticated by always requesting the last chunk group with the first
 //! request of a download.
 
-use std::io::{self, BufWriter};
+use std::{
+    collections::HashMap,
+    io::{self, BufWriter},
+    sync::{Arc, Mutex},
+};
 
 use bao_tree::{ChunkNum, ChunkRanges, io::round_up_to_chunks_groups};
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -40,18 +44,44 @@ pub enum Response {
     Size(u64),
     NotFound,
     Unavailable(String),
+    /// Still downloading it: these verified chunk ranges can be asked for.
+    Partial {
+        size: u64,
+        have: Vec<(u64, Option<u64>)>,
+    },
+}
+
+/// Blobs being downloaded, whose verified parts are served to other downloaders.
+pub type Partials = Arc<Mutex<HashMap<Hash, Arc<crate::download::Partial>>>>;
+
+/// Ranges as `(start, end)` pairs, `end: None` meaning "to the end".
+pub fn ranges_to_pairs(ranges: &ChunkRanges) -> Vec<(u64, Option<u64>)> {
+    ranges
+        .boundaries()
+        .chunks(2)
+        .map(|pair| (pair[0].0, pair.get(1).map(|e| e.0)))
+        .collect()
+}
+
+/// The inverse of [`ranges_to_pairs`], for untrusted input: unsorted or overlapping pairs are
+/// simply merged.
+pub fn pairs_to_ranges(pairs: &[(u64, Option<u64>)]) -> ChunkRanges {
+    let mut out = ChunkRanges::empty();
+    for (start, end) in pairs.iter().take(MAX_RANGES) {
+        match end {
+            Some(end) if end > start => out |= ChunkRanges::from(ChunkNum(*start)..ChunkNum(*end)),
+            Some(_) => {}
+            None => out |= ChunkRanges::from(ChunkNum(*start)..),
+        }
+    }
+    out
 }
 
 impl Request {
     pub fn new(hash: &Hash, ranges: &ChunkRanges) -> Self {
-        let b = ranges.boundaries();
-        let ranges = b
-            .chunks(2)
-            .map(|pair| (pair[0].0, pair.get(1).map(|e| e.0)))
-            .collect();
         Self {
             hash: hash.to_hex().to_string(),
-            ranges,
+            ranges: ranges_to_pairs(ranges),
         }
     }
 
@@ -87,6 +117,7 @@ impl Request {
 /// Serves one inbound stream. Errors are logged by the caller; the stream is dropped either way.
 pub async fn serve_stream(
     store: Store,
+    partials: Partials,
     peer: PeerId,
     mut stream: libp2p::Stream,
 ) -> io::Result<()> {
@@ -113,8 +144,27 @@ pub async fn serve_stream(
     let blob = match opened {
         Ok(blob) => blob,
         Err(crate::store::StoreError::Unknown(_)) => {
-            write_frame(&mut stream, &Response::NotFound).await?;
-            return Ok(());
+            let partial = partials.lock().unwrap().get(&hash).cloned();
+            let Some(partial) = partial else {
+                write_frame(&mut stream, &Response::NotFound).await?;
+                return Ok(());
+            };
+            let have = partial.have.lock().unwrap().clone();
+            match partial.open_if_has(&ranges, &have) {
+                Some(Ok(blob)) => blob,
+                Some(Err(e)) => {
+                    write_frame(&mut stream, &Response::Unavailable(e.to_string())).await?;
+                    return Ok(());
+                }
+                None => {
+                    let response = Response::Partial {
+                        size: partial.size,
+                        have: ranges_to_pairs(&have),
+                    };
+                    write_frame(&mut stream, &response).await?;
+                    return Ok(());
+                }
+            }
         }
         Err(e) => {
             write_frame(&mut stream, &Response::Unavailable(e.to_string())).await?;
@@ -186,6 +236,16 @@ mod tests {
         assert_eq!(
             odd.chunk_ranges().unwrap(),
             ChunkRanges::from(ChunkNum(0)..ChunkNum(16))
+        );
+    }
+
+    #[test]
+    fn pairs_round_trip_and_tolerate_junk() {
+        let r = ChunkRanges::from(ChunkNum(0)..ChunkNum(16)) | ChunkRanges::from(ChunkNum(32)..);
+        assert_eq!(pairs_to_ranges(&ranges_to_pairs(&r)), r);
+        assert_eq!(
+            pairs_to_ranges(&[(10, Some(5)), (0, Some(16)), (8, Some(20))]),
+            ChunkRanges::from(ChunkNum(0)..ChunkNum(20))
         );
     }
 

@@ -156,6 +156,7 @@ pub struct Files {
     store: Store,
     config: Config,
     index: Mutex<search::Index>,
+    partials: protocol::Partials,
     replicating: Mutex<std::collections::HashSet<Hash>>,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     next_job: AtomicU64,
@@ -175,6 +176,7 @@ impl Files {
             store: store.clone(),
             config,
             index: Mutex::new(search::Index::default()),
+            partials: protocol::Partials::default(),
             replicating: Mutex::new(std::collections::HashSet::new()),
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
@@ -184,16 +186,17 @@ impl Files {
             .accept(protocol::PROTOCOL)
             .map_err(|e| FilesError::BadTarget(e.to_string()))?;
         let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
+        let partials = files.partials.clone();
         tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     tracing::debug!(%peer, "too many blob requests; dropping one");
                     continue;
                 };
-                let store = store.clone();
+                let (store, partials) = (store.clone(), partials.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = protocol::serve_stream(store, peer, stream).await {
+                    if let Err(e) = protocol::serve_stream(store, partials, peer, stream).await {
                         tracing::debug!(%peer, "blob request failed: {e}");
                     }
                 });
@@ -335,6 +338,7 @@ impl Files {
                 &dest,
                 &this.store.partial_outboard_path(&hash, &dest),
                 Arc::new(Progress::default()),
+                &this.partials,
             )
             .await;
             match result {
@@ -747,6 +751,8 @@ impl Files {
                 if let Some(parent) = out.parent() {
                     fs::create_dir_all(parent).map_err(io_err(parent))?;
                 }
+                // Announce at once: other downloaders can fetch what is verified here.
+                let _ = self.net.provide(hash.as_bytes().to_vec()).await;
                 let size = download::fetch(
                     &self.net,
                     hash,
@@ -754,6 +760,7 @@ impl Files {
                     out,
                     &self.store.partial_outboard_path(&hash, out),
                     progress.clone(),
+                    &self.partials,
                 )
                 .await?;
                 self.store
@@ -881,6 +888,7 @@ impl Files {
             dest,
             &self.store.partial_outboard_path(&hash, dest),
             progress.clone(),
+            &self.partials,
         )
         .await?;
         if size != entry.size {

@@ -202,3 +202,51 @@ async fn only_liars_means_failure_and_no_file() {
         "nothing unverified appears at the destination"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloaders_serve_each_other_what_they_have_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..48 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+        .collect();
+    let hash = blake3::hash(&data);
+    let src = dir.path().join("source.bin");
+    std::fs::write(&src, &data).unwrap();
+    let (seed_net, seed_addr) = node(vec![]).await;
+    let seed_addr = seed_addr.with_p2p(seed_net.local_peer_id()).unwrap();
+    let seeder = files(&seed_net, &dir.path().join("seeder"));
+    let job = seeder.share(src.clone(), false, false);
+    assert!(matches!(
+        wait_job(&seeder, job.id).await.state,
+        JobState::Done { .. }
+    ));
+
+    // Downloaders join one after another, each finding the seeder and the earlier ones.
+    let mut downloads = Vec::new();
+    for i in 0..4 {
+        let (net, _) = node(vec![seed_addr.clone()]).await;
+        let f = files(&net, &dir.path().join(format!("down{i}")));
+        let out = dir.path().join(format!("copy{i}.bin"));
+        let job = f.get(&hash.to_hex(), out.clone()).unwrap();
+        downloads.push((net, f, job.id, out));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut served_by_downloaders = 0;
+    for (net, f, id, out) in &downloads {
+        let view = wait_job(f, *id).await;
+        assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+        assert!(std::fs::read(out).unwrap() == data, "byte-identical");
+        served_by_downloaders += net.stats().await.unwrap().bytes_out;
+    }
+    let seeded = seed_net.stats().await.unwrap().bytes_out;
+    eprintln!(
+        "seeder sent {} MiB, downloaders sent each other {} MiB, for 4 x {} MiB",
+        seeded >> 20,
+        served_by_downloaders >> 20,
+        data.len() >> 20
+    );
+    assert!(
+        served_by_downloaders > 4 * 1024 * 1024,
+        "downloaders served each other only {served_by_downloaders} bytes"
+    );
+}
