@@ -51,6 +51,8 @@ const PIECES_PER_REQUEST: usize = 4;
 const REQUESTS_PER_PROVIDER: usize = 2;
 /// A provider that sends nothing for this long is dropped.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the DHT is asked again for providers during a download.
+const REDISCOVER_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a worker waits on a provider that is itself still downloading and has nothing new.
 const PARTIAL_PATIENCE: Duration = Duration::from_secs(30);
 /// Attempts per provider before it is dropped for this download.
@@ -256,7 +258,15 @@ pub async fn fetch(
     // asked at once and the first verified answer wins, so one that stalls costs nothing.
     let mut asks: futures::stream::FuturesUnordered<_> = providers
         .iter()
-        .map(|peer| async move { (*peer, fetch_size(net, hash, *peer).await) })
+        .map(|peer| async move {
+            // One retry: a connection can close under load (limits, a redial race).
+            let mut result = fetch_size(net, hash, *peer).await;
+            if result.is_err() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                result = fetch_size(net, hash, *peer).await;
+            }
+            (*peer, result)
+        })
         .collect();
     let mut reasons = Vec::new();
     let mut size = None;
@@ -360,101 +370,130 @@ pub async fn fetch(
     let reasons = Arc::new(Mutex::new(Vec::<String>::new()));
     let local_error = Arc::new(Mutex::new(None::<io::Error>));
     let mut workers = tokio::task::JoinSet::new();
-    for peer in providers
-        .iter()
-        .flat_map(|p| std::iter::repeat_n(*p, REQUESTS_PER_PROVIDER))
-    {
-        let (net, work, target, progress, reasons, local_error) = (
-            net.clone(),
-            work.clone(),
-            target.clone(),
-            progress.clone(),
-            reasons.clone(),
-            local_error.clone(),
-        );
-        workers.spawn(async move {
-            progress.peers.fetch_add(1, Ordering::Relaxed);
-            let mut failures = 0;
-            // What this provider has, if it said it is still downloading too.
-            let mut peer_has: Option<ChunkRanges> = None;
-            let mut idle_since: Option<tokio::time::Instant> = None;
-            loop {
-                let banned = progress.banned.lock().unwrap().contains(&peer.to_string());
-                if banned || local_error.lock().unwrap().is_some() {
-                    break;
-                }
-                let taken = work
-                    .lock()
-                    .unwrap()
-                    .take(PIECES_PER_REQUEST, peer_has.as_ref());
-                let Some((idx, ranges)) = taken else {
-                    if peer_has.is_none() || work.lock().unwrap().complete() {
+    let spawn_for = |workers: &mut tokio::task::JoinSet<()>, peer: PeerId| {
+        for _ in 0..REQUESTS_PER_PROVIDER {
+            let (net, work, target, progress, reasons, local_error) = (
+                net.clone(),
+                work.clone(),
+                target.clone(),
+                progress.clone(),
+                reasons.clone(),
+                local_error.clone(),
+            );
+            workers.spawn(async move {
+                progress.peers.fetch_add(1, Ordering::Relaxed);
+                let mut failures = 0;
+                // What this provider has, if it said it is still downloading too.
+                let mut peer_has: Option<ChunkRanges> = None;
+                let mut idle_since: Option<tokio::time::Instant> = None;
+                loop {
+                    let banned = progress.banned.lock().unwrap().contains(&peer.to_string());
+                    if banned || local_error.lock().unwrap().is_some() {
                         break;
                     }
-                    // A partial provider has nothing we need yet: look again shortly, but not
-                    // forever.
-                    let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() > PARTIAL_PATIENCE {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    peer_has = None;
-                    continue;
-                };
-                let outcome = fetch_ranges(&net, peer, &target, ranges, &progress).await;
-                let ok = matches!(outcome, Outcome::Ok);
-                work.lock().unwrap().finish(&idx, ok);
-                match outcome {
-                    Outcome::Ok => {
-                        failures = 0;
-                        idle_since = None;
-                    }
-                    Outcome::Partial(has) => {
+                    let taken = work
+                        .lock()
+                        .unwrap()
+                        .take(PIECES_PER_REQUEST, peer_has.as_ref());
+                    let Some((idx, ranges)) = taken else {
+                        if peer_has.is_none() || work.lock().unwrap().complete() {
+                            break;
+                        }
+                        // A partial provider has nothing we need yet: look again shortly, but not
+                        // forever.
                         let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
                         if since.elapsed() > PARTIAL_PATIENCE {
                             break;
                         }
-                        if peer_has.as_ref() == Some(&has) {
-                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        peer_has = None;
+                        continue;
+                    };
+                    let outcome = fetch_ranges(&net, peer, &target, ranges, &progress).await;
+                    let ok = matches!(outcome, Outcome::Ok);
+                    work.lock().unwrap().finish(&idx, ok);
+                    match outcome {
+                        Outcome::Ok => {
+                            failures = 0;
+                            idle_since = None;
                         }
-                        peer_has = Some(has);
-                    }
-                    Outcome::Local(e) => {
-                        local_error.lock().unwrap().get_or_insert(e);
-                        break;
-                    }
-                    Outcome::Lied(why) => {
-                        let mut banned = progress.banned.lock().unwrap();
-                        if !banned.contains(&peer.to_string()) {
-                            tracing::warn!(%peer, "banning provider: {why}");
-                            banned.push(peer.to_string());
-                            let mut reasons = reasons.lock().unwrap();
-                            reasons.push(format!("{peer} sent bad data ({why})"));
+                        Outcome::Partial(has) => {
+                            let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() > PARTIAL_PATIENCE {
+                                break;
+                            }
+                            if peer_has.as_ref() == Some(&has) {
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            }
+                            peer_has = Some(has);
                         }
-                        break;
-                    }
-                    Outcome::Failed(why) => {
-                        failures += 1;
-                        tracing::debug!(%peer, failures, "request failed: {why}");
-                        if failures >= MAX_FAILURES {
-                            reasons.lock().unwrap().push(format!("{peer}: {why}"));
+                        Outcome::Local(e) => {
+                            local_error.lock().unwrap().get_or_insert(e);
                             break;
                         }
-                        tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
+                        Outcome::Lied(why) => {
+                            let mut banned = progress.banned.lock().unwrap();
+                            if !banned.contains(&peer.to_string()) {
+                                tracing::warn!(%peer, "banning provider: {why}");
+                                banned.push(peer.to_string());
+                                let mut reasons = reasons.lock().unwrap();
+                                reasons.push(format!("{peer} sent bad data ({why})"));
+                            }
+                            break;
+                        }
+                        Outcome::Failed(why) => {
+                            failures += 1;
+                            tracing::debug!(%peer, failures, "request failed: {why}");
+                            if failures >= MAX_FAILURES {
+                                reasons.lock().unwrap().push(format!("{peer}: {why}"));
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
+                        }
+                    }
+                }
+                progress.peers.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    };
+    let me = net.local_peer_id();
+    let mut known: std::collections::HashSet<PeerId> = providers.iter().copied().collect();
+    for peer in &providers {
+        spawn_for(&mut workers, *peer);
+    }
+    // Providers that appear while we download (other downloaders announce themselves at their
+    // start) are added as they are found, as a BitTorrent client re-asks its tracker.
+    let mut rediscover = tokio::time::interval(REDISCOVER_INTERVAL);
+    rediscover.tick().await;
+    loop {
+        tokio::select! {
+            joined = workers.join_next() => {
+                if joined.is_none() {
+                    break;
+                }
+                if work.lock().unwrap().complete() {
+                    workers.abort_all();
+                    break;
+                }
+            }
+            _ = rediscover.tick() => {
+                if work.lock().unwrap().complete() {
+                    workers.abort_all();
+                    break;
+                }
+                if let Ok(found) = net.find_providers(hash.as_bytes().to_vec(), 16).await {
+                    for peer in found {
+                        if peer != me && known.insert(peer) {
+                            tracing::debug!(%peer, "new provider");
+                            spawn_for(&mut workers, peer);
+                        }
                     }
                 }
             }
-            progress.peers.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-    // Once every piece is in, stragglers (a stalled provider, a duplicate in the end game)
-    // are not waited for.
-    while workers.join_next().await.is_some() {
-        if work.lock().unwrap().complete() {
-            workers.abort_all();
-            break;
         }
     }
+    // Once every piece is in, stragglers (a stalled provider, a duplicate in the end game)
+    // were not waited for (above).
     if let Some(source) = local_error.lock().unwrap().take() {
         return Err(FetchError::Io { path: part, source });
     }
