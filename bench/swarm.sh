@@ -10,7 +10,7 @@ SIZE_MIB=${SIZE_MIB:-256}
 N=${N:-8}
 D=$(mktemp -d /var/tmp/agora-swarm.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$D"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; [ -n "${KEEP:-}" ] && echo "kept $D" || rm -rf "$D"; }
 trap cleanup EXIT
 start() {
   "$BIN" up --data-dir "$D/$1" --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 \

@@ -86,6 +86,9 @@ enum PieceState {
 
 struct Work {
     pieces: Vec<(ChunkRanges, PieceState)>,
+    /// Everything the partial providers said they have: what complete providers should
+    /// not be asked for first (rarest first, as in BitTorrent).
+    others_have: ChunkRanges,
 }
 
 impl Work {
@@ -97,14 +100,21 @@ impl Work {
         within: Option<&ChunkRanges>,
     ) -> Option<(Vec<usize>, ChunkRanges)> {
         let fits = |r: &ChunkRanges| within.is_none_or(|w| (r.clone() - w.clone()).is_empty());
-        let mut idx: Vec<usize> = self
-            .pieces
-            .iter()
-            .enumerate()
-            .filter(|(_, (r, s))| *s == PieceState::Pending && fits(r))
-            .map(|(i, _)| i)
+        let pending = |i: &usize| {
+            let (r, s) = &self.pieces[*i];
+            *s == PieceState::Pending && fits(r)
+        };
+        // A complete provider first gets pieces no partial provider has.
+        let rare = |i: &usize| {
+            within.is_some() || !(self.pieces[*i].0.clone() - self.others_have.clone()).is_empty()
+        };
+        let mut idx: Vec<usize> = (0..self.pieces.len())
+            .filter(|i| pending(i) && rare(i))
             .take(n)
             .collect();
+        if idx.is_empty() {
+            idx = (0..self.pieces.len()).filter(pending).take(n).collect();
+        }
         if idx.is_empty() {
             idx = self
                 .pieces
@@ -366,7 +376,10 @@ pub async fn fetch(
         start = end;
     }
     *target.have.lock().unwrap() = Some(partial.clone());
-    let work = Arc::new(Mutex::new(Work { pieces }));
+    let work = Arc::new(Mutex::new(Work {
+        pieces,
+        others_have: ChunkRanges::empty(),
+    }));
     let reasons = Arc::new(Mutex::new(Vec::<String>::new()));
     let local_error = Arc::new(Mutex::new(None::<io::Error>));
     let mut workers = tokio::task::JoinSet::new();
@@ -418,6 +431,7 @@ pub async fn fetch(
                             idle_since = None;
                         }
                         Outcome::Partial(has) => {
+                        work.lock().unwrap().others_have |= has.clone();
                             let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
                             if since.elapsed() > PARTIAL_PATIENCE {
                                 break;
@@ -723,6 +737,7 @@ mod tests {
         };
         let mut w = Work {
             pieces: vec![piece(0, 16), piece(16, 32), piece(32, 48)],
+            others_have: ChunkRanges::empty(),
         };
         let (a, _) = w.take(2, None).unwrap();
         assert_eq!(a, vec![0, 1]);
@@ -740,6 +755,22 @@ mod tests {
         w.finish(&c, false); // a duplicate failing does not undo the piece done elsewhere
         assert!(w.complete());
         assert!(w.take(1, None).is_none());
+    }
+
+    #[test]
+    fn complete_providers_get_the_rarest_pieces_first() {
+        let piece = |a, b| (ChunkRanges::from(ChunkNum(a)..ChunkNum(b)), PieceState::Pending);
+        let mut w = Work {
+            pieces: vec![piece(0, 16), piece(16, 32), piece(32, 48)],
+            others_have: ChunkRanges::from(ChunkNum(0)..ChunkNum(32)),
+        };
+        let (a, _) = w.take(1, None).unwrap();
+        assert_eq!(a, vec![2], "the piece nobody else has");
+        let within = ChunkRanges::from(ChunkNum(0)..ChunkNum(16));
+        let (b, _) = w.take(2, Some(&within)).unwrap();
+        assert_eq!(b, vec![0], "a partial provider only for what it has");
+        let (c, _) = w.take(1, None).unwrap();
+        assert_eq!(c, vec![1], "then common pieces");
     }
 
     #[test]
