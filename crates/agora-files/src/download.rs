@@ -431,7 +431,7 @@ pub async fn fetch(
                             idle_since = None;
                         }
                         Outcome::Partial(has) => {
-                        work.lock().unwrap().others_have |= has.clone();
+                            work.lock().unwrap().others_have |= has.clone();
                             let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
                             if since.elapsed() > PARTIAL_PATIENCE {
                                 break;
@@ -759,7 +759,12 @@ mod tests {
 
     #[test]
     fn complete_providers_get_the_rarest_pieces_first() {
-        let piece = |a, b| (ChunkRanges::from(ChunkNum(a)..ChunkNum(b)), PieceState::Pending);
+        let piece = |a, b| {
+            (
+                ChunkRanges::from(ChunkNum(a)..ChunkNum(b)),
+                PieceState::Pending,
+            )
+        };
         let mut w = Work {
             pieces: vec![piece(0, 16), piece(16, 32), piece(32, 48)],
             others_have: ChunkRanges::from(ChunkNum(0)..ChunkNum(32)),

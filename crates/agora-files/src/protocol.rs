@@ -15,7 +15,7 @@ use std::{
 };
 
 use bao_tree::{ChunkNum, ChunkRanges, io::round_up_to_chunks_groups};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio_util::{compat::FuturesAsyncWriteCompatExt, io::SyncIoBridge};
@@ -199,23 +199,8 @@ pub async fn write_frame<W: futures::AsyncWrite + Unpin, T: Serialize>(
     io.flush().await
 }
 
-pub async fn read_limited_frame<R: futures::AsyncRead + Unpin>(
-    io: &mut R,
-    limit: usize,
-) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {limit}"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
-}
+/// Reads one length-prefixed frame of at most `limit` bytes (the framing of agora-net).
+pub use agora_net::read_frame_with_limit as read_limited_frame;
 
 #[cfg(test)]
 mod tests {

@@ -53,7 +53,9 @@ pub use libp2p::{
     Multiaddr, PeerId, StreamProtocol,
     gossipsub::{MessageAcceptance, MessageId},
 };
-pub use rpc::{MAX_FRAME_LEN, MAX_INBOUND_PER_PROTOCOL, read_frame, write_frame};
+pub use rpc::{
+    MAX_FRAME_LEN, MAX_INBOUND_PER_PROTOCOL, read_frame, read_frame_with_limit, write_frame,
+};
 
 /// The Kademlia protocol id of Agora's DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/kad/1.0.0");

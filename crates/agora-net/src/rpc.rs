@@ -20,13 +20,22 @@ pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
 
 /// Reads one frame, refusing lengths above [`MAX_FRAME_LEN`] before allocating.
 pub async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    read_frame_with_limit(io, MAX_FRAME_LEN).await
+}
+
+/// Reads one frame (u32 big-endian length, then the bytes), refusing lengths above `limit`
+/// before allocating.
+pub async fn read_frame_with_limit<T: AsyncRead + Unpin>(
+    io: &mut T,
+    limit: usize,
+) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_LEN {
+    if len > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN}"),
+            format!("frame of {len} bytes exceeds the limit of {limit}"),
         ));
     }
     let mut buf = vec![0u8; len];
