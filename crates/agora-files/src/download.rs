@@ -375,6 +375,17 @@ pub async fn fetch(
         }
         start = end;
     }
+    // Each downloader takes the pieces in its own order, so that downloaders starting together
+    // soon hold different pieces and can trade them instead of all asking the seeder for the
+    // same ones. The order is a hash of this node's id and the piece: spread, yet repeatable.
+    let me_bytes = net.local_peer_id().to_bytes();
+    pieces.sort_by_cached_key(|(r, _)| {
+        let first = r.boundaries().first().map(|c| c.0).unwrap_or(0);
+        let mut h = blake3::Hasher::new();
+        h.update(&me_bytes);
+        h.update(&first.to_le_bytes());
+        *h.finalize().as_bytes()
+    });
     *target.have.lock().unwrap() = Some(partial.clone());
     let work = Arc::new(Mutex::new(Work {
         pieces,
