@@ -762,7 +762,17 @@ impl Files {
                     progress.clone(),
                     &self.partials,
                 )
-                .await?;
+                .await;
+                let size = match size {
+                    Ok(size) => size,
+                    Err(e) => {
+                        // Stop advertising what we failed to get (unless held otherwise).
+                        if !matches!(self.store.get(&hash), Ok(Some(_))) {
+                            let _ = self.net.stop_providing(hash.as_bytes().to_vec()).await;
+                        }
+                        return Err(e);
+                    }
+                };
                 self.store
                     .adopt_download(&hash, size, out, &name, false)
                     .map_err(|e| FetchError::Io {
