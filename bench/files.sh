@@ -3,7 +3,11 @@
 #   - the machine's limits: loopback iperf3, single-thread b3sum, disk write with fdatasync;
 #   - `agora share` hashing throughput vs b3sum --num-threads 1;
 #   - node -> node transfer over loopback (verified, written to disk) vs the smallest limit;
-#   - peak RSS (VmHWM) of both nodes.
+#   - peak RSS (VmHWM) of both nodes;
+#   - iroh's `sendme` on the same file, if a sendme binary is on PATH or in $SENDME (install it
+#     with `cargo install sendme`). sendme publishes its address to n0's servers on start, so it
+#     runs inside a network namespace made here with nothing but loopback (needs root): nothing
+#     it tries can leave the machine.
 # Usage: bench/files.sh [path/to/agora]   (default target/release/agora; SIZE_MIB=1024)
 # Starts two nodes and one iperf3 server on 127.0.0.1 and stops them (by pid) at the end.
 set -euo pipefail
@@ -52,12 +56,29 @@ SHARE=$(rate $BYTES $t0 $t1)
 t0=$(now); "$BIN" get "$HASH" -o "$D/copy.bin" --data-dir "$D/b" > /dev/null; sync -f "$D/copy.bin"; t1=$(now)
 GET=$(rate $BYTES $t0 $t1)
 cmp -s "$D/src.bin" "$D/copy.bin" || { echo "copy differs!"; exit 1; }
+# iroh sendme, same file, same machine, same run.
+SENDME=${SENDME:-$(command -v sendme || true)}
+SM=0
+if [ -n "$SENDME" ] && [ -x "$SENDME" ] && [ "$(id -u)" = 0 ]; then
+  NS="agora-bench-$$"
+  ip netns add "$NS"; ip -n "$NS" link set lo up
+  trap 'cleanup; ip netns del "$NS" 2>/dev/null || true' EXIT
+  mkdir -p "$D/sm-send" "$D/sm-recv"
+  (cd "$D/sm-send" && exec ip netns exec "$NS" "$SENDME" send "$D/src.bin" --relay disabled --no-progress > "$D/sm-send.log" 2>&1) &
+  PIDS+=($!)
+  for _ in $(seq 600); do grep -q "sendme receive" "$D/sm-send.log" 2>/dev/null && break; sleep 0.1; done
+  TICKET=$(grep -o 'blob[a-z0-9]*' "$D/sm-send.log" | head -1)
+  t0=$(now); (cd "$D/sm-recv" && ip netns exec "$NS" "$SENDME" receive "$TICKET" --relay disabled --no-progress > /dev/null 2>&1); sync -f "$D/sm-recv/src.bin"; t1=$(now)
+  cmp -s "$D/src.bin" "$D/sm-recv/src.bin" || { echo "sendme copy differs!"; exit 1; }
+  SM=$(rate $BYTES $t0 $t1)
+  pkill -f "$SENDME send $D/src.bin" 2>/dev/null || true
+fi
 RSS_A=$(awk '/VmHWM/ {print int($2/1024)}' /proc/$(cat "$D/a.pid")/status)
 RSS_B=$(awk '/VmHWM/ {print int($2/1024)}' /proc/$(cat "$D/b.pid")/status)
 
-python3 - "$SIZE_MIB" "$B3" "$DISK" "$NET" "$LIMIT" "$SHARE" "$GET" "$RSS_A" "$RSS_B" <<'PY'
+python3 - "$SIZE_MIB" "$B3" "$DISK" "$NET" "$LIMIT" "$SHARE" "$GET" "$RSS_A" "$RSS_B" "$SM" <<'PY'
 import json, sys
-size, b3, disk, net, limit, share, get, rss_a, rss_b = map(int, sys.argv[1:])
+size, b3, disk, net, limit, share, get, rss_a, rss_b, sm = map(int, sys.argv[1:])
 rows = [
     ("file size", f"{size} MiB", ""),
     ("b3sum --num-threads 1", f"{b3} MiB/s", ""),
@@ -66,10 +87,13 @@ rows = [
     ("agora share (hash + outboard)", f"{share} MiB/s", f"{share/b3:.2f} x b3sum (target >= 0.8)"),
     ("agora get node->node, verified, on disk", f"{get} MiB/s", f"{get/limit:.2f} x machine limit {limit} MiB/s (target >= 0.6)"),
     ("peak RSS seeder / downloader", f"{rss_a} / {rss_b} MiB", ""),
+    ("iroh sendme receive (same file, loopback)", f"{sm} MiB/s" if sm else "not run",
+     f"agora get = {get/sm:.2f} x sendme (target >= 1.5)" if sm else "no sendme binary, or not root"),
 ]
 for name, value, ratio in rows:
     print(f"{name:<42} {value:>14}  {ratio}")
 print(json.dumps(dict(size_mib=size, b3sum=b3, disk=disk, iperf3=net, limit=limit, share=share,
                       get=get, share_ratio=round(share/b3, 2), get_ratio=round(get/limit, 2),
-                      rss_seeder_mib=rss_a, rss_downloader_mib=rss_b)))
+                      rss_seeder_mib=rss_a, rss_downloader_mib=rss_b, sendme=sm,
+                      vs_sendme=round(get/sm, 2) if sm else None)))
 PY

@@ -585,7 +585,9 @@ async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, Strin
     let reader = Stalling::new(stream.compat());
     tokio::task::spawn_blocking(move || {
         let tree = BaoTree::new(size, BLOCK_SIZE);
-        let mut reader = SyncIoBridge::new(reader);
+        // Buffered: the decoder reads 64-byte parent pairs and 16 KiB leaves, and every read
+        // through the bridge is a round trip to the async runtime.
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, SyncIoBridge::new(reader));
         for item in DecodeResponseIter::new(hash, tree, &mut reader, &ranges) {
             item.map_err(|e| format!("size {size} does not verify: {e}"))?;
         }
@@ -625,39 +627,57 @@ async fn fetch_ranges(
             Ok(ob) => ob,
             Err(e) => return Outcome::Local(e),
         };
-        let mut reader = SyncIoBridge::new(reader);
+        // Buffered: the decoder reads 64-byte parent pairs and 16 KiB leaves, and every read
+        // through the bridge is a round trip to the async runtime.
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, SyncIoBridge::new(reader));
         let items = DecodeResponseIter::new(target.hash, target.tree, &mut reader, &ranges);
-        for item in items {
-            match item {
-                Ok(BaoContentItem::Parent(Parent { node, pair })) => {
-                    if let Err(e) = outboard.save(node, &pair) {
-                        return Outcome::Local(e);
+        let partial = target.have.lock().unwrap().clone();
+        let publish = |verified: &mut ChunkRanges| {
+            if let Some(partial) = &partial {
+                *partial.have.lock().unwrap() |= std::mem::take(verified);
+            }
+        };
+        let mut verified = ChunkRanges::empty();
+        let mut leaves = 0u64;
+        let outcome = (|| {
+            for item in items {
+                match item {
+                    Ok(BaoContentItem::Parent(Parent { node, pair })) => {
+                        if let Err(e) = outboard.save(node, &pair) {
+                            return Outcome::Local(e);
+                        }
                     }
-                }
-                Ok(BaoContentItem::Leaf(Leaf { offset, data })) => {
-                    if let Err(e) =
-                        std::os::unix::fs::FileExt::write_all_at(&target.data, &data, offset)
-                    {
-                        return Outcome::Local(e);
-                    }
-                    progress
-                        .done
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if let Some(partial) = target.have.lock().unwrap().as_ref() {
+                    Ok(BaoContentItem::Leaf(Leaf { offset, data })) => {
+                        if let Err(e) =
+                            std::os::unix::fs::FileExt::write_all_at(&target.data, &data, offset)
+                        {
+                            return Outcome::Local(e);
+                        }
+                        progress
+                            .done
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
                         let start = ChunkNum(offset / 1024);
                         let end = ChunkNum((offset + data.len() as u64).div_ceil(1024));
-                        *partial.have.lock().unwrap() |= ChunkRanges::from(start..end);
+                        verified |= ChunkRanges::from(start..end);
+                        leaves += 1;
+                        // Publish what verified to other downloaders every 1 MiB, not every
+                        // group: merging into the shared set costs more as it fragments.
+                        if leaves.is_multiple_of(64) {
+                            publish(&mut verified);
+                        }
                     }
+                    Err(
+                        e @ (DecodeError::LeafHashMismatch(_) | DecodeError::ParentHashMismatch(_)),
+                    ) => {
+                        return Outcome::Lied(describe(&e, &target.tree));
+                    }
+                    Err(e) => return Outcome::Failed(e.to_string()),
                 }
-                Err(
-                    e @ (DecodeError::LeafHashMismatch(_) | DecodeError::ParentHashMismatch(_)),
-                ) => {
-                    return Outcome::Lied(describe(&e, &target.tree));
-                }
-                Err(e) => return Outcome::Failed(e.to_string()),
             }
-        }
-        Outcome::Ok
+            Outcome::Ok
+        })();
+        publish(&mut verified);
+        outcome
     })
     .await
     .unwrap_or_else(|e| Outcome::Failed(e.to_string()))
