@@ -14,6 +14,8 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"];
 pub const DEFAULT_API: &str = "127.0.0.1:7401";
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+/// How long the process waits for blocking tasks after the node has stopped.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Args, Debug, Default)]
 pub struct UpArgs {
@@ -190,11 +192,15 @@ pub fn run(args: UpArgs) -> Result<()> {
         .init();
     let config = resolve(args)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signals(shutdown.clone()));
         agora_node::run(config, shutdown).await
-    })?;
+    });
+    // Dropping the runtime would wait for every blocking task, and one still writing a blob
+    // into a stream whose connection is already closed never finishes: bound the wait.
+    runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+    result?;
     Ok(())
 }
 

@@ -431,3 +431,44 @@ fn replicas_are_evicted_under_the_quota_but_pins_and_own_shares_stay() {
         .clone();
     assert_eq!(pinned["kind"], "pinned");
 }
+
+#[test]
+fn a_node_stops_promptly_on_sigterm_while_serving_a_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Node::start(&dir.path().join("a"), &[]);
+    let b = Node::start(
+        &dir.path().join("b"),
+        &["--bootstrap", &a.tcp_addr(), "--storage-quota", "0"],
+    );
+    let src = dir.path().join("big.bin");
+    fs::write(&src, data(300 * 1024 * 1024, 13)).unwrap();
+    let hash = share(&a, &src)["hash"].as_str().unwrap().to_owned();
+    let out = dir.path().join("copy.bin");
+    let (status, started) = b.post(
+        "/v1/files/get",
+        &serde_json::json!({ "target": hash, "out": out }),
+    );
+    assert_eq!(status, 202, "{started}");
+    let job = started["job"].as_u64().unwrap();
+    wait_for("the transfer to start", WAIT, || {
+        let (_, v) = b.get(&format!("/v1/jobs/{job}"));
+        (v["done_bytes"].as_u64()? > 0).then_some(())
+    });
+    let t0 = std::time::Instant::now();
+    let exit = a.terminate();
+    assert!(exit.success(), "{exit}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(!dir.path().join("a/api.json").exists());
+    // The downloader is left with a clear failure, and nothing at OUT.
+    let view = wait_for("the download to end", WAIT, || {
+        let (_, v) = b.get(&format!("/v1/jobs/{job}"));
+        (v["state"] != "running").then_some(v)
+    });
+    if view["state"] == "failed" {
+        assert!(!out.exists());
+    }
+}
