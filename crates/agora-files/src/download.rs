@@ -55,6 +55,8 @@ const REQUESTS_PER_PROVIDER: usize = 2;
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the DHT is asked again for providers during a download.
 const REDISCOVER_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest a re-discovery lookup may take.
+const REDISCOVER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a worker waits on a provider that is itself still downloading and has nothing new.
 const PARTIAL_PATIENCE: Duration = Duration::from_secs(30);
 /// Attempts per provider before it is dropped for this download.
@@ -508,7 +510,9 @@ pub async fn fetch(
                     workers.abort_all();
                     break;
                 }
-                if let Ok(found) = net.find_providers(hash.as_bytes().to_vec(), 16).await {
+                // Bounded: a lookup among dead peers must not hold up the end of a download.
+                let lookup = net.find_providers(hash.as_bytes().to_vec(), 16);
+                if let Ok(Ok(found)) = tokio::time::timeout(REDISCOVER_TIMEOUT, lookup).await {
                     for peer in found {
                         if peer != me && known.insert(peer) {
                             tracing::debug!(%peer, "new provider");
