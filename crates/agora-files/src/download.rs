@@ -51,6 +51,9 @@ const PIECES_PER_REQUEST: usize = 4;
 /// Requests in flight per provider, so the link is not idle between a response and the next
 /// request.
 const REQUESTS_PER_PROVIDER: usize = 2;
+/// Longest wait for a stream to a provider (opening one to an unreachable peer can wait for a
+/// dial that never completes).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 /// A provider that sends nothing for this long is dropped.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the DHT is asked again for providers during a download.
@@ -559,9 +562,9 @@ async fn open_request(
     request: &Request,
 ) -> Result<(libp2p::Stream, Response), String> {
     let mut control = net.stream_control();
-    let mut stream = tokio::time::timeout(STALL_TIMEOUT, control.open_stream(peer, PROTOCOL))
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, PROTOCOL))
         .await
-        .map_err(|_| "no stream within the timeout".to_string())?
+        .map_err(|_| "no stream within the timeout (provider unreachable?)".to_string())?
         .map_err(|e| e.to_string())?;
     write_frame(&mut stream, request)
         .await

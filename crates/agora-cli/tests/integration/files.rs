@@ -464,7 +464,8 @@ fn a_node_stops_promptly_on_sigterm_while_serving_a_download() {
     );
     assert!(!dir.path().join("a/api.json").exists());
     // The downloader is left with a clear failure, and nothing at OUT.
-    // (It takes the downloader ~25 s to give up on its only provider today; see the notes.)
+    // (Opening a stream to a dead peer can wait for a dial that never completes; each try is
+    // bounded by 3 s, so giving up on the only provider takes about 10 s.)
     let view = wait_for("the download to end", Duration::from_secs(120), || {
         let (_, v) = b.get(&format!("/v1/jobs/{job}"));
         (v["state"] != "running").then_some(v)
