@@ -37,18 +37,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn no_node_running_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = agora()
-        .args(["id", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no agora node is running"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(stderr(&out).contains("agora up"), "{}", stderr(&out));
+    assert_no_node_at(dir.path(), "id");
 
     // A port where nothing listens.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

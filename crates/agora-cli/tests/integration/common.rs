@@ -289,6 +289,19 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs a client command against a data directory where no node runs, and checks the error.
+pub fn assert_no_node_at(dir: &Path, command: &str) {
+    let out = agora()
+        .args([command, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("no agora node is running"), "{err}");
+    assert!(err.contains("agora up"), "{err}");
+}
+
 /// Waits until `a` lists `b` among its peers.
 pub fn wait_connected(a: &Node, b: &Node) {
     wait_for(

@@ -153,17 +153,7 @@ fn kill9_then_restart_keeps_identity_and_reconnects_to_known_peers() {
     // kill -9: no clean shutdown, a stale api.json and the lock file stay behind.
     b.kill9();
     assert!(b_dir.join("api.json").exists());
-    let out = agora()
-        .args(["status", "--data-dir"])
-        .arg(&b_dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no agora node is running"),
-        "{}",
-        stderr(&out)
-    );
+    assert_no_node_at(&b_dir, "status");
     wait_for("a to see b gone", WAIT, || {
         (!a.is_connected_to(&b_id)).then_some(())
     });
