@@ -98,3 +98,4 @@ pub mod proto;
 pub mod wire;
 
 pub use rand_core;
+pub mod service;

@@ -265,6 +265,7 @@ impl fmt::Debug for MessageId {
 
 /// What a peer says about its availability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Online,
     Away,
@@ -982,6 +983,38 @@ impl Frame for Profile {
     fn check_limits(&self) -> Result<(), LimitError> {
         check_name("nickname", &self.nick, MAX_NICK_BYTES)?;
         check_text("about", &self.about, MAX_ABOUT_BYTES)
+    }
+}
+
+/// `/agora/presence/1.0.0`, both ways: a peer's signed presence and, when it changed or was
+/// asked for, its signed profile. Sent to the peers that care (contacts, room members); the
+/// answer carries the responder's own, so one exchange updates both sides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceExchange {
+    pub presence: Presence,
+    pub profile: Option<Profile>,
+}
+
+impl PresenceExchange {
+    /// Checks both signatures and that they are by the same peer.
+    pub fn verify(&self) -> Result<(), VerifyError> {
+        self.presence.verify()?;
+        if let Some(profile) = &self.profile {
+            profile.verify()?;
+            if profile.peer != self.presence.peer {
+                return Err(VerifyError::BadSignature {
+                    author: profile.peer,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Frame for PresenceExchange {
+    const MAX_LEN: usize = <Presence as Frame>::MAX_LEN + <Profile as Frame>::MAX_LEN + 8;
+    fn check_limits(&self) -> Result<(), LimitError> {
+        self.profile.as_ref().map_or(Ok(()), Profile::check_limits)
     }
 }
 

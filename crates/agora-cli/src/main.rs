@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 error, 2 usage error (clap's own).
 
+mod chat;
 mod client;
 mod devnet;
 mod files;
@@ -92,6 +93,61 @@ enum Command {
     },
     /// Start N nodes on loopback, connected to one another, until Ctrl-C.
     Devnet(devnet::DevnetArgs),
+    /// Your signed profile (nickname, status, about), or a peer's.
+    #[command(subcommand)]
+    Profile(chat::ProfileCmd),
+    /// List contacts with presence, or add/remove one.
+    Contacts {
+        #[command(subcommand)]
+        cmd: Option<chat::ContactsCmd>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send a direct message (end-to-end signed; stored in the peer's mailbox if offline).
+    Send {
+        /// Peer id or contact name.
+        to: String,
+        /// The message; `-` reads it from standard input.
+        #[arg(required = true)]
+        text: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Received direct messages (listing marks them read).
+    Inbox {
+        /// Keep printing new messages as they arrive.
+        #[arg(long, short)]
+        follow: bool,
+        /// Show sent messages and their delivery state instead.
+        #[arg(long, conflicts_with = "all")]
+        sent: bool,
+        /// Show both directions.
+        #[arg(long)]
+        all: bool,
+        /// Only unread messages.
+        #[arg(long)]
+        unread: bool,
+        /// Only the conversation with this peer id or contact.
+        #[arg(long)]
+        peer: Option<String>,
+        /// How many recent messages to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Rooms: join, post, read, members, leave, list.
+    #[command(subcommand)]
+    Room(chat::RoomCmd),
+    /// Interactive chat in a room or with a peer (/who, /quit).
+    Chat {
+        /// Room name, or peer id / contact name.
+        target: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Known peers (contacts, room members) with presence and last seen.
+    Who(ClientArgs),
 }
 
 /// How client commands find the node.
@@ -144,6 +200,31 @@ fn main() -> ExitCode {
         Command::Search { words, client } => files::search(&client, &words),
         Command::Unshare { hash, client } => files::unshare(&client, &hash),
         Command::Pin { hash, client } => files::pin(&client, &hash),
+        Command::Profile(cmd) => chat::profile(cmd),
+        Command::Contacts { cmd, client } => chat::contacts(cmd, &client),
+        Command::Send { to, text, client } => chat::send(&client, &to, &text),
+        Command::Inbox {
+            follow,
+            sent,
+            all,
+            unread,
+            peer,
+            limit,
+            client,
+        } => chat::inbox(
+            &client,
+            chat::InboxArgs {
+                follow,
+                sent,
+                all,
+                unread,
+                peer,
+                limit,
+            },
+        ),
+        Command::Room(cmd) => chat::room(cmd),
+        Command::Chat { target, client } => chat::interactive(&client, &target),
+        Command::Who(c) => chat::who(&c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -56,6 +56,13 @@ pub struct UpArgs {
     /// Seconds between checks that shared blobs still have enough replicas. Default 600.
     #[arg(long, env = "AGORA_REPLICA_CHECK_INTERVAL")]
     pub replica_check_interval: Option<u64>,
+    /// Seconds between collections of this node's offline mailbox (it is also collected at
+    /// start). Default 60.
+    #[arg(long, env = "AGORA_MAILBOX_CHECK_INTERVAL")]
+    pub mailbox_check_interval: Option<u64>,
+    /// Most offline messages this node holds for others from any one sender. Default 500.
+    #[arg(long, env = "AGORA_MAILBOX_SENDER_QUOTA")]
+    pub mailbox_sender_quota: Option<usize>,
 }
 
 /// `1048576`, `512KiB`, `10MB`, `10GiB`, `1TB`…
@@ -101,6 +108,8 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     pub storage_quota: Option<String>,
     pub replica_check_interval: Option<u64>,
+    pub mailbox_check_interval: Option<u64>,
+    pub mailbox_sender_quota: Option<usize>,
 }
 
 fn parse_addrs(what: &str, raw: &[String]) -> Result<Vec<Multiaddr>> {
@@ -177,6 +186,21 @@ pub fn resolve(args: UpArgs) -> Result<NodeConfig> {
                 files.replica_check = std::time::Duration::from_secs(secs.max(1));
             }
             files
+        },
+        chat: {
+            let mut chat = agora_chat::service::Config::default();
+            if let Some(secs) = args.mailbox_check_interval.or(file.mailbox_check_interval) {
+                chat.mailbox_check = std::time::Duration::from_secs(secs.max(1));
+            }
+            if let Some(n) = args.mailbox_sender_quota.or(file.mailbox_sender_quota) {
+                chat.mailbox = chat
+                    .mailbox
+                    .with_sender_quota(agora_chat::proto::mailbox::Quota {
+                        messages: n,
+                        bytes: 8 << 20,
+                    });
+            }
+            chat
         },
     })
 }

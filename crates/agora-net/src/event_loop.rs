@@ -337,6 +337,18 @@ impl EventLoop {
                 self.topics.remove(&topic.hash());
                 let _ = reply.send(self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic));
             }
+            Command::TopicPeers(topic, reply) => {
+                let hash = IdentTopic::new(topic).hash();
+                let peers = self
+                    .swarm
+                    .behaviour()
+                    .gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .map(|(peer, _)| *peer)
+                    .collect();
+                let _ = reply.send(peers);
+            }
             Command::Publish(topic, data, reply) => {
                 let result = self
                     .swarm

@@ -48,6 +48,7 @@ pub(crate) enum Command {
         oneshot::Sender<Result<(), Error>>,
     ),
     Unsubscribe(String, oneshot::Sender<bool>),
+    TopicPeers(String, oneshot::Sender<Vec<PeerId>>),
     Publish(String, Vec<u8>, oneshot::Sender<Result<MessageId, Error>>),
     Validate(MessageId, PeerId, MessageAcceptance),
     Provide(Vec<u8>, oneshot::Sender<Result<(), Error>>),
@@ -150,6 +151,12 @@ impl Handle {
 
     pub async fn unsubscribe(&self, topic: &str) -> Result<bool, Error> {
         self.call(|tx| Command::Unsubscribe(topic.to_owned(), tx))
+            .await
+    }
+
+    /// Connected peers that told us they are subscribed to `topic`.
+    pub async fn topic_peers(&self, topic: &str) -> Result<Vec<PeerId>, Error> {
+        self.call(|tx| Command::TopicPeers(topic.to_owned(), tx))
             .await
     }
 

@@ -23,7 +23,7 @@ use crate::Node;
 /// How long `POST /v1/connect` waits for a dial or DHT lookup.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
+pub const MAX_BODY: usize = 256 * 1024;
 
 /// An API error: status code plus a JSON body `{"error": {"code", "message", "hint"?}}`.
 #[derive(Debug)]
@@ -134,6 +134,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/files/pin", post(files_pin))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/search", get(files_search))
+        .merge(crate::chat_api::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -175,11 +176,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").with_hint(
-        "routes live under /v1: id, peers, connect, disconnect, status, events, files, jobs",
+        "routes live under /v1: id, peers, connect, disconnect, status, events, files, jobs, search, chat/…",
     )
 }
 
-fn parse_peer(s: &str) -> Result<PeerId, ApiError> {
+pub(crate) fn parse_peer(s: &str) -> Result<PeerId, ApiError> {
     s.parse()
         .map_err(|e| ApiError::bad_request(format!("invalid peer id {s:?}: {e}")))
 }

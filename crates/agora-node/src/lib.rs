@@ -27,6 +27,7 @@
 //! | `POST /v1/files/unshare`, `POST /v1/files/pin` | `{"hash"}`              |
 
 pub mod api;
+mod chat_api;
 mod metrics;
 
 use std::{
@@ -63,6 +64,8 @@ pub struct NodeConfig {
     pub max_connections: u32,
     /// Replication and storage quota of file sharing.
     pub files: agora_files::service::Config,
+    /// Presence, mailbox and retry settings of messaging.
+    pub chat: agora_chat::service::Config,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,8 @@ pub enum Error {
     },
     #[error("file sharing: {0}")]
     Files(#[from] agora_files::FilesError),
+    #[error("messaging: {0}")]
+    Chat(#[from] agora_chat::service::ChatError),
     #[error(
         "the network did not report any listen address within {0:?}; check the --listen addresses"
     )]
@@ -88,6 +93,7 @@ pub enum Error {
 pub struct Node {
     pub net: agora_net::Handle,
     pub files: Arc<agora_files::Files>,
+    pub chat: Arc<agora_chat::service::Chat>,
     pub data_dir: Arc<DataDir>,
     pub token: String,
     pub started: Instant,
@@ -135,15 +141,16 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     net_config.max_connections = config.max_connections;
 
     let mut registry = prometheus_client::registry::Registry::default();
-    let (net, event_loop) = agora_net::new(keypair, net_config, &mut registry).map_err(|e| {
-        let mut msg = e.to_string();
-        if matches!(e, agora_net::BuildError::Listen { .. }) {
-            msg.push_str(
+    let (net, event_loop) =
+        agora_net::new(keypair.clone(), net_config, &mut registry).map_err(|e| {
+            let mut msg = e.to_string();
+            if matches!(e, agora_net::BuildError::Listen { .. }) {
+                msg.push_str(
                 "; pass another --listen (port 0 picks a free one) or stop the other `agora up`",
             );
-        }
-        Error::Network(msg)
-    })?;
+            }
+            Error::Network(msg)
+        })?;
     let metrics = metrics::Metrics::new(registry, event_loop.bandwidth());
     // Subscribed before the loop runs, so the first connections (bootstrap) are not missed.
     let mut saver_events = net.events();
@@ -185,9 +192,19 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         db.clone(),
         config.files.clone(),
     )?;
+    let chat_stop = CancellationToken::new();
+    let chat = agora_chat::service::Chat::start(
+        net.clone(),
+        &keypair,
+        db.clone(),
+        config.chat.clone(),
+        chat_stop.clone(),
+    )
+    .await?;
     let node = Arc::new(Node {
         net: net.clone(),
         files,
+        chat: chat.clone(),
         data_dir: data_dir.clone(),
         token,
         started: Instant::now(),
@@ -257,6 +274,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
     data_dir.remove_api_info();
+    // Say goodbye while the network still runs, so peers show us offline at once.
+    chat.goodbye().await;
+    chat_stop.cancel();
     let _ = saver.await;
     match net.shutdown().await {
         Ok(peers) => save_peers(&db, peers).await,
