@@ -294,6 +294,10 @@ pub struct Chat {
     /// Woken whenever a message or post is stored (long-polling listings wait on it).
     changed: Notify,
     stop: CancellationToken,
+    /// Deliveries that should finish before the node stops (receipts to mailboxes).
+    inflight: tokio_util::task::TaskTracker,
+    /// Messages whose receipt was already sent to a mailbox (bounded).
+    receipted: Mutex<HashSet<[u8; 16]>>,
 }
 
 impl Chat {
@@ -395,6 +399,8 @@ impl Chat {
             }),
             changed: Notify::new(),
             stop: shutdown,
+            inflight: tokio_util::task::TaskTracker::new(),
+            receipted: Mutex::new(HashSet::new()),
         });
         // Held messages from before the restart still need delivering, and their buffered
         // successors re-checking.
@@ -775,7 +781,10 @@ impl Chat {
     fn on_direct(self: &Arc<Self>, req: &InboundRequest) -> Vec<u8> {
         let reply = match DirectMessage::decode(&req.data) {
             Ok(msg) => match self.accept_message(msg, "direct") {
-                Ok(receipt) => DirectReply::Delivered(receipt),
+                Ok(receipt) => {
+                    self.learn_profile(receipt.sender);
+                    DirectReply::Delivered(receipt)
+                }
                 Err(r) => DirectReply::Rejected(r),
             },
             Err(e) => {
@@ -821,6 +830,24 @@ impl Chat {
         }
         drop(st);
         Ok(result.receipt().clone())
+    }
+
+    /// Asks a peer that wrote to us for its profile if we do not know it, so that listings
+    /// can show its nickname.
+    fn learn_profile(self: &Arc<Self>, peer: PeerId) {
+        if self.state.lock().unwrap().profiles.get(&peer).is_some() {
+            return;
+        }
+        let chat = self.clone();
+        tokio::spawn(async move {
+            for delay in [0, 1, 3] {
+                tokio::time::sleep(Duration::from_secs(delay)).await;
+                match chat.exchange_one(peer).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!(%peer, "cannot learn the profile of a sender: {e}"),
+                }
+            }
+        });
     }
 
     fn store_received(&self, from: PeerId, next: u64, msgs: Vec<DirectMessage>, via: &str) -> bool {
@@ -1027,14 +1054,46 @@ impl Chat {
             .into_iter()
             .take(FETCH_HOLDERS)
             .collect();
-        let counts =
-            futures::future::join_all(holders.into_iter().map(|h| self.collect_from(h))).await;
-        counts.into_iter().sum()
+        // Tracked, so that a node stopping right after collecting still sends the receipts.
+        let collect = futures::future::join_all(holders.into_iter().map(|h| self.collect_from(h)));
+        let results = self.inflight.track_future(collect).await;
+        results.into_iter().sum()
     }
 
+    /// Sends receipts for messages collected from mailboxes back the way the messages came:
+    /// to the senders' mailboxes (a sender that is online also gets them when it re-sends
+    /// directly). Several holders hold copies of the same message: one receipt is enough.
+    fn send_receipts(self: &Arc<Self>, receipts: Vec<Receipt>) {
+        for r in receipts {
+            {
+                let mut sent = self.receipted.lock().unwrap();
+                if sent.len() > 10_000 {
+                    sent.clear();
+                }
+                if !sent.insert(r.message_id.0) {
+                    continue;
+                }
+            }
+            let chat = self.clone();
+            self.inflight.spawn(async move {
+                let sender = r.sender;
+                let letter = Letter::Receipt(r);
+                let sealed = Envelope::seal(&chat.identity, &letter, now(), &mut rand::rng());
+                if let Ok(env) = sealed {
+                    let (stored, notes) = chat.store_in_mailbox(env).await;
+                    if stored == 0 {
+                        tracing::debug!(%sender, ?notes, "could not store a receipt for the sender");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Fetches, opens and acknowledges what one holder keeps for us; returns the number of
+    /// new letters.
     async fn collect_from(self: &Arc<Self>, holder: PeerId) -> usize {
         let mut count = 0;
-        let mut receipts_for: BTreeMap<PeerId, Vec<Receipt>> = BTreeMap::new();
+        let mut receipts = Vec::new();
         for _ in 0..MAX_FETCH_ROUNDS {
             let fetch = MailboxRequest::Fetch(FetchRequest::new(&self.identity, holder, now()));
             let Ok(bytes) = fetch.encode() else { break };
@@ -1062,7 +1121,8 @@ impl Chat {
                             Ok(receipt) => {
                                 count += 1;
                                 ack.push(id);
-                                receipts_for.entry(from).or_default().push(receipt);
+                                self.learn_profile(from);
+                                receipts.push(receipt);
                             }
                             // Buffer full: leave it with the holder for next time.
                             Err(Rejection::TryLater) => {}
@@ -1095,26 +1155,10 @@ impl Chat {
                     }
                 }
             }
+            self.send_receipts(std::mem::take(&mut receipts));
             if remaining == 0 || ack.is_empty() {
                 break;
             }
-        }
-        // Receipts go back the way the messages came: to the senders' mailboxes (a sender
-        // that is online also gets them when it re-sends directly).
-        for (sender, receipts) in receipts_for {
-            let chat = self.clone();
-            tokio::spawn(async move {
-                for r in receipts {
-                    let letter = Letter::Receipt(r);
-                    let sealed = Envelope::seal(&chat.identity, &letter, now(), &mut rand::rng());
-                    if let Ok(env) = sealed {
-                        let (stored, _) = chat.store_in_mailbox(env).await;
-                        if stored == 0 {
-                            tracing::debug!(%sender, "could not store a receipt for the sender");
-                        }
-                    }
-                }
-            });
         }
         count
     }
@@ -1622,8 +1666,16 @@ impl Chat {
         }
     }
 
-    /// Tells the peers that care that this node goes offline (bounded to 2 s).
+    /// Finishes deliveries in flight (receipts on their way to mailboxes, bounded to 10 s)
+    /// and tells the peers that care that this node goes offline (bounded to 2 s).
     pub async fn goodbye(self: &Arc<Self>) {
+        self.inflight.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.inflight.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some delivery receipts could not be stored before stopping");
+        }
         let targets = self.presence_targets().await;
         let ex = {
             let mut st = self.state.lock().unwrap();

@@ -16,7 +16,10 @@ pub fn agora() -> Command {
     cmd.env_remove("AGORA_API")
         .env_remove("AGORA_TOKEN")
         .env_remove("AGORA_DATA_DIR")
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("AGORA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null());
     cmd
 }

@@ -1,6 +1,7 @@
 //! Integration tests: real `agora` processes over real loopback sockets.
 
 mod api;
+mod chat;
 mod cli;
 mod common;
 mod devnet;

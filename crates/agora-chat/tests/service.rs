@@ -1,0 +1,433 @@
+//! The messaging service against hostile peers, in one process over real loopback sockets:
+//! a node running [`Chat`] and raw peers that speak its protocols with crafted frames.
+
+use std::{sync::Arc, time::Duration};
+
+use agora_chat::{
+    crypto::Identity,
+    proto::mailbox::{self, Quota},
+    service::{
+        CHAT_PROTOCOL, Chat, Config, Direction, MAILBOX_PROTOCOL, MessageFilter, MessageState,
+    },
+    wire::{
+        AckRequest, DirectMessage, DirectReply, Envelope, FetchRequest, Frame, Letter,
+        MailboxRequest, MailboxResponse, MessageId, Refusal, Rejection, Timestamp,
+    },
+};
+use agora_net::{Handle, InboundRequest, KadMode, Multiaddr};
+use libp2p::identity::Keypair;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Peer {
+    net: Handle,
+    addr: Multiaddr,
+    identity: Identity,
+    chat: Option<Arc<Chat>>,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn peer(bootstrap: Vec<Multiaddr>, chat: Option<Config>) -> Peer {
+    let keypair = Keypair::generate_ed25519();
+    let config = agora_net::Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+        .with_bootstrap(bootstrap)
+        .with_kad_mode(KadMode::Auto);
+    let (net, event_loop) =
+        agora_net::new(keypair.clone(), config, &mut Registry::default()).unwrap();
+    tokio::spawn(event_loop.run());
+    let addr = wait_for(|| async {
+        net.local_info()
+            .await
+            .unwrap()
+            .addrs
+            .first()
+            .map(|a| a.parse::<Multiaddr>().unwrap())
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let chat = match chat {
+        Some(config) => {
+            let db = Arc::new(agora_store::Db::open(&dir.path().join("agora.redb")).unwrap());
+            Some(
+                Chat::start(net.clone(), &keypair, db, config, stop.clone())
+                    .await
+                    .unwrap(),
+            )
+        }
+        None => None,
+    };
+    Peer {
+        net,
+        addr,
+        identity: Identity::from_keypair(&keypair).unwrap(),
+        chat,
+        _dir: dir,
+        stop,
+    }
+}
+
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(mut f: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `a` is connected to `b` (bootstrap usually got there first).
+async fn connect(a: &Peer, b: &Peer) {
+    let _ = a.net.dial(b.addr.clone()).await;
+    let b = b.net.local_peer_id().to_string();
+    wait_for(|| async {
+        a.net
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer_id == b)
+            .then_some(())
+    })
+    .await;
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    )
+}
+
+fn id() -> MessageId {
+    MessageId::random(&mut rand::rng())
+}
+
+async fn direct(from: &Peer, to: &Peer, bytes: Vec<u8>) -> DirectReply {
+    let answer = from
+        .net
+        .request(to.net.local_peer_id(), CHAT_PROTOCOL, bytes, WAIT)
+        .await
+        .expect("the node answers");
+    DirectReply::decode(&answer).expect("a well-formed reply")
+}
+
+async fn mailbox(from: &Peer, to: &Peer, req: MailboxRequest) -> MailboxResponse {
+    let answer = from
+        .net
+        .request(
+            to.net.local_peer_id(),
+            MAILBOX_PROTOCOL,
+            req.encode().unwrap(),
+            WAIT,
+        )
+        .await
+        .expect("the holder answers");
+    MailboxResponse::decode(&answer).expect("a well-formed reply")
+}
+
+async fn inbox(chat: &Chat) -> Vec<String> {
+    let filter = MessageFilter {
+        direction: Some(Direction::In),
+        ..Default::default()
+    };
+    chat.messages(filter, 0, 100, Duration::ZERO, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.text)
+        .collect()
+}
+
+#[tokio::test]
+async fn forged_replayed_oversized_and_malformed_direct_messages_are_rejected() {
+    let x = peer(vec![], Some(Config::default())).await;
+    let h = peer(vec![x.addr.clone()], None).await;
+    let chat = x.chat.as_ref().unwrap();
+    let xid = x.net.local_peer_id();
+    connect(&h, &x).await;
+
+    // Garbage and a frame just over the message limit: refused, nothing stored.
+    assert_eq!(
+        direct(&h, &x, b"\x00\xffnot postcard".to_vec()).await,
+        DirectReply::Rejected(Rejection::Invalid)
+    );
+    let huge = vec![7u8; agora_chat::wire::MAX_DIRECT_MESSAGE_LEN + 1];
+    assert_eq!(
+        direct(&h, &x, huge).await,
+        DirectReply::Rejected(Rejection::Invalid)
+    );
+    // A body over 64 KiB cannot be signed or encoded.
+    let mut long = DirectMessage::new(&h.identity, id(), xid, 0, now(), "short".into()).unwrap();
+    long.body = "x".repeat(64 * 1024 + 1);
+    assert!(long.encode().is_err(), "the encoder refuses it too");
+    // Forged: signed by h but claiming to be from someone else.
+    let other = Identity::from_keypair(&Keypair::generate_ed25519()).unwrap();
+    let mut forged = DirectMessage::new(&h.identity, id(), xid, 0, now(), "forged".into()).unwrap();
+    forged.from = other.peer_id();
+    assert_eq!(
+        direct(&h, &x, forged.encode().unwrap()).await,
+        DirectReply::Rejected(Rejection::Invalid)
+    );
+    // Addressed to someone else.
+    let elsewhere =
+        DirectMessage::new(&h.identity, id(), other.peer_id(), 0, now(), "hi".into()).unwrap();
+    assert_eq!(
+        direct(&h, &x, elsewhere.encode().unwrap()).await,
+        DirectReply::Rejected(Rejection::NotForUs)
+    );
+    assert!(inbox(chat).await.is_empty());
+
+    // A good message gets a receipt signed by the recipient.
+    let hello = DirectMessage::new(&h.identity, id(), xid, 0, now(), "hello".into()).unwrap();
+    let DirectReply::Delivered(receipt) = direct(&h, &x, hello.encode().unwrap()).await else {
+        panic!("not delivered");
+    };
+    receipt.verify().unwrap();
+    assert_eq!((receipt.message_id, receipt.recipient), (hello.id, xid));
+    // Replayed as is: acknowledged again (the first receipt may have been lost), shown once.
+    assert!(matches!(
+        direct(&h, &x, hello.encode().unwrap()).await,
+        DirectReply::Delivered(_)
+    ));
+    // The same seq with other content: a replay attack, refused.
+    let evil = DirectMessage::new(&h.identity, id(), xid, 0, now(), "evil".into()).unwrap();
+    assert_eq!(
+        direct(&h, &x, evil.encode().unwrap()).await,
+        DirectReply::Rejected(Rejection::Invalid)
+    );
+    // Out of order: 2 before 1 is held back, then both appear in order.
+    let m2 = DirectMessage::new(&h.identity, id(), xid, 2, now(), "two".into()).unwrap();
+    let m1 = DirectMessage::new(&h.identity, id(), xid, 1, now(), "one".into()).unwrap();
+    assert!(matches!(
+        direct(&h, &x, m2.encode().unwrap()).await,
+        DirectReply::Delivered(_)
+    ));
+    assert_eq!(inbox(chat).await, ["hello"]);
+    assert!(matches!(
+        direct(&h, &x, m1.encode().unwrap()).await,
+        DirectReply::Delivered(_)
+    ));
+    assert_eq!(inbox(chat).await, ["hello", "one", "two"]);
+
+    // A frame at the transport limit is cut off; the node keeps serving.
+    let _ = h
+        .net
+        .request(
+            xid,
+            CHAT_PROTOCOL,
+            vec![0u8; agora_net::MAX_FRAME_LEN],
+            Duration::from_secs(5),
+        )
+        .await;
+    let three = DirectMessage::new(&h.identity, id(), xid, 3, now(), "three".into()).unwrap();
+    assert!(matches!(
+        direct(&h, &x, three.encode().unwrap()).await,
+        DirectReply::Delivered(_)
+    ));
+    assert_eq!(inbox(chat).await, ["hello", "one", "two", "three"]);
+}
+
+#[tokio::test]
+async fn mailbox_holders_enforce_quotas_and_serve_only_the_recipient() {
+    let quota = mailbox::Config::default().with_sender_quota(Quota {
+        messages: 3,
+        bytes: 1 << 20,
+    });
+    let x = peer(
+        vec![],
+        Some(Config {
+            mailbox: quota,
+            ..Config::default()
+        }),
+    )
+    .await;
+    let flooder = peer(vec![x.addr.clone()], None).await;
+    let honest = peer(vec![x.addr.clone()], None).await;
+    let recipient = peer(vec![x.addr.clone()], None).await;
+    for p in [&flooder, &honest, &recipient] {
+        connect(p, &x).await;
+    }
+    let rid = recipient.net.local_peer_id();
+    let seal = |from: &Peer, seq: u64, text: &str| {
+        let msg = DirectMessage::new(&from.identity, id(), rid, seq, now(), text.into()).unwrap();
+        Envelope::seal(
+            &from.identity,
+            &Letter::Message(msg),
+            now(),
+            &mut rand::rng(),
+        )
+        .unwrap()
+    };
+
+    // The flooder fills its quota at this holder, then is refused.
+    for seq in 0..3 {
+        let env = seal(&flooder, seq, "spam");
+        assert_eq!(
+            mailbox(&flooder, &x, MailboxRequest::Store(env)).await,
+            MailboxResponse::Stored
+        );
+    }
+    let env = seal(&flooder, 3, "spam");
+    assert_eq!(
+        mailbox(&flooder, &x, MailboxRequest::Store(env)).await,
+        MailboxResponse::Refused(Refusal::SenderFull)
+    );
+    // Others are unaffected.
+    let from_honest = seal(&honest, 0, "hello from an honest peer");
+    assert_eq!(
+        mailbox(&honest, &x, MailboxRequest::Store(from_honest)).await,
+        MailboxResponse::Stored
+    );
+    // A tampered envelope is refused at the holder (the sender's signature covers it).
+    let mut tampered = seal(&honest, 1, "tamper with me");
+    tampered.ciphertext[0] ^= 1;
+    assert_eq!(
+        mailbox(&honest, &x, MailboxRequest::Store(tampered)).await,
+        MailboxResponse::Refused(Refusal::Invalid)
+    );
+    // Malformed requests get a refusal, not a crash.
+    let answer = flooder
+        .net
+        .request(
+            x.net.local_peer_id(),
+            MAILBOX_PROTOCOL,
+            b"junk".to_vec(),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        MailboxResponse::decode(&answer).unwrap(),
+        MailboxResponse::Refused(Refusal::Invalid)
+    );
+
+    // Nobody but the recipient can read its mail: a fetch signed by someone else sees its own
+    // (empty) box, and a fetch claiming to be the recipient but signed by another is refused.
+    let xid = x.net.local_peer_id();
+    let theirs = FetchRequest::new(&flooder.identity, xid, now());
+    assert_eq!(
+        mailbox(&flooder, &x, MailboxRequest::Fetch(theirs)).await,
+        MailboxResponse::Envelopes {
+            envelopes: vec![],
+            remaining: 0
+        }
+    );
+    let mut impostor = FetchRequest::new(&flooder.identity, xid, now());
+    impostor.recipient = rid;
+    assert_eq!(
+        mailbox(&flooder, &x, MailboxRequest::Fetch(impostor)).await,
+        MailboxResponse::Refused(Refusal::Invalid)
+    );
+
+    // The recipient gets all four, opens them, acknowledges, and the holder forgets them.
+    let fetch = FetchRequest::new(&recipient.identity, xid, now());
+    let MailboxResponse::Envelopes {
+        envelopes,
+        remaining,
+    } = mailbox(&recipient, &x, MailboxRequest::Fetch(fetch)).await
+    else {
+        panic!("no envelopes");
+    };
+    assert_eq!((envelopes.len(), remaining), (4, 0));
+    let mut texts: Vec<String> = envelopes
+        .iter()
+        .map(|e| match e.open(&recipient.identity).unwrap() {
+            Letter::Message(m) => m.body,
+            Letter::Receipt(_) => panic!("unexpected receipt"),
+        })
+        .collect();
+    texts.sort();
+    assert_eq!(texts, ["hello from an honest peer", "spam", "spam", "spam"]);
+    let ids = envelopes.iter().map(|e| e.id).collect();
+    let ack = AckRequest::new(&recipient.identity, xid, now(), ids).unwrap();
+    assert_eq!(
+        mailbox(&recipient, &x, MailboxRequest::Ack(ack)).await,
+        MailboxResponse::Acked { deleted: 4 }
+    );
+    // The flooder's quota is free again.
+    let env = seal(&flooder, 4, "later");
+    assert_eq!(
+        mailbox(&flooder, &x, MailboxRequest::Store(env)).await,
+        MailboxResponse::Stored
+    );
+}
+
+#[tokio::test]
+async fn a_recipient_drops_tampered_mail_from_a_lying_holder_and_keeps_the_rest() {
+    // The lying holder serves one genuine and one tampered envelope and records the acks.
+    let holder = peer(vec![], None).await;
+    let recipient = peer(vec![holder.addr.clone()], Some(Config::default())).await;
+    let sender = Identity::from_keypair(&Keypair::generate_ed25519()).unwrap();
+    let rid = recipient.net.local_peer_id();
+    let letter = |seq: u64, text: &str| {
+        let m = DirectMessage::new(&sender, id(), rid, seq, now(), text.into()).unwrap();
+        Envelope::seal(&sender, &Letter::Message(m), now(), &mut rand::rng()).unwrap()
+    };
+    let good = letter(0, "genuine");
+    let mut bad = letter(1, "tampered");
+    let last = bad.ciphertext.len() - 1;
+    bad.ciphertext[last] ^= 0x80;
+    let served = vec![bad.clone(), good.clone()];
+    let (tx, mut rx) = mpsc::channel::<InboundRequest>(16);
+    holder.net.serve(MAILBOX_PROTOCOL, tx).unwrap();
+    let (acks_tx, mut acks) = mpsc::unbounded_channel::<Vec<MessageId>>();
+    tokio::spawn(async move {
+        let mut served = Some(served);
+        while let Some(req) = rx.recv().await {
+            let response = match MailboxRequest::decode(&req.data).unwrap() {
+                MailboxRequest::Fetch(_) => MailboxResponse::Envelopes {
+                    envelopes: served.take().unwrap_or_default(),
+                    remaining: 0,
+                },
+                MailboxRequest::Ack(a) => {
+                    let _ = acks_tx.send(a.ids.clone());
+                    MailboxResponse::Acked {
+                        deleted: a.ids.len() as u32,
+                    }
+                }
+                MailboxRequest::Store(_) => MailboxResponse::Stored,
+            };
+            let _ = req.reply.send(response.encode().unwrap());
+        }
+    });
+    let chat = recipient.chat.as_ref().unwrap();
+    wait_for(|| async { (!recipient.net.peers().await.unwrap().is_empty()).then_some(()) }).await;
+    let collected = chat.collect_mailbox().await;
+    assert_eq!(collected, 1, "only the genuine message counts");
+    assert_eq!(inbox(chat).await, ["genuine"]);
+    let mut acked = tokio::time::timeout(WAIT, acks.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    acked.sort_by_key(|i| i.0);
+    let mut expected = vec![good.id, bad.id];
+    expected.sort_by_key(|i| i.0);
+    assert_eq!(
+        acked, expected,
+        "both are acknowledged so the holder drops the bad one"
+    );
+    let all = chat
+        .messages(MessageFilter::default(), 0, 10, Duration::ZERO, false)
+        .await
+        .unwrap();
+    assert_eq!(all[0].via.as_deref(), Some("mailbox"));
+    assert_eq!(all[0].state, MessageState::Unread);
+}

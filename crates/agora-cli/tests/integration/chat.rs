@@ -1,0 +1,332 @@
+//! Messaging across real nodes: direct messages, offline mailboxes, rooms, presence.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::common::{Node, agora, stderr, stdout, wait_for};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn json(node: &Node, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = node.cli(&all);
+    assert!(
+        out.status.success(),
+        "agora {args:?} failed: {}",
+        stderr(&out)
+    );
+    serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("agora {args:?}: not JSON ({e}): {}", stdout(&out)))
+}
+
+fn texts(messages: &Value) -> Vec<String> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn status_of(node: &Node, peer: &str) -> Option<String> {
+    let who = json(node, &["who"]);
+    who.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == peer)
+        .map(|p| p["status"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Node::start(&dir.path().join("hub"), &[]);
+    let a = Node::start(&dir.path().join("a"), &["--bootstrap", &hub.tcp_addr()]);
+    let b_dir = dir.path().join("b");
+    let mut b = Node::start(&b_dir, &["--bootstrap", &hub.tcp_addr()]);
+    assert!(!a.is_connected_to(&b.peer_id), "no direct connection yet");
+
+    assert!(
+        a.cli(&["profile", "set", "--nick", "alice"])
+            .status
+            .success()
+    );
+    let profile = json(&b, &["profile", "set", "--nick", "bob", "--about", "hi"]);
+    assert_eq!(profile["nick"], "bob");
+    assert_eq!(profile["status"], "online");
+
+    // `inbox --follow` streams what arrives.
+    let mut follow = agora()
+        .args(["inbox", "--follow", "--json", "--data-dir"])
+        .arg(&b.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sent = a.cli(&["send", &b.peer_id, "hello", "bob"]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert!(stdout(&sent).contains("delivered"), "{}", stdout(&sent));
+    let mut line = String::new();
+    BufReader::new(follow.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let streamed: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(streamed["text"], "hello bob");
+    assert_eq!(streamed["peer_id"], a.peer_id.as_str());
+
+    let inbox = json(&b, &["inbox"]);
+    assert_eq!(texts(&inbox), ["hello bob"]);
+    assert_eq!(inbox[0]["via"], "direct");
+    // Bob learnt alice's signed profile from her.
+    wait_for("alice's nick at bob", WAIT, || {
+        let inbox = json(&b, &["inbox"]);
+        (inbox[0]["nick"] == "alice").then_some(())
+    });
+    // Listing marked it read.
+    assert_eq!(json(&b, &["inbox", "--unread"]), Value::Array(vec![]));
+    let sent = json(&a, &["inbox", "--sent"]);
+    assert_eq!(sent[0]["state"], "delivered");
+
+    // Contacts by name; bad targets and oversized messages are clear errors.
+    let added = json(&b, &["contacts", "add", &a.peer_id, "--name", "al"]);
+    assert_eq!(added["status"], "online");
+    let reply = b.cli(&["send", "al", "hi", "alice"]);
+    assert!(reply.status.success(), "{}", stderr(&reply));
+    let bad = b.cli(&["send", "nobody", "hi"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("neither a peer id nor the name of a contact"),
+        "{}",
+        stderr(&bad)
+    );
+    let mut big = agora()
+        .args(["send", &a.peer_id, "-", "--data-dir"])
+        .arg(&b.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    big.stdin
+        .take()
+        .unwrap()
+        .write_all("x".repeat(70_000).as_bytes())
+        .unwrap();
+    let big = big.wait_with_output().unwrap();
+    assert_eq!(big.status.code(), Some(1));
+    assert!(
+        stderr(&big).contains("65536-byte limit"),
+        "{}",
+        stderr(&big)
+    );
+
+    // A restart keeps messages, contacts and the conversation's numbering: a message sent
+    // after it is shown at once (a reset counter would hold it back as out of order).
+    assert!(b.terminate().success());
+    let b = Node::start(&b_dir, &["--bootstrap", &hub.tcp_addr()]);
+    let all = json(&b, &["inbox", "--all"]);
+    assert_eq!(texts(&all), ["hello bob", "hi alice"]);
+    let contacts = json(&b, &["contacts"]);
+    assert_eq!(contacts[0]["peer_id"], a.peer_id.as_str());
+    assert_eq!(contacts[0]["contact"], "al");
+    let again = a.cli(&["send", &b.peer_id, "after", "restart"]);
+    assert!(stdout(&again).contains("delivered"), "{}", stderr(&again));
+    assert_eq!(texts(&json(&b, &["inbox", "--unread"])), ["after restart"]);
+}
+
+#[test]
+fn offline_delivery_when_sender_and_recipient_are_never_online_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let h1 = Node::start(&dir.path().join("h1"), &[]);
+    let holders: Vec<Node> = (2..=4)
+        .map(|i| {
+            Node::start(
+                &dir.path().join(format!("h{i}")),
+                &["--bootstrap", &h1.tcp_addr()],
+            )
+        })
+        .collect();
+    let boot = ["--bootstrap", &h1.tcp_addr()];
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+
+    // Bob exists but is offline.
+    let mut b = Node::start(&b_dir, &boot);
+    let bob = b.peer_id.clone();
+    assert!(b.cli(&["profile", "set", "--nick", "bob"]).status.success());
+    assert!(b.terminate().success());
+
+    let mut a = Node::start(&a_dir, &boot);
+    let alice = a.peer_id.clone();
+    let out = a.cli(&["send", &bob, "while", "you", "were", "away", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let outcome: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(outcome["state"], "stored", "{outcome}");
+    assert!(outcome["holders"].as_u64().unwrap() >= 2, "{outcome}");
+    assert_eq!(json(&a, &["inbox", "--sent"])[0]["state"], "stored");
+    assert!(a.terminate().success());
+
+    // Bob comes back while alice is away and collects his mailbox at start.
+    let mut b = Node::start(&b_dir, &boot);
+    let got = wait_for("bob collects his mailbox", WAIT, || {
+        let inbox = json(&b, &["inbox"]);
+        (!inbox.as_array().unwrap().is_empty()).then_some(inbox)
+    });
+    assert_eq!(texts(&got), ["while you were away"]);
+    assert_eq!(got[0]["via"], "mailbox");
+    assert_eq!(got[0]["peer_id"], alice.as_str());
+    // Leaving at once: the node finishes storing the receipt for alice before it stops.
+    assert!(b.terminate().success());
+
+    // Alice comes back and learns from her mailbox that bob got it.
+    let a = Node::start(&a_dir, &boot);
+    wait_for("alice learns of the delivery", WAIT, || {
+        let sent = json(&a, &["inbox", "--sent"]);
+        (sent[0]["state"] == "delivered").then_some(())
+    });
+    drop(holders);
+}
+
+#[test]
+fn a_room_of_ten_nodes_shares_posts_and_a_late_joiner_gets_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Node::start(&dir.path().join("n0"), &[]);
+    let mut nodes = vec![];
+    for i in 1..9 {
+        nodes.push(Node::start(
+            &dir.path().join(format!("n{i}")),
+            &["--bootstrap", &hub.tcp_addr()],
+        ));
+    }
+    nodes.insert(0, hub);
+    for (i, n) in nodes.iter().enumerate() {
+        assert!(
+            n.cli(&["profile", "set", "--nick", &format!("n{i}")])
+                .status
+                .success()
+        );
+        let joined = n.cli(&["room", "join", "lobby"]);
+        assert!(joined.status.success(), "{}", stderr(&joined));
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let posted = n.cli(&["room", "post", "lobby", &format!("post from n{i}")]);
+        assert!(posted.status.success(), "{}", stderr(&posted));
+    }
+    let all: Vec<String> = (0..9).map(|i| format!("post from n{i}")).collect();
+    for n in &nodes {
+        wait_for("every post at every member", WAIT, || {
+            let mut got = texts(&json(n, &["room", "read", "lobby"]));
+            got.sort();
+            (got == all).then_some(())
+        });
+    }
+
+    // The late joiner gets the history from members, verified.
+    let late = Node::start(
+        &dir.path().join("late"),
+        &["--bootstrap", &nodes[0].tcp_addr()],
+    );
+    let joined = json(&late, &["room", "join", "lobby"]);
+    assert!(joined["history"].as_u64().unwrap() >= 9, "{joined}");
+    assert_eq!(joined["rejected"], 0);
+    let mut got = texts(&json(&late, &["room", "read", "lobby"]));
+    got.sort();
+    assert_eq!(got, all);
+
+    // Interactive chat: lines typed are posted, /who lists members, /quit leaves.
+    let mut chat = agora()
+        .args(["chat", "lobby", "--data-dir"])
+        .arg(&late.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    chat.stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from the late joiner\n/who\n/quit\n")
+        .unwrap();
+    let out = chat.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("n1 ("),
+        "/who lists members: {}",
+        stdout(&out)
+    );
+    wait_for("the late joiner's post at n1", WAIT, || {
+        texts(&json(&nodes[1], &["room", "read", "lobby"]))
+            .contains(&"hello from the late joiner".to_owned())
+            .then_some(())
+    });
+    let members = json(&nodes[1], &["room", "members", "lobby"]);
+    assert!(
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["peer_id"] == late.peer_id.as_str()),
+        "{members}"
+    );
+    // Bad room names are clear errors.
+    let bad = late.cli(&["room", "join", "Not A Room!"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("room names are"), "{}", stderr(&bad));
+}
+
+#[test]
+fn presence_shows_offline_after_kill9_within_a_minute_and_at_once_after_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Node::start(&dir.path().join("hub"), &[]);
+    let boot = ["--bootstrap", &hub.tcp_addr()];
+    let a = Node::start(&dir.path().join("a"), &boot);
+    let b_dir = dir.path().join("b");
+    let mut b = Node::start(&b_dir, &boot);
+    assert!(
+        b.cli(&["profile", "set", "--nick", "bob", "--status", "busy"])
+            .status
+            .success()
+    );
+    json(&a, &["contacts", "add", &b.peer_id, "--name", "bob"]);
+    json(&b, &["contacts", "add", &a.peer_id]);
+
+    let who = json(&a, &["who"]);
+    let entry = who
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == b.peer_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["status"], "busy", "{who}");
+    assert_eq!(entry["nick"], "bob");
+    assert!(entry["last_seen"].as_u64().is_some());
+
+    // kill -9: no goodbye; the peer must still show offline within 60 s.
+    b.kill9();
+    let killed = Instant::now();
+    wait_for("bob offline after kill -9", Duration::from_secs(70), || {
+        (status_of(&a, &b.peer_id).as_deref() == Some("offline")).then_some(())
+    });
+    assert!(
+        killed.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        killed.elapsed()
+    );
+
+    // Back online (it tells its contacts at start), then a clean shutdown shows at once.
+    let mut b = Node::start(&b_dir, &boot);
+    wait_for("bob online again", WAIT, || {
+        (status_of(&a, &b.peer_id).as_deref() == Some("busy")).then_some(())
+    });
+    // The goodbye is sent before the node exits, so it is offline the moment it is gone.
+    assert!(b.terminate().success());
+    assert_eq!(status_of(&a, &b.peer_id).as_deref(), Some("offline"));
+}
