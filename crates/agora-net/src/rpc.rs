@@ -64,29 +64,75 @@ pub const MAX_INBOUND_PER_PROTOCOL: usize = 64;
 /// How long a peer has to send its request once the stream is open.
 const READ_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends one request on a new stream and reads the one response, within `timeout`.
+/// Attempts per request when the stream fails before the response starts.
+const ATTEMPTS: usize = 3;
+
+/// Sends one request on a new stream and reads the one response, within `timeout` in all.
+///
+/// A responder that is flooded with new streams drops some unread (libp2p-stream queues one
+/// inbound stream per protocol at a time); the requester then sees the stream closed before
+/// any response. Such a request is sent again on a fresh stream, up to [`ATTEMPTS`] times,
+/// so application protocols must be idempotent (all of Agora's are).
 pub(crate) async fn request(
-    mut control: libp2p_stream::Control,
+    control: libp2p_stream::Control,
     peer: PeerId,
     protocol: StreamProtocol,
     data: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, Error> {
-    let exchange = async {
-        let mut stream = control
-            .open_stream(peer, protocol)
-            .await
-            .map_err(|e| Error::Request(e.to_string()))?;
-        write_frame(&mut stream, &data)
-            .await
-            .map_err(|e| Error::Request(format!("sending: {e}")))?;
-        read_frame(&mut stream)
-            .await
-            .map_err(|e| Error::Request(format!("receiving: {e}")))
+    let attempts = async {
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+            match request_once(control.clone(), peer, protocol.clone(), &data).await {
+                Ok(response) => return Ok(response),
+                Err((e, retry)) if retry => last = Some(e),
+                Err((e, _)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Request("no attempt made".into())))
     };
-    tokio::time::timeout(timeout, exchange)
+    tokio::time::timeout(timeout, attempts)
         .await
         .map_err(|_| Error::Request(format!("no response within {timeout:?}")))?
+}
+
+/// One attempt; the flag says whether the failure is worth another attempt (the stream was
+/// closed before the response began).
+async fn request_once(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    data: &[u8],
+) -> Result<Vec<u8>, (Error, bool)> {
+    let mut stream = control
+        .open_stream(peer, protocol)
+        .await
+        .map_err(|e| (Error::Request(e.to_string()), false))?;
+    if let Err(e) = write_frame(&mut stream, data).await {
+        return Err((Error::Request(format!("sending: {e}")), true));
+    }
+    let mut len = [0u8; 4];
+    if let Err(e) = stream.read_exact(&mut len).await {
+        return Err((Error::Request(format!("receiving: {e}")), true));
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err((
+            Error::Request(format!(
+                "receiving: frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN}"
+            )),
+            false,
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| (Error::Request(format!("receiving: {e}")), false))?;
+    Ok(buf)
 }
 
 /// Accepts streams of `protocol` and hands each request to `requests`, writing back the reply.

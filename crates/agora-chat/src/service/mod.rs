@@ -68,6 +68,8 @@ const HISTORY_PEERS: usize = 3;
 const MAX_STORED_POSTS: usize = 10_000;
 /// Presence exchanges in flight at once.
 const PRESENCE_FANOUT: usize = 16;
+/// How long before a peer without a known profile is asked for it again.
+const PROFILE_RETRY: Duration = Duration::from_secs(600);
 /// Most messages one inbox or room listing returns.
 pub const MAX_LIST: usize = 1000;
 /// Longest a long-poll listing waits for something new.
@@ -298,6 +300,8 @@ pub struct Chat {
     inflight: tokio_util::task::TaskTracker,
     /// Messages whose receipt was already sent to a mailbox (bounded).
     receipted: Mutex<HashSet<[u8; 16]>>,
+    /// When we last asked a peer that wrote to us for its profile.
+    profile_asked: Mutex<HashMap<PeerId, std::time::Instant>>,
 }
 
 impl Chat {
@@ -401,6 +405,7 @@ impl Chat {
             stop: shutdown,
             inflight: tokio_util::task::TaskTracker::new(),
             receipted: Mutex::new(HashSet::new()),
+            profile_asked: Mutex::new(HashMap::new()),
         });
         // Held messages from before the restart still need delivering, and their buffered
         // successors re-checking.
@@ -837,6 +842,21 @@ impl Chat {
     fn learn_profile(self: &Arc<Self>, peer: PeerId) {
         if self.state.lock().unwrap().profiles.get(&peer).is_some() {
             return;
+        }
+        // At most one attempt per peer every PROFILE_RETRY (a peer may have no profile).
+        {
+            let mut asked = self.profile_asked.lock().unwrap();
+            let now = std::time::Instant::now();
+            if asked
+                .get(&peer)
+                .is_some_and(|at| now.duration_since(*at) < PROFILE_RETRY)
+            {
+                return;
+            }
+            if asked.len() >= 4096 {
+                asked.retain(|_, at| now.duration_since(*at) < PROFILE_RETRY);
+            }
+            asked.insert(peer, now);
         }
         let chat = self.clone();
         tokio::spawn(async move {
