@@ -124,6 +124,21 @@ def loopback_rtt(n=5000):
     return rtts
 
 
+def fsync_latency(root, n=2000):
+    """Write 200 bytes and fdatasync, as a durable store does per commit."""
+    path = os.path.join(root, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        os.pwrite(fd, b"x" * 200, (i % 64) * 4096)
+        os.fdatasync(fd)
+        out.append((time.perf_counter() - t0) * 1000)
+    os.close(fd)
+    os.unlink(path)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/agora")
@@ -137,6 +152,8 @@ def main():
     try:
         floor = loopback_rtt()
         print(f"loopback TCP round trip (1 byte):   p50 {pct(floor, 50):.3f} ms   p99 {pct(floor, 99):.3f} ms")
+        sync = fsync_latency(root)
+        print(f"write+fdatasync (200 B, same disk):  p50 {pct(sync, 50):.3f} ms   p99 {pct(sync, 99):.3f} ms")
 
         a = Node(args.bin, root, "a")
         nodes.append(a)
@@ -161,7 +178,10 @@ def main():
         print(f"DM latency ({args.messages} msgs, send->receipt): p50 {pct(lat, 50):.2f} ms   "
               f"p99 {pct(lat, 99):.2f} ms   mean {statistics.mean(lat):.2f} ms   "
               f"({args.messages / elapsed:.0f} msgs/s one at a time)")
-        print(f"  ratio p50 / loopback TCP RTT p50: {pct(lat, 50) / pct(floor, 50):.0f}x")
+        durable = pct(floor, 50) + 2 * pct(sync, 50)
+        print(f"  ratio p50 / loopback TCP RTT p50: {pct(lat, 50) / pct(floor, 50):.0f}x; "
+              f"p50 / (RTT + 2 fdatasync, the floor for a message durable at both ends): "
+              f"{pct(lat, 50) / durable:.1f}x")
 
         # Sustained, several senders at once.
         per = max(1, args.messages // (2 * args.senders))

@@ -1,11 +1,10 @@
 //! Agora messaging core: signed direct messages with receipts, offline mailboxes, rooms with
 //! history, presence and profiles.
 //!
-//! This crate is the sans-I/O half of messaging. It owns the wire formats ([`wire`]), the keys
-//! and ciphers ([`crypto`]) and the state machines ([`proto`]); it has no sockets, no tasks and
-//! no clock. Every function that cares about time takes `now`, and every one that needs
-//! randomness takes an `rng` ([`rand_core::CryptoRng`], re-exported). A service layer drives it
-//! over libp2p.
+//! The core of this crate is sans-I/O: it owns the wire formats ([`wire`]), the keys and
+//! ciphers ([`crypto`]) and the state machines ([`proto`]), with no sockets, no tasks and no
+//! clock. [`service`] drives it over the node's libp2p swarm and keeps its state in redb. Every function that cares about time takes `now`, and every one that needs
+//! randomness takes an `rng` ([`rand_core::CryptoRng`], re-exported).
 //!
 //! # Roles
 //!
@@ -35,7 +34,7 @@
 //! | `/agora/mailbox/1.0.0` | [`wire::MailboxRequest`] | [`wire::MailboxResponse`] |
 //! | `/agora/room-history/1.0.0` | [`wire::HistoryRequest`] | [`wire::HistoryResponse`] |
 //! | gossipsub `/agora/room/1/<name>` | [`wire::RoomMessage`] | |
-//! | presence, to contacts and room peers | [`wire::Presence`], [`wire::Profile`] | |
+//! | `/agora/presence/1.0.0`, with contacts and room members | [`wire::PresenceExchange`] | [`wire::PresenceExchange`] |
 //!
 //! Every message names its author by [`libp2p_identity::PeerId`] and carries an ed25519
 //! signature over all its other fields, with a per-type domain tag. An ed25519 `PeerId` embeds

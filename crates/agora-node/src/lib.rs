@@ -25,6 +25,9 @@
 //! | `GET /v1/files`        | blobs this node holds                            |
 //! | `GET /v1/search?q=…`   | keyword search across the network                |
 //! | `POST /v1/files/unshare`, `POST /v1/files/pin` | `{"hash"}`              |
+//! | `GET/POST /v1/chat/profile`, `/v1/chat/contacts`, `/v1/chat/who` | profiles, contacts, presence |
+//! | `POST /v1/chat/send`, `GET /v1/chat/messages` | direct messages (long-poll with `wait`) |
+//! | `/v1/chat/rooms…`      | join, leave, post, read (long-poll), members     |
 
 pub mod api;
 mod chat_api;

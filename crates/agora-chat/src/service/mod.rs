@@ -1196,37 +1196,42 @@ impl Chat {
         tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
                 let Some(chat) = chat.upgrade() else { return };
-                let verdict = chat.on_room_gossip(&room, &m.data);
+                // The verdict goes first so that forwarding does not wait for the disk.
+                let (verdict, new) = chat.on_room_gossip(&room, &m.data);
                 let _ = chat.net.validate(m.id, m.source, verdict).await;
+                if let Some(post) = new {
+                    if let Err(e) = chat.db.add_posts(&room, &[post], None) {
+                        tracing::warn!("{e}");
+                    }
+                    chat.changed.notify_waiters();
+                }
             }
         });
         Ok(())
     }
 
-    fn on_room_gossip(&self, room: &RoomId, data: &[u8]) -> MessageAcceptance {
+    /// Judges a gossiped post; a new valid one is returned for storing.
+    fn on_room_gossip(
+        &self,
+        room: &RoomId,
+        data: &[u8],
+    ) -> (MessageAcceptance, Option<RoomMessage>) {
         let msg = match RoomMessage::decode(data) {
             Ok(m) if &m.room == room => m,
-            Ok(_) | Err(_) => return MessageAcceptance::Reject,
+            Ok(_) | Err(_) => return (MessageAcceptance::Reject, None),
         };
         let mut st = self.state.lock().unwrap();
         let Some(rs) = st.rooms.get_mut(room) else {
-            return MessageAcceptance::Ignore;
+            return (MessageAcceptance::Ignore, None);
         };
         match rs.history.insert(msg.clone(), now()) {
-            Ok(Inserted::New) => {
-                if let Err(e) = self.db.add_posts(room, &[msg], None) {
-                    tracing::warn!("{e}");
-                }
-                drop(st);
-                self.changed.notify_waiters();
-                MessageAcceptance::Accept
-            }
-            Ok(Inserted::Duplicate) => MessageAcceptance::Ignore,
+            Ok(Inserted::New) => (MessageAcceptance::Accept, Some(msg)),
+            Ok(Inserted::Duplicate) => (MessageAcceptance::Ignore, None),
             Err(RoomError::Invalid(e)) => {
                 tracing::debug!(%room, "rejected a forged room post: {e}");
-                MessageAcceptance::Reject
+                (MessageAcceptance::Reject, None)
             }
-            Err(_) => MessageAcceptance::Ignore,
+            Err(_) => (MessageAcceptance::Ignore, None),
         }
     }
 

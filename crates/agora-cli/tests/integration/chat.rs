@@ -100,6 +100,28 @@ fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() 
     assert_eq!(added["status"], "online");
     let reply = b.cli(&["send", "al", "hi", "alice"]);
     assert!(reply.status.success(), "{}", stderr(&reply));
+    // The interactive chat with a contact sends each line typed.
+    let mut chat = agora()
+        .args(["chat", "al", "--data-dir"])
+        .arg(&b.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    chat.stdin
+        .take()
+        .unwrap()
+        .write_all(b"typed in chat\n/who\n/quit\n")
+        .unwrap();
+    let out = chat.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("online"),
+        "/who shows presence: {}",
+        stdout(&out)
+    );
+    assert_eq!(texts(&json(&a, &["inbox"])), ["hi alice", "typed in chat"]);
     let bad = b.cli(&["send", "nobody", "hi"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(
@@ -133,7 +155,7 @@ fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() 
     assert!(b.terminate().success());
     let b = Node::start(&b_dir, &["--bootstrap", &hub.tcp_addr()]);
     let all = json(&b, &["inbox", "--all"]);
-    assert_eq!(texts(&all), ["hello bob", "hi alice"]);
+    assert_eq!(texts(&all), ["hello bob", "hi alice", "typed in chat"]);
     let contacts = json(&b, &["contacts"]);
     assert_eq!(contacts[0]["peer_id"], a.peer_id.as_str());
     assert_eq!(contacts[0]["contact"], "al");
@@ -275,6 +297,18 @@ fn a_room_of_ten_nodes_shares_posts_and_a_late_joiner_gets_the_history() {
             .any(|m| m["peer_id"] == late.peer_id.as_str()),
         "{members}"
     );
+    // A member that restarts keeps the room and its posts.
+    let mut last = nodes.pop().unwrap();
+    let last_dir = last.dir.clone();
+    assert!(last.terminate().success());
+    let last = Node::start(&last_dir, &["--bootstrap", &nodes[0].tcp_addr()]);
+    let rooms = json(&last, &["room", "list"]);
+    assert_eq!(rooms[0]["room"], "lobby", "{rooms}");
+    let kept = texts(&json(&last, &["room", "read", "lobby"]));
+    for post in &all {
+        assert!(kept.contains(post), "{post} lost in the restart: {kept:?}");
+    }
+    drop(last);
     // Bad room names are clear errors.
     let bad = late.cli(&["room", "join", "Not A Room!"]);
     assert_eq!(bad.status.code(), Some(1));

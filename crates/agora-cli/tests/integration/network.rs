@@ -205,4 +205,14 @@ fn a_peer_behind_a_relay_is_reached_through_the_circuit() {
         peer["addrs"][0].as_str().unwrap().contains("/p2p-circuit"),
         "{peer}"
     );
+    // A direct message rides the relayed connection.
+    let (status, sent) = dialer.post(
+        "/v1/chat/send",
+        &json!({ "to": hidden.peer_id, "text": "through the relay" }),
+    );
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["state"], "delivered", "{sent}");
+    let (_, inbox) = hidden.get("/v1/chat/messages?direction=in");
+    assert_eq!(inbox["messages"][0]["text"], "through the relay", "{inbox}");
+    assert_eq!(inbox["messages"][0]["peer_id"], dialer.peer_id.as_str());
 }
