@@ -183,7 +183,26 @@ pub(crate) fn build(
             None => by_peer.push((*peer, addrs.clone(), false)),
         }
     }
+    // A relay we listen through is dialed by the relay client for its reservation; a second
+    // dial from here would make that one fail (and the circuit listener with it).
+    let relays: Vec<PeerId> = config
+        .listen
+        .iter()
+        .filter(|a| a.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+        .filter_map(|a| {
+            a.iter()
+                .take_while(|p| !matches!(p, Protocol::P2pCircuit))
+                .filter_map(|p| match p {
+                    Protocol::P2p(id) => Some(id),
+                    _ => None,
+                })
+                .last()
+        })
+        .collect();
     for (peer, addrs, is_bootstrap) in by_peer {
+        if relays.contains(&peer) {
+            continue;
+        }
         let first = addrs.first().cloned();
         let opts = DialOpts::peer_id(peer).addresses(addrs).build();
         let id = opts.connection_id();

@@ -1,0 +1,180 @@
+//! `agora-testbed`: builds networks of Linux network namespaces on this machine (hosts, LANs,
+//! NAT routers, lossy links) and runs the real `agora` binary in them.
+//!
+//! Exit codes: 0 the scenario passed, 1 it failed, 2 usage error, 77 this machine cannot run
+//! the testbed (not root, no `ip`/`nft`, namespaces not allowed) — never a silent pass.
+
+mod net;
+mod node;
+mod scenario;
+
+use std::{path::PathBuf, process::ExitCode, time::Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+/// Exit code when namespaces cannot be used here.
+const CANNOT_RUN: u8 = 77;
+
+#[derive(Parser)]
+#[command(name = "agora-testbed", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The scenarios that exist.
+    List,
+    /// Run a scenario; exit 0 if every check passes.
+    Run {
+        scenario: String,
+        /// Seed for the scenario's random choices.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The agora binary to run in the namespaces (default: next to this one).
+        #[arg(long, env = "AGORA_BIN")]
+        agora: Option<PathBuf>,
+        /// Keep the nodes' data directories and logs (their path is printed).
+        #[arg(long)]
+        keep: bool,
+        /// How long the scenario's main phase runs, in seconds (churn: default 120).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// How many nodes the scenario starts (churn: default 30).
+        #[arg(long)]
+        nodes: Option<usize>,
+    },
+    /// Remove namespaces and processes left behind by interrupted runs.
+    Clean,
+}
+
+/// What every scenario gets.
+pub struct Ctx {
+    pub agora: PathBuf,
+    pub seed: u64,
+    pub duration: Option<u64>,
+    pub nodes: Option<usize>,
+}
+
+fn default_agora() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("agora")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("agora"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::List => {
+            for s in scenario::ALL {
+                println!("{:<10} {}", s.name, s.about);
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Clean => {
+            if let Err(why) = net::check_capabilities() {
+                eprintln!("agora-testbed cannot run here: {why}");
+                return ExitCode::from(CANNOT_RUN);
+            }
+            match net::clean_leftovers() {
+                Ok(removed) => {
+                    println!(
+                        "removed {} namespace(s){}",
+                        removed.len(),
+                        if removed.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", removed.join(" "))
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run {
+            scenario,
+            seed,
+            json,
+            agora,
+            keep,
+            duration,
+            nodes,
+        } => {
+            let Some(s) = scenario::ALL.iter().find(|s| s.name == scenario) else {
+                let names: Vec<&str> = scenario::ALL.iter().map(|s| s.name).collect();
+                eprintln!(
+                    "error: unknown scenario {scenario:?}; the scenarios are: {}",
+                    names.join(", ")
+                );
+                return ExitCode::from(2);
+            };
+            if let Err(why) = net::check_capabilities() {
+                eprintln!("agora-testbed cannot run here: {why}");
+                return ExitCode::from(CANNOT_RUN);
+            }
+            let agora = agora.unwrap_or_else(default_agora);
+            net::install_signal_handlers();
+            let dir = std::env::temp_dir().join(format!("agora-testbed-{}", std::process::id()));
+            let mut tb = match net::Testbed::new(&dir) {
+                Ok(tb) => tb,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if keep {
+                tb.keep_dir();
+                eprintln!("keeping data and logs in {}", dir.display());
+            }
+            let ctx = Ctx {
+                agora,
+                seed,
+                duration,
+                nodes,
+            };
+            let started = Instant::now();
+            let result = (s.run)(&ctx, &mut tb);
+            let secs = started.elapsed().as_secs_f64();
+            drop(tb);
+            match result {
+                Ok(figures) => {
+                    if json {
+                        println!(
+                            "{}",
+                            json!({"scenario": s.name, "passed": true, "seed": seed, "secs": secs, "figures": figures})
+                        );
+                    } else {
+                        println!(
+                            "{}: passed in {secs:.1} s\n{}",
+                            s.name,
+                            serde_json::to_string_pretty(&figures).unwrap_or_default()
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    if json {
+                        println!(
+                            "{}",
+                            json!({"scenario": s.name, "passed": false, "seed": seed, "secs": secs, "error": format!("{e:#}")})
+                        );
+                    } else {
+                        eprintln!("{}: FAILED after {secs:.1} s: {e:#}", s.name);
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! A real `agora` node running inside a testbed namespace, driven through its CLI (run in the
+//! same namespace, since the node's API listens on that namespace's loopback).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::net::{Testbed, wait_for};
+
+pub struct Node {
+    pub name: String,
+    pub ns: String,
+    pub dir: PathBuf,
+    pub pid: u32,
+    pub peer_id: String,
+}
+
+impl Node {
+    /// Starts `agora up` in namespace `ns` and waits until it serves its API.
+    pub fn start(
+        tb: &mut Testbed,
+        agora: &std::path::Path,
+        ns: &str,
+        name: &str,
+        extra: &[String],
+    ) -> Result<Node> {
+        let dir = tb.dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let _ = std::fs::remove_file(dir.join("api.json"));
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--api".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend_from_slice(extra);
+        let pid = tb.spawn(ns, agora, &args, name)?;
+        let info = wait_for(Duration::from_secs(20), || {
+            let text = std::fs::read_to_string(dir.join("api.json")).ok()?;
+            let v: Value = serde_json::from_str(&text).ok()?;
+            (v["pid"].as_u64() == Some(u64::from(pid))).then_some(v)
+        })
+        .with_context(|| format!("node {name} did not start:\n{}", tb.log_tail(name, 20)))?;
+        Ok(Node {
+            name: name.to_owned(),
+            ns: ns.to_owned(),
+            dir,
+            pid,
+            peer_id: info["peer_id"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// Runs `agora ARGS --data-dir DIR --json` in the node's namespace and parses the output.
+    pub fn cli(&self, tb: &Testbed, agora: &std::path::Path, args: &[&str]) -> Result<Value> {
+        let mut all: Vec<&str> = args.to_vec();
+        let dir = self.dir.display().to_string();
+        all.extend(["--data-dir", dir.as_str(), "--json"]);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &tb.ns(&self.ns)])
+            .arg(agora)
+            .args(&all)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "agora {} on {}: {}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "agora {} on {}: output is not JSON",
+                args.join(" "),
+                self.name
+            )
+        })
+    }
+
+    /// The node's connections to `peer`: the remote address of each.
+    pub fn connections_to(&self, tb: &Testbed, agora: &std::path::Path, peer: &str) -> Vec<String> {
+        self.cli(tb, agora, &["peers"])
+            .ok()
+            .and_then(|v| {
+                v.as_array()?
+                    .iter()
+                    .find(|p| p["peer_id"] == peer)
+                    .map(|p| {
+                        p["addrs"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|a| a.as_str().map(str::to_owned))
+                            .collect()
+                    })
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,180 @@
+//! `churn`: N nodes (default 30) on one LAN; for the duration (default 120 s), waves kill -9
+//! a random 30% of them and restart them (same identity and address). Meanwhile a stable
+//! prober reaches random live peers by peer id (`agora connect PEER_ID` after dropping any
+//! connection to it) and sends them direct messages. Pass: ≥ 99% of lookups succeed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    Ctx,
+    net::{Testbed, interrupted, wait_for},
+    node::Node,
+};
+
+/// Seeded xorshift, so that a run can be repeated with `--seed`.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn addr(i: usize) -> String {
+    format!("10.77.{}.{}", i / 200, 10 + i % 200)
+}
+
+fn node_args(i: usize, bootstrap: Option<&str>) -> Vec<String> {
+    let ip = addr(i);
+    let mut args = vec![
+        "--listen".into(),
+        format!("/ip4/{ip}/tcp/4001"),
+        "--listen".into(),
+        format!("/ip4/{ip}/udp/4001/quic-v1"),
+    ];
+    if let Some(b) = bootstrap {
+        args.extend(["--bootstrap".into(), b.to_owned()]);
+    }
+    args
+}
+
+pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
+    let n = ctx.nodes.unwrap_or(30).max(5);
+    let duration = Duration::from_secs(ctx.duration.unwrap_or(120));
+    let mut rng = Rng::new(ctx.seed);
+    tb.add_switch("lan")?;
+    for i in 0..n {
+        let host = format!("n{i}");
+        tb.add_host(&host)?;
+        tb.plug(&host, "eth0", "lan", &format!("{}/16", addr(i)))?;
+    }
+    let first = Node::start(tb, &ctx.agora, "n0", "n0", &node_args(0, None))?;
+    let boot = format!("/ip4/{}/tcp/4001/p2p/{}", addr(0), first.peer_id);
+    let mut nodes = vec![first];
+    for i in 1..n {
+        let name = format!("n{i}");
+        nodes.push(Node::start(
+            tb,
+            &ctx.agora,
+            &name,
+            &name,
+            &node_args(i, Some(&boot)),
+        )?);
+    }
+    // Let the routing tables fill.
+    wait_for(Duration::from_secs(30), || {
+        nodes
+            .iter()
+            .all(|node| {
+                node.cli(tb, &ctx.agora, &["status"])
+                    .ok()
+                    .and_then(|s| s["routing_table_size"].as_u64())
+                    .is_some_and(|r| r >= 3)
+            })
+            .then_some(())
+    })
+    .context("routing tables did not fill within 30 s")?;
+
+    // n0 (bootstrap) and n1 (the prober) stay up; the others churn.
+    let prober = 1;
+    let churnable: Vec<usize> = (2..n).collect();
+    let per_wave = (churnable.len() * 3).div_ceil(10);
+    let wave_every = (duration / 6).max(Duration::from_secs(5));
+    let started = Instant::now();
+    let mut next_wave = started + wave_every / 2;
+    let (mut lookups, mut found, mut waves, mut kills) = (0u64, 0u64, 0u64, 0u64);
+    let (mut dms, mut delivered, mut stored) = (0u64, 0u64, 0u64);
+    let mut failures: Vec<String> = Vec::new();
+    while started.elapsed() < duration {
+        if interrupted() {
+            bail!("interrupted");
+        }
+        if Instant::now() >= next_wave {
+            // Kill -9 a random 30%, then restart them with the same identity and address.
+            let mut pick = churnable.clone();
+            let mut victims = Vec::new();
+            for _ in 0..per_wave {
+                victims.push(pick.swap_remove(rng.below(pick.len())));
+            }
+            for &v in &victims {
+                tb.stop(nodes[v].pid, true);
+                kills += 1;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            for &v in &victims {
+                let name = format!("n{v}");
+                nodes[v] = Node::start(tb, &ctx.agora, &name, &name, &node_args(v, Some(&boot)))?;
+            }
+            waves += 1;
+            next_wave += wave_every;
+            continue;
+        }
+        // Reach a random live peer by id from scratch.
+        let target = churnable[rng.below(churnable.len())];
+        let peer = nodes[target].peer_id.clone();
+        let p = &nodes[prober];
+        let _ = p.cli(tb, &ctx.agora, &["disconnect", &peer]);
+        lookups += 1;
+        match p.cli(tb, &ctx.agora, &["connect", &peer]) {
+            Ok(_) => found += 1,
+            Err(e) => {
+                if failures.len() < 10 {
+                    failures.push(format!("{e:#}"));
+                }
+            }
+        }
+        if lookups % 3 == 0 {
+            dms += 1;
+            let text = format!("churn message {dms}");
+            match p.cli(tb, &ctx.agora, &["send", &peer, &text]) {
+                Ok(v) if v["state"] == "delivered" => delivered += 1,
+                Ok(v) if v["state"] == "stored" => stored += 1,
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rate = if lookups == 0 {
+        0.0
+    } else {
+        found as f64 / lookups as f64
+    };
+    let figures = json!({
+        "nodes": n,
+        "duration_secs": duration.as_secs(),
+        "waves": waves,
+        "kills": kills,
+        "lookups": lookups,
+        "lookups_ok": found,
+        "lookup_success": rate,
+        "messages": dms,
+        "messages_delivered": delivered,
+        "messages_stored_for_later": stored,
+        "failures": failures,
+    });
+    if lookups < 10 {
+        bail!("too few lookups to judge ({lookups}): {figures}");
+    }
+    if rate < 0.99 {
+        bail!(
+            "peer-id lookup success {:.1}% is under 99%: {figures}",
+            rate * 100.0
+        );
+    }
+    if delivered + stored < dms {
+        bail!("some direct messages were neither delivered nor stored: {figures}");
+    }
+    Ok(figures)
+}

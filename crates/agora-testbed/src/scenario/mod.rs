@@ -1,0 +1,29 @@
+//! Scenarios: each builds its network, runs real `agora` nodes in it, checks what must hold
+//! and returns its measurements as JSON (an error is a failed check).
+
+pub mod churn;
+pub mod nat;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::{Ctx, net::Testbed};
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&Ctx, &mut Testbed) -> Result<Value>,
+}
+
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "nat",
+        about: "two peers behind NATs meet through a public relay and hole-punch a direct connection (DCUtR); a peer behind a symmetric NAT stays reachable via the relay",
+        run: nat::run,
+    },
+    Scenario {
+        name: "churn",
+        about: "30 nodes on a LAN; waves kill -9 and restart a random 30% for 2 minutes (--duration, --nodes) while a prober reaches live peers by id and messages them; passes at >= 99% lookup success",
+        run: churn::run,
+    },
+];
