@@ -4,6 +4,7 @@
 //! Exit codes: 0 the scenario passed, 1 it failed, 2 usage error, 77 this machine cannot run
 //! the testbed (not root, no `ip`/`nft`, namespaces not allowed) — never a silent pass.
 
+mod agent;
 mod net;
 mod node;
 mod scenario;
@@ -51,6 +52,14 @@ enum Command {
     },
     /// Remove namespaces and processes left behind by interrupted runs.
     Clean,
+    /// The attacker of the `hostile` scenario (run by it inside its namespace).
+    #[command(hide = true)]
+    AgentHostile {
+        #[arg(long, required = true)]
+        target: Vec<agora_net::Multiaddr>,
+        #[arg(long)]
+        room: String,
+    },
 }
 
 /// What every scenario gets.
@@ -78,6 +87,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::AgentHostile { target, room } => match agent::hostile(&target, &room) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Clean => {
             if let Err(why) = net::check_capabilities() {
                 eprintln!("agora-testbed cannot run here: {why}");

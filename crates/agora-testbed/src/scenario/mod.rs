@@ -2,6 +2,7 @@
 //! and returns its measurements as JSON (an error is a failed check).
 
 pub mod churn;
+pub mod hostile;
 pub mod nat;
 
 use anyhow::Result;
@@ -25,5 +26,10 @@ pub const ALL: &[Scenario] = &[
         name: "churn",
         about: "30 nodes on a LAN; waves kill -9 and restart a random 30% for 2 minutes (--duration, --nodes) while a prober reaches live peers by id and messages them; passes at >= 99% lookup success",
         run: churn::run,
+    },
+    Scenario {
+        name: "hostile",
+        about: "an attacker beside four honest nodes sends garbage, storms, floods, forged messages and oversized frames; the honest nodes stay up, bounded, and keep talking",
+        run: hostile::run,
     },
 ];
