@@ -5,6 +5,7 @@
 //! the testbed (not root, no `ip`/`nft`, namespaces not allowed) — never a silent pass.
 
 mod agent;
+mod link;
 mod net;
 mod node;
 mod scenario;
@@ -52,6 +53,16 @@ enum Command {
     },
     /// Remove namespaces and processes left behind by interrupted runs.
     Clean,
+    /// A user-space WAN link (delay, loss) of the `wan` scenario, run in a router namespace.
+    #[command(hide = true)]
+    AgentLink {
+        #[arg(long)]
+        index: u8,
+        #[arg(long)]
+        delay_ms: u64,
+        #[arg(long)]
+        loss: f64,
+    },
     /// The attacker of the `hostile` scenario (run by it inside its namespace).
     #[command(hide = true)]
     AgentHostile {
@@ -87,6 +98,17 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::AgentLink {
+            index,
+            delay_ms,
+            loss,
+        } => match link::run(index, std::time::Duration::from_millis(delay_ms), loss) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::AgentHostile { target, room } => match agent::hostile(&target, &room) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

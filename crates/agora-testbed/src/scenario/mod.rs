@@ -4,6 +4,7 @@
 pub mod churn;
 pub mod hostile;
 pub mod nat;
+pub mod wan;
 
 use anyhow::Result;
 use serde_json::Value;
@@ -31,5 +32,10 @@ pub const ALL: &[Scenario] = &[
         name: "hostile",
         about: "an attacker beside four honest nodes sends garbage, storms, floods, forged messages and oversized frames; the honest nodes stay up, bounded, and keep talking",
         run: hostile::run,
+    },
+    Scenario {
+        name: "wan",
+        about: "20 nodes on 4 LANs behind routers with 40-150 ms round trips and 1% loss between LANs; reach by peer id across LANs and a verified file transfer",
+        run: wan::run,
     },
 ];
