@@ -90,7 +90,13 @@ impl Behaviour {
                 .then(|| relay::Behaviour::new(peer_id, relay::Config::default()))
                 .into(),
             identify,
-            ping: ping::Behaviour::new(ping::Config::new()),
+            // A connection that misses a pong for 10 s is closed (see the event loop), so a
+            // peer that vanished without a word is noticed within about 20 s.
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(std::time::Duration::from_secs(10))
+                    .with_timeout(std::time::Duration::from_secs(10)),
+            ),
             kad,
             gossipsub,
             autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),

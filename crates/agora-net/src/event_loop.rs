@@ -17,7 +17,7 @@ use libp2p::{
     kad,
     metrics::{Metrics, Recorder, Registry},
     multiaddr::Protocol,
-    noise,
+    noise, ping,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
     tcp, yamux,
 };
@@ -89,7 +89,37 @@ pub struct EventLoop {
     nat: NatState,
     kad_mode: &'static str,
     shutdown: Option<(oneshot::Sender<Vec<KnownPeerAddrs>>, Vec<KnownPeerAddrs>)>,
+    /// Peers whose connections were lost (not closed by us), redialed with backoff so that the
+    /// network heals after an outage or a partition: when, and how many tries so far.
+    redials: HashMap<PeerId, Redial>,
+    /// Peers we are disconnecting on purpose (never redialed).
+    closing: HashSet<PeerId>,
 }
+
+/// A lost peer to dial again: when, how many tries so far, and the addresses it listened on
+/// (the routing table may have dropped them after failed dials).
+#[derive(Debug, Clone)]
+struct Redial {
+    at: tokio::time::Instant,
+    tries: usize,
+    addrs: Vec<Multiaddr>,
+}
+
+/// Tries before a lost peer is left to the DHT: about 10 minutes of trying.
+const REDIAL_TRIES: usize = 24;
+
+/// Wait before redial number `tries` (0-based): quick at first, then every 30 s.
+fn redial_wait(tries: usize) -> Duration {
+    match tries {
+        0 => Duration::from_secs(1),
+        1 => Duration::from_secs(3),
+        2 => Duration::from_secs(10),
+        3 => Duration::from_secs(20),
+        _ => Duration::from_secs(30),
+    }
+}
+/// Most lost peers redialed at once.
+const MAX_REDIALS: usize = 64;
 
 pub(crate) fn build(
     keypair: Keypair,
@@ -241,6 +271,8 @@ pub(crate) fn build(
         nat: NatState::Unknown,
         kad_mode,
         shutdown: None,
+        redials: HashMap::new(),
+        closing: HashSet::new(),
     };
     Ok((handle, event_loop))
 }
@@ -270,6 +302,13 @@ impl EventLoop {
                     None => std::future::pending().await,
                 }
             };
+            let next_redial = self.redials.values().map(|r| r.at).min();
+            let redial = async {
+                match next_redial {
+                    Some(at) if grace_deadline.is_none() => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv(), if grace_deadline.is_none() => match command {
@@ -286,8 +325,63 @@ impl EventLoop {
                     None => return,
                 },
                 () = grace => {}
+                () = redial => self.redial_due(),
             }
         }
+    }
+
+    /// Redials the lost peers whose time has come.
+    fn redial_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<PeerId> = self
+            .redials
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            let Some(mut r) = self.redials.remove(&peer) else {
+                continue;
+            };
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            tracing::debug!(%peer, tries = r.tries, "redialing a lost peer");
+            let opts = DialOpts::peer_id(peer)
+                .addresses(r.addrs.clone())
+                .extend_addresses_through_behaviour()
+                .build();
+            let _ = self.swarm.dial(opts);
+            r.tries += 1;
+            if r.tries < REDIAL_TRIES {
+                r.at = now + redial_wait(r.tries);
+                self.redials.insert(peer, r);
+            }
+        }
+    }
+
+    /// Schedules redials of a peer whose last connection was lost.
+    fn lost(&mut self, peer: PeerId) {
+        if self.shutdown.is_some()
+            || self.closing.contains(&peer)
+            || self.redials.len() >= MAX_REDIALS
+            || self.redials.contains_key(&peer)
+        {
+            return;
+        }
+        let addrs = self
+            .peers
+            .get(&peer)
+            .map(|s| s.listen_addrs.clone())
+            .unwrap_or_default();
+        self.redials.insert(
+            peer,
+            Redial {
+                at: tokio::time::Instant::now() + redial_wait(0),
+                tries: 0,
+                addrs,
+            },
+        );
     }
 
     fn emit(&self, event: Event) {
@@ -333,7 +427,12 @@ impl EventLoop {
             Command::Dial(addr, reply) => self.dial(addr, reply),
             Command::Connect(peer, reply) => self.connect(peer, reply),
             Command::Disconnect(peer, reply) => {
-                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
+                self.redials.remove(&peer);
+                let connected = self.swarm.disconnect_peer_id(peer).is_ok();
+                if connected {
+                    self.closing.insert(peer);
+                }
+                let _ = reply.send(connected);
             }
             Command::AddAddress(peer, addr) => {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
@@ -605,12 +704,21 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 num_established,
+                cause,
                 ..
             } => {
                 if let Some(state) = self.peers.get_mut(&peer_id) {
                     state.connections.remove(&connection_id);
                 }
                 if num_established == 0 {
+                    let identified = self
+                        .peers
+                        .get(&peer_id)
+                        .is_some_and(|s| s.agent_version.is_some());
+                    if cause.is_some() && identified && !self.closing.remove(&peer_id) {
+                        self.lost(peer_id);
+                    }
+                    self.closing.remove(&peer_id);
                     self.peers.remove(&peer_id);
                     self.emit(Event::PeerDisconnected {
                         peer_id: peer_id.to_string(),
@@ -674,8 +782,18 @@ impl EventLoop {
             }
             BehaviourEvent::Ping(event) => {
                 self.metrics.record(&event);
-                if let (Ok(rtt), Some(state)) = (event.result, self.peers.get_mut(&event.peer)) {
-                    state.rtt = Some(rtt);
+                match (event.result, self.peers.get_mut(&event.peer)) {
+                    (Ok(rtt), Some(state)) => state.rtt = Some(rtt),
+                    // No pong in time: the path is dead (a crash or a partition that sent no
+                    // reset). Close it, and try the peer again later.
+                    // (libp2p-ping reports from the second failure in a row; the second is
+                    // usually the timeout of opening a new ping stream.)
+                    (Err(e @ (ping::Failure::Timeout | ping::Failure::Other { .. })), _) => {
+                        tracing::debug!(peer = %event.peer, "ping failed ({e}); closing the connection");
+                        self.swarm.close_connection(event.connection);
+                        self.lost(event.peer);
+                    }
+                    _ => {}
                 }
             }
             BehaviourEvent::Kad(event) => {

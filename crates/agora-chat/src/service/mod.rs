@@ -68,6 +68,8 @@ const HISTORY_PEERS: usize = 3;
 const MAX_STORED_POSTS: usize = 10_000;
 /// Presence exchanges in flight at once.
 const PRESENCE_FANOUT: usize = 16;
+/// How often each room's history is compared with one member's.
+const ROOM_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// How long before a peer without a known profile is asked for it again.
 const PROFILE_RETRY: Duration = Duration::from_secs(600);
 /// Most messages one inbox or room listing returns.
@@ -506,9 +508,15 @@ impl Chat {
             let mut retry = tokio::time::interval(chat.config.retry_interval);
             let mut house = tokio::time::interval(Duration::from_secs(5));
             let mut flush = tokio::time::interval(Duration::from_secs(60));
+            let mut sync = tokio::time::interval(ROOM_SYNC_INTERVAL);
+            let mut turn = 0usize;
             loop {
                 tokio::select! {
                     _ = retry.tick() => chat.retry_pending(None).await,
+                    _ = sync.tick() => {
+                        turn = turn.wrapping_add(1);
+                        chat.sync_rooms(turn).await;
+                    }
                     _ = house.tick() => chat.housekeeping(),
                     _ = flush.tick() => chat.flush_last_seen(),
                     () = chat.stop.cancelled() => { chat.flush_last_seen(); return }
@@ -949,19 +957,7 @@ impl Chat {
     async fn store_in_mailbox(&self, envelope: Envelope) -> (usize, Vec<String>) {
         let key = crypto::mailbox_key(&envelope.to);
         let mut notes = Vec::new();
-        let peers = match tokio::time::timeout(LOOKUP_TIMEOUT, self.net.closest_peers(key.to_vec()))
-            .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                notes.push(format!("no mailbox holders found: {e}"));
-                return (0, notes);
-            }
-            Err(_) => {
-                notes.push("no mailbox holders found in time".into());
-                return (0, notes);
-            }
-        };
+        let peers = self.closest_reachable(&key).await;
         let to = envelope.to;
         let candidates: Vec<PeerId> = peers
             .into_iter()
@@ -1004,6 +1000,25 @@ impl Chat {
             }
         }
         (stored, notes)
+    }
+
+    /// The peers closest to a DHT key: from a lookup, or, if the lookup fails or takes too
+    /// long (part of the network unreachable), the connected peers closest to it.
+    async fn closest_reachable(&self, key: &[u8]) -> Vec<PeerId> {
+        match tokio::time::timeout(LOOKUP_TIMEOUT, self.net.closest_peers(key.to_vec())).await {
+            Ok(Ok(p)) if !p.is_empty() => p,
+            _ => {
+                let connected = self
+                    .net
+                    .peers()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|p| p.peer_id.parse().ok())
+                    .collect();
+                by_distance(connected, key)
+            }
+        }
     }
 
     fn on_mailbox(self: &Arc<Self>, req: &InboundRequest) -> Vec<u8> {
@@ -1063,12 +1078,7 @@ impl Chat {
     /// messages and receipts.
     pub async fn collect_mailbox(self: &Arc<Self>) -> usize {
         let key = crypto::mailbox_key(&self.me);
-        let peers = match tokio::time::timeout(LOOKUP_TIMEOUT, self.net.closest_peers(key.to_vec()))
-            .await
-        {
-            Ok(Ok(p)) => p,
-            _ => return 0,
-        };
+        let peers = self.closest_reachable(&key).await;
         let candidates = peers.into_iter().filter(|p| *p != self.me).collect();
         let holders: Vec<PeerId> = by_distance(candidates, &key)
             .into_iter()
@@ -1264,27 +1274,38 @@ impl Chat {
             }
         }
         ask.truncate(HISTORY_PEERS);
+        let (history, rejected) = self.fetch_history(room, &ask).await;
+        let outcome = JoinOutcome {
+            room: room.to_string(),
+            members: members.len(),
+            history,
+            rejected,
+        };
+        // Tell the members we are here.
+        let chat = self.clone();
+        tokio::spawn(async move {
+            let peers = members;
+            chat.exchange_with(peers).await;
+        });
+        outcome
+    }
+
+    /// Asks `peers` for the room's recent history and merges what verifies; returns the
+    /// number of posts added and of forged ones dropped.
+    async fn fetch_history(&self, room: &RoomId, peers: &[PeerId]) -> (usize, usize) {
         let request = {
             let st = self.state.lock().unwrap();
             st.rooms.get(room).map(|rs| rs.history.request(now()))
         };
-        let mut outcome = JoinOutcome {
-            room: room.to_string(),
-            members: members.len(),
-            history: 0,
-            rejected: 0,
+        let Some(Ok(bytes)) = request.map(|r| r.encode()) else {
+            return (0, 0);
         };
-        let Some(request) = request else {
-            return outcome;
-        };
-        let Ok(bytes) = request.encode() else {
-            return outcome;
-        };
-        let answers = futures::future::join_all(ask.iter().map(|p| {
+        let answers = futures::future::join_all(peers.iter().map(|p| {
             self.net
                 .request(*p, HISTORY_PROTOCOL, bytes.clone(), REQUEST_TIMEOUT)
         }))
         .await;
+        let (mut added, mut forged) = (0, 0);
         for answer in answers.into_iter().flatten() {
             let Ok(resp) = HistoryResponse::decode(&answer) else {
                 continue;
@@ -1297,24 +1318,39 @@ impl Chat {
                 break;
             };
             let report = rs.history.merge(resp, now());
-            outcome.rejected += report.forged;
+            forged += report.forged;
             if !report.added.is_empty() {
-                outcome.history += report.added.len();
+                added += report.added.len();
                 if let Err(e) = self.db.add_posts(room, &report.added, None) {
                     tracing::warn!("{e}");
                 }
             }
         }
-        if outcome.history > 0 {
+        if added > 0 {
             self.changed.notify_waiters();
         }
-        // Tell the members we are here.
-        let chat = self.clone();
-        tokio::spawn(async move {
-            let peers = members;
-            chat.exchange_with(peers).await;
-        });
-        outcome
+        (added, forged)
+    }
+
+    /// Anti-entropy: asks one member of each room (in turn) for recent history, so posts missed
+    /// while disconnected or partitioned are filled in.
+    async fn sync_rooms(&self, turn: usize) {
+        let rooms: Vec<RoomId> = self.state.lock().unwrap().rooms.keys().cloned().collect();
+        for room in rooms {
+            let members = self
+                .net
+                .topic_peers(&room.topic())
+                .await
+                .unwrap_or_default();
+            if members.is_empty() {
+                continue;
+            }
+            let peer = members[turn % members.len()];
+            let (added, _) = self.fetch_history(&room, &[peer]).await;
+            if added > 0 {
+                tracing::info!(%room, added, "filled in missed room posts");
+            }
+        }
     }
 
     fn on_history(self: &Arc<Self>, req: &InboundRequest) -> Vec<u8> {

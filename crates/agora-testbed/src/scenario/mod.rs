@@ -4,6 +4,7 @@
 pub mod churn;
 pub mod hostile;
 pub mod nat;
+pub mod partition;
 pub mod wan;
 
 use anyhow::Result;
@@ -37,5 +38,10 @@ pub const ALL: &[Scenario] = &[
         name: "wan",
         about: "20 nodes on 4 LANs behind routers with 40-150 ms round trips and 1% loss between LANs; reach by peer id across LANs and a verified file transfer",
         run: wan::run,
+    },
+    Scenario {
+        name: "partition",
+        about: "two LANs in one room split silently by their router: each half keeps messaging and posting, a message across waits, and after the heal presence, the held message and new posts cross again",
+        run: partition::run,
     },
 ];
