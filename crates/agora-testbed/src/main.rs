@@ -9,6 +9,7 @@ mod link;
 mod net;
 mod node;
 mod scenario;
+mod sim;
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
@@ -53,6 +54,23 @@ enum Command {
     },
     /// Remove namespaces and processes left behind by interrupted runs.
     Clean,
+    /// Simulate the DHT at 100, 1,000 and 10,000 nodes (in one process) and print lookup hops,
+    /// success and messages, without and with churn.
+    Sim {
+        /// Network sizes (repeatable).
+        #[arg(long = "nodes", default_values_t = vec![100usize, 1000, 10000])]
+        nodes: Vec<usize>,
+        /// Fractions of nodes that vanish after the tables are built (repeatable).
+        #[arg(long = "churn", default_values_t = vec![0.0f64, 0.3])]
+        churn: Vec<f64>,
+        /// Lookups per configuration.
+        #[arg(long, default_value_t = 1000)]
+        lookups: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// A user-space WAN link (delay, loss) of the `wan` scenario, run in a router namespace.
     #[command(hide = true)]
     AgentLink {
@@ -116,6 +134,61 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Sim {
+            nodes,
+            churn,
+            lookups,
+            seed,
+            json,
+        } => {
+            if nodes.iter().any(|n| *n < 2 || *n > 200_000)
+                || churn.iter().any(|c| !(0.0..0.95).contains(c))
+            {
+                eprintln!("error: --nodes must be 2..=200000 and --churn in [0, 0.95)");
+                return ExitCode::from(2);
+            }
+            if !json {
+                println!(
+                    "{:>7} {:>6} {:>8} {:>9} {:>9} {:>11} {:>9} {:>9} {:>6}",
+                    "NODES",
+                    "CHURN",
+                    "SUCCESS",
+                    "HOPS p50",
+                    "HOPS p95",
+                    "ROUNDS p50",
+                    "MSGS avg",
+                    "MSGS p95",
+                    "TABLE"
+                );
+            }
+            let mut rows = Vec::new();
+            for &n in &nodes {
+                for &c in &churn {
+                    let r = sim::run_one(n, c, lookups, seed);
+                    if json {
+                        rows.push(r);
+                    } else {
+                        let u = |k: &str| r[k].as_u64().unwrap_or(0);
+                        println!(
+                            "{:>7} {:>5.0}% {:>7.1}% {:>9} {:>9} {:>11} {:>9.1} {:>9} {:>6}",
+                            u("nodes"),
+                            c * 100.0,
+                            r["success"].as_f64().unwrap_or(0.0) * 100.0,
+                            u("hops_p50"),
+                            u("hops_p95"),
+                            u("rounds_p50"),
+                            r["messages_mean"].as_f64().unwrap_or(0.0),
+                            u("messages_p95"),
+                            u("routing_table_mean"),
+                        );
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            }
+            ExitCode::SUCCESS
+        }
         Command::Clean => {
             if let Err(why) = net::check_capabilities() {
                 eprintln!("agora-testbed cannot run here: {why}");
