@@ -150,9 +150,12 @@ def main():
     root = tempfile.mkdtemp(prefix="agora-chat-bench-")
     nodes = []
     try:
+        result = {}
         floor = loopback_rtt()
+        result["loopback_rtt_ms"] = {"p50": pct(floor, 50), "p99": pct(floor, 99)}
         print(f"loopback TCP round trip (1 byte):   p50 {pct(floor, 50):.3f} ms   p99 {pct(floor, 99):.3f} ms")
         sync = fsync_latency(root)
+        result["fdatasync_ms"] = {"p50": pct(sync, 50), "p99": pct(sync, 99)}
         print(f"write+fdatasync (200 B, same disk):  p50 {pct(sync, 50):.3f} ms   p99 {pct(sync, 99):.3f} ms")
 
         a = Node(args.bin, root, "a")
@@ -179,6 +182,9 @@ def main():
               f"p99 {pct(lat, 99):.2f} ms   mean {statistics.mean(lat):.2f} ms   "
               f"({args.messages / elapsed:.0f} msgs/s one at a time)")
         durable = pct(floor, 50) + 2 * pct(sync, 50)
+        result["dm_latency_ms"] = {"p50": pct(lat, 50), "p99": pct(lat, 99), "messages": args.messages,
+                                   "vs_durable_floor": pct(lat, 50) / durable,
+                                   "vs_rtt": pct(lat, 50) / pct(floor, 50)}
         print(f"  ratio p50 / loopback TCP RTT p50: {pct(lat, 50) / pct(floor, 50):.0f}x; "
               f"p50 / (RTT + 2 fdatasync, the floor for a message durable at both ends): "
               f"{pct(lat, 50) / durable:.1f}x")
@@ -204,7 +210,8 @@ def main():
         total = per * args.senders
         print(f"sustained DMs ({args.senders} senders, {total} msgs): {total / took:.0f} msgs/s delivered"
               + (f"  ({len(errors)} not delivered)" if errors else ""))
-        got = b.call("GET", f"/v1/chat/messages?direction=in&limit=1")["cursor"]
+        result["dm_sustained_per_s"] = total / took
+        got = b.call("GET", "/v1/chat/messages?direction=in&limit=1")["cursor"]
         print(f"  recipient stored {got} messages (expected {args.messages + total})")
         for n in nodes:
             n.stop()
@@ -264,6 +271,9 @@ def main():
         print(f"room fan-out ({len(nodes)} nodes, {len(posted)} posts): p50 {pct(fan, 50):.1f} ms   "
               f"p99 {pct(fan, 99):.1f} ms   max {max(fan) if fan else float('nan'):.1f} ms   "
               f"delivered {len(fan)}/{expected}")
+        result["room_fanout_ms"] = {"nodes": len(nodes), "p50": pct(fan, 50), "p99": pct(fan, 99),
+                                    "delivered": len(fan), "expected": expected}
+        print(json.dumps(result))
     finally:
         for n in nodes:
             n.stop()

@@ -71,7 +71,10 @@ fn next_hop(dst: Ipv4Addr) -> Option<SocketAddrV4> {
         .then(|| SocketAddrV4::new(Ipv4Addr::new(10, 200, 0, b - 10 + 1), PORT))
 }
 
-pub fn run(index: u8, delay: Duration, loss_percent: f64) -> Result<()> {
+/// Runs the link of router `index`: packets leave `delay` ± `jitter` after they arrive (never
+/// before the packet ahead of them, so jitter does not reorder), and `loss_percent` of them
+/// are dropped.
+pub fn run(index: u8, delay: Duration, jitter: Duration, loss_percent: f64) -> Result<()> {
     let tun = open_tun("wan0")?;
     let mut tun_in = tun.try_clone()?;
     let mut tun_out = tun;
@@ -125,10 +128,17 @@ pub fn run(index: u8, delay: Duration, loss_percent: f64) -> Result<()> {
         if (rng % 1_000_000) as f64 / 10_000.0 < loss_percent {
             continue;
         }
+        let spread = jitter.as_micros() as u64;
+        let wait = if spread == 0 {
+            delay
+        } else {
+            (delay + Duration::from_micros(rng % (2 * spread + 1))).saturating_sub(jitter)
+        };
         let (queue, ready) = &*line;
         let mut q = queue.lock().unwrap();
         if q.len() < MAX_QUEUED {
-            q.push_back((Instant::now() + delay, to, buf[..n].to_vec()));
+            let due = (Instant::now() + wait).max(q.back().map_or(Instant::now(), |p| p.0));
+            q.push_back((due, to, buf[..n].to_vec()));
             ready.notify_one();
         }
     }

@@ -5,6 +5,7 @@
 //! the testbed (not root, no `ip`/`nft`, namespaces not allowed) — never a silent pass.
 
 mod agent;
+mod bench;
 mod link;
 mod net;
 mod node;
@@ -54,6 +55,21 @@ enum Command {
     },
     /// Remove namespaces and processes left behind by interrupted runs.
     Clean,
+    /// Run every capability's benchmark (bench/ scripts, release build of agora) and print one
+    /// table of figures with their ratios against the machine's limits measured in the same run.
+    Bench {
+        /// The agora binary (default: next to this one; build both with --release).
+        #[arg(long, env = "AGORA_BIN")]
+        agora: Option<PathBuf>,
+        /// The agora checkout holding bench/ (default: the one this was built from).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Smaller sizes (256 MiB file, 2,000 messages) for a run of a few minutes.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Simulate the DHT at 100, 1,000 and 10,000 nodes (in one process) and print lookup hops,
     /// success and messages, without and with churn.
     Sim {
@@ -78,6 +94,8 @@ enum Command {
         index: u8,
         #[arg(long)]
         delay_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
         #[arg(long)]
         loss: f64,
     },
@@ -119,8 +137,14 @@ fn main() -> ExitCode {
         Command::AgentLink {
             index,
             delay_ms,
+            jitter_ms,
             loss,
-        } => match link::run(index, std::time::Duration::from_millis(delay_ms), loss) {
+        } => match link::run(
+            index,
+            std::time::Duration::from_millis(delay_ms),
+            std::time::Duration::from_millis(jitter_ms),
+            loss,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -188,6 +212,22 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::Value::Array(rows));
             }
             ExitCode::SUCCESS
+        }
+        Command::Bench {
+            agora,
+            repo,
+            quick,
+            json,
+        } => {
+            let agora = agora.unwrap_or_else(default_agora);
+            let repo = repo.unwrap_or_else(bench::default_repo);
+            match bench::run(&agora, &repo, quick, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Clean => {
             if let Err(why) = net::check_capabilities() {

@@ -228,6 +228,20 @@ impl Testbed {
         Ok(())
     }
 
+    /// Limits the rate of packets leaving `ifname` (token bucket, `tc tbf`).
+    pub fn rate_limit(&self, host: &str, ifname: &str, mbit: u32) -> Result<()> {
+        let rate = format!("{mbit}mbit");
+        self.exec(
+            host,
+            "tc",
+            &[
+                "qdisc", "add", "dev", ifname, "root", "tbf", "rate", &rate, "burst", "64kb",
+                "latency", "200ms",
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Starts a long-running process inside a namespace, its output in `<dir>/<log>.log`.
     pub fn spawn(&mut self, ns: &str, program: &Path, args: &[String], log: &str) -> Result<u32> {
         let file = std::fs::File::options()

@@ -1,7 +1,9 @@
 //! `churn`: N nodes (default 30) on one LAN; for the duration (default 120 s), waves kill -9
 //! a random 30% of them and restart them (same identity and address). Meanwhile a stable
 //! prober reaches random live peers by peer id (`agora connect PEER_ID` after dropping any
-//! connection to it) and sends them direct messages. Pass: ≥ 99% of lookups succeed.
+//! connection to it) and sends them direct messages, and random churning nodes download a
+//! file from a stable one. Pass: ≥ 99% of lookups succeed, every message is delivered or
+//! stored, every download completes verified.
 
 use std::time::{Duration, Instant};
 
@@ -87,6 +89,19 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     })
     .context("routing tables did not fill within 30 s")?;
 
+    // A file on the stable bootstrap node, fetched by random churning nodes during the run.
+    let file = tb.dir.join("churn-file.bin");
+    let data: Vec<u8> = (0..(2u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &data)?;
+    let shared = nodes[0].cli(tb, &ctx.agora, &["share", file.to_str().unwrap()])?;
+    let hash = shared["hash"]
+        .as_str()
+        .context("share printed no hash")?
+        .to_owned();
+    let (mut gets, mut gets_ok) = (0u64, 0u64);
+
     // n0 (bootstrap) and n1 (the prober) stay up; the others churn.
     let prober = 1;
     let churnable: Vec<usize> = (2..n).collect();
@@ -144,6 +159,21 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
                 _ => {}
             }
         }
+        if lookups % 10 == 0 {
+            let getter = &nodes[churnable[rng.below(churnable.len())]];
+            gets += 1;
+            let out = tb.dir.join(format!("churn-get-{gets}.bin"));
+            match getter.cli(tb, &ctx.agora, &["get", &hash, "-o", out.to_str().unwrap()]) {
+                Ok(_) if std::fs::read(&out).is_ok_and(|got| got == data) => gets_ok += 1,
+                Ok(_) => failures.push(format!("{} fetched different bytes", getter.name)),
+                Err(e) => {
+                    if failures.len() < 10 {
+                        failures.push(format!("{} could not fetch the file: {e:#}", getter.name));
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&out);
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let rate = if lookups == 0 {
@@ -162,6 +192,8 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         "messages": dms,
         "messages_delivered": delivered,
         "messages_stored_for_later": stored,
+        "file_gets": gets,
+        "file_gets_ok": gets_ok,
         "failures": failures,
     });
     if lookups < 10 {
@@ -172,6 +204,9 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
             "peer-id lookup success {:.1}% is under 99%: {figures}",
             rate * 100.0
         );
+    }
+    if gets_ok < gets {
+        bail!("some file downloads failed under churn: {figures}");
     }
     if delivered + stored < dms {
         bail!("some direct messages were neither delivered nor stored: {figures}");

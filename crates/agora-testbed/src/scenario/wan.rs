@@ -1,6 +1,7 @@
 //! `wan`: 20 nodes on 4 LANs joined by routers over a backbone whose links add 20–75 ms of
 //! delay each way (40–150 ms round trips between LANs) and 0.5% loss each way (about 1% per
-//! round trip), emulated in user space by [`crate::link`]. Checks: every
+//! round trip) with ±10% jitter, emulated in user space by [`crate::link`], and 50 Mbit/s
+//! uplinks (`tc tbf`). Checks: every
 //! node is reached by peer id from another LAN, and a file shared on one LAN is fetched,
 //! verified, on another. Reports reach latency and transfer throughput.
 
@@ -20,6 +21,8 @@ const PER_LAN: usize = 5;
 /// One-way delay added where each LAN's router sends onto the backbone.
 const DELAY_MS: [u32; LANS] = [20, 40, 60, 75];
 const LOSS_PERCENT: f32 = 0.5;
+/// Each LAN's uplink rate.
+const UPLINK_MBIT: u32 = 50;
 const FILE_BYTES: usize = 8 << 20;
 
 fn host_ip(lan: usize, i: usize) -> String {
@@ -47,6 +50,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         )?;
         tb.plug(&router, "lan0", &switch, &format!("10.{}.0.1/24", 10 + lan))?;
         tb.forward(&router)?;
+        tb.rate_limit(&router, "core0", UPLINK_MBIT)?;
         // The other LANs are reached through a TUN device whose user-space agent adds the
         // delay and loss (this kernel has no netem) and carries packets over the backbone.
         tb.ip(&router, &["tuntap", "add", "dev", "wan0", "mode", "tun"])?;
@@ -73,6 +77,8 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
                 lan.to_string(),
                 "--delay-ms".into(),
                 delay.to_string(),
+                "--jitter-ms".into(),
+                (delay / 10).to_string(),
                 "--loss".into(),
                 LOSS_PERCENT.to_string(),
             ],
@@ -169,6 +175,8 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         "nodes": nodes.len(),
         "one_way_delay_ms": DELAY_MS,
         "loss_percent_each_way": LOSS_PERCENT,
+        "jitter_ms": DELAY_MS.map(|d| d / 10),
+        "uplink_mbit": UPLINK_MBIT,
         "reach_by_id": {
             "attempts": attempts,
             "ok": times.len(),

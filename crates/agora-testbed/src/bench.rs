@@ -1,0 +1,210 @@
+//! `agora-testbed bench`: runs the benchmark of every capability that exists (the scripts in
+//! `bench/`), each of which measures the machine's own limits in the same run, and prints one
+//! table of figures with their ratios. The README's performance tables come from it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// The last line of a script's output that parses as a JSON object.
+fn last_json(text: &str) -> Option<Value> {
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .find(Value::is_object)
+}
+
+fn run_script(dir: &Path, program: &str, args: &[String], env: &[(&str, String)]) -> Result<Value> {
+    eprintln!("running {program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{program} failed: {}\n{}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    last_json(&text).with_context(|| format!("{program} printed no JSON result:\n{text}"))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+pub fn run(agora: &Path, repo: &Path, quick: bool, json_out: bool) -> Result<()> {
+    let bench = repo.join("bench");
+    if !bench.join("files.sh").exists() {
+        bail!(
+            "no bench/ scripts under {} (pass --repo with the path of an agora checkout)",
+            repo.display()
+        );
+    }
+    let bin = agora.display().to_string();
+    let size = if quick { "256" } else { "1024" }.to_owned();
+    let basics = run_script(
+        repo,
+        "bash",
+        &[
+            bench.join("node-basics.sh").display().to_string(),
+            bin.clone(),
+        ],
+        &[],
+    )?;
+    let files = run_script(
+        repo,
+        "bash",
+        &[bench.join("files.sh").display().to_string(), bin.clone()],
+        &[("SIZE_MIB", size.clone())],
+    )?;
+    let swarm = run_script(
+        repo,
+        "bash",
+        &[bench.join("swarm.sh").display().to_string(), bin.clone()],
+        &[("SIZE_MIB", if quick { "64" } else { "256" }.into())],
+    )?;
+    let messages = if quick { "2000" } else { "10000" };
+    let chat = run_script(
+        repo,
+        "python3",
+        &[
+            bench.join("chat.py").display().to_string(),
+            "--bin".into(),
+            bin,
+            "--messages".into(),
+            messages.into(),
+        ],
+        &[],
+    )?;
+    let all = json!({"node": basics, "files": files, "swarm": swarm, "chat": chat});
+    if json_out {
+        println!("{all}");
+        return Ok(());
+    }
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut row = |a: &str, b: String, c: String| rows.push((a.into(), b, c));
+    let b = &all["node"];
+    row(
+        "node start, spawn → API ready",
+        format!("{} ms", b["start_ms"]),
+        String::new(),
+    );
+    row(
+        "idle RSS / with 4 peers",
+        format!(
+            "{} / {} MiB",
+            b["idle_rss_mib"][0], b["rss_with_peers_mib"][0]
+        ),
+        String::new(),
+    );
+    row(
+        "connect TCP / QUIC (incl. CLI process)",
+        format!("{} / {} ms", b["connect_tcp_ms"], b["connect_quic_ms"]),
+        String::new(),
+    );
+    let fl = &all["files"];
+    row(
+        "machine: b3sum / dd+fdatasync / iperf3",
+        format!("{} / {} / {} MiB/s", fl["b3sum"], fl["disk"], fl["iperf3"]),
+        format!("limit {} MiB/s", fl["limit"]),
+    );
+    row(
+        "agora share (BLAKE3 + outboard)",
+        format!("{} MiB/s", fl["share"]),
+        format!("{:.2} × b3sum (target ≥ 0.8)", f(&fl["share_ratio"])),
+    );
+    row(
+        "agora get node → node, verified, on disk",
+        format!("{} MiB/s", fl["get"]),
+        format!("{:.2} × machine limit (target ≥ 0.6)", f(&fl["get_ratio"])),
+    );
+    row(
+        "iroh sendme, same file",
+        if fl["sendme"].as_u64().unwrap_or(0) > 0 {
+            format!("{} MiB/s", fl["sendme"])
+        } else {
+            "not run".into()
+        },
+        match fl["vs_sendme"].as_f64() {
+            Some(x) => format!("agora = {x:.2} × sendme (target ≥ 1.5)"),
+            None => "no sendme binary (SENDME=path) or not root".into(),
+        },
+    );
+    row(
+        "peak RSS seeder / downloader",
+        format!(
+            "{} / {} MiB",
+            fl["rss_seeder_mib"], fl["rss_downloader_mib"]
+        ),
+        String::new(),
+    );
+    let sw = &all["swarm"];
+    row(
+        "1 seeder → 8 downloaders",
+        format!("{} s for {} MiB each", sw["seconds"], sw["size_mib"]),
+        format!(
+            "seeder uploads {:.2} × the file (target ≤ 3)",
+            f(&sw["seeder_upload_x"])
+        ),
+    );
+    let c = &all["chat"];
+    row(
+        "machine: loopback RTT / fdatasync p50",
+        format!(
+            "{:.3} / {:.3} ms",
+            f(&c["loopback_rtt_ms"]["p50"]),
+            f(&c["fdatasync_ms"]["p50"])
+        ),
+        String::new(),
+    );
+    row(
+        "DM latency p50 / p99 (send → receipt)",
+        format!(
+            "{:.2} / {:.2} ms",
+            f(&c["dm_latency_ms"]["p50"]),
+            f(&c["dm_latency_ms"]["p99"])
+        ),
+        format!(
+            "{:.1} × (RTT + 2 fdatasync)",
+            f(&c["dm_latency_ms"]["vs_durable_floor"])
+        ),
+    );
+    row(
+        "DMs sustained, 8 senders",
+        format!("{:.0} msgs/s", f(&c["dm_sustained_per_s"])),
+        String::new(),
+    );
+    row(
+        "room fan-out p50 / p99",
+        format!(
+            "{:.1} / {:.1} ms ({} nodes)",
+            f(&c["room_fanout_ms"]["p50"]),
+            f(&c["room_fanout_ms"]["p99"]),
+            c["room_fanout_ms"]["nodes"]
+        ),
+        format!(
+            "{}/{} delivered",
+            c["room_fanout_ms"]["delivered"], c["room_fanout_ms"]["expected"]
+        ),
+    );
+    println!("| figure | value | ratio |\n|---|---|---|");
+    for (a, b, c) in rows {
+        println!("| {a} | {b} | {c} |");
+    }
+    Ok(())
+}
+
+/// Where the repository (and its `bench/` scripts) is: this crate's checkout by default.
+pub fn default_repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
