@@ -72,6 +72,8 @@ struct ReplicateResponse {
 
 /// How often every held blob is announced again in the DHT.
 const REANNOUNCE_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// DHT lookups for providers before a download reports "not found".
+const PROVIDER_LOOKUPS: usize = 3;
 /// Most providers a download asks the DHT for.
 const MAX_PROVIDERS: usize = 16;
 /// Finished jobs kept for clients to read.
@@ -700,19 +702,35 @@ impl Files {
             }
             providers.push(t.peer);
         }
-        match self
-            .net
-            .find_providers(hash.as_bytes().to_vec(), MAX_PROVIDERS)
-            .await
-        {
-            Ok(found) => {
-                for p in found {
-                    if !providers.contains(&p) {
-                        providers.push(p);
+        // A node that has just started may not be connected yet: wait for the network (up to
+        // 10 s) and look again a few times before concluding nobody has the blob.
+        for attempt in 0..PROVIDER_LOOKUPS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            for _ in 0..50 {
+                if self.net.peers().await.is_ok_and(|p| !p.is_empty()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            match self
+                .net
+                .find_providers(hash.as_bytes().to_vec(), MAX_PROVIDERS)
+                .await
+            {
+                Ok(found) => {
+                    for p in found {
+                        if !providers.contains(&p) {
+                            providers.push(p);
+                        }
                     }
                 }
+                Err(e) => tracing::warn!("provider lookup failed: {e}"),
             }
-            Err(e) => tracing::warn!("provider lookup failed: {e}"),
+            if providers.iter().any(|p| *p != self.net.local_peer_id()) {
+                break;
+            }
         }
         let me = self.net.local_peer_id();
         providers.retain(|p| *p != me);

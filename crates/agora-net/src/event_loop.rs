@@ -18,7 +18,10 @@ use libp2p::{
     metrics::{Metrics, Recorder, Registry},
     multiaddr::Protocol,
     noise, ping,
-    swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
+    swarm::{
+        ConnectionId, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
     tcp, yamux,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -564,7 +567,12 @@ impl EventLoop {
                 let _ = reply.send(Ok(peer));
                 return;
             }
-            Some(peer) => DialOpts::peer_id(peer).addresses(vec![addr]).build(),
+            // An address the user asked for is dialed even while another dial to the peer is
+            // under way (e.g. the DHT trying an unreachable private address of it).
+            Some(peer) => DialOpts::peer_id(peer)
+                .condition(PeerCondition::Always)
+                .addresses(vec![addr])
+                .build(),
             None => DialOpts::unknown_peer_id().address(addr).build(),
         };
         let id = opts.connection_id();

@@ -474,3 +474,30 @@ fn a_node_stops_promptly_on_sigterm_while_serving_a_download() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn a_get_before_the_node_has_peers_waits_for_the_network() {
+    // `agora get` on a node that is not connected to anyone yet (just started, bootstrap still
+    // under way) must wait for the network instead of reporting "not found" at once.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&dir.path().join("a"), &[]);
+    let content = data(200_000, 9);
+    let src = dir.path().join("early.bin");
+    std::fs::write(&src, &content).unwrap();
+    let hash = share(&a, &src)["hash"].as_str().unwrap().to_owned();
+    let b = Node::start(&dir.path().join("b"), &[]);
+    let out = dir.path().join("early.out");
+    let get = agora()
+        .args(["get", &hash, "-o", out.to_str().unwrap(), "--data-dir"])
+        .arg(&b.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let connected = b.cli(&["connect", &a.tcp_addr()]);
+    assert!(connected.status.success(), "{}", stderr(&connected));
+    let got = get.wait_with_output().unwrap();
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+}
