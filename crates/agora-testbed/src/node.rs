@@ -1,7 +1,7 @@
 //! A real `agora` node running inside a testbed namespace, driven through its CLI (run in the
 //! same namespace, since the node's API listens on that namespace's loopback).
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::Output, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -52,17 +52,21 @@ impl Node {
         })
     }
 
-    /// Runs `agora ARGS --data-dir DIR --json` in the node's namespace and parses the output.
-    pub fn cli(&self, tb: &Testbed, agora: &std::path::Path, args: &[&str]) -> Result<Value> {
-        let mut all: Vec<&str> = args.to_vec();
+    /// Runs `agora ARGS --data-dir DIR --json` in the node's namespace.
+    fn run_cli(&self, tb: &Testbed, agora: &std::path::Path, args: &[&str]) -> Result<Output> {
         let dir = self.dir.display().to_string();
-        all.extend(["--data-dir", dir.as_str(), "--json"]);
-        let out = std::process::Command::new("ip")
+        Ok(std::process::Command::new("ip")
             .args(["netns", "exec", &tb.ns(&self.ns)])
             .arg(agora)
-            .args(&all)
+            .args(args)
+            .args(["--data-dir", dir.as_str(), "--json"])
             .stdin(std::process::Stdio::null())
-            .output()?;
+            .output()?)
+    }
+
+    /// Runs `agora ARGS` on this node and parses its JSON output; a failing command is an error.
+    pub fn cli(&self, tb: &Testbed, agora: &std::path::Path, args: &[&str]) -> Result<Value> {
+        let out = self.run_cli(tb, agora, args)?;
         if !out.status.success() {
             bail!(
                 "agora {} on {}: {}",
@@ -76,6 +80,20 @@ impl Node {
                 "agora {} on {}: output is not JSON",
                 args.join(" "),
                 self.name
+            )
+        })
+    }
+
+    /// Like [`Node::cli`] but also returns the JSON a failing command printed (e.g. `send`
+    /// reporting a message it could only queue).
+    pub fn cli_any(&self, tb: &Testbed, agora: &std::path::Path, args: &[&str]) -> Result<Value> {
+        let out = self.run_cli(tb, agora, args)?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "agora {} on {}: {}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
             )
         })
     }

@@ -514,7 +514,7 @@ impl Chat {
                 tokio::select! {
                     _ = retry.tick() => chat.retry_pending(None).await,
                     _ = sync.tick() => {
-                        turn = turn.wrapping_add(1);
+                        turn = turn.wrapping_add(2);
                         chat.sync_rooms(turn).await;
                     }
                     _ = house.tick() => chat.housekeeping(),
@@ -551,6 +551,9 @@ impl Chat {
                         let Ok(peer) = peer_id.parse::<PeerId>() else {
                             continue;
                         };
+                        // A (re)connected room member may hold posts we missed.
+                        let syncer = chat.clone();
+                        tokio::spawn(async move { syncer.sync_with(peer).await });
                         let pending = chat
                             .state
                             .lock()
@@ -1332,8 +1335,8 @@ impl Chat {
         (added, forged)
     }
 
-    /// Anti-entropy: asks one member of each room (in turn) for recent history, so posts missed
-    /// while disconnected or partitioned are filled in.
+    /// Anti-entropy: asks two members of each room (in turn) for recent history, so posts
+    /// missed while disconnected or partitioned are filled in.
     async fn sync_rooms(&self, turn: usize) {
         let rooms: Vec<RoomId> = self.state.lock().unwrap().rooms.keys().cloned().collect();
         for room in rooms {
@@ -1345,10 +1348,35 @@ impl Chat {
             if members.is_empty() {
                 continue;
             }
-            let peer = members[turn % members.len()];
-            let (added, _) = self.fetch_history(&room, &[peer]).await;
+            // Two members per round, rotating, so both sides of a healed split are asked soon.
+            let mut ask = vec![members[turn % members.len()]];
+            let second = members[(turn + 1) % members.len()];
+            if second != ask[0] {
+                ask.push(second);
+            }
+            let (added, _) = self.fetch_history(&room, &ask).await;
             if added > 0 {
                 tracing::info!(%room, added, "filled in missed room posts");
+            }
+        }
+    }
+
+    /// Compares the history of every room `peer` shares with us, once its gossip
+    /// subscriptions have had a moment to arrive.
+    async fn sync_with(&self, peer: PeerId) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rooms: Vec<RoomId> = self.state.lock().unwrap().rooms.keys().cloned().collect();
+        for room in rooms {
+            let members = self
+                .net
+                .topic_peers(&room.topic())
+                .await
+                .unwrap_or_default();
+            if members.contains(&peer) {
+                let (added, _) = self.fetch_history(&room, &[peer]).await;
+                if added > 0 {
+                    tracing::info!(%room, added, "filled in missed room posts");
+                }
             }
         }
     }

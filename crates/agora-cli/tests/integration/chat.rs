@@ -25,6 +25,21 @@ fn json(node: &Node, args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("agora {args:?}: not JSON ({e}): {}", stdout(&out)))
 }
 
+/// Runs `agora ARGS --data-dir DIR` with `input` on its standard input.
+fn with_stdin(node: &Node, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = agora()
+        .args(args)
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn texts(messages: &Value) -> Vec<String> {
     messages
         .as_array()
@@ -101,20 +116,7 @@ fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() 
     let reply = b.cli(&["send", "al", "hi", "alice"]);
     assert!(reply.status.success(), "{}", stderr(&reply));
     // The interactive chat with a contact sends each line typed.
-    let mut chat = agora()
-        .args(["chat", "al", "--data-dir"])
-        .arg(&b.dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    chat.stdin
-        .take()
-        .unwrap()
-        .write_all(b"typed in chat\n/who\n/quit\n")
-        .unwrap();
-    let out = chat.wait_with_output().unwrap();
+    let out = with_stdin(&b, &["chat", "al"], b"typed in chat\n/who\n/quit\n");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("online"),
@@ -129,20 +131,11 @@ fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() 
         "{}",
         stderr(&bad)
     );
-    let mut big = agora()
-        .args(["send", &a.peer_id, "-", "--data-dir"])
-        .arg(&b.dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    big.stdin
-        .take()
-        .unwrap()
-        .write_all("x".repeat(70_000).as_bytes())
-        .unwrap();
-    let big = big.wait_with_output().unwrap();
+    let big = with_stdin(
+        &b,
+        &["send", &a.peer_id, "-"],
+        "x".repeat(70_000).as_bytes(),
+    );
     assert_eq!(big.status.code(), Some(1));
     assert!(
         stderr(&big).contains("65536-byte limit"),
@@ -263,20 +256,11 @@ fn a_room_of_ten_nodes_shares_posts_and_a_late_joiner_gets_the_history() {
     assert_eq!(got, all);
 
     // Interactive chat: lines typed are posted, /who lists members, /quit leaves.
-    let mut chat = agora()
-        .args(["chat", "lobby", "--data-dir"])
-        .arg(&late.dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    chat.stdin
-        .take()
-        .unwrap()
-        .write_all(b"hello from the late joiner\n/who\n/quit\n")
-        .unwrap();
-    let out = chat.wait_with_output().unwrap();
+    let out = with_stdin(
+        &late,
+        &["chat", "lobby"],
+        b"hello from the late joiner\n/who\n/quit\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("n1 ("),
