@@ -515,7 +515,7 @@ impl Chat {
                     _ = retry.tick() => chat.retry_pending(None).await,
                     _ = sync.tick() => {
                         turn = turn.wrapping_add(2);
-                        chat.sync_rooms(turn).await;
+                        chat.sync_rooms_round(turn).await;
                     }
                     _ = house.tick() => chat.housekeeping(),
                     _ = flush.tick() => chat.flush_last_seen(),
@@ -1335,9 +1335,10 @@ impl Chat {
         (added, forged)
     }
 
-    /// Anti-entropy: asks two members of each room (in turn) for recent history, so posts
-    /// missed while disconnected or partitioned are filled in.
-    async fn sync_rooms(&self, turn: usize) {
+    /// Anti-entropy: for every joined room, asks the members `pick` chooses among the room's
+    /// connected members for recent history, so posts missed while disconnected or
+    /// partitioned are filled in.
+    async fn sync_rooms(&self, pick: impl Fn(&[PeerId]) -> Vec<PeerId>) {
         let rooms: Vec<RoomId> = self.state.lock().unwrap().rooms.keys().cloned().collect();
         for room in rooms {
             let members = self
@@ -1345,14 +1346,9 @@ impl Chat {
                 .topic_peers(&room.topic())
                 .await
                 .unwrap_or_default();
-            if members.is_empty() {
+            let ask = pick(&members);
+            if ask.is_empty() {
                 continue;
-            }
-            // Two members per round, rotating, so both sides of a healed split are asked soon.
-            let mut ask = vec![members[turn % members.len()]];
-            let second = members[(turn + 1) % members.len()];
-            if second != ask[0] {
-                ask.push(second);
             }
             let (added, _) = self.fetch_history(&room, &ask).await;
             if added > 0 {
@@ -1361,24 +1357,31 @@ impl Chat {
         }
     }
 
+    /// The periodic round: two members per room, rotating, so both sides of a healed split
+    /// are asked soon.
+    async fn sync_rooms_round(&self, turn: usize) {
+        self.sync_rooms(|members| {
+            let mut ask: Vec<PeerId> = (0..2)
+                .filter_map(|i| members.get((turn + i) % members.len().max(1)).copied())
+                .collect();
+            ask.dedup();
+            ask
+        })
+        .await;
+    }
+
     /// Compares the history of every room `peer` shares with us, once its gossip
     /// subscriptions have had a moment to arrive.
     async fn sync_with(&self, peer: PeerId) {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rooms: Vec<RoomId> = self.state.lock().unwrap().rooms.keys().cloned().collect();
-        for room in rooms {
-            let members = self
-                .net
-                .topic_peers(&room.topic())
-                .await
-                .unwrap_or_default();
+        self.sync_rooms(|members| {
             if members.contains(&peer) {
-                let (added, _) = self.fetch_history(&room, &[peer]).await;
-                if added > 0 {
-                    tracing::info!(%room, added, "filled in missed room posts");
-                }
+                vec![peer]
+            } else {
+                Vec::new()
             }
-        }
+        })
+        .await;
     }
 
     fn on_history(self: &Arc<Self>, req: &InboundRequest) -> Vec<u8> {
