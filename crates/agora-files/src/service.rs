@@ -708,12 +708,7 @@ impl Files {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            for _ in 0..50 {
-                if self.net.peers().await.is_ok_and(|p| !p.is_empty()) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            self.net.wait_for_peers(Duration::from_secs(10)).await;
             match self
                 .net
                 .find_providers(hash.as_bytes().to_vec(), MAX_PROVIDERS)

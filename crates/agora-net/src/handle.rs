@@ -109,6 +109,21 @@ impl Handle {
         self.call(Command::Stats).await
     }
 
+    /// Waits until this node has at least one connection, for at most `timeout`; false if it
+    /// has none by then (a node that has just started is still bootstrapping).
+    pub async fn wait_for_peers(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.peers().await.is_ok_and(|p| !p.is_empty()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// Peers worth remembering across restarts: connected ones with dialable addresses.
     pub async fn known_peers(&self) -> Result<Vec<KnownPeerAddrs>, Error> {
         self.call(Command::KnownPeers).await

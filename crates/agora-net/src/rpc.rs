@@ -29,6 +29,14 @@ pub async fn read_frame_with_limit<T: AsyncRead + Unpin>(
     io: &mut T,
     limit: usize,
 ) -> io::Result<Vec<u8>> {
+    let len = read_frame_len(io, limit).await?;
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Reads a frame's length prefix; a length above `limit` is `InvalidData`.
+async fn read_frame_len<T: AsyncRead + Unpin>(io: &mut T, limit: usize) -> io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -38,9 +46,7 @@ pub async fn read_frame_with_limit<T: AsyncRead + Unpin>(
             format!("frame of {len} bytes exceeds the limit of {limit}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
+    Ok(len)
 }
 
 /// Writes one frame and closes the writing side.
@@ -114,19 +120,13 @@ async fn request_once(
     if let Err(e) = write_frame(&mut stream, data).await {
         return Err((Error::Request(format!("sending: {e}")), true));
     }
-    let mut len = [0u8; 4];
-    if let Err(e) = stream.read_exact(&mut len).await {
-        return Err((Error::Request(format!("receiving: {e}")), true));
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_LEN {
-        return Err((
-            Error::Request(format!(
-                "receiving: frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN}"
-            )),
-            false,
-        ));
-    }
+    // Closed before the response began: worth another attempt; an oversized length is not.
+    let len = read_frame_len(&mut stream, MAX_FRAME_LEN)
+        .await
+        .map_err(|e| {
+            let retry = e.kind() != io::ErrorKind::InvalidData;
+            (Error::Request(format!("receiving: {e}")), retry)
+        })?;
     let mut buf = vec![0u8; len];
     stream
         .read_exact(&mut buf)

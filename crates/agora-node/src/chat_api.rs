@@ -29,9 +29,6 @@ impl From<ChatError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
             }
             ChatError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            ChatError::Unreachable(_) => {
-                Self::new(StatusCode::BAD_GATEWAY, "unreachable", e.to_string())
-            }
             ChatError::Net(n) => n.clone().into(),
             ChatError::Db(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -64,10 +61,6 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
 }
 
-fn chat(node: &Node) -> &Arc<Chat> {
-    &node.chat
-}
-
 #[derive(Deserialize)]
 struct PeerQuery {
     peer: Option<String>,
@@ -79,12 +72,12 @@ async fn profile_show(
 ) -> Result<Json<ProfileView>, ApiError> {
     let q = query(q)?;
     let peer = match q.peer.as_deref() {
-        Some(p) => Some(chat(&node).resolve_peer(p)?),
+        Some(p) => Some(node.chat.resolve_peer(p)?),
         None => None,
     };
     let view = match peer {
-        Some(p) => chat(&node).lookup_profile(p).await?,
-        None => chat(&node).profile(None)?,
+        Some(p) => node.chat.lookup_profile(p).await?,
+        None => node.chat.profile(None)?,
     };
     Ok(Json(view))
 }
@@ -110,12 +103,12 @@ async fn profile_set(
         None => None,
     };
     Ok(Json(
-        chat(&node).set_profile(req.nick, status, req.about).await?,
+        node.chat.set_profile(req.nick, status, req.about).await?,
     ))
 }
 
 async fn contacts(State(node): State<Arc<Node>>) -> Json<Vec<PeerView>> {
-    Json(chat(&node).contacts())
+    Json(node.chat.contacts())
 }
 
 #[derive(Deserialize)]
@@ -131,7 +124,7 @@ async fn contacts_add(
 ) -> Result<Json<PeerView>, ApiError> {
     let Json(req) = body?;
     let peer = parse_peer(req.peer.trim())?;
-    Ok(Json(chat(&node).add_contact(peer, req.name).await?))
+    Ok(Json(node.chat.add_contact(peer, req.name).await?))
 }
 
 #[derive(Deserialize)]
@@ -145,8 +138,8 @@ async fn contacts_remove(
     body: Result<Json<ContactRemove>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body?;
-    let peer = chat(&node).resolve_peer(req.peer.trim())?;
-    let removed = chat(&node).remove_contact(peer)?;
+    let peer = node.chat.resolve_peer(req.peer.trim())?;
+    let removed = node.chat.remove_contact(peer)?;
     if !removed {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -171,8 +164,8 @@ async fn send(
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> Result<Json<SendOutcome>, ApiError> {
     let Json(req) = body?;
-    let to = chat(&node).resolve_peer(req.to.trim())?;
-    Ok(Json(chat(&node).send(to, req.text).await?))
+    let to = node.chat.resolve_peer(req.to.trim())?;
+    Ok(Json(node.chat.send(to, req.text).await?))
 }
 
 #[derive(Deserialize)]
@@ -226,7 +219,7 @@ async fn messages(
         }
     };
     let peer = match q.peer.as_deref() {
-        Some(p) => Some(chat(&node).resolve_peer(p)?),
+        Some(p) => Some(node.chat.resolve_peer(p)?),
         None => None,
     };
     let filter = MessageFilter {
@@ -234,7 +227,8 @@ async fn messages(
         peer,
         unread_only: q.unread,
     };
-    let records = chat(&node)
+    let records = node
+        .chat
         .messages(
             filter,
             q.after,
@@ -247,7 +241,7 @@ async fn messages(
     let messages = records
         .into_iter()
         .map(|record| {
-            let (nick, short_id) = chat(&node).names(&record.peer_id);
+            let (nick, short_id) = node.chat.names(&record.peer_id);
             MessageView {
                 record,
                 nick,
@@ -259,7 +253,7 @@ async fn messages(
 }
 
 async fn rooms(State(node): State<Arc<Node>>) -> Json<Vec<RoomView>> {
-    Json(chat(&node).rooms().await)
+    Json(node.chat.rooms().await)
 }
 
 #[derive(Deserialize)]
@@ -274,7 +268,7 @@ async fn join(
 ) -> Result<Json<JoinOutcome>, ApiError> {
     let Json(req) = body?;
     let room = Chat::parse_room(&req.room)?;
-    Ok(Json(chat(&node).join(&room).await?))
+    Ok(Json(node.chat.join(&room).await?))
 }
 
 async fn leave(
@@ -283,7 +277,7 @@ async fn leave(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body?;
     let room = Chat::parse_room(&req.room)?;
-    if !chat(&node).leave(&room).await? {
+    if !node.chat.leave(&room).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -308,7 +302,7 @@ async fn room_post(
 ) -> Result<Json<PostOutcome>, ApiError> {
     let Json(req) = body?;
     let room = Chat::parse_room(&req.room)?;
-    Ok(Json(chat(&node).post(&room, req.text).await?))
+    Ok(Json(node.chat.post(&room, req.text).await?))
 }
 
 #[derive(Deserialize)]
@@ -333,7 +327,8 @@ async fn room_messages(
 ) -> Result<Json<PostsPage>, ApiError> {
     let q = query(q)?;
     let room = Chat::parse_room(&room)?;
-    let posts = chat(&node)
+    let posts = node
+        .chat
         .read_room(
             &room,
             q.after,
@@ -353,14 +348,14 @@ async fn room_members(
     Path(room): Path<String>,
 ) -> Result<Json<Vec<PeerView>>, ApiError> {
     let room = Chat::parse_room(&room)?;
-    Ok(Json(chat(&node).members(&room).await?))
+    Ok(Json(node.chat.members(&room).await?))
 }
 
 async fn who(State(node): State<Arc<Node>>) -> Json<Vec<PeerView>> {
-    Json(chat(&node).who().await)
+    Json(node.chat.who().await)
 }
 
 async fn collect(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
-    let n = chat(&node).collect_mailbox().await;
+    let n = node.chat.collect_mailbox().await;
     Json(serde_json::json!({ "collected": n }))
 }

@@ -118,3 +118,35 @@ impl Node {
             .unwrap_or_default()
     }
 }
+
+/// `--listen` arguments for TCP and QUIC on port 4001 of `ip`.
+pub fn listen_args(ip: &str) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        format!("/ip4/{ip}/tcp/4001"),
+        "--listen".into(),
+        format!("/ip4/{ip}/udp/4001/quic-v1"),
+    ]
+}
+
+/// Waits until every node's routing table holds at least `min` peers.
+pub fn wait_routing_tables(
+    tb: &Testbed,
+    agora: &std::path::Path,
+    nodes: &[Node],
+    min: u64,
+    timeout: Duration,
+) -> Result<()> {
+    wait_for(timeout, || {
+        nodes
+            .iter()
+            .all(|n| {
+                n.cli(tb, agora, &["status"])
+                    .ok()
+                    .and_then(|s| s["routing_table_size"].as_u64())
+                    .is_some_and(|r| r >= min)
+            })
+            .then_some(())
+    })
+    .with_context(|| format!("routing tables did not fill within {timeout:?}"))
+}

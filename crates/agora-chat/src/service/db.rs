@@ -6,13 +6,19 @@
 //! Values are postcard (signed wire types, stored exactly as received so signatures stay
 //! checkable) or JSON (local records).
 
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use libp2p_identity::PeerId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{DirectMessage, Envelope, Frame, MessageId, Profile, RoomId, RoomMessage};
+use crate::{
+    proto::mailbox::MailboxStore,
+    wire::{DirectMessage, Envelope, Frame, MessageId, Profile, RoomId, RoomMessage},
+};
 
 /// Local number `n` → [`MessageRecord`] (JSON). `n` grows with every stored message, so it is
 /// the cursor of `inbox --follow`.
@@ -320,17 +326,6 @@ impl ChatDb {
         })
     }
 
-    /// Removes an acknowledged message from the outbox.
-    pub fn unqueue(&self, id: &MessageId) -> Result<(), DbError> {
-        self.write(|tx| {
-            tx.open_table(OUTBOX)
-                .map_err(e)?
-                .remove(id.0.as_slice())
-                .map_err(e)?;
-            Ok(())
-        })
-    }
-
     /// Records with `n > after` matching `keep`, oldest first, at most `limit`.
     pub fn messages(
         &self,
@@ -599,6 +594,29 @@ impl ChatDb {
         Ok(out)
     }
 
+    /// The newest `limit` posts of a room, in arrival order.
+    pub fn last_posts(
+        &self,
+        room: &RoomId,
+        limit: usize,
+    ) -> Result<Vec<(u64, RoomMessage)>, DbError> {
+        let tx = self.read()?;
+        let t = tx.open_table(ROOM_POSTS).map_err(e)?;
+        let mut out = Vec::new();
+        let range = (room.as_str(), 0)..=(room.as_str(), u64::MAX);
+        for item in t.range(range).map_err(e)?.rev() {
+            let (k, v) = item.map_err(e)?;
+            if let Ok(m) = RoomMessage::decode(v.value()) {
+                out.push((k.value().1, m));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// Deletes all but the newest `keep` posts of a room.
     pub fn prune_posts(&self, room: &RoomId, keep: usize) -> Result<usize, DbError> {
         self.write(|tx| {
@@ -657,13 +675,19 @@ impl ChatDb {
         Self::all_frames(&self.read()?, HELD)
     }
 
-    /// Drops held envelopes that `keep` rejects (expired ones).
-    pub fn retain_held(&self, keep: impl Fn(&Envelope) -> bool) -> Result<usize, DbError> {
+    /// Drops the held envelopes `mailbox` no longer holds (expired, or refused at start), in
+    /// one pass; returns how many.
+    pub fn retain_held_by(&self, mailbox: &MailboxStore) -> Result<usize, DbError> {
+        let mut held: HashMap<PeerId, HashSet<MessageId>> = HashMap::new();
         self.write(|tx| {
             let mut t = tx.open_table(HELD).map_err(e)?;
             let mut dropped = 0;
             t.retain(|_, v| {
-                let ok = Envelope::decode(v).is_ok_and(|env| keep(&env));
+                let ok = Envelope::decode(v).is_ok_and(|env| {
+                    held.entry(env.to)
+                        .or_insert_with(|| mailbox.held_ids(&env.to).into_iter().collect())
+                        .contains(&env.id)
+                });
                 if !ok {
                     dropped += 1;
                 }

@@ -111,8 +111,6 @@ pub enum ChatError {
     BadInput(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    Unreachable(String),
     #[error(transparent)]
     Net(#[from] agora_net::Error),
     #[error(transparent)]
@@ -349,13 +347,7 @@ impl Chat {
                 tracing::debug!("dropping a held envelope at start: {e}");
             }
         }
-        let held_now: HashSet<(PeerId, MessageId)> = db
-            .held()?
-            .into_iter()
-            .filter(|env| mailbox.held_ids(&env.to).contains(&env.id))
-            .map(|env| (env.to, env.id))
-            .collect();
-        db.retain_held(|env| held_now.contains(&(env.to, env.id)))?;
+        db.retain_held_by(&mailbox)?;
 
         let mut profiles = ProfileBook::default();
         for p in db.profiles()? {
@@ -578,14 +570,9 @@ impl Chat {
     /// Waits (bounded) until the node has at least one connection, so that start-up work
     /// (mailbox collection, presence) has a network to talk to.
     async fn wait_for_peers(&self) {
-        for _ in 0..50 {
-            if self.net.peers().await.is_ok_and(|p| !p.is_empty()) {
-                return;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                () = self.stop.cancelled() => return,
-            }
+        tokio::select! {
+            _ = self.net.wait_for_peers(Duration::from_secs(10)) => {}
+            () = self.stop.cancelled() => {}
         }
     }
 
@@ -599,18 +586,10 @@ impl Chat {
                 late.extend(rx.handle_timeout(t));
             }
         }
-        if st.mailbox.expire(t) > 0 {
-            let ids: HashSet<(PeerId, MessageId)> = self
-                .db
-                .held()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|env| st.mailbox.held_ids(&env.to).contains(&env.id))
-                .map(|env| (env.to, env.id))
-                .collect();
-            if let Err(e) = self.db.retain_held(|env| ids.contains(&(env.to, env.id))) {
-                tracing::warn!("{e}");
-            }
+        if st.mailbox.expire(t) > 0
+            && let Err(e) = self.db.retain_held_by(&st.mailbox)
+        {
+            tracing::warn!("{e}");
         }
         for room in st.rooms.values_mut() {
             room.history.expire(t);
@@ -925,24 +904,39 @@ impl Chat {
         mark_read: bool,
     ) -> Result<Vec<MessageRecord>, ChatError> {
         let limit = limit.clamp(1, MAX_LIST);
+        let keep = |r: &MessageRecord| filter.keep(r);
+        let found = self
+            .long_poll(wait, || {
+                Ok(if after == 0 && wait.is_zero() {
+                    self.db.last_messages(limit, keep)?
+                } else {
+                    self.db.messages(after, limit, keep)?
+                })
+            })
+            .await?;
+        if mark_read {
+            let ns: Vec<u64> = found
+                .iter()
+                .filter(|r| r.state == MessageState::Unread)
+                .map(|r| r.n)
+                .collect();
+            self.db.mark_read(&ns)?;
+        }
+        Ok(found)
+    }
+
+    /// Runs `query` until it finds something, waking when a message or post is stored, for at
+    /// most `wait` (bounded by [`MAX_WAIT`]); returns the last (possibly empty) result.
+    async fn long_poll<T>(
+        &self,
+        wait: Duration,
+        mut query: impl FnMut() -> Result<Vec<T>, ChatError>,
+    ) -> Result<Vec<T>, ChatError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
             let notified = self.changed.notified();
-            let keep = |r: &MessageRecord| filter.keep(r);
-            let found = if after == 0 && wait.is_zero() {
-                self.db.last_messages(limit, keep)?
-            } else {
-                self.db.messages(after, limit, keep)?
-            };
+            let found = query()?;
             if !found.is_empty() || tokio::time::Instant::now() >= deadline {
-                if mark_read {
-                    let ns: Vec<u64> = found
-                        .iter()
-                        .filter(|r| r.state == MessageState::Unread)
-                        .map(|r| r.n)
-                        .collect();
-                    self.db.mark_read(&ns)?;
-                }
                 return Ok(found);
             }
             tokio::select! {
@@ -1509,39 +1503,30 @@ impl Chat {
             )));
         }
         let limit = limit.clamp(1, MAX_LIST);
-        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        loop {
-            let notified = self.changed.notified();
-            let posts = if after == 0 && wait.is_zero() {
-                let all = self.db.posts(room, 0, usize::MAX)?;
-                let skip = all.len().saturating_sub(limit);
-                all.into_iter().skip(skip).collect()
-            } else {
-                self.db.posts(room, after, limit)?
-            };
-            if !posts.is_empty() || tokio::time::Instant::now() >= deadline {
-                let st = self.state.lock().unwrap();
-                return Ok(posts
-                    .into_iter()
-                    .map(|(n, m)| RoomPost {
-                        n,
-                        room: room.to_string(),
-                        peer_id: m.from.to_string(),
-                        short_id: short_peer_id(&m.from),
-                        nick: st.profiles.get(&m.from).map(|p| p.nick.clone()),
-                        seq: m.seq,
-                        sent_at: m.sent_at.as_millis(),
-                        mine: m.from == self.me,
-                        text: m.body,
-                    })
-                    .collect());
-            }
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep_until(deadline) => {}
-                () = self.stop.cancelled() => return Ok(Vec::new()),
-            }
-        }
+        let posts = self
+            .long_poll(wait, || {
+                Ok(if after == 0 && wait.is_zero() {
+                    self.db.last_posts(room, limit)?
+                } else {
+                    self.db.posts(room, after, limit)?
+                })
+            })
+            .await?;
+        let st = self.state.lock().unwrap();
+        Ok(posts
+            .into_iter()
+            .map(|(n, m)| RoomPost {
+                n,
+                room: room.to_string(),
+                peer_id: m.from.to_string(),
+                short_id: short_peer_id(&m.from),
+                nick: st.profiles.get(&m.from).map(|p| p.nick.clone()),
+                seq: m.seq,
+                sent_at: m.sent_at.as_millis(),
+                mine: m.from == self.me,
+                text: m.body,
+            })
+            .collect())
     }
 
     pub async fn rooms(&self) -> Vec<RoomView> {

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use crate::{
     Ctx,
-    net::{Testbed, interrupted, wait_for},
-    node::Node,
+    net::{Testbed, interrupted},
+    node::{Node, listen_args, wait_routing_tables},
 };
 
 /// Seeded xorshift, so that a run can be repeated with `--seed`.
@@ -39,13 +39,7 @@ fn addr(i: usize) -> String {
 }
 
 fn node_args(i: usize, bootstrap: Option<&str>) -> Vec<String> {
-    let ip = addr(i);
-    let mut args = vec![
-        "--listen".into(),
-        format!("/ip4/{ip}/tcp/4001"),
-        "--listen".into(),
-        format!("/ip4/{ip}/udp/4001/quic-v1"),
-    ];
+    let mut args = listen_args(&addr(i));
     if let Some(b) = bootstrap {
         args.extend(["--bootstrap".into(), b.to_owned()]);
     }
@@ -76,18 +70,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         )?);
     }
     // Let the routing tables fill.
-    wait_for(Duration::from_secs(30), || {
-        nodes
-            .iter()
-            .all(|node| {
-                node.cli(tb, &ctx.agora, &["status"])
-                    .ok()
-                    .and_then(|s| s["routing_table_size"].as_u64())
-                    .is_some_and(|r| r >= 3)
-            })
-            .then_some(())
-    })
-    .context("routing tables did not fill within 30 s")?;
+    wait_routing_tables(tb, &ctx.agora, &nodes, 3, Duration::from_secs(30))?;
 
     // A file on the stable bootstrap node, fetched by random churning nodes during the run.
     let file = tb.dir.join("churn-file.bin");

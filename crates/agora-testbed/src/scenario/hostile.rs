@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::{
     Ctx,
     net::{Testbed, wait_for},
-    node::Node,
+    node::{Node, listen_args},
 };
 
 const HONEST: usize = 4;
@@ -42,12 +42,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     let mut targets = Vec::new();
     for i in 0..HONEST {
         let ip = format!("10.66.0.{}", 10 + i);
-        let mut args = vec![
-            "--listen".to_string(),
-            format!("/ip4/{ip}/tcp/4001"),
-            "--listen".into(),
-            format!("/ip4/{ip}/udp/4001/quic-v1"),
-        ];
+        let mut args = listen_args(&ip);
         if let Some(first) = targets.first() {
             args.extend(["--bootstrap".into(), String::clone(first)]);
         }

@@ -22,19 +22,10 @@ use serde_json::{Value, json};
 use crate::{
     Ctx,
     net::{Testbed, wait_for},
-    node::Node,
+    node::{Node, listen_args},
 };
 
 const PORT: u16 = 4001;
-
-fn listen(ip: &str) -> Vec<String> {
-    vec![
-        "--listen".into(),
-        format!("/ip4/{ip}/tcp/{PORT}"),
-        "--listen".into(),
-        format!("/ip4/{ip}/udp/{PORT}/quic-v1"),
-    ]
-}
 
 pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     tb.add_switch("wan")?;
@@ -53,7 +44,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         tb.nat(&router, "wan0", symmetric)?;
     }
 
-    let mut extra = listen("10.99.0.10");
+    let mut extra = listen_args("10.99.0.10");
     extra.extend([
         "--external-addr".into(),
         format!("/ip4/10.99.0.10/tcp/{PORT}"),
@@ -65,7 +56,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     let circuit = format!("{relay}/p2p-circuit");
     let mut nodes = Vec::new();
     for (host, _, _) in homes {
-        let mut extra = listen("0.0.0.0");
+        let mut extra = listen_args("0.0.0.0");
         extra.extend([
             "--bootstrap".into(),
             relay.clone(),

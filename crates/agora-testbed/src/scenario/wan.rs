@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use crate::{
     Ctx,
-    net::{Testbed, interrupted, wait_for},
-    node::Node,
+    net::{Testbed, interrupted},
+    node::{Node, listen_args, wait_routing_tables},
 };
 
 const LANS: usize = 4;
@@ -97,12 +97,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         for i in 0..PER_LAN {
             let name = format!("w{lan}{i}");
             let ip = host_ip(lan, i);
-            let mut args = vec![
-                "--listen".to_string(),
-                format!("/ip4/{ip}/tcp/4001"),
-                "--listen".into(),
-                format!("/ip4/{ip}/udp/4001/quic-v1"),
-            ];
+            let mut args = listen_args(&ip);
             if let Some(b) = &boot {
                 args.extend(["--bootstrap".into(), b.clone()]);
             }
@@ -113,18 +108,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
             nodes.push(node);
         }
     }
-    wait_for(Duration::from_secs(60), || {
-        nodes
-            .iter()
-            .all(|n| {
-                n.cli(tb, &ctx.agora, &["status"])
-                    .ok()
-                    .and_then(|s| s["routing_table_size"].as_u64())
-                    .is_some_and(|r| r >= 3)
-            })
-            .then_some(())
-    })
-    .context("routing tables did not fill within 60 s")?;
+    wait_routing_tables(tb, &ctx.agora, &nodes, 3, Duration::from_secs(60))?;
 
     // Reach every node on another LAN by peer id, twice, from a node on LAN 0.
     let prober = &nodes[1];
