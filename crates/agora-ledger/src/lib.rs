@@ -1,0 +1,14 @@
+//! Agora's ledger: accounts are ed25519 keys, transfers are signed by their sender and ordered
+//! into blocks by a validator committee; the state machine here is pure and deterministic.
+
+pub mod account;
+pub mod block;
+pub mod state;
+pub mod tx;
+
+pub use account::{Account, AccountParseError};
+pub use block::{Block, BlockError};
+pub use state::{AccountState, Effect, Genesis, State, TxError, quorum};
+pub use tx::{
+    AccountTx, Action, Approval, CommitteeChange, CommitteeTx, Hash, SignedAccountTx, Tx,
+};

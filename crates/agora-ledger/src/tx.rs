@@ -1,0 +1,238 @@
+//! Transactions: what an account signs, and what a committee signs.
+//!
+//! Every signature covers a domain tag, the chain id (the genesis hash, so a transaction signed
+//! for one network cannot be replayed on another) and the canonical postcard encoding of the body.
+
+use std::fmt;
+
+use ed25519_dalek::{Signature, Signer, SigningKey};
+use serde::{Deserialize, Serialize};
+
+use crate::account::Account;
+
+/// Longest memo a transfer may carry, in bytes.
+pub const MAX_MEMO: usize = 256;
+/// Largest encoded transaction accepted anywhere (a committee change with many approvals fits).
+pub const MAX_TX_BYTES: usize = 16 * 1024;
+
+const ACCOUNT_DOMAIN: &[u8] = b"agora-ledger/account-tx/1";
+const COMMITTEE_DOMAIN: &[u8] = b"agora-ledger/committee-tx/1";
+
+/// A 32-byte BLAKE3 hash (transactions, blocks, state roots, the chain id).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    pub fn of(bytes: &[u8]) -> Self {
+        Hash(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let bytes = hex::decode(s.trim()).ok()?;
+        Some(Hash(bytes.try_into().ok()?))
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..12])
+    }
+}
+
+/// What an account asks the ledger to do. New kinds (trust lines, offers) become new variants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Move `amount` base units from the signer to `to`.
+    Transfer {
+        to: Account,
+        amount: u64,
+        memo: Option<String>,
+    },
+}
+
+/// The body an account signs: who, in which order, what it pays to be included, and what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountTx {
+    pub from: Account,
+    /// Must equal the account's sequence number in the state; each applied transaction adds one.
+    pub seq: u64,
+    /// Burned when the transaction is applied.
+    pub fee: u64,
+    pub action: Action,
+}
+
+/// An account transaction with the account's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAccountTx {
+    pub body: AccountTx,
+    #[serde(with = "sig_bytes")]
+    pub signature: [u8; 64],
+}
+
+/// A change of the validator committee, effective at the next epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommitteeChange {
+    Add(Account),
+    Remove(Account),
+}
+
+/// A committee change approved by current validators (at least the quorum: 2f + 1 of 3f + 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitteeTx {
+    pub change: CommitteeChange,
+    /// Must equal the state's committee nonce, so an approved change cannot be replayed.
+    pub nonce: u64,
+    pub approvals: Vec<Approval>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub validator: Account,
+    #[serde(with = "sig_bytes")]
+    pub signature: [u8; 64],
+}
+
+/// Anything a block can carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tx {
+    Account(SignedAccountTx),
+    Committee(CommitteeTx),
+}
+
+fn signing_message(domain: &[u8], chain: &Hash, body: &impl Serialize) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(domain.len() + 32 + 128);
+    msg.extend_from_slice(domain);
+    msg.extend_from_slice(&chain.0);
+    msg.extend_from_slice(&postcard::to_allocvec(body).expect("encoding to a Vec cannot fail"));
+    msg
+}
+
+impl AccountTx {
+    pub fn signing_message(&self, chain: &Hash) -> Vec<u8> {
+        signing_message(ACCOUNT_DOMAIN, chain, self)
+    }
+
+    pub fn sign(self, key: &SigningKey, chain: &Hash) -> SignedAccountTx {
+        let signature = key.sign(&self.signing_message(chain)).to_bytes();
+        SignedAccountTx {
+            body: self,
+            signature,
+        }
+    }
+}
+
+impl SignedAccountTx {
+    /// Whether `from` signed this body for this chain (strict: no malleable signatures).
+    pub fn signature_valid(&self, chain: &Hash) -> bool {
+        let Some(key) = self.body.from.key() else {
+            return false;
+        };
+        key.verify_strict(
+            &self.body.signing_message(chain),
+            &Signature::from_bytes(&self.signature),
+        )
+        .is_ok()
+    }
+}
+
+impl CommitteeTx {
+    pub fn signing_message(change: &CommitteeChange, nonce: u64, chain: &Hash) -> Vec<u8> {
+        signing_message(COMMITTEE_DOMAIN, chain, &(change, nonce))
+    }
+
+    /// A validator's approval of `change` at `nonce`.
+    pub fn approve(
+        change: &CommitteeChange,
+        nonce: u64,
+        key: &SigningKey,
+        chain: &Hash,
+    ) -> Approval {
+        Approval {
+            validator: Account::from_key(&key.verifying_key()),
+            signature: key
+                .sign(&Self::signing_message(change, nonce, chain))
+                .to_bytes(),
+        }
+    }
+}
+
+impl Approval {
+    pub fn valid_for(&self, change: &CommitteeChange, nonce: u64, chain: &Hash) -> bool {
+        let Some(key) = self.validator.key() else {
+            return false;
+        };
+        key.verify_strict(
+            &CommitteeTx::signing_message(change, nonce, chain),
+            &Signature::from_bytes(&self.signature),
+        )
+        .is_ok()
+    }
+}
+
+impl Tx {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes a transaction, refusing oversized input and trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, TxDecodeError> {
+        if bytes.len() > MAX_TX_BYTES {
+            return Err(TxDecodeError::TooLarge(bytes.len()));
+        }
+        let (tx, rest) =
+            postcard::take_from_bytes::<Tx>(bytes).map_err(|_| TxDecodeError::Malformed)?;
+        if !rest.is_empty() {
+            return Err(TxDecodeError::Malformed);
+        }
+        Ok(tx)
+    }
+
+    /// The transaction's id: BLAKE3 of its encoding, signature included.
+    pub fn hash(&self) -> Hash {
+        Hash::of(&self.encode())
+    }
+
+    /// The account whose sequence this transaction uses, if any.
+    pub fn sender(&self) -> Option<(Account, u64)> {
+        match self {
+            Tx::Account(signed) => Some((signed.body.from, signed.body.seq)),
+            Tx::Committee(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxDecodeError {
+    #[error("transaction of {0} bytes is over the {MAX_TX_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed transaction encoding")]
+    Malformed,
+}
+
+mod sig_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(sig)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        // postcard writes bytes as a length and the raw bytes, which is also how it reads a
+        // Vec<u8>; owned decoding keeps this usable from any reader.
+        let bytes: Vec<u8> = Deserialize::deserialize(d)?;
+        bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64 bytes"))
+    }
+}
