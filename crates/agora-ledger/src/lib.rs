@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod block;
+pub mod consensus;
 pub mod state;
 pub mod tx;
 

@@ -191,11 +191,9 @@ impl State {
         }
     }
 
-    fn check_account(
-        &self,
-        signed: &SignedAccountTx,
-        signature_checked: bool,
-    ) -> Result<(AccountState, u64), TxError> {
+    /// The checks of an account transaction that depend neither on the sender's balance nor on
+    /// its sequence number: fee, memo, amount, recipient.
+    pub fn check_static(&self, signed: &SignedAccountTx) -> Result<(), TxError> {
         let body = &signed.body;
         let Action::Transfer { to, amount, memo } = &body.action;
         if body.fee < self.min_fee {
@@ -218,6 +216,17 @@ impl State {
         if to.key().is_none() {
             return Err(TxError::BadRecipient);
         }
+        Ok(())
+    }
+
+    fn check_account(
+        &self,
+        signed: &SignedAccountTx,
+        signature_checked: bool,
+    ) -> Result<(AccountState, u64), TxError> {
+        self.check_static(signed)?;
+        let body = &signed.body;
+        let Action::Transfer { to, amount, .. } = &body.action;
         let sender = self.account(&body.from);
         if body.seq != sender.seq {
             return Err(TxError::WrongSequence {

@@ -1,0 +1,632 @@
+//! The application the simplex engine drives: proposes, verifies and certifies blocks, relays
+//! them between validators and delivers finalized blocks in height order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use commonware_actor::Feedback;
+use commonware_consensus::simplex::Plan;
+use commonware_consensus::types::Round;
+use commonware_consensus::{Automaton, CertifiableAutomaton, Relay, Reporter};
+use commonware_p2p::{Receiver, Recipients, Sender};
+use commonware_runtime::{Clock, Handle, IoBuf, Spawner};
+use commonware_utils::channel::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use super::mempool::{Mempool, MempoolLimits, Rejected};
+use super::wire::{BlockMsg, MAX_TX_BATCH};
+use super::{Activity, Context, Digest, Finalization, PublicKey, digest, hash};
+use crate::block::{Block, MAX_BLOCK_TXS};
+use crate::state::State;
+use crate::tx::{Hash, Tx};
+
+/// How many finalized blocks are kept in memory to answer other validators' `Want`s.
+const RECENT_FINALIZED: u64 = 256;
+/// Most unfinalized blocks held at once (proposals of views not yet decided).
+const MAX_PENDING_BLOCKS: usize = 4_096;
+/// Unfinalized blocks further than this above the finalized height are not taken.
+const MAX_BLOCKS_AHEAD: u64 = 1_024;
+/// A proposal's timestamp may run this far ahead of a verifier's clock.
+const MAX_CLOCK_SKEW_MS: u64 = 5_000;
+/// How often missing blocks are asked for again and queued transactions relayed.
+const TICK: Duration = Duration::from_millis(50);
+const WANT_RETRY: Duration = Duration::from_millis(500);
+
+/// What the engine and the node ask of the application.
+pub enum Message {
+    Propose {
+        context: Context,
+        response: oneshot::Sender<Digest>,
+    },
+    Verify {
+        context: Context,
+        payload: Digest,
+        response: oneshot::Sender<bool>,
+    },
+    Certify {
+        payload: Digest,
+        response: oneshot::Sender<bool>,
+    },
+    Broadcast {
+        payload: Digest,
+        plan: Plan<PublicKey>,
+    },
+    Finalized(Finalization),
+    Submit {
+        tx: Tx,
+        response: oneshot::Sender<Submitted>,
+    },
+}
+
+/// The answer to a submitted transaction.
+pub type Submitted = Result<Hash, Rejected>;
+
+/// A block that consensus finalized, delivered in height order exactly once per run.
+#[derive(Clone, Debug)]
+pub struct Finalized {
+    pub block: Block,
+    pub digest: Hash,
+    /// The certificate that finalized this block, or `None` when a later block's certificate
+    /// finalized it implicitly (its child links to it by hash).
+    pub finalization: Option<Finalization>,
+}
+
+/// The application's handle: the engine's automaton, relay and reporter, and the node's way
+/// to submit transactions.
+#[derive(Clone)]
+pub struct Mailbox {
+    sender: mpsc::UnboundedSender<Message>,
+}
+
+impl Mailbox {
+    fn send(&self, message: Message) -> bool {
+        self.sender.send(message).is_ok()
+    }
+
+    /// Submits a transaction to this validator's mempool (and, through it, to the others').
+    pub async fn submit(&self, tx: Tx) -> Option<Submitted> {
+        let (response, receiver) = oneshot::channel();
+        if !self.send(Message::Submit { tx, response }) {
+            return None;
+        }
+        receiver.await.ok()
+    }
+}
+
+impl Automaton for Mailbox {
+    type Context = Context;
+    type Digest = Digest;
+
+    async fn propose(&mut self, context: Context) -> oneshot::Receiver<Digest> {
+        let (response, receiver) = oneshot::channel();
+        self.send(Message::Propose { context, response });
+        receiver
+    }
+
+    async fn verify(&mut self, context: Context, payload: Digest) -> oneshot::Receiver<bool> {
+        let (response, receiver) = oneshot::channel();
+        self.send(Message::Verify {
+            context,
+            payload,
+            response,
+        });
+        receiver
+    }
+}
+
+impl CertifiableAutomaton for Mailbox {
+    async fn certify(&mut self, _round: Round, payload: Digest) -> oneshot::Receiver<bool> {
+        let (response, receiver) = oneshot::channel();
+        self.send(Message::Certify { payload, response });
+        receiver
+    }
+}
+
+impl Relay for Mailbox {
+    type Digest = Digest;
+    type PublicKey = PublicKey;
+    type Plan = Plan<PublicKey>;
+
+    fn broadcast(&mut self, payload: Digest, plan: Plan<PublicKey>) -> Feedback {
+        if self.send(Message::Broadcast { payload, plan }) {
+            Feedback::Ok
+        } else {
+            Feedback::Closed
+        }
+    }
+}
+
+impl Reporter for Mailbox {
+    type Activity = Activity;
+
+    fn report(&mut self, activity: Activity) -> Feedback {
+        // Only finalizations matter to the ledger; votes and other certificates are the
+        // engine's business.
+        let Activity::Finalization(finalization) = activity else {
+            return Feedback::Ok;
+        };
+        if self.send(Message::Finalized(finalization)) {
+            Feedback::Ok
+        } else {
+            Feedback::Closed
+        }
+    }
+}
+
+/// Where the application starts: the last finalized block this node has applied.
+pub struct Base {
+    pub state: State,
+    pub digest: Hash,
+    pub timestamp_ms: u64,
+}
+
+struct PendingVerify {
+    context: Context,
+    payload: Hash,
+    response: oneshot::Sender<bool>,
+}
+
+pub(crate) struct App<S, R> {
+    mailbox: mpsc::UnboundedReceiver<Message>,
+    sender: S,
+    receiver: R,
+    finalized: State,
+    finalized_digest: Hash,
+    finalized_timestamp: u64,
+    /// Recently finalized blocks by height, to serve validators that missed them.
+    recent: BTreeMap<u64, (Hash, Block)>,
+    /// Blocks above the finalized height, by digest.
+    blocks: HashMap<Hash, Block>,
+    /// State after each valid block above the finalized height.
+    states: HashMap<Hash, State>,
+    invalid: HashSet<Hash>,
+    pending_verify: Vec<PendingVerify>,
+    pending_certify: Vec<(Hash, oneshot::Sender<bool>)>,
+    pending_finalizations: Vec<Finalization>,
+    mempool: Mempool,
+    /// Admitted transactions not yet relayed to the other validators.
+    relay_queue: Vec<Tx>,
+    wants: HashMap<Hash, SystemTime>,
+    output: mpsc::UnboundedSender<Finalized>,
+    max_block_txs: usize,
+}
+
+impl<S, R> App<S, R>
+where
+    S: Sender<PublicKey = PublicKey>,
+    R: Receiver<PublicKey = PublicKey>,
+{
+    pub fn new(
+        base: Base,
+        (sender, receiver): (S, R),
+        limits: MempoolLimits,
+        max_block_txs: usize,
+    ) -> (Self, Mailbox, mpsc::UnboundedReceiver<Finalized>) {
+        let (mailbox_tx, mailbox) = mpsc::unbounded_channel();
+        let (output, finalized) = mpsc::unbounded_channel();
+        let app = App {
+            mailbox,
+            sender,
+            receiver,
+            finalized: base.state,
+            finalized_digest: base.digest,
+            finalized_timestamp: base.timestamp_ms,
+            recent: BTreeMap::new(),
+            blocks: HashMap::new(),
+            states: HashMap::new(),
+            invalid: HashSet::new(),
+            pending_verify: Vec::new(),
+            pending_certify: Vec::new(),
+            pending_finalizations: Vec::new(),
+            mempool: Mempool::new(limits),
+            relay_queue: Vec::new(),
+            wants: HashMap::new(),
+            output,
+            max_block_txs: max_block_txs.clamp(1, MAX_BLOCK_TXS),
+        };
+        (app, Mailbox { sender: mailbox_tx }, finalized)
+    }
+
+    pub fn start<E: Clock + Spawner>(self, context: E) -> Handle<()> {
+        context.spawn(move |context| self.run(context))
+    }
+
+    async fn run<E: Clock>(mut self, context: E) {
+        let mut next_tick = context.current() + TICK;
+        loop {
+            tokio::select! {
+                biased;
+                message = self.mailbox.recv() => match message {
+                    Some(message) => self.handle(&context, message),
+                    None => break,
+                },
+                received = self.receiver.recv() => match received {
+                    Ok((peer, bytes)) => self.on_network(&context, peer, bytes),
+                    Err(error) => {
+                        debug!(%error, "ledger block channel closed");
+                        break;
+                    }
+                },
+                _ = context.sleep_until(next_tick) => {
+                    next_tick = context.current() + TICK;
+                    self.tick(&context);
+                },
+            }
+        }
+    }
+
+    fn handle<E: Clock>(&mut self, context: &E, message: Message) {
+        match message {
+            Message::Propose {
+                context: ctx,
+                response,
+            } => self.propose(context, ctx, response),
+            Message::Verify {
+                context: ctx,
+                payload,
+                response,
+            } => {
+                self.pending_verify.push(PendingVerify {
+                    context: ctx,
+                    payload: hash(&payload),
+                    response,
+                });
+                self.progress(context);
+            }
+            Message::Certify { payload, response } => {
+                self.pending_certify.push((hash(&payload), response));
+                self.progress(context);
+            }
+            Message::Broadcast { payload, plan } => {
+                let recipients = match plan {
+                    Plan::Prepare { .. } | Plan::Propose { .. } => Recipients::All,
+                    Plan::Forward { recipients, .. } => recipients,
+                };
+                if let Some(block) = self.block(&hash(&payload)) {
+                    let message = BlockMsg::Proposal(block.clone()).encode();
+                    self.sender.send(recipients, IoBuf::from(message), true);
+                }
+            }
+            Message::Finalized(finalization) => {
+                self.pending_finalizations.push(finalization);
+                self.progress(context);
+            }
+            Message::Submit { tx, response } => {
+                let result = self.mempool.admit(tx.clone(), &self.finalized);
+                if let Ok((_, true)) = result {
+                    self.relay_queue.push(tx);
+                    if self.relay_queue.len() >= MAX_TX_BATCH {
+                        self.relay_txs();
+                    }
+                }
+                let _ = response.send(result.map(|(hash, _)| hash));
+            }
+        }
+    }
+
+    fn block(&self, digest: &Hash) -> Option<&Block> {
+        self.blocks.get(digest).or_else(|| {
+            self.recent
+                .values()
+                .find(|(d, _)| d == digest)
+                .map(|(_, block)| block)
+        })
+    }
+
+    fn now_ms<E: Clock>(context: &E) -> u64 {
+        context
+            .current()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn timestamp_of(&self, digest: &Hash) -> Option<u64> {
+        if *digest == self.finalized_digest {
+            return Some(self.finalized_timestamp);
+        }
+        self.block(digest).map(|b| b.timestamp_ms)
+    }
+
+    fn propose<E: Clock>(&mut self, context: &E, ctx: Context, response: oneshot::Sender<Digest>) {
+        let parent = hash(&ctx.parent.1);
+        // Build only on a parent whose state we know; otherwise decline (the view is skipped)
+        // and fetch what is missing for next time.
+        let Some(parent_state) = self.state_after(&parent) else {
+            debug!(%parent, "declining to propose: parent state unknown");
+            return;
+        };
+        let parent_state = parent_state.clone();
+        let parent_time = self.timestamp_of(&parent).unwrap_or(0);
+        let timestamp = Self::now_ms(context).max(parent_time);
+        let (block, state, _skipped) = Block::build(
+            &parent_state,
+            parent,
+            timestamp,
+            self.mempool.candidates(&parent_state),
+            self.max_block_txs,
+        );
+        let block_digest = block.digest();
+        debug!(height = block.height, txs = block.txs.len(), digest = %block_digest, "proposing");
+        self.blocks.insert(block_digest, block);
+        self.states.insert(block_digest, state);
+        let _ = response.send(digest(block_digest));
+    }
+
+    /// The state after `digest`, if that block is finalized or was executed.
+    fn state_after(&self, digest: &Hash) -> Option<&State> {
+        if *digest == self.finalized_digest {
+            Some(&self.finalized)
+        } else {
+            self.states.get(digest)
+        }
+    }
+
+    /// Executes `digest` and whatever of its ancestors is not executed yet. `Err(true)` when the
+    /// block (or an ancestor) is invalid or on a dead fork; `Err(false)` while blocks are missing
+    /// (they are asked for).
+    fn ensure_state(&mut self, digest: Hash) -> Result<(), bool> {
+        let mut chain = Vec::new();
+        let mut cursor = digest;
+        while self.state_after(&cursor).is_none() {
+            if self.invalid.contains(&cursor) {
+                return Err(true);
+            }
+            let Some(block) = self.blocks.get(&cursor) else {
+                self.want(cursor);
+                return Err(false);
+            };
+            if block.height <= self.finalized.height {
+                // Its parent chain does not lead to what was finalized.
+                self.invalid.insert(cursor);
+                return Err(true);
+            }
+            chain.push(cursor);
+            cursor = block.parent;
+        }
+        for digest in chain.into_iter().rev() {
+            let block = &self.blocks[&digest];
+            let parent = self.state_after(&block.parent).expect("executed in order");
+            let mempool = &self.mempool;
+            let checked: Vec<bool> = block
+                .txs
+                .iter()
+                .map(|tx| mempool.contains(&tx.hash()))
+                .collect();
+            match block.execute(parent, |i| checked[i]) {
+                Ok((state, _)) => {
+                    self.states.insert(digest, state);
+                }
+                Err(error) => {
+                    warn!(%digest, %error, "invalid block");
+                    self.invalid.insert(digest);
+                    return Err(true);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn want(&mut self, digest: Hash) {
+        self.wants.entry(digest).or_insert(UNIX_EPOCH);
+    }
+
+    /// Re-examines everything waiting for blocks: verifications, certifications, finalizations.
+    fn progress<E: Clock>(&mut self, context: &E) {
+        let now = Self::now_ms(context);
+        for pending in std::mem::take(&mut self.pending_verify) {
+            if pending.response.is_closed() {
+                continue;
+            }
+            match self.check_proposal(&pending, now) {
+                Some(valid) => {
+                    let _ = pending.response.send(valid);
+                }
+                None => self.pending_verify.push(pending),
+            }
+        }
+        for (payload, response) in std::mem::take(&mut self.pending_certify) {
+            if response.is_closed() {
+                continue;
+            }
+            match self.ensure_state(payload) {
+                Ok(()) => {
+                    let _ = response.send(true);
+                }
+                Err(true) => {
+                    let _ = response.send(false);
+                }
+                Err(false) => self.pending_certify.push((payload, response)),
+            }
+        }
+        self.finalize();
+        if !self.wants.is_empty() {
+            self.send_wants(context);
+        }
+    }
+
+    /// `Some(valid)` once the proposal can be judged, `None` while blocks are missing.
+    fn check_proposal(&mut self, pending: &PendingVerify, now_ms: u64) -> Option<bool> {
+        let digest = pending.payload;
+        if self.invalid.contains(&digest) {
+            return Some(false);
+        }
+        let Some(block) = self.blocks.get(&digest) else {
+            self.want(digest);
+            return None;
+        };
+        if block.parent != hash(&pending.context.parent.1) {
+            return Some(false);
+        }
+        if block.timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS {
+            return Some(false);
+        }
+        let parent = block.parent;
+        let timestamp = block.timestamp_ms;
+        match self.ensure_state(parent) {
+            Ok(()) => {}
+            Err(invalid) => return invalid.then_some(false),
+        }
+        if self.timestamp_of(&parent).is_some_and(|t| timestamp < t) {
+            return Some(false);
+        }
+        match self.ensure_state(digest) {
+            Ok(()) => Some(true),
+            Err(invalid) => invalid.then_some(false),
+        }
+    }
+
+    /// Applies the highest finalization whose chain down to the finalized block is complete;
+    /// it finalizes every block on that chain, so lower finalizations are then done too. (After
+    /// a restart the engine replays finalizations this node applied long ago: working from the
+    /// highest keeps those from holding anything up.)
+    fn finalize(&mut self) {
+        while let Some(finalization) = self
+            .pending_finalizations
+            .iter()
+            .max_by_key(|f| f.proposal.round)
+            .cloned()
+        {
+            let round = finalization.proposal.round;
+            let top = hash(&finalization.proposal.payload);
+            let done = top == self.finalized_digest || self.recent.values().any(|(d, _)| *d == top);
+            if !done {
+                // Collect the chain from the certified block down to our finalized tip.
+                let mut chain = Vec::new();
+                let mut cursor = top;
+                while cursor != self.finalized_digest {
+                    let Some(block) = self.blocks.get(&cursor) else {
+                        self.want(cursor);
+                        return;
+                    };
+                    if block.height <= self.finalized.height {
+                        error!(%top, "finalized chain conflicts with an earlier finalized block");
+                        return;
+                    }
+                    chain.push(cursor);
+                    cursor = block.parent;
+                }
+                for digest in chain.into_iter().rev() {
+                    if self.ensure_state(digest).is_err() {
+                        error!(%digest, "a finalized block does not execute; stopping here");
+                        return;
+                    }
+                    let block = self.blocks.remove(&digest).expect("collected above");
+                    self.finalized = self.states.remove(&digest).expect("executed above");
+                    self.finalized_digest = digest;
+                    self.finalized_timestamp = block.timestamp_ms;
+                    self.recent.insert(block.height, (digest, block.clone()));
+                    let certificate = (digest == top).then(|| finalization.clone());
+                    let _ = self.output.send(Finalized {
+                        block,
+                        digest,
+                        finalization: certificate,
+                    });
+                }
+                self.after_finalization();
+            }
+            self.pending_finalizations
+                .retain(|f| f.proposal.round > round);
+        }
+    }
+
+    fn after_finalization(&mut self) {
+        let height = self.finalized.height;
+        while self
+            .recent
+            .first_key_value()
+            .is_some_and(|(h, _)| *h + RECENT_FINALIZED <= height)
+        {
+            self.recent.pop_first();
+        }
+        self.blocks.retain(|_, b| b.height > height);
+        let blocks = &self.blocks;
+        self.states.retain(|digest, _| blocks.contains_key(digest));
+        self.invalid.clear();
+        self.wants.clear();
+        // Whatever is still missing is asked for again by the next pass over pending work.
+        self.mempool.prune(&self.finalized);
+    }
+
+    fn send_wants<E: Clock>(&mut self, context: &E) {
+        let now = context.current();
+        let mut asks = Vec::new();
+        for (digest, last) in self.wants.iter_mut() {
+            if now.duration_since(*last).unwrap_or_default() >= WANT_RETRY {
+                *last = now;
+                asks.push(*digest);
+            }
+        }
+        for digest in asks {
+            if self.blocks.contains_key(&digest) {
+                continue;
+            }
+            let message = BlockMsg::Want(digest).encode();
+            self.sender
+                .send(Recipients::All, IoBuf::from(message), false);
+        }
+        let blocks = &self.blocks;
+        self.wants.retain(|digest, _| !blocks.contains_key(digest));
+    }
+
+    fn relay_txs(&mut self) {
+        if self.relay_queue.is_empty() {
+            return;
+        }
+        let txs = std::mem::take(&mut self.relay_queue);
+        for batch in txs.chunks(MAX_TX_BATCH) {
+            let message = BlockMsg::Txs(batch.to_vec()).encode();
+            self.sender
+                .send(Recipients::All, IoBuf::from(message), false);
+        }
+    }
+
+    fn tick<E: Clock>(&mut self, context: &E) {
+        self.relay_txs();
+        self.progress(context);
+    }
+
+    fn on_network<E: Clock>(&mut self, context: &E, peer: PublicKey, bytes: IoBuf) {
+        let Some(message) = BlockMsg::decode(bytes.as_ref()) else {
+            debug!(?peer, "undecodable message on the blocks channel");
+            return;
+        };
+        match message {
+            BlockMsg::Proposal(block) | BlockMsg::Have(block) => {
+                let height = self.finalized.height;
+                debug!(
+                    block = block.height,
+                    finalized = height,
+                    held = self.blocks.len(),
+                    "block received"
+                );
+                if block.height <= height
+                    || block.height > height + MAX_BLOCKS_AHEAD
+                    || self.blocks.len() >= MAX_PENDING_BLOCKS
+                {
+                    return;
+                }
+                let digest = block.digest();
+                let wanted = self.wants.remove(&digest).is_some();
+                self.blocks.entry(digest).or_insert(block);
+                if wanted || !self.pending_verify.is_empty() || !self.pending_certify.is_empty() {
+                    self.progress(context);
+                }
+            }
+            BlockMsg::Want(digest) => {
+                debug!(%digest, found = self.block(&digest).is_some(), "asked for a block");
+                if let Some(block) = self.block(&digest) {
+                    let message = BlockMsg::Have(block.clone()).encode();
+                    self.sender
+                        .send(Recipients::One(peer), IoBuf::from(message), false);
+                }
+            }
+            BlockMsg::Txs(txs) => {
+                for tx in txs {
+                    // Errors are expected (duplicates, races with finality); nothing to answer.
+                    let _ = self.mempool.admit(tx, &self.finalized);
+                }
+            }
+        }
+    }
+}
