@@ -7,6 +7,12 @@
 //! waits for them. Children also get SIGTERM if the devnet process itself dies
 //! (`PR_SET_PDEATHSIG`). Data directories under `--dir` are kept, so a re-run reuses the
 //! identities; without `--dir` a temporary directory is used and removed at the end.
+//!
+//! The devnet also runs a ledger: `genesis.json` in the devnet directory names the first four
+//! nodes (fewer if the devnet is smaller) as validators and funds every node's account and a
+//! faucet account (its key is the identity in `<dir>/faucet`; run a node on that data
+//! directory to spend from it). An existing `genesis.json` is reused, so a re-run continues
+//! the same chain.
 
 use std::{
     fs::{self, File},
@@ -29,6 +35,12 @@ const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long stopping waits before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Validators in a devnet genesis (all nodes if fewer).
+pub const DEVNET_VALIDATORS: usize = 4;
+/// What every devnet account starts with, in base units.
+pub const DEVNET_BALANCE: u64 = 1_000_000_000;
+/// What the faucet starts with.
+pub const FAUCET_BALANCE: u64 = 1_000_000_000_000;
 
 #[derive(Args, Debug)]
 pub struct DevnetArgs {
@@ -51,6 +63,8 @@ struct NodeRow {
     api: String,
     data_dir: PathBuf,
     addrs: Vec<String>,
+    account: String,
+    validator: bool,
 }
 
 struct Devnet {
@@ -87,10 +101,14 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         .build()?;
     let stop = runtime.block_on(async { signals() })?;
 
+    let genesis_path = dir.join("genesis.json");
+    let genesis = devnet_genesis(&dir, args.nodes as usize, &genesis_path)?;
     let mut rows: Vec<NodeRow> = Vec::new();
     for i in 0..args.nodes as usize {
         let name = format!("node{i}");
         let data_dir = dir.join(&name);
+        let account = account_of(&data_dir)?;
+        let validator = genesis.validators.contains(&account);
         let mut bootstrap: Vec<String> = Vec::new();
         if i > 0 {
             for j in [i - 1, (i - 1) / 2] {
@@ -101,15 +119,17 @@ pub fn run(args: DevnetArgs) -> Result<()> {
                 }
             }
         }
-        let child = spawn_node(&exe, &data_dir, &bootstrap)?;
+        let child = spawn_node(&exe, &data_dir, &bootstrap, &genesis_path, validator)?;
         let pid = child.id();
         net.children.push((name.clone(), child));
-        let row = wait_ready(
+        let mut row = wait_ready(
             &name,
             &data_dir,
             pid,
             &mut net.children.last_mut().unwrap().1,
         )?;
+        row.account = account.to_string();
+        row.validator = validator;
         rows.push(row);
     }
 
@@ -157,7 +177,49 @@ fn signals() -> Result<tokio::sync::oneshot::Receiver<()>> {
     Ok(rx)
 }
 
-fn spawn_node(exe: &Path, data_dir: &Path, bootstrap: &[String]) -> Result<Child> {
+/// The ledger account of the identity in `data_dir` (created if missing).
+fn account_of(data_dir: &Path) -> Result<agora_ledger::Account> {
+    let keypair = agora_store::DataDir::open(data_dir)?.load_or_create_identity()?;
+    let key = keypair
+        .public()
+        .try_into_ed25519()
+        .map_err(|_| anyhow::anyhow!("{}: identity is not ed25519", data_dir.display()))?;
+    Ok(agora_ledger::Account(key.to_bytes()))
+}
+
+/// Reads `genesis.json` if the devnet directory has one, or writes a new one: the first
+/// nodes are validators, every node and the faucet are funded.
+fn devnet_genesis(dir: &Path, nodes: usize, path: &Path) -> Result<agora_ledger::Genesis> {
+    if path.exists() {
+        return crate::up::read_genesis(path);
+    }
+    let mut accounts = Vec::new();
+    for i in 0..nodes {
+        accounts.push(account_of(&dir.join(format!("node{i}")))?);
+    }
+    let faucet = account_of(&dir.join("faucet"))?;
+    let mut balances: Vec<_> = accounts.iter().map(|a| (*a, DEVNET_BALANCE)).collect();
+    balances.push((faucet, FAUCET_BALANCE));
+    let genesis = agora_ledger::Genesis {
+        chain: format!("devnet-{}", std::process::id()),
+        validators: accounts.iter().take(DEVNET_VALIDATORS).copied().collect(),
+        balances,
+        min_fee: 10,
+        epoch_length: 100_000,
+    };
+    genesis.validate().map_err(|e| anyhow::anyhow!(e))?;
+    fs::write(path, serde_json::to_vec_pretty(&genesis)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(genesis)
+}
+
+fn spawn_node(
+    exe: &Path,
+    data_dir: &Path,
+    bootstrap: &[String],
+    genesis: &Path,
+    validator: bool,
+) -> Result<Child> {
     fs::create_dir_all(data_dir)?;
     // A stale api.json from a killed run must not be mistaken for this node's.
     let _ = fs::remove_file(data_dir.join(agora_store::API_INFO_FILE));
@@ -171,7 +233,12 @@ fn spawn_node(exe: &Path, data_dir: &Path, bootstrap: &[String]) -> Result<Child
         .arg(data_dir)
         .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
         .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
-        .args(["--api", "127.0.0.1:0"]);
+        .args(["--api", "127.0.0.1:0"])
+        .arg("--genesis")
+        .arg(genesis);
+    if validator {
+        cmd.arg("--validator");
+    }
     for b in bootstrap {
         cmd.args(["--bootstrap", b]);
     }
@@ -222,6 +289,8 @@ fn wait_ready(name: &str, data_dir: &Path, pid: u32, child: &mut Child) -> Resul
                 api: info.api,
                 data_dir: data_dir.to_owned(),
                 addrs,
+                account: String::new(),
+                validator: false,
             });
         }
         if Instant::now() > deadline {
@@ -288,19 +357,26 @@ fn print_table(rows: &[NodeRow], dir: &Path) {
     println!("agora devnet: {} node(s) in {}", rows.len(), dir.display());
     println!();
     println!(
-        "{:<7} {:<20} {:<8} {:<17} DATA DIR",
-        "NAME", "PEER", "PID", "API"
+        "{:<7} {:<20} {:<8} {:<17} {:<10} DATA DIR",
+        "NAME", "PEER", "PID", "API", "LEDGER"
     );
     for r in rows {
         println!(
-            "{:<7} {:<20} {:<8} {:<17} {}",
+            "{:<7} {:<20} {:<8} {:<17} {:<10} {}",
             r.name,
             short_id(&r.peer_id),
             r.pid,
             r.api,
+            if r.validator { "validator" } else { "follower" },
             r.data_dir.display()
         );
     }
+    println!();
+    println!(
+        "Ledger: genesis {}; every node's account holds {DEVNET_BALANCE}, the faucet ({}) {FAUCET_BALANCE}.",
+        dir.join("genesis.json").display(),
+        dir.join("faucet").display()
+    );
     let d0 = rows[0].data_dir.display();
     println!();
     println!("Try:");
@@ -310,6 +386,10 @@ fn print_table(rows: &[NodeRow], dir: &Path) {
         println!("  agora connect {} --data-dir {d0}", last.peer_id);
     }
     println!("  export AGORA_DATA_DIR={d0}; agora id");
+    if let Some(last) = rows.last() {
+        println!("  agora pay {} 1000 --data-dir {d0}", last.account);
+    }
+    println!("  agora ledger status --data-dir {d0}");
     println!();
     println!("Logs are in each data dir's node.log. Press Ctrl-C to stop the devnet.");
 }

@@ -6,6 +6,7 @@ mod chat;
 mod client;
 mod devnet;
 mod files;
+mod ledger;
 mod output;
 mod up;
 
@@ -148,6 +149,40 @@ enum Command {
     },
     /// Known peers (contacts, room members) with presence and last seen.
     Who(ClientArgs),
+    /// This node's ledger account (`ag…`).
+    Account(ClientArgs),
+    /// Balance and sequence number of an account (default: this node's).
+    Balance {
+        /// Account (`ag…`).
+        account: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Pay an account from this node's account; waits until the payment is final.
+    Pay {
+        /// Recipient account (`ag…`).
+        account: String,
+        /// Whole base units.
+        #[arg(value_parser = ledger::parse_amount)]
+        amount: u64,
+        /// A note stored with the payment (up to 256 bytes).
+        #[arg(long)]
+        memo: Option<String>,
+        /// Fee to offer (burned); default: the ledger's minimum.
+        #[arg(long)]
+        fee: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A finalized transaction by hash.
+    Tx {
+        hash: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The ledger this node follows: status, history.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCmd),
 }
 
 /// How client commands find the node.
@@ -225,6 +260,17 @@ fn main() -> ExitCode {
         Command::Room(cmd) => chat::room(cmd),
         Command::Chat { target, client } => chat::interactive(&client, &target),
         Command::Who(c) => chat::who(&c),
+        Command::Account(c) => ledger::account(&c),
+        Command::Balance { account, client } => ledger::balance(&client, account.as_deref()),
+        Command::Pay {
+            account,
+            amount,
+            memo,
+            fee,
+            client,
+        } => ledger::pay(&client, &account, amount, memo, fee),
+        Command::Tx { hash, client } => ledger::tx(&client, &hash),
+        Command::Ledger(cmd) => ledger::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -63,6 +63,13 @@ pub struct UpArgs {
     /// Most offline messages this node holds for others from any one sender. Default 500.
     #[arg(long, env = "AGORA_MAILBOX_SENDER_QUOTA")]
     pub mailbox_sender_quota: Option<usize>,
+    /// Follow the ledger this genesis file (JSON) describes; `agora devnet` writes one.
+    #[arg(long, env = "AGORA_GENESIS")]
+    pub genesis: Option<PathBuf>,
+    /// Take part in the ledger's consensus: this node's account must be in the genesis
+    /// committee. Needs --genesis.
+    #[arg(long, env = "AGORA_VALIDATOR", requires = "genesis")]
+    pub validator: bool,
 }
 
 /// `1048576`, `512KiB`, `10MB`, `10GiB`, `1TB`…
@@ -110,6 +117,20 @@ pub struct FileConfig {
     pub replica_check_interval: Option<u64>,
     pub mailbox_check_interval: Option<u64>,
     pub mailbox_sender_quota: Option<usize>,
+    pub genesis: Option<PathBuf>,
+    pub validator: Option<bool>,
+}
+
+/// Reads and checks a genesis file.
+pub fn read_genesis(path: &std::path::Path) -> Result<agora_ledger::Genesis> {
+    let bytes = agora_store::read_limited(path, 16 << 20)
+        .with_context(|| format!("cannot read the genesis file {}", path.display()))?;
+    let genesis: agora_ledger::Genesis = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a valid genesis file", path.display()))?;
+    genesis
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(genesis)
 }
 
 fn parse_addrs(what: &str, raw: &[String]) -> Result<Vec<Multiaddr>> {
@@ -156,7 +177,17 @@ pub fn resolve(args: UpArgs) -> Result<NodeConfig> {
     } else {
         args.external_addr
     };
+    let validator = args.validator || file.validator.unwrap_or(false);
+    let ledger = match args.genesis.or(file.genesis) {
+        Some(path) => Some(agora_node::LedgerConfig {
+            genesis: read_genesis(&path)?,
+            validator,
+        }),
+        None if validator => anyhow::bail!("--validator needs --genesis FILE"),
+        None => None,
+    };
     Ok(NodeConfig {
+        ledger,
         data_dir,
         listen,
         api,

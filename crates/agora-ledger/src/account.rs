@@ -14,9 +14,31 @@ use serde::{Deserialize, Serialize};
 pub const PREFIX: &str = "ag";
 const CHECKSUM_LEN: usize = 4;
 
-/// An account: the 32 bytes of an ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// An account: the 32 bytes of an ed25519 public key. Serialized as its text form in
+/// human-readable formats (JSON genesis files, the API) and as 32 bytes otherwise.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Account(pub [u8; 32]);
+
+impl Serialize for Account {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Account {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            Ok(Account(<[u8; 32]>::deserialize(d)?))
+        }
+    }
+}
 
 /// Why a string is not an account.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

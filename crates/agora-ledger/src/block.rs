@@ -73,12 +73,25 @@ impl Block {
         let mut state = parent.clone();
         let mut txs = Vec::new();
         let mut skipped = Vec::new();
+        // Room for the header fields; transactions fill the rest of the byte budget.
+        let mut bytes = 256;
         for (tx, signature_checked) in candidates {
             if txs.len() >= max_txs.min(MAX_BLOCK_TXS) {
                 break;
             }
+            let size = postcard::serialize_with_flavor::<Tx, _, usize>(
+                &tx,
+                postcard::ser_flavors::Size::default(),
+            )
+            .unwrap_or(MAX_TX_BYTES);
+            if bytes + size > MAX_BLOCK_BYTES {
+                break;
+            }
             match state.apply(&tx, signature_checked) {
-                Ok(_) => txs.push(tx),
+                Ok(_) => {
+                    bytes += size;
+                    txs.push(tx);
+                }
                 Err(error) => skipped.push((tx.hash(), error)),
             }
         }

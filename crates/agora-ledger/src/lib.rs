@@ -4,6 +4,7 @@
 pub mod account;
 pub mod block;
 pub mod consensus;
+pub mod service;
 pub mod state;
 pub mod tx;
 

@@ -192,7 +192,7 @@ impl State {
     }
 
     /// The checks of an account transaction that depend neither on the sender's balance nor on
-    /// its sequence number: fee, memo, amount, recipient.
+    /// its sequence number: fee, memo, amount, not to itself.
     pub fn check_static(&self, signed: &SignedAccountTx) -> Result<(), TxError> {
         let body = &signed.body;
         let Action::Transfer { to, amount, memo } = &body.action;
@@ -213,9 +213,10 @@ impl State {
         if *to == body.from {
             return Err(TxError::SelfPayment);
         }
-        if to.key().is_none() {
-            return Err(TxError::BadRecipient);
-        }
+        // Whether `to` is a point on the curve is checked where transactions enter (mempool,
+        // `pay`), not here: decompressing a key costs as much as a quarter of a signature check,
+        // and execution stays deterministic without it (a transfer to a key nobody can hold
+        // only burns the amount).
         Ok(())
     }
 

@@ -18,9 +18,31 @@ pub const MAX_TX_BYTES: usize = 16 * 1024;
 const ACCOUNT_DOMAIN: &[u8] = b"agora-ledger/account-tx/1";
 const COMMITTEE_DOMAIN: &[u8] = b"agora-ledger/committee-tx/1";
 
-/// A 32-byte BLAKE3 hash (transactions, blocks, state roots, the chain id).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+/// A 32-byte BLAKE3 hash (transactions, blocks, state roots, the chain id). Hex in
+/// human-readable formats, 32 bytes otherwise.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Hash(pub [u8; 32]);
+
+impl Serialize for Hash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            Hash::from_hex(&text).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+        } else {
+            Ok(Hash(<[u8; 32]>::deserialize(d)?))
+        }
+    }
+}
 
 impl Hash {
     pub fn of(bytes: &[u8]) -> Self {
@@ -134,9 +156,14 @@ impl AccountTx {
 impl SignedAccountTx {
     /// Whether `from` signed this body for this chain (strict: no malleable signatures).
     pub fn signature_valid(&self, chain: &Hash) -> bool {
-        let Some(key) = self.body.from.key() else {
-            return false;
-        };
+        self.body
+            .from
+            .key()
+            .is_some_and(|key| self.signature_valid_with(&key, chain))
+    }
+
+    /// The same with `from`'s key already decompressed (callers that cache keys).
+    pub fn signature_valid_with(&self, key: &ed25519_dalek::VerifyingKey, chain: &Hash) -> bool {
         key.verify_strict(
             &self.body.signing_message(chain),
             &Signature::from_bytes(&self.signature),

@@ -135,6 +135,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/search", get(files_search))
         .merge(crate::chat_api::routes())
+        .merge(crate::ledger_api::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -176,7 +177,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").with_hint(
-        "routes live under /v1: id, peers, connect, disconnect, status, events, files, jobs, search, chat/…",
+        "routes live under /v1: id, peers, connect, disconnect, status, events, files, jobs, search, chat/…, ledger/…",
     )
 }
 

@@ -31,6 +31,7 @@
 
 pub mod api;
 mod chat_api;
+mod ledger_api;
 mod metrics;
 
 use std::{
@@ -69,6 +70,15 @@ pub struct NodeConfig {
     pub files: agora_files::service::Config,
     /// Presence, mailbox and retry settings of messaging.
     pub chat: agora_chat::service::Config,
+    /// The ledger to follow (and validate), if any.
+    pub ledger: Option<LedgerConfig>,
+}
+
+/// Which ledger a node follows: its genesis, and whether this node is one of its validators.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    pub genesis: agora_ledger::Genesis,
+    pub validator: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +96,8 @@ pub enum Error {
     Files(#[from] agora_files::FilesError),
     #[error("messaging: {0}")]
     Chat(#[from] agora_chat::service::ChatError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] agora_ledger::service::LedgerError),
     #[error(
         "the network did not report any listen address within {0:?}; check the --listen addresses"
     )]
@@ -97,6 +109,7 @@ pub struct Node {
     pub net: agora_net::Handle,
     pub files: Arc<agora_files::Files>,
     pub chat: Arc<agora_chat::service::Chat>,
+    pub ledger: Option<Arc<agora_ledger::service::Ledger>>,
     pub data_dir: Arc<DataDir>,
     pub token: String,
     pub started: Instant,
@@ -204,10 +217,31 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         chat_stop.clone(),
     )
     .await?;
+    let ledger_stop = CancellationToken::new();
+    let ledger = match &config.ledger {
+        Some(ledger) => Some(
+            agora_ledger::service::Ledger::start(
+                net.clone(),
+                &keypair,
+                db.clone(),
+                agora_ledger::service::Config {
+                    genesis: ledger.genesis.clone(),
+                    validator: ledger.validator,
+                    consensus_dir: data_dir.path().join("consensus"),
+                    app: Default::default(),
+                    leader_timeout: Duration::from_secs(1),
+                },
+                ledger_stop.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let node = Arc::new(Node {
         net: net.clone(),
         files,
         chat: chat.clone(),
+        ledger: ledger.clone(),
         data_dir: data_dir.clone(),
         token,
         started: Instant::now(),
@@ -280,6 +314,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     // Say goodbye while the network still runs, so peers show us offline at once.
     chat.goodbye().await;
     chat_stop.cancel();
+    ledger_stop.cancel();
+    if let Some(ledger) = &ledger {
+        ledger.shutdown().await;
+    }
     let _ = saver.await;
     match net.shutdown().await {
         Ok(peers) => save_peers(&db, peers).await,

@@ -6,6 +6,7 @@
 
 mod agent;
 mod bench;
+mod ledger_bench;
 mod link;
 mod net;
 mod node;
@@ -69,6 +70,21 @@ enum Command {
         quick: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// The ledger's benchmark alone: four validators on loopback, time to finality and
+    /// sustained transfers/s against the machine's ed25519 verification rate.
+    LedgerBench {
+        #[arg(long, env = "AGORA_BIN")]
+        agora: Option<PathBuf>,
+        /// Sequential payments timed for finality.
+        #[arg(long, default_value_t = 200)]
+        payments: usize,
+        /// Sending accounts in the throughput run.
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+        /// Transfers each account sends.
+        #[arg(long, default_value_t = 20)]
+        txs: usize,
     },
     /// Simulate the DHT at 100, 1,000 and 10,000 nodes (in one process) and print lookup hops,
     /// success and messages, without and with churn.
@@ -223,6 +239,29 @@ fn main() -> ExitCode {
             let repo = repo.unwrap_or_else(bench::default_repo);
             match bench::run(&agora, &repo, quick, json) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::LedgerBench {
+            agora,
+            payments,
+            accounts,
+            txs,
+        } => {
+            let opts = ledger_bench::Options {
+                agora: agora.unwrap_or_else(default_agora),
+                payments,
+                accounts,
+                txs_per_account: txs,
+            };
+            match ledger_bench::run(&opts) {
+                Ok(v) => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE

@@ -8,4 +8,5 @@ mod devnet;
 mod files;
 mod hostile;
 mod interop;
+mod ledger;
 mod network;

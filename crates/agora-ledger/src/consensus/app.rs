@@ -56,6 +56,8 @@ pub enum Message {
         tx: Tx,
         response: oneshot::Sender<Submitted>,
     },
+    /// The node applied finalized blocks it fetched from peers (catch-up after downtime).
+    Advance(Base),
 }
 
 /// The answer to a submitted transaction.
@@ -90,6 +92,12 @@ impl Mailbox {
             return None;
         }
         receiver.await.ok()
+    }
+
+    /// Tells the application that the node applied finalized blocks up to `base` by other
+    /// means (fetched from peers after downtime); it continues from there.
+    pub fn advance(&self, base: Base) {
+        self.send(Message::Advance(base));
     }
 }
 
@@ -154,10 +162,39 @@ impl Reporter for Mailbox {
 }
 
 /// Where the application starts: the last finalized block this node has applied.
+#[derive(Clone, Debug)]
 pub struct Base {
     pub state: State,
     pub digest: Hash,
     pub timestamp_ms: u64,
+}
+
+/// Block production settings.
+#[derive(Clone, Copy, Debug)]
+pub struct AppConfig {
+    pub mempool: MempoolLimits,
+    pub max_block_txs: usize,
+    /// With nothing to include, a leader waits this long after its parent's timestamp before
+    /// proposing an empty block, so an idle ledger does not fill the disk with empty blocks.
+    /// Must stay well below the engine's leader timeout.
+    pub empty_block_interval: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            mempool: MempoolLimits::default(),
+            max_block_txs: 5_000,
+            empty_block_interval: Duration::from_millis(400),
+        }
+    }
+}
+
+struct PendingPropose {
+    context: Context,
+    response: oneshot::Sender<Digest>,
+    /// When an empty block is proposed anyway (ms since the Unix epoch).
+    deadline_ms: u64,
 }
 
 struct PendingVerify {
@@ -188,7 +225,8 @@ pub(crate) struct App<S, R> {
     relay_queue: Vec<Tx>,
     wants: HashMap<Hash, SystemTime>,
     output: mpsc::UnboundedSender<Finalized>,
-    max_block_txs: usize,
+    config: AppConfig,
+    pending_propose: Option<PendingPropose>,
 }
 
 impl<S, R> App<S, R>
@@ -199,8 +237,7 @@ where
     pub fn new(
         base: Base,
         (sender, receiver): (S, R),
-        limits: MempoolLimits,
-        max_block_txs: usize,
+        config: AppConfig,
     ) -> (Self, Mailbox, mpsc::UnboundedReceiver<Finalized>) {
         let (mailbox_tx, mailbox) = mpsc::unbounded_channel();
         let (output, finalized) = mpsc::unbounded_channel();
@@ -218,11 +255,15 @@ where
             pending_verify: Vec::new(),
             pending_certify: Vec::new(),
             pending_finalizations: Vec::new(),
-            mempool: Mempool::new(limits),
+            mempool: Mempool::new(config.mempool),
             relay_queue: Vec::new(),
             wants: HashMap::new(),
             output,
-            max_block_txs: max_block_txs.clamp(1, MAX_BLOCK_TXS),
+            config: AppConfig {
+                max_block_txs: config.max_block_txs.clamp(1, MAX_BLOCK_TXS),
+                ..config
+            },
+            pending_propose: None,
         };
         (app, Mailbox { sender: mailbox_tx }, finalized)
     }
@@ -298,8 +339,23 @@ where
                     if self.relay_queue.len() >= MAX_TX_BATCH {
                         self.relay_txs();
                     }
+                    self.propose_if_due(context);
                 }
                 let _ = response.send(result.map(|(hash, _)| hash));
+            }
+            Message::Advance(base) => {
+                if base.state.height > self.finalized.height {
+                    debug!(
+                        height = base.state.height,
+                        "advancing to blocks applied by the node"
+                    );
+                    self.finalized = base.state;
+                    self.finalized_digest = base.digest;
+                    self.finalized_timestamp = base.timestamp_ms;
+                    self.recent.clear();
+                    self.after_finalization();
+                    self.progress(context);
+                }
             }
         }
     }
@@ -330,21 +386,48 @@ where
 
     fn propose<E: Clock>(&mut self, context: &E, ctx: Context, response: oneshot::Sender<Digest>) {
         let parent = hash(&ctx.parent.1);
+        let parent_time = self.timestamp_of(&parent).unwrap_or(0);
+        let interval = self.config.empty_block_interval.as_millis() as u64;
+        self.pending_propose = Some(PendingPropose {
+            context: ctx,
+            response,
+            deadline_ms: parent_time.saturating_add(interval),
+        });
+        self.propose_if_due(context);
+    }
+
+    /// Proposes the pending block if there is something to include or the empty-block interval
+    /// has passed.
+    fn propose_if_due<E: Clock>(&mut self, context: &E) {
+        let Some(pending) = self.pending_propose.take() else {
+            return;
+        };
+        if pending.response.is_closed() {
+            return;
+        }
+        let parent = hash(&pending.context.parent.1);
         // Build only on a parent whose state we know; otherwise decline (the view is skipped)
         // and fetch what is missing for next time.
         let Some(parent_state) = self.state_after(&parent) else {
             debug!(%parent, "declining to propose: parent state unknown");
+            self.want(parent);
             return;
         };
+        let now = Self::now_ms(context);
+        if now < pending.deadline_ms && self.mempool.candidates(parent_state).next().is_none() {
+            self.pending_propose = Some(pending);
+            return;
+        }
+        let response = pending.response;
         let parent_state = parent_state.clone();
         let parent_time = self.timestamp_of(&parent).unwrap_or(0);
-        let timestamp = Self::now_ms(context).max(parent_time);
+        let timestamp = now.max(parent_time);
         let (block, state, _skipped) = Block::build(
             &parent_state,
             parent,
             timestamp,
             self.mempool.candidates(&parent_state),
-            self.max_block_txs,
+            self.config.max_block_txs,
         );
         let block_digest = block.digest();
         debug!(height = block.height, txs = block.txs.len(), digest = %block_digest, "proposing");
@@ -386,13 +469,14 @@ where
         }
         for digest in chain.into_iter().rev() {
             let block = &self.blocks[&digest];
-            let parent = self.state_after(&block.parent).expect("executed in order");
-            let mempool = &self.mempool;
+            let chain = self.finalized.chain;
+            let mempool = &mut self.mempool;
             let checked: Vec<bool> = block
                 .txs
                 .iter()
-                .map(|tx| mempool.contains(&tx.hash()))
+                .map(|tx| mempool.signature_checked(tx, &chain))
                 .collect();
+            let parent = self.state_after(&block.parent).expect("executed in order");
             match block.execute(parent, |i| checked[i]) {
                 Ok((state, _)) => {
                     self.states.insert(digest, state);
@@ -500,8 +584,10 @@ where
                         return;
                     };
                     if block.height <= self.finalized.height {
-                        error!(%top, "finalized chain conflicts with an earlier finalized block");
-                        return;
+                        // Below what this node already applied (it advanced by fetching
+                        // blocks from peers): nothing left to do for this certificate.
+                        chain.clear();
+                        break;
                     }
                     chain.push(cursor);
                     cursor = block.parent;
@@ -584,6 +670,7 @@ where
     fn tick<E: Clock>(&mut self, context: &E) {
         self.relay_txs();
         self.progress(context);
+        self.propose_if_due(context);
     }
 
     fn on_network<E: Clock>(&mut self, context: &E, peer: PublicKey, bytes: IoBuf) {
@@ -626,6 +713,7 @@ where
                     // Errors are expected (duplicates, races with finality); nothing to answer.
                     let _ = self.mempool.admit(tx, &self.finalized);
                 }
+                self.propose_if_due(context);
             }
         }
     }

@@ -15,8 +15,7 @@ use commonware_utils::channel::mpsc;
 use commonware_utils::{NZDuration, NZU16, NZUsize};
 use rand_core::CryptoRng;
 
-use super::app::{App, Base, Finalized, Mailbox};
-use super::mempool::MempoolLimits;
+use super::app::{App, AppConfig, Base, Finalized, Mailbox};
 use super::{PrivateKey, PublicKey, Scheme, committee_set, genesis_digest, namespace};
 use crate::state::Genesis;
 
@@ -35,8 +34,7 @@ pub struct ValidatorConfig {
     pub base: Base,
     /// Prefix of the engine's journal partition (`[A-Za-z0-9_-]`); one journal per epoch.
     pub partition_prefix: String,
-    pub mempool: MempoolLimits,
-    pub max_block_txs: usize,
+    pub app: AppConfig,
     /// How long to wait for a leader's proposal before voting to skip the view.
     pub leader_timeout: Duration,
 }
@@ -48,8 +46,7 @@ impl ValidatorConfig {
             key,
             base,
             partition_prefix: "agora_ledger".into(),
-            mempool: MempoolLimits::default(),
-            max_block_txs: 5_000,
+            app: AppConfig::default(),
             leader_timeout: Duration::from_secs(1),
         }
     }
@@ -82,12 +79,7 @@ where
     let me = config.key.public_key();
     let scheme = Scheme::signer(&namespace(&chain), committee, config.key)
         .ok_or_else(|| format!("this node's key {me} is not in the committee"))?;
-    let (app, mailbox, finalized) = App::new(
-        config.base,
-        channels.blocks,
-        config.mempool,
-        config.max_block_txs,
-    );
+    let (app, mailbox, finalized) = App::new(config.base, channels.blocks, config.app);
     let leader_timeout = config.leader_timeout;
     let engine = Engine::new(
         context.child("simplex"),

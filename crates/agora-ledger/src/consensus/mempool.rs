@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use ed25519_dalek::VerifyingKey;
+
 use crate::account::Account;
 use crate::state::{State, TxError};
 use crate::tx::{Hash, Tx};
@@ -36,16 +38,24 @@ pub enum Rejected {
     TooFarAhead { seq: u64, next: u64, max_ahead: u64 },
     #[error("the mempool is full; try again shortly")]
     Full,
+    #[error(
+        "committee changes are not accepted yet: validators cannot switch committees at run time"
+    )]
+    CommitteeChangesDisabled,
 }
 
 #[derive(Default)]
 pub(crate) struct Mempool {
     limits: MempoolLimits,
     accounts: BTreeMap<(Account, u64), (Hash, Tx)>,
-    /// Committee changes, by hash.
-    others: BTreeMap<Hash, Tx>,
-    hashes: HashMap<Hash, Option<(Account, u64)>>,
+    hashes: HashMap<Hash, (Account, u64)>,
+    /// Decompressed keys of accounts seen (`None`: not a curve point), so each is decompressed
+    /// once rather than for every transaction.
+    keys: HashMap<Account, Option<VerifyingKey>>,
 }
+
+/// Past this many cached keys the cache starts over.
+const MAX_CACHED_KEYS: usize = 200_000;
 
 impl Mempool {
     pub fn new(limits: MempoolLimits) -> Self {
@@ -53,10 +63,6 @@ impl Mempool {
             limits,
             ..Default::default()
         }
-    }
-
-    pub fn contains(&self, hash: &Hash) -> bool {
-        self.hashes.contains_key(hash)
     }
 
     /// Admits a transaction checked against `state` (the last finalized state). Returns its hash
@@ -75,7 +81,7 @@ impl Mempool {
                 let body = &signed.body;
                 let next = state.account(&body.from).seq;
                 if body.seq == next {
-                    state.check(&tx, false).map_err(Rejected::Invalid)?;
+                    state.check(&tx, true).map_err(Rejected::Invalid)?;
                 } else {
                     // Queued behind transactions not yet final: check what does not depend
                     // on them now, the rest when a block is built.
@@ -93,51 +99,69 @@ impl Mempool {
                         });
                     }
                     state.check_static(signed).map_err(Rejected::Invalid)?;
-                    if !signed.signature_valid(&state.chain) {
-                        return Err(Rejected::Invalid(TxError::BadSignature));
-                    }
+                }
+                let crate::tx::Action::Transfer { to, .. } = &body.action;
+                if self.key(to).is_none() {
+                    return Err(Rejected::Invalid(TxError::BadRecipient));
+                }
+                let valid = self
+                    .key(&body.from)
+                    .is_some_and(|key| signed.signature_valid_with(&key, &state.chain));
+                if !valid {
+                    return Err(Rejected::Invalid(TxError::BadSignature));
                 }
                 let key = (body.from, body.seq);
                 if self.accounts.contains_key(&key) {
                     return Err(Rejected::Conflict { seq: body.seq });
                 }
                 self.accounts.insert(key, (hash, tx));
-                self.hashes.insert(hash, Some(key));
+                self.hashes.insert(hash, key);
             }
             Tx::Committee(_) => {
-                state.check(&tx, false).map_err(Rejected::Invalid)?;
-                self.others.insert(hash, tx);
-                self.hashes.insert(hash, None);
+                // The state machine applies committee changes at epoch boundaries, but the
+                // engine does not yet restart with the new committee then; until it does, such
+                // a change would leave the ledger's committee and consensus disagreeing.
+                return Err(Rejected::CommitteeChangesDisabled);
             }
         }
         Ok((hash, true))
     }
 
-    /// Candidates for a block on top of `state`, in an order that applies: committee changes,
-    /// then each account's transactions by sequence. All signatures were verified on admission.
-    pub fn candidates<'a>(&'a self, state: &'a State) -> impl Iterator<Item = (Tx, bool)> + 'a {
-        let others = self.others.values().map(|tx| (tx.clone(), true));
-        let accounts = self
-            .accounts
-            .iter()
-            .filter(move |((account, seq), _)| *seq >= state.account(account).seq)
-            .map(|(_, (_, tx))| (tx.clone(), true));
-        others.chain(accounts)
+    /// Whether a transaction in someone else's block is correctly signed: admitted here already
+    /// (verified then), or verified now with the cached key.
+    pub fn signature_checked(&mut self, tx: &Tx, chain: &Hash) -> bool {
+        if self.hashes.contains_key(&tx.hash()) {
+            return true;
+        }
+        match tx {
+            Tx::Account(signed) => self
+                .key(&signed.body.from)
+                .is_some_and(|key| signed.signature_valid_with(&key, chain)),
+            Tx::Committee(_) => false,
+        }
     }
 
-    /// Drops what `state` (newly finalized) makes impossible: used sequence numbers and
-    /// committee changes that no longer apply.
+    fn key(&mut self, account: &Account) -> Option<VerifyingKey> {
+        if self.keys.len() >= MAX_CACHED_KEYS {
+            self.keys.clear();
+        }
+        *self.keys.entry(*account).or_insert_with(|| account.key())
+    }
+
+    /// Candidates for a block on top of `state`, in an order that applies: each account's
+    /// transactions by sequence. All signatures were verified on admission.
+    pub fn candidates<'a>(&'a self, state: &'a State) -> impl Iterator<Item = (Tx, bool)> + 'a {
+        self.accounts
+            .iter()
+            .filter(move |((account, seq), _)| *seq >= state.account(account).seq)
+            .map(|(_, (_, tx))| (tx.clone(), true))
+    }
+
+    /// Drops what `state` (newly finalized) makes impossible: used sequence numbers.
     pub fn prune(&mut self, state: &State) {
         let hashes = &mut self.hashes;
         self.accounts.retain(|(account, seq), (hash, _)| {
             let keep = *seq >= state.account(account).seq;
-            if !keep {
-                hashes.remove(hash);
-            }
-            keep
-        });
-        self.others.retain(|hash, tx| {
-            let keep = state.check(tx, true).is_ok();
             if !keep {
                 hashes.remove(hash);
             }

@@ -14,7 +14,7 @@ mod engine;
 mod mempool;
 mod wire;
 
-pub use app::{Base, Finalized, Mailbox, Submitted};
+pub use app::{AppConfig, Base, Finalized, Mailbox, Submitted};
 pub use engine::{Channels, Running, ValidatorConfig, start_validator};
 pub use mempool::{MempoolLimits, Rejected};
 pub use wire::BlockMsg;

@@ -1,0 +1,1035 @@
+//! The ledger on a running node: follows the chain (gossiped and fetched finalized blocks,
+//! verified by their certificates), stores it, serves it to peers, submits the node's own
+//! payments, and, on validators, runs the simplex engine on its own Commonware runtime thread.
+
+mod store;
+mod wire;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agora_net::{GossipMessage, Handle, InboundRequest};
+use commonware_codec::{Copying, Decode as _, Encode as _};
+use commonware_cryptography::certificate::Verifier as _;
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use store::ChainStore;
+pub use store::{SNAPSHOT_EVERY, StoreError, StoredBlock};
+use wire::{
+    Announcement, MAX_ANNOUNCED_BLOCK, MAX_BLOCKS_BYTES, MAX_BLOCKS_PER_REQUEST, Request, Response,
+};
+
+use crate::account::Account;
+use crate::block::Block;
+use crate::consensus::{
+    self, AppConfig, Base, CHANNEL_BLOCKS, CHANNEL_CERTIFICATES, CHANNEL_RESOLVER, CHANNEL_VOTES,
+    Channels, Finalization, Mailbox, Scheme, ValidatorConfig,
+};
+use crate::state::{AccountState, Effect, Genesis, State, TxError};
+use crate::tx::{AccountTx, Action, Hash, Tx};
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/ledger/1.0.0");
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `pay` waits for finality before giving up.
+pub const FINALITY_WAIT: Duration = Duration::from_secs(30);
+/// How often a node compares its height with a peer's when nothing new arrived.
+const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+/// Unapplied blocks held at most this far above the tip.
+const MAX_PENDING_AHEAD: u64 = 4_096;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub genesis: Genesis,
+    /// Run consensus as one of the committee's validators.
+    pub validator: bool,
+    /// Where the engine keeps its vote journal.
+    pub consensus_dir: PathBuf,
+    pub app: AppConfig,
+    pub leader_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid genesis: {0}")]
+    Genesis(String),
+    #[error("{0}")]
+    Validator(String),
+    #[error("the node's identity is not an ed25519 key")]
+    Identity,
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Tx(#[from] TxError),
+    #[error("no validator could be reached to submit the transaction: {0}")]
+    NoValidator(String),
+    #[error("not final within {0:?}; it may still be included later (check with `agora tx`)")]
+    NotFinal(Duration),
+    #[error("the transaction was dropped: another transaction of this account used sequence {0}")]
+    Replaced(u64),
+    #[error("the ledger is shutting down")]
+    Stopped,
+}
+
+/// A finalized transaction, as `agora tx` and the history show it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TxRecord {
+    pub hash: Hash,
+    pub height: u64,
+    pub index: u32,
+    pub block_time_ms: u64,
+    pub tx: Tx,
+    pub effect: Option<Effect>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub chain: String,
+    pub chain_id: Hash,
+    pub height: u64,
+    pub digest: Hash,
+    pub state_root: Hash,
+    pub last_block_time_ms: u64,
+    pub committee: Vec<Account>,
+    pub validator: bool,
+    /// Transactions per second over the last minute of finalized blocks.
+    pub tx_per_sec: f64,
+    pub blocks_per_sec: f64,
+    /// Transactions applied since this node started.
+    pub applied_txs: u64,
+    pub supply: u128,
+    pub burned: u64,
+    pub min_fee: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Payment {
+    pub hash: Hash,
+    pub height: u64,
+    pub finality_ms: u64,
+    pub seq: u64,
+    pub fee: u64,
+}
+
+struct Pending {
+    block: Option<Block>,
+    digest: Hash,
+    certified: bool,
+    certificate: Option<Vec<u8>>,
+}
+
+struct Inner {
+    state: State,
+    digest: Hash,
+    timestamp_ms: u64,
+    /// Blocks above the tip not applied yet (a gap or no certificate yet), by height.
+    pending: BTreeMap<u64, Pending>,
+    /// Own next sequence number, counting submitted transactions not final yet.
+    next_seq: u64,
+    /// (when applied, height, transactions) of recent blocks, for rates.
+    recent: VecDeque<(Instant, u64, usize)>,
+    /// Transactions applied since this node started.
+    applied_txs: u64,
+}
+
+struct ValidatorHandle {
+    mailbox: Mailbox,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    transport: agora_consensus_net::Transport,
+}
+
+pub struct Ledger {
+    net: Handle,
+    genesis: Genesis,
+    chain: Hash,
+    topic: String,
+    account: Account,
+    key: ed25519_dalek::SigningKey,
+    store: ChainStore,
+    verifier: Scheme,
+    committee_peers: Vec<PeerId>,
+    inner: Mutex<Inner>,
+    tip: broadcast::Sender<u64>,
+    sync_now: tokio::sync::Notify,
+    validator: Mutex<Option<ValidatorHandle>>,
+    stop: CancellationToken,
+}
+
+impl Ledger {
+    /// Opens the chain in the node's database and starts following it (and validating, if
+    /// configured).
+    pub async fn start(
+        net: Handle,
+        keypair: &libp2p_identity::Keypair,
+        db: Arc<agora_store::Db>,
+        config: Config,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, LedgerError> {
+        config.genesis.validate().map_err(LedgerError::Genesis)?;
+        let ed = keypair
+            .clone()
+            .try_into_ed25519()
+            .map_err(|_| LedgerError::Identity)?;
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(ed.secret().as_ref());
+        let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+        let account = Account::from_key(&key.verifying_key());
+        let genesis = config.genesis.clone();
+        let chain = genesis.chain_id();
+        let (store, loaded) = {
+            let genesis = genesis.clone();
+            tokio::task::spawn_blocking(move || ChainStore::open(db, &genesis))
+                .await
+                .map_err(|e| LedgerError::Validator(e.to_string()))??
+        };
+        let committee =
+            consensus::committee_set(&loaded.state.committee).map_err(LedgerError::Genesis)?;
+        let committee_peers = loaded
+            .state
+            .committee
+            .iter()
+            .filter_map(consensus::public_key)
+            .map(|k| agora_consensus_net::peer_id(&k))
+            .collect();
+        let verifier = Scheme::verifier(&consensus::namespace(&chain), committee);
+        info!(chain = %genesis.chain, height = loaded.state.height, %account, "ledger loaded");
+        let next_seq = loaded.state.account(&account).seq;
+        let ledger = Arc::new(Ledger {
+            net: net.clone(),
+            topic: format!("agora/ledger/{}/blocks", &chain.to_hex()[..16]),
+            genesis,
+            chain,
+            account,
+            key,
+            store,
+            verifier,
+            committee_peers,
+            inner: Mutex::new(Inner {
+                state: loaded.state,
+                digest: loaded.digest,
+                timestamp_ms: loaded.timestamp_ms,
+                pending: BTreeMap::new(),
+                next_seq,
+                recent: VecDeque::new(),
+                applied_txs: 0,
+            }),
+            tip: broadcast::channel(64).0,
+            sync_now: tokio::sync::Notify::new(),
+            validator: Mutex::new(None),
+            stop,
+        });
+        ledger.serve()?;
+        let (gossip_tx, gossip_rx) = mpsc::channel(256);
+        net.subscribe(&ledger.topic, gossip_tx)
+            .await
+            .map_err(|e| LedgerError::Validator(format!("cannot subscribe to blocks: {e}")))?;
+        tokio::spawn(Self::gossip_loop(Arc::downgrade(&ledger), gossip_rx));
+        tokio::spawn(Self::sync_loop(Arc::downgrade(&ledger)));
+        if config.validator {
+            ledger.start_validator(&config, &secret).await?;
+        }
+        Ok(ledger)
+    }
+
+    pub fn account(&self) -> Account {
+        self.account
+    }
+
+    pub fn is_validator(&self) -> bool {
+        self.validator.lock().unwrap().is_some()
+    }
+
+    /// The own consensus application, on validators.
+    fn mailbox(&self) -> Option<Mailbox> {
+        self.validator
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|v| v.mailbox.clone())
+    }
+
+    async fn start_validator(
+        self: &Arc<Self>,
+        config: &Config,
+        secret: &[u8; 32],
+    ) -> Result<(), LedgerError> {
+        let base = {
+            let inner = self.inner.lock().unwrap();
+            if !inner.state.committee.contains(&self.account) {
+                return Err(LedgerError::Validator(format!(
+                    "--validator: this node's account {} is not in the ledger's committee",
+                    self.account
+                )));
+            }
+            Base {
+                state: inner.state.clone(),
+                digest: inner.digest,
+                timestamp_ms: inner.timestamp_ms,
+            }
+        };
+        let committee_keys: Vec<_> = base
+            .state
+            .committee
+            .iter()
+            .filter_map(consensus::public_key)
+            .collect();
+        let (transport, mut channels, blocker) = agora_consensus_net::Transport::start(
+            self.net.clone(),
+            committee_keys,
+            agora_consensus_net::Config {
+                channels: vec![
+                    CHANNEL_VOTES,
+                    CHANNEL_CERTIFICATES,
+                    CHANNEL_RESOLVER,
+                    CHANNEL_BLOCKS,
+                ],
+                ..Default::default()
+            },
+        );
+        let mut take = |c| channels.remove(&c).expect("channel configured above");
+        let channels = Channels {
+            votes: take(CHANNEL_VOTES),
+            certificates: take(CHANNEL_CERTIFICATES),
+            resolver: take(CHANNEL_RESOLVER),
+            blocks: take(CHANNEL_BLOCKS),
+        };
+        let mut validator_config =
+            ValidatorConfig::new(self.genesis.clone(), consensus::private_key(secret), base);
+        validator_config.app = config.app;
+        validator_config.leader_timeout = config.leader_timeout;
+        std::fs::create_dir_all(&config.consensus_dir).map_err(|e| {
+            LedgerError::Validator(format!(
+                "cannot create {}: {e}",
+                config.consensus_dir.display()
+            ))
+        })?;
+        let runtime_config = commonware_runtime::tokio::Config::new()
+            .with_storage_directory(config.consensus_dir.clone())
+            .with_worker_threads(2);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("agora-consensus".into())
+            .spawn(move || {
+                use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
+                commonware_runtime::tokio::Runner::new(runtime_config).start(|context| async move {
+                    match consensus::start_validator(
+                        context.child("ledger"),
+                        validator_config,
+                        channels,
+                        blocker,
+                    ) {
+                        Ok(running) => {
+                            let _ = ready_tx.send(Ok((running.mailbox, running.finalized)));
+                            let _ = stop_rx.await;
+                            let _ = context.stop(0, Some(Duration::from_secs(5))).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                })
+            })
+            .map_err(|e| LedgerError::Validator(format!("cannot start consensus thread: {e}")))?;
+        let (mailbox, finalized) = match ready_rx.await {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(e)) => return Err(LedgerError::Validator(e)),
+            Err(_) => {
+                return Err(LedgerError::Validator(
+                    "consensus thread died at start".into(),
+                ));
+            }
+        };
+        *self.validator.lock().unwrap() = Some(ValidatorHandle {
+            mailbox,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            transport,
+        });
+        tokio::spawn(Self::finalized_loop(Arc::downgrade(self), finalized));
+        info!("validating: consensus engine started");
+        Ok(())
+    }
+
+    /// Stops consensus (if running) and waits for its thread.
+    pub async fn shutdown(&self) {
+        let handle = self.validator.lock().unwrap().take();
+        if let Some(mut handle) = handle {
+            if let Some(stop) = handle.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(thread) = handle.thread.take() {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            handle.transport.shutdown();
+        }
+    }
+
+    // ---- applying finalized blocks ----
+
+    /// Blocks the own consensus engine finalized: already executed and checked by it.
+    async fn finalized_loop(
+        ledger: std::sync::Weak<Self>,
+        mut finalized: mpsc::UnboundedReceiver<consensus::Finalized>,
+    ) {
+        while let Some(f) = finalized.recv().await {
+            let Some(ledger) = ledger.upgrade() else {
+                return;
+            };
+            let certificate = f.finalization.as_ref().map(|c| c.encode().to_vec());
+            let height = f.block.height;
+            let announce = certificate.clone().filter(|_| {
+                // One validator announces each block (they take turns by height).
+                let index = ledger
+                    .committee_peers
+                    .iter()
+                    .position(|p| *p == ledger.net.local_peer_id());
+                index.is_some_and(|i| height % ledger.committee_peers.len() as u64 == i as u64)
+            });
+            let block_bytes = f.block.encode();
+            let result = {
+                let ledger = ledger.clone();
+                let block = f.block;
+                let digest = f.digest;
+                tokio::task::spawn_blocking(move || {
+                    ledger.apply(vec![(block, digest, certificate)], false)
+                })
+                .await
+            };
+            if let Ok(Err(e)) = result {
+                warn!("cannot store finalized block {height}: {e}");
+            }
+            if let Some(certificate) = announce {
+                let announcement = Announcement {
+                    height,
+                    digest: f.digest,
+                    certificate,
+                    block: (block_bytes.len() <= MAX_ANNOUNCED_BLOCK).then_some(block_bytes),
+                };
+                if let Err(e) = ledger
+                    .net
+                    .publish(&ledger.topic, wire::encode(&announcement))
+                    .await
+                {
+                    debug!("cannot announce block {height}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Applies consecutive finalized blocks on top of the tip and stores them. Blocks at or
+    /// below the tip are skipped (already applied by another path). Runs on a blocking thread.
+    fn apply(
+        &self,
+        blocks: Vec<(Block, Hash, Option<Vec<u8>>)>,
+        notify_engine: bool,
+    ) -> Result<(), LedgerError> {
+        let mut inner = self.inner.lock().unwrap();
+        let mut state = inner.state.clone();
+        let mut digest = inner.digest;
+        let mut timestamp = inner.timestamp_ms;
+        let mut applied = Vec::new();
+        for (block, block_digest, certificate) in blocks {
+            if block.height <= state.height {
+                continue;
+            }
+            if block.height != state.height + 1 || block.parent != digest {
+                warn!(
+                    height = block.height,
+                    "finalized block does not link to the tip; ignored"
+                );
+                break;
+            }
+            // Signatures were checked by the validators that certified it (and by ours).
+            match block.execute(&state, |_| true) {
+                Ok((next, _)) => {
+                    state = next;
+                    digest = block_digest;
+                    timestamp = block.timestamp_ms;
+                    applied.push((block, certificate));
+                }
+                Err(e) => {
+                    warn!(
+                        height = block.height,
+                        "finalized block does not execute: {e}"
+                    );
+                    break;
+                }
+            }
+        }
+        if applied.is_empty() {
+            return Ok(());
+        }
+        self.store.append(&applied, &state, digest, timestamp)?;
+        let now = Instant::now();
+        for (block, _) in &applied {
+            inner.recent.push_back((now, block.height, block.txs.len()));
+            inner.applied_txs += block.txs.len() as u64;
+        }
+        while inner
+            .recent
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            inner.recent.pop_front();
+        }
+        let own_seq = state.account(&self.account).seq;
+        inner.next_seq = inner.next_seq.max(own_seq);
+        inner.state = state;
+        inner.digest = digest;
+        inner.timestamp_ms = timestamp;
+        let height = inner.state.height;
+        inner.pending.retain(|h, _| *h > height);
+        let base = notify_engine.then(|| Base {
+            state: inner.state.clone(),
+            digest,
+            timestamp_ms: timestamp,
+        });
+        drop(inner);
+        if let Some(base) = base
+            && let Some(v) = self.validator.lock().unwrap().as_ref()
+        {
+            v.mailbox.advance(base);
+        }
+        let _ = self.tip.send(height);
+        Ok(())
+    }
+
+    fn verify_certificate(&self, certificate: &[u8], digest: &Hash) -> bool {
+        let Ok(f) = Finalization::decode_cfg(
+            Copying(certificate),
+            &self.verifier.certificate_codec_config(),
+        ) else {
+            return false;
+        };
+        f.proposal.payload == consensus::digest(*digest)
+            && f.verify(
+                &mut commonware_utils::sys_rng(),
+                &self.verifier,
+                &commonware_parallel::Sequential,
+            )
+    }
+
+    /// Takes blocks from peers (gossip or fetch) into the pending set and applies every run
+    /// from the tip up to a block with a valid certificate. Returns whether a gap remains.
+    fn receive(&self, blocks: Vec<(Option<Block>, Hash, Option<Vec<u8>>)>) -> bool {
+        let mut ready = Vec::new();
+        let gap = {
+            let mut inner = self.inner.lock().unwrap();
+            let tip = inner.state.height;
+            for (block, digest, certificate) in blocks {
+                // An announcement without its block (too large to gossip): the block comes
+                // with the next fetch.
+                let Some(height) = block.as_ref().map(|b| b.height) else {
+                    continue;
+                };
+                if height <= tip || height > tip + MAX_PENDING_AHEAD {
+                    continue;
+                }
+                let certified = certificate
+                    .as_deref()
+                    .is_some_and(|c| self.verify_certificate(c, &digest));
+                let entry = inner.pending.entry(height).or_insert(Pending {
+                    block: None,
+                    digest,
+                    certified: false,
+                    certificate: None,
+                });
+                if entry.digest != digest {
+                    // Another block for the same height: only a certified one may replace.
+                    if !certified || entry.certified {
+                        continue;
+                    }
+                    entry.digest = digest;
+                    entry.block = None;
+                }
+                if entry.block.is_none() {
+                    entry.block = block;
+                }
+                if certified && !entry.certified {
+                    entry.certified = true;
+                    entry.certificate = certificate;
+                }
+            }
+            // Find the longest linked run from the tip ending in a certified block.
+            let mut parent = inner.digest;
+            let mut height = tip + 1;
+            let mut last_certified = None;
+            while let Some(p) = inner.pending.get(&height) {
+                match &p.block {
+                    Some(b) if b.parent == parent => {}
+                    _ => break,
+                }
+                if p.certified {
+                    last_certified = Some(height);
+                }
+                parent = p.digest;
+                height += 1;
+            }
+            if let Some(end) = last_certified {
+                for h in tip + 1..=end {
+                    let p = inner.pending.remove(&h).expect("walked above");
+                    ready.push((p.block.expect("walked above"), p.digest, p.certificate));
+                }
+            }
+            // Anything left above the tip waits for a missing block or a certificate.
+            !inner.pending.is_empty()
+        };
+        if !ready.is_empty()
+            && let Err(e) = self.apply(ready, true)
+        {
+            warn!("cannot apply fetched blocks: {e}");
+        }
+        gap
+    }
+
+    async fn gossip_loop(ledger: std::sync::Weak<Self>, mut rx: mpsc::Receiver<GossipMessage>) {
+        while let Some(message) = rx.recv().await {
+            let Some(ledger) = ledger.upgrade() else {
+                return;
+            };
+            let verdict = ledger.clone().on_announcement(message.data.clone()).await;
+            let _ = ledger
+                .net
+                .validate(message.id, message.source, verdict)
+                .await;
+        }
+    }
+
+    async fn on_announcement(self: Arc<Self>, data: Vec<u8>) -> MessageAcceptance {
+        let Some(a) = wire::decode::<Announcement>(&data) else {
+            return MessageAcceptance::Reject;
+        };
+        let block = match &a.block {
+            Some(bytes) => match Block::decode(bytes) {
+                Ok(b) if b.digest() == a.digest && b.height == a.height => Some(b),
+                _ => return MessageAcceptance::Reject,
+            },
+            None => None,
+        };
+        let ledger = self.clone();
+        let verdict = tokio::task::spawn_blocking(move || {
+            if !ledger.verify_certificate(&a.certificate, &a.digest) {
+                return MessageAcceptance::Reject;
+            }
+            if ledger.receive(vec![(block, a.digest, Some(a.certificate))]) {
+                ledger.sync_now.notify_one();
+            }
+            MessageAcceptance::Accept
+        })
+        .await
+        .unwrap_or(MessageAcceptance::Ignore);
+        if self.height() + 1 < a.height {
+            self.sync_now.notify_one();
+        }
+        verdict
+    }
+
+    /// Catches up from peers: asks one for its height and fetches what this node lacks.
+    async fn sync_loop(ledger: std::sync::Weak<Self>) {
+        loop {
+            let Some(this) = ledger.upgrade() else { return };
+            let stop = this.stop.clone();
+            let wait = async {
+                tokio::select! {
+                    _ = this.sync_now.notified() => {}
+                    _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = wait => {}
+            }
+            if let Err(e) = this.sync_once().await {
+                debug!("ledger sync: {e}");
+            }
+        }
+    }
+
+    async fn sync_once(self: &Arc<Self>) -> Result<(), String> {
+        let peers = self.net.peers().await.map_err(|e| e.to_string())?;
+        // Validators first: they have every block.
+        let mut candidates: Vec<PeerId> = peers
+            .iter()
+            .filter_map(|p| p.peer_id.parse().ok())
+            .collect();
+        candidates.sort_by_key(|p| !self.committee_peers.contains(p));
+        for peer in candidates.into_iter().take(4) {
+            let Ok(Response::Status { chain, height, .. }) = self.ask(peer, &Request::Status).await
+            else {
+                continue;
+            };
+            if chain != self.chain || height <= self.height() {
+                continue;
+            }
+            // Fetch until caught up with this peer (bounded by its height).
+            let mut rounds = 0;
+            while self.height() < height && rounds < 1_000 {
+                rounds += 1;
+                let from = self.height() + 1;
+                let Ok(Response::Blocks(blocks)) = self
+                    .ask(
+                        peer,
+                        &Request::Blocks {
+                            from,
+                            max: MAX_BLOCKS_PER_REQUEST,
+                        },
+                    )
+                    .await
+                else {
+                    break;
+                };
+                if blocks.is_empty() {
+                    break;
+                }
+                let mut batch = Vec::new();
+                for stored in blocks {
+                    let Ok(block) = Block::decode(&stored.block) else {
+                        return Err(format!("{peer} sent an undecodable block"));
+                    };
+                    let digest = block.digest();
+                    batch.push((Some(block), digest, stored.certificate));
+                }
+                let ledger = self.clone();
+                let before = self.height();
+                tokio::task::spawn_blocking(move || ledger.receive(batch))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if self.height() == before
+                    && self.inner.lock().unwrap().pending.len() as u64 > MAX_PENDING_AHEAD / 2
+                {
+                    return Err(format!("{peer} sent blocks that do not apply"));
+                }
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    async fn ask(&self, peer: PeerId, request: &Request) -> Result<Response, String> {
+        let bytes = self
+            .net
+            .request(peer, PROTOCOL, wire::encode(request), REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        wire::decode(&bytes).ok_or_else(|| format!("{peer} sent a malformed answer"))
+    }
+
+    fn serve(self: &Arc<Self>) -> Result<(), LedgerError> {
+        let (tx, mut rx) = mpsc::channel::<InboundRequest>(64);
+        self.net
+            .serve(PROTOCOL, tx)
+            .map_err(|e| LedgerError::Validator(format!("cannot serve {PROTOCOL}: {e}")))?;
+        let ledger = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                let Some(ledger) = ledger.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let response = ledger.on_request(&req.data).await;
+                    let _ = req.reply.send(wire::encode(&response));
+                });
+            }
+        });
+        Ok(())
+    }
+
+    async fn on_request(self: &Arc<Self>, data: &[u8]) -> Response {
+        let Some(request) = wire::decode::<Request>(data) else {
+            return Response::Error("malformed request".into());
+        };
+        match request {
+            Request::Status => {
+                let inner = self.inner.lock().unwrap();
+                Response::Status {
+                    chain: self.chain,
+                    height: inner.state.height,
+                    digest: inner.digest,
+                    validator: self.is_validator(),
+                }
+            }
+            Request::Blocks { from, max } => {
+                let store = self.store.clone();
+                let max = max.clamp(1, MAX_BLOCKS_PER_REQUEST) as usize;
+                match tokio::task::spawn_blocking(move || {
+                    store.blocks_from(from.max(1), max, MAX_BLOCKS_BYTES)
+                })
+                .await
+                {
+                    Ok(Ok(blocks)) => Response::Blocks(blocks),
+                    Ok(Err(e)) => Response::Error(e.to_string()),
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
+            Request::Submit(bytes) => {
+                let tx = match Tx::decode(&bytes) {
+                    Ok(tx) => tx,
+                    Err(e) => return Response::Submitted(Err(e.to_string())),
+                };
+                match self.mailbox() {
+                    None => Response::Submitted(Err("this node is not a validator".into())),
+                    Some(mailbox) => match mailbox.submit(tx).await {
+                        Some(result) => Response::Submitted(result.map_err(|e| e.to_string())),
+                        None => Response::Submitted(Err("consensus is not running".into())),
+                    },
+                }
+            }
+        }
+    }
+
+    // ---- queries ----
+
+    pub fn height(&self) -> u64 {
+        self.inner.lock().unwrap().state.height
+    }
+
+    pub fn balance(&self, account: &Account) -> AccountState {
+        self.inner.lock().unwrap().state.account(account)
+    }
+
+    pub fn status(&self) -> Status {
+        let inner = self.inner.lock().unwrap();
+        let (tx_per_sec, blocks_per_sec) = match (inner.recent.front(), inner.recent.back()) {
+            (Some(first), Some(last)) if last.0 > first.0 => {
+                let secs = last.0.duration_since(first.0).as_secs_f64();
+                let txs: usize = inner.recent.iter().skip(1).map(|r| r.2).sum();
+                (txs as f64 / secs, (inner.recent.len() - 1) as f64 / secs)
+            }
+            _ => (0.0, 0.0),
+        };
+        Status {
+            chain: self.genesis.chain.clone(),
+            chain_id: self.chain,
+            height: inner.state.height,
+            digest: inner.digest,
+            state_root: inner.state.root(),
+            last_block_time_ms: inner.timestamp_ms,
+            committee: inner.state.committee.clone(),
+            validator: self.is_validator(),
+            tx_per_sec,
+            blocks_per_sec,
+            applied_txs: inner.applied_txs,
+            supply: inner.state.supply(),
+            burned: inner.state.burned,
+            min_fee: inner.state.min_fee,
+        }
+    }
+
+    /// A finalized transaction by hash, with what it did.
+    pub fn tx(&self, hash: &Hash) -> Result<Option<TxRecord>, LedgerError> {
+        let Some((height, index)) = self.store.tx_location(hash)? else {
+            return Ok(None);
+        };
+        self.record(height, index).map(Some)
+    }
+
+    fn record(&self, height: u64, index: u32) -> Result<TxRecord, LedgerError> {
+        let stored = self
+            .store
+            .block(height)?
+            .ok_or_else(|| StoreError::Corrupt(format!("indexed block {height} is missing")))?;
+        let block = Block::decode(&stored.block)
+            .map_err(|e| StoreError::Corrupt(format!("block {height}: {e}")))?;
+        let tx = block
+            .txs
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("block {height} has no tx {index}")))?;
+        let effect = match &tx {
+            Tx::Account(signed) => {
+                let Action::Transfer { to, amount, .. } = &signed.body.action;
+                Some(Effect::Transferred {
+                    from: signed.body.from,
+                    to: *to,
+                    amount: *amount,
+                    fee: signed.body.fee,
+                })
+            }
+            Tx::Committee(c) => Some(Effect::CommitteeChanged {
+                change: c.change.clone(),
+                effective_epoch: 0,
+            }),
+        };
+        Ok(TxRecord {
+            hash: tx.hash(),
+            height,
+            index,
+            block_time_ms: block.timestamp_ms,
+            tx,
+            effect,
+        })
+    }
+
+    /// The newest `limit` transactions that sent from or paid to `account`.
+    pub fn history(&self, account: &Account, limit: usize) -> Result<Vec<TxRecord>, LedgerError> {
+        self.store
+            .history(account, limit)?
+            .into_iter()
+            .map(|(height, index)| self.record(height, index))
+            .collect()
+    }
+
+    // ---- paying ----
+
+    /// Signs a transfer from this node's account, submits it to a validator and waits until a
+    /// finalized block holds it.
+    pub async fn pay(
+        self: &Arc<Self>,
+        to: Account,
+        amount: u64,
+        memo: Option<String>,
+        fee: Option<u64>,
+    ) -> Result<Payment, LedgerError> {
+        if to.key().is_none() {
+            return Err(TxError::BadRecipient.into());
+        }
+        let mut tips = self.tip.subscribe();
+        let (tx, seq, fee) = {
+            let mut inner = self.inner.lock().unwrap();
+            let fee = fee.unwrap_or(inner.state.min_fee);
+            let state_seq = inner.state.account(&self.account).seq;
+            let seq = inner.next_seq.max(state_seq);
+            let tx = Tx::Account(
+                AccountTx {
+                    from: self.account,
+                    seq,
+                    fee,
+                    action: Action::Transfer { to, amount, memo },
+                }
+                .sign(&self.key, &self.chain),
+            );
+            if seq == state_seq {
+                inner.state.check(&tx, true)?;
+            } else if let Tx::Account(signed) = &tx {
+                inner.state.check_static(signed)?;
+            }
+            inner.next_seq = seq + 1;
+            (tx, seq, fee)
+        };
+        let hash = tx.hash();
+        let started = Instant::now();
+        if let Err(e) = self.submit(tx).await {
+            // Not taken anywhere: the sequence number is free again.
+            let mut inner = self.inner.lock().unwrap();
+            let state_seq = inner.state.account(&self.account).seq;
+            if inner.next_seq == seq + 1 {
+                inner.next_seq = state_seq.max(seq);
+            }
+            return Err(e);
+        }
+        let deadline = tokio::time::Instant::now() + FINALITY_WAIT;
+        loop {
+            if let Some((height, _)) = self.store.tx_location(&hash)? {
+                return Ok(Payment {
+                    hash,
+                    height,
+                    finality_ms: started.elapsed().as_millis() as u64,
+                    seq,
+                    fee,
+                });
+            }
+            if self.balance(&self.account).seq > seq {
+                // The sequence number was used, but not by this transaction.
+                if self.store.tx_location(&hash)?.is_none() {
+                    return Err(LedgerError::Replaced(seq));
+                }
+            }
+            tokio::select! {
+                _ = tips.recv() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let mut inner = self.inner.lock().unwrap();
+                    inner.next_seq = inner.state.account(&self.account).seq;
+                    return Err(LedgerError::NotFinal(FINALITY_WAIT));
+                }
+                _ = self.stop.cancelled() => return Err(LedgerError::Stopped),
+            }
+        }
+    }
+
+    /// Submits a transaction signed elsewhere (a wallet): checked against the finalized state,
+    /// then handed to a validator. Does not wait for finality.
+    pub async fn submit_signed(&self, bytes: &[u8]) -> Result<Hash, LedgerError> {
+        let tx = Tx::decode(bytes).map_err(|e| LedgerError::Rejected(e.to_string()))?;
+        if !self.is_validator() {
+            // Checked here so a bad transaction gets its reason before any network hop (a
+            // validator's mempool makes the same checks).
+            let inner = self.inner.lock().unwrap();
+            match &tx {
+                Tx::Account(signed) => {
+                    if !signed.signature_valid(&self.chain) {
+                        return Err(TxError::BadSignature.into());
+                    }
+                    let Action::Transfer { to, .. } = &signed.body.action;
+                    if to.key().is_none() {
+                        return Err(TxError::BadRecipient.into());
+                    }
+                    let next = inner.state.account(&signed.body.from).seq;
+                    if signed.body.seq == next {
+                        inner.state.check(&tx, true)?;
+                    } else {
+                        inner.state.check_static(signed)?;
+                        if signed.body.seq < next {
+                            return Err(TxError::WrongSequence {
+                                expected: next,
+                                got: signed.body.seq,
+                            }
+                            .into());
+                        }
+                    }
+                }
+                Tx::Committee(_) => inner.state.check(&tx, false)?,
+            }
+        }
+        self.submit(tx).await
+    }
+
+    /// A finalized block by height, with its digest and whether this node holds its own
+    /// finalization certificate (otherwise a descendant's certificate covers it).
+    pub fn block(&self, height: u64) -> Result<Option<(Block, Hash, bool)>, LedgerError> {
+        let Some(stored) = self.store.block(height)? else {
+            return Ok(None);
+        };
+        let block = Block::decode(&stored.block)
+            .map_err(|e| StoreError::Corrupt(format!("block {height}: {e}")))?;
+        let digest = block.digest();
+        Ok(Some((block, digest, stored.certificate.is_some())))
+    }
+
+    /// Whether a transaction is final: its block height.
+    pub fn finalized_at(&self, hash: &Hash) -> Result<Option<u64>, LedgerError> {
+        Ok(self.store.tx_location(hash)?.map(|(height, _)| height))
+    }
+
+    /// Hands a transaction to the own engine, or to the first validator that takes it.
+    async fn submit(&self, tx: Tx) -> Result<Hash, LedgerError> {
+        let mailbox = self.mailbox();
+        if let Some(mailbox) = mailbox {
+            return match mailbox.submit(tx).await {
+                Some(Ok(hash)) => Ok(hash),
+                Some(Err(e)) => Err(LedgerError::Rejected(e.to_string())),
+                None => Err(LedgerError::Stopped),
+            };
+        }
+        let bytes = tx.encode();
+        let mut last_error = String::from("no validator is known");
+        for peer in self.committee_peers.clone() {
+            match self.ask(peer, &Request::Submit(bytes.clone())).await {
+                Ok(Response::Submitted(Ok(hash))) => return Ok(hash),
+                Ok(Response::Submitted(Err(e))) => return Err(LedgerError::Rejected(e)),
+                Ok(_) => last_error = format!("{peer}: unexpected answer"),
+                Err(e) => last_error = format!("{peer}: {e}"),
+            }
+        }
+        Err(LedgerError::NoValidator(last_error))
+    }
+}
