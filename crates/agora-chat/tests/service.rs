@@ -14,9 +14,8 @@ use agora_chat::{
         MailboxRequest, MailboxResponse, MessageId, Refusal, Rejection, Timestamp,
     },
 };
-use agora_net::{Handle, InboundRequest, KadMode, Multiaddr};
+use agora_net::{Handle, InboundRequest, Multiaddr};
 use libp2p::identity::Keypair;
-use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -39,21 +38,9 @@ impl Drop for Peer {
 
 async fn peer(bootstrap: Vec<Multiaddr>, chat: Option<Config>) -> Peer {
     let keypair = Keypair::generate_ed25519();
-    let config = agora_net::Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
-        .with_bootstrap(bootstrap)
-        .with_kad_mode(KadMode::Auto);
-    let (net, event_loop) =
-        agora_net::new(keypair.clone(), config, &mut Registry::default()).unwrap();
-    tokio::spawn(event_loop.run());
-    let addr = wait_for(|| async {
-        net.local_info()
-            .await
-            .unwrap()
-            .addrs
-            .first()
-            .map(|a| a.parse::<Multiaddr>().unwrap())
-    })
-    .await;
+    let (net, addr) = agora_net::start_loopback(keypair.clone(), bootstrap)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let chat = match chat {

@@ -11,14 +11,13 @@ use agora_consensus_net::{
     Blocker, ChannelReceiver, ChannelSender, Config, PROTOCOL, PublicKey, RecvError, Transport,
     public_key,
 };
-use agora_net::{Handle, KadMode, Multiaddr};
+use agora_net::{Handle, Multiaddr};
 use commonware_actor::{Feedback, Unreliable};
 use commonware_p2p::{
     Blocker as _, CheckedSender as _, LimitedSender as _, Receiver as _, Recipients, Sender as _,
 };
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::{Stream, identity::Keypair};
-use prometheus_client::registry::Registry;
 
 const WAIT: Duration = Duration::from_secs(20);
 const VOTES: u64 = 0;
@@ -74,21 +73,9 @@ async fn node(keypair: Keypair, bootstrap: Vec<Multiaddr>) -> Node {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let config = agora_net::Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
-        .with_bootstrap(bootstrap)
-        .with_kad_mode(KadMode::Auto);
-    let (net, event_loop) =
-        agora_net::new(keypair.clone(), config, &mut Registry::default()).unwrap();
-    tokio::spawn(event_loop.run());
-    let addr = wait_for(|| async {
-        net.local_info()
-            .await
-            .unwrap()
-            .addrs
-            .first()
-            .map(|a| a.parse::<Multiaddr>().unwrap())
-    })
-    .await;
+    let (net, addr) = agora_net::start_loopback(keypair.clone(), bootstrap)
+        .await
+        .unwrap();
     Node {
         key: key_of(&keypair),
         keypair,
@@ -155,20 +142,6 @@ async fn mesh(members: &mut [Member]) {
                 heard.insert(from);
             }
         }
-    }
-}
-
-async fn wait_for<T, F: Future<Output = Option<T>>>(mut f: impl FnMut() -> F) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -92,3 +92,31 @@ pub fn new(
 ) -> Result<(Handle, EventLoop), BuildError> {
     event_loop::build(keypair, config, registry)
 }
+
+/// Starts a swarm on `127.0.0.1` (TCP, a port the OS picks) on the current tokio runtime,
+/// bootstrapped from `bootstrap`, and waits until it listens. For tests and tools that run
+/// several nodes in one process; the metrics go to a registry of its own.
+pub async fn start_loopback(
+    keypair: libp2p::identity::Keypair,
+    bootstrap: Vec<Multiaddr>,
+) -> Result<(Handle, Multiaddr), BuildError> {
+    let config = Config::new(vec![
+        "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
+    ])
+    .with_bootstrap(bootstrap)
+    .with_kad_mode(KadMode::Auto);
+    let (net, event_loop) = new(
+        keypair,
+        config,
+        &mut prometheus_client::registry::Registry::default(),
+    )?;
+    tokio::spawn(event_loop.run());
+    loop {
+        if let Ok(info) = net.local_info().await
+            && let Some(addr) = info.addrs.first().and_then(|a| a.parse().ok())
+        {
+            return Ok((net, addr));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

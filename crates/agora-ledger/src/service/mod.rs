@@ -3,7 +3,7 @@
 //! payments, and, on validators, runs the simplex engine on its own Commonware runtime thread.
 
 mod store;
-mod wire;
+pub mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;

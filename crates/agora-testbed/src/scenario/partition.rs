@@ -4,6 +4,11 @@
 //! is kept for later. Then the partition heals and the halves must merge: presence comes back,
 //! the held message is delivered, new room posts cross again, posts made on each side during
 //! the partition are filled in on the other, and peers on the other side are reached by id.
+//!
+//! The nodes also run a ledger with four validators, two on each side: during the partition
+//! neither side has the quorum of three, so no block is finalized anywhere (safety over
+//! liveness, as BFT promises); after the heal finality resumes and a payment is final on all
+//! eight nodes with the same balances.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +51,19 @@ fn has_message(tb: &Testbed, ctx: &Ctx, n: &Node, text: &str) -> bool {
         .unwrap_or(false)
 }
 
+fn ledger_height(tb: &Testbed, ctx: &Ctx, n: &Node) -> Option<u64> {
+    n.cli(tb, &ctx.agora, &["ledger", "status"]).ok()?["height"].as_u64()
+}
+
+fn account(dir: &std::path::Path) -> Result<agora_ledger::Account> {
+    let keypair = agora_store::DataDir::open(dir)?.load_or_create_identity()?;
+    let key = keypair
+        .public()
+        .try_into_ed25519()
+        .map_err(|_| anyhow::anyhow!("identity is not ed25519"))?;
+    Ok(agora_ledger::Account(key.to_bytes()))
+}
+
 fn check(ok: Option<()>, what: &str) -> Result<()> {
     ok.with_context(|| format!("{what} did not happen within {WAIT:?}"))
 }
@@ -70,6 +88,38 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     }
     tb.forward("router")?;
 
+    // The ledger: validators a0, a1, b0, b1; every node funded.
+    let mut accounts = Vec::new();
+    for side in ["a", "b"] {
+        for i in 0..PER_SIDE {
+            let name = format!("{side}{i}");
+            let dir = tb.dir.join(&name);
+            std::fs::create_dir_all(&dir)?;
+            accounts.push((name, account(&dir)?));
+        }
+    }
+    let is_validator = |name: &str| matches!(name, "a0" | "a1" | "b0" | "b1");
+    let genesis = agora_ledger::Genesis {
+        chain: "testbed-partition".into(),
+        validators: accounts
+            .iter()
+            .filter(|(n, _)| is_validator(n))
+            .map(|(_, a)| *a)
+            .collect(),
+        balances: accounts.iter().map(|(_, a)| (*a, 1_000_000)).collect(),
+        min_fee: 1,
+        epoch_length: 1_000_000,
+    };
+    let genesis_path = tb.dir.join("genesis.json");
+    std::fs::write(&genesis_path, serde_json::to_vec(&genesis)?)?;
+    let account_of = |name: &str| {
+        accounts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.to_string())
+            .unwrap_or_default()
+    };
+
     let mut nodes: Vec<Node> = Vec::new();
     let mut boot: Option<String> = None;
     for (side, net) in [("a", 31), ("b", 32)] {
@@ -81,7 +131,12 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
                 format!("/ip4/{ip}/tcp/4001"),
                 "--mailbox-check-interval".into(),
                 "5".into(),
+                "--genesis".into(),
+                genesis_path.display().to_string(),
             ];
+            if is_validator(&name) {
+                args.push("--validator".into());
+            }
             if let Some(b) = &boot {
                 args.extend(["--bootstrap".into(), b.clone()]);
             }
@@ -109,6 +164,16 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         }),
         "a post crossing before the partition",
     )?;
+    let before = a[3].cli(tb, &ctx.agora, &["pay", &account_of("b3"), "100"])?;
+    let before_hash = before["hash"].as_str().unwrap_or_default().to_owned();
+    check(
+        wait_for(WAIT, || {
+            b[3].cli(tb, &ctx.agora, &["tx", &before_hash])
+                .ok()
+                .map(|_| ())
+        }),
+        "a payment across the network final before the partition",
+    )?;
 
     // The partition: the router silently drops everything between the LANs.
     let rules = "table inet partition {\n chain forward_rules { type filter hook forward priority -10; policy drop; }\n}\n";
@@ -123,6 +188,13 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         "the other side showing offline",
     )?;
     let detect_ms = split.elapsed().as_millis();
+    // No quorum on either side: no block is finalized anywhere.
+    let frozen: Vec<Option<u64>> = nodes.iter().map(|n| ledger_height(tb, ctx, n)).collect();
+    std::thread::sleep(Duration::from_secs(5));
+    let later: Vec<Option<u64>> = nodes.iter().map(|n| ledger_height(tb, ctx, n)).collect();
+    if frozen != later || frozen.iter().any(Option::is_none) {
+        bail!("the ledger finalized blocks without a quorum: heights {frozen:?} then {later:?}");
+    }
 
     // Each half works on its own.
     for (side, half) in [("a", a), ("b", b)] {
@@ -154,6 +226,28 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         "presence across the healed partition",
     )?;
     let presence_ms = healed.elapsed().as_millis();
+    // Finality resumes: a payment across is final on all eight nodes, balances agree.
+    let after = b[2].cli(tb, &ctx.agora, &["pay", &account_of("a2"), "250"])?;
+    let ledger_ms = healed.elapsed().as_millis();
+    let after_hash = after["hash"].as_str().unwrap_or_default().to_owned();
+    for n in &nodes {
+        check(
+            wait_for(WAIT, || {
+                n.cli(tb, &ctx.agora, &["tx", &after_hash]).ok().map(|_| ())
+            }),
+            &format!("the payment after the heal final on {}", n.name),
+        )?;
+    }
+    let balances: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            n.cli(tb, &ctx.agora, &["balance", &account_of("a2")])
+                .map(|v| v["balance"].clone())
+        })
+        .collect::<Result<_>>()?;
+    if balances.iter().any(|b| *b != json!(1_000_250)) {
+        bail!("balances disagree after the heal: {balances:?}");
+    }
     check(
         wait_for(WAIT, || {
             has_message(tb, ctx, &b[2], "across the split").then_some(())
@@ -204,5 +298,10 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
             "room_posts_cross": gossip_ms,
         },
         "posts_made_during_partition_filled_in_ms": backfill_ms,
+        "ledger": {
+            "validators": 4,
+            "heights_frozen_during_partition": frozen,
+            "payment_final_after_heal_ms": ledger_ms,
+        },
     }))
 }

@@ -1,0 +1,259 @@
+//! The ledger service against hostile peers, in one process over real loopback sockets: a
+//! one-validator chain, a follower, and a peer that lies on every channel it has — forged
+//! gossip announcements, a sync peer claiming a long chain of uncertified blocks, garbage
+//! requests. The follower must apply none of it and then follow the real chain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agora_ledger::service::wire::{self, Announcement, Request, Response};
+use agora_ledger::service::{Config, Ledger, PROTOCOL, StoredBlock};
+use agora_ledger::{Account, Block, Genesis, Hash, State};
+use agora_net::{GossipMessage, Handle, InboundRequest, Multiaddr};
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::identity::Keypair;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn account(keypair: &Keypair) -> Account {
+    Account(keypair.public().try_into_ed25519().unwrap().to_bytes())
+}
+
+struct Node {
+    net: Handle,
+    addr: Multiaddr,
+    ledger: Arc<Ledger>,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn node(
+    keypair: &Keypair,
+    genesis: &Genesis,
+    validator: bool,
+    bootstrap: Vec<Multiaddr>,
+) -> Node {
+    let (net, addr) = agora_net::start_loopback(keypair.clone(), bootstrap)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(agora_store::Db::open(&dir.path().join("agora.redb")).unwrap());
+    let stop = CancellationToken::new();
+    let ledger = Ledger::start(
+        net.clone(),
+        keypair,
+        db,
+        Config {
+            genesis: genesis.clone(),
+            validator,
+            consensus_dir: dir.path().join("consensus"),
+            app: Default::default(),
+            leader_timeout: Duration::from_secs(1),
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    Node {
+        net,
+        addr,
+        ledger,
+        _dir: dir,
+        stop,
+    }
+}
+
+async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Blocks that execute correctly on the genesis state (right parents, right state roots) but
+/// were never ordered by the committee: they carry no valid certificate.
+fn forged_chain(genesis: &Genesis, len: u64) -> Vec<Block> {
+    let mut state = State::genesis(genesis);
+    let mut parent = genesis.chain_id();
+    let mut out = Vec::new();
+    for i in 0..len {
+        let (block, next, _) = Block::build(&state, parent, 1_000 + i, [], 10);
+        parent = block.digest();
+        state = next;
+        out.push(block);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_applies_no_forged_block_and_then_follows_the_real_chain() {
+    let (validator_key, follower_key, liar_key) = (
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+    );
+    let genesis = Genesis {
+        chain: "hostile".into(),
+        validators: vec![account(&validator_key)],
+        balances: vec![
+            (account(&validator_key), 1_000_000),
+            (account(&follower_key), 1_000_000),
+        ],
+        min_fee: 1,
+        epoch_length: 1_000_000,
+    };
+    let forged = forged_chain(&genesis, 50);
+
+    // The liar: claims height 1,000 and serves uncertified (or garbage-certified) blocks.
+    let (liar, liar_addr) = agora_net::start_loopback(liar_key.clone(), vec![])
+        .await
+        .unwrap();
+    let (tx, mut requests) = mpsc::channel::<InboundRequest>(16);
+    liar.serve(PROTOCOL, tx).unwrap();
+    let served = forged.clone();
+    let chain = genesis.chain_id();
+    tokio::spawn(async move {
+        while let Some(req) = requests.recv().await {
+            let answer = match wire::decode::<Request>(&req.data) {
+                Some(Request::Status) => Response::Status {
+                    chain,
+                    height: 1_000,
+                    digest: Hash([9; 32]),
+                    validator: true,
+                },
+                Some(Request::Blocks { from, .. }) => Response::Blocks(
+                    served
+                        .iter()
+                        .filter(|b| b.height >= from)
+                        .map(|b| StoredBlock {
+                            block: b.encode(),
+                            certificate: (b.height % 2 == 0).then(|| vec![0xAB; 200]),
+                        })
+                        .collect(),
+                ),
+                _ => Response::Error("no".into()),
+            };
+            let _ = req.reply.send(wire::encode(&answer));
+        }
+    });
+    let topic = format!("agora/ledger/{}/blocks", &chain.to_hex()[..16]);
+    let (gossip_tx, mut gossip_rx) = mpsc::channel::<GossipMessage>(16);
+    liar.subscribe(&topic, gossip_tx).await.unwrap();
+    tokio::spawn({
+        let liar = liar.clone();
+        async move {
+            while let Some(m) = gossip_rx.recv().await {
+                let _ = liar
+                    .validate(m.id, m.source, MessageAcceptance::Accept)
+                    .await;
+            }
+        }
+    });
+
+    // The follower knows only the liar at first.
+    let follower = node(&follower_key, &genesis, false, vec![liar_addr.clone()]).await;
+    wait_for("the follower to see the liar", || async {
+        follower
+            .net
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer_id == liar.local_peer_id().to_string())
+    })
+    .await;
+    // Forged announcements: a valid-looking block with a garbage certificate, garbage bytes.
+    wait_for("gossip mesh with the liar", || async {
+        liar.topic_peers(&topic)
+            .await
+            .unwrap()
+            .contains(&follower.net.local_peer_id())
+    })
+    .await;
+    for b in forged.iter().take(3) {
+        let a = Announcement {
+            height: b.height,
+            digest: b.digest(),
+            certificate: vec![7; 300],
+            block: Some(b.encode()),
+        };
+        let _ = liar.publish(&topic, wire::encode(&a)).await;
+    }
+    let _ = liar.publish(&topic, vec![0xFF; 5_000]).await;
+    // Garbage and extreme requests to the follower: answered with errors, nothing breaks.
+    for data in [
+        vec![],
+        vec![0xFF; 64],
+        wire::encode(&Request::Blocks {
+            from: u64::MAX,
+            max: u32::MAX,
+        }),
+        wire::encode(&Request::Submit(vec![1, 2, 3])),
+    ] {
+        let answer = liar
+            .request(
+                follower.net.local_peer_id(),
+                PROTOCOL,
+                data,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        match wire::decode::<Response>(&answer).unwrap() {
+            Response::Error(_) | Response::Submitted(Err(_)) | Response::Blocks(_) => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // Several sync rounds (every 2 s) against the liar, and the announcements: nothing applied.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(follower.ledger.height(), 0, "a forged block was applied");
+
+    // The real validator appears: the follower catches up with the real chain.
+    let validator = node(&validator_key, &genesis, true, vec![follower.addr.clone()]).await;
+    wait_for("the follower to follow the validator", || async {
+        follower.ledger.height() >= 5 && validator.ledger.height() >= 5
+    })
+    .await;
+    for height in 1..=5 {
+        let (a, da, _) = validator.ledger.block(height).unwrap().unwrap();
+        let (b, db, _) = follower.ledger.block(height).unwrap().unwrap();
+        assert_eq!(da, db);
+        assert_eq!(a.state_root, b.state_root);
+        assert_ne!(
+            da,
+            forged[height as usize - 1].digest(),
+            "the forged block was kept"
+        );
+    }
+    // And its own payment, submitted to the validator over the network, is final on both.
+    let paid = follower
+        .ledger
+        .pay(
+            account(&validator_key),
+            500,
+            Some("through a hostile network".into()),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_for("the payment on the validator", || async {
+        validator.ledger.tx(&paid.hash).unwrap().is_some()
+    })
+    .await;
+    assert_eq!(
+        follower.ledger.balance(&account(&follower_key)).balance,
+        1_000_000 - 501
+    );
+}
