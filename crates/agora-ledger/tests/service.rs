@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agora_ledger::consensus::AppConfig;
 use agora_ledger::service::wire::{self, Announcement, Request, Response};
 use agora_ledger::service::{Config, Ledger, PROTOCOL, StoredBlock};
 use agora_ledger::{Account, Block, Genesis, Hash, State};
@@ -25,8 +26,19 @@ struct Node {
     net: Handle,
     addr: Multiaddr,
     ledger: Arc<Ledger>,
-    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    _tmp: Option<tempfile::TempDir>,
     stop: CancellationToken,
+}
+
+impl Node {
+    /// Stops the ledger (consensus thread included) and the swarm; the data stays on disk.
+    async fn stop(self) -> std::path::PathBuf {
+        self.ledger.shutdown().await;
+        self.stop.cancel();
+        let _ = self.net.shutdown().await;
+        self.dir.clone()
+    }
 }
 
 impl Drop for Node {
@@ -41,11 +53,27 @@ async fn node(
     validator: bool,
     bootstrap: Vec<Multiaddr>,
 ) -> Node {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let interval = Duration::from_millis(400);
+    let mut n = node_in(&dir, keypair, genesis, validator, bootstrap, interval).await;
+    n._tmp = Some(tmp);
+    n
+}
+
+async fn node_in(
+    dir: &std::path::Path,
+    keypair: &Keypair,
+    genesis: &Genesis,
+    validator: bool,
+    bootstrap: Vec<Multiaddr>,
+    empty_block_interval: Duration,
+) -> Node {
     let (net, addr) = agora_net::start_loopback(keypair.clone(), bootstrap)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(agora_store::Db::open(&dir.path().join("agora.redb")).unwrap());
+    std::fs::create_dir_all(dir).unwrap();
+    let db = Arc::new(agora_store::Db::open(&dir.join("agora.redb")).unwrap());
     let stop = CancellationToken::new();
     let ledger = Ledger::start(
         net.clone(),
@@ -54,8 +82,11 @@ async fn node(
         Config {
             genesis: genesis.clone(),
             validator,
-            consensus_dir: dir.path().join("consensus"),
-            app: Default::default(),
+            consensus_dir: dir.join("consensus"),
+            app: AppConfig {
+                empty_block_interval,
+                ..Default::default()
+            },
             leader_timeout: Duration::from_secs(1),
         },
         stop.clone(),
@@ -66,7 +97,8 @@ async fn node(
         net,
         addr,
         ledger,
-        _dir: dir,
+        dir: dir.to_owned(),
+        _tmp: None,
         stop,
     }
 }
@@ -256,4 +288,72 @@ async fn a_follower_applies_no_forged_block_and_then_follows_the_real_chain() {
         follower.ledger.balance(&account(&follower_key)).balance,
         1_000_000 - 501
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_down_for_hundreds_of_blocks_catches_up_and_votes_again() {
+    let keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+    let genesis = Genesis {
+        chain: "long-downtime".into(),
+        validators: keys.iter().map(account).collect(),
+        balances: keys.iter().map(|k| (account(k), 1_000_000)).collect(),
+        min_fee: 1,
+        epoch_length: 1_000_000,
+    };
+    let fast = Duration::from_millis(5);
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..4).map(|i| tmp.path().join(format!("v{i}"))).collect();
+    let mut nodes = vec![node_in(&dirs[0], &keys[0], &genesis, true, vec![], fast).await];
+    for i in 1..4 {
+        let boot = vec![nodes[0].addr.clone()];
+        nodes.push(node_in(&dirs[i], &keys[i], &genesis, true, boot, fast).await);
+    }
+    wait_for("the first blocks", || async {
+        nodes.iter().all(|n| n.ledger.height() >= 3)
+    })
+    .await;
+    // Validator 3 goes away while the other three finalize far more blocks than the engine
+    // keeps in memory for laggards (256): it can only come back by fetching them.
+    let down = nodes.pop().unwrap();
+    let left_at = down.ledger.height();
+    down.stop().await;
+    let target = left_at + 400;
+    wait_for("400 blocks without validator 3", || async {
+        nodes.iter().all(|n| n.ledger.height() >= target)
+    })
+    .await;
+    let back = node_in(
+        &dirs[3],
+        &keys[3],
+        &genesis,
+        true,
+        vec![nodes[0].addr.clone()],
+        fast,
+    )
+    .await;
+    wait_for("validator 3 to catch up", || async {
+        back.ledger.height() >= target
+    })
+    .await;
+    // Now stop validator 2: the chain can only go on if validator 3 votes again (3 of 4).
+    let gone = nodes.pop().unwrap();
+    gone.stop().await;
+    nodes.push(back);
+    let paid = nodes[0]
+        .ledger
+        .pay(account(&keys[1]), 42, None, None)
+        .await
+        .expect("final with validators 0, 1 and the caught-up 3");
+    for n in &nodes {
+        wait_for("the payment on every running validator", || async {
+            n.ledger.tx(&paid.hash).unwrap().is_some()
+        })
+        .await;
+    }
+    let h = paid.height;
+    let digests: Vec<Hash> = nodes
+        .iter()
+        .map(|n| n.ledger.block(h).unwrap().unwrap().1)
+        .collect();
+    assert!(digests.iter().all(|d| *d == digests[0]));
 }
