@@ -354,9 +354,13 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let storage = tokio::task::spawn_blocking(move || dir.disk_usage())
         .await
         .unwrap_or(0);
-    let body = node
-        .metrics
-        .encode(&stats, node.started.elapsed().as_secs(), storage);
+    let ledger = node.ledger.as_ref().map(|l| l.status());
+    let body = node.metrics.encode(
+        &stats,
+        node.started.elapsed().as_secs(),
+        storage,
+        ledger.as_ref(),
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -19,6 +19,10 @@ pub struct Metrics {
     storage_bytes: Gauge,
     pub api_requests: Counter,
     pub api_auth_failures: Counter<u64, AtomicU64>,
+    ledger_height: Gauge,
+    ledger_applied_txs: Gauge,
+    ledger_tx_per_sec: Gauge<f64, AtomicU64>,
+    ledger_validator: Gauge,
 }
 
 impl Metrics {
@@ -33,6 +37,10 @@ impl Metrics {
             storage_bytes: Gauge::default(),
             api_requests: Counter::default(),
             api_auth_failures: Counter::default(),
+            ledger_height: Gauge::default(),
+            ledger_applied_txs: Gauge::default(),
+            ledger_tx_per_sec: Gauge::default(),
+            ledger_validator: Gauge::default(),
         };
         let agora = registry.sub_registry_with_prefix("agora");
         agora.register(
@@ -66,11 +74,43 @@ impl Metrics {
             "HTTP API requests refused for a missing or wrong token",
             m.api_auth_failures.clone(),
         );
+        agora.register(
+            "ledger_height",
+            "Height of the last finalized ledger block applied",
+            m.ledger_height.clone(),
+        );
+        agora.register(
+            "ledger_applied_txs",
+            "Ledger transactions applied since the node started",
+            m.ledger_applied_txs.clone(),
+        );
+        agora.register(
+            "ledger_tx_per_sec",
+            "Ledger transactions per second over the last minute",
+            m.ledger_tx_per_sec.clone(),
+        );
+        agora.register(
+            "ledger_validator",
+            "1 if this node runs consensus as a validator",
+            m.ledger_validator.clone(),
+        );
         Self { registry, ..m }
     }
 
     /// Updates the gauges from `stats` and returns the Prometheus text of all metrics.
-    pub fn encode(&self, stats: &Stats, uptime_secs: u64, storage_bytes: u64) -> String {
+    pub fn encode(
+        &self,
+        stats: &Stats,
+        uptime_secs: u64,
+        storage_bytes: u64,
+        ledger: Option<&agora_ledger::service::Status>,
+    ) -> String {
+        if let Some(l) = ledger {
+            self.ledger_height.set(l.height as i64);
+            self.ledger_applied_txs.set(l.applied_txs as i64);
+            self.ledger_tx_per_sec.set(l.tx_per_sec);
+            self.ledger_validator.set(i64::from(l.validator));
+        }
         self.connected_peers.set(stats.connected_peers as i64);
         self.connections.set(stats.connections as i64);
         self.routing_table_size.set(stats.routing_table_size as i64);

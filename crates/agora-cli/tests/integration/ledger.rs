@@ -148,6 +148,10 @@ fn payments_are_final_on_every_node_and_a_killed_validator_catches_up() {
         assert_eq!(b["balance"].as_u64().unwrap(), START - 1_234 - 10);
         assert_eq!(b["seq"].as_u64().unwrap(), 1);
     }
+    let (code, metrics) = nodes[0].request("GET", "/metrics", Some(&nodes[0].token), None);
+    assert_eq!(code, 200);
+    assert!(metrics.contains("agora_ledger_validator 1"), "{metrics}");
+    assert!(metrics.contains("agora_ledger_height "), "{metrics}");
     let status = json_out(&nodes[5], &["ledger", "status", "--json"]);
     assert_eq!(status["committee"].as_array().unwrap().len(), 4);
     assert_eq!(status["validator"], false);
