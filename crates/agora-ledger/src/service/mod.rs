@@ -138,6 +138,8 @@ struct Inner {
     recent: VecDeque<(Instant, u64, usize)>,
     /// Transactions applied since this node started.
     applied_txs: u64,
+    /// The state root after the tip (computed once per applied run of blocks).
+    root: Hash,
 }
 
 struct ValidatorHandle {
@@ -203,6 +205,7 @@ impl Ledger {
         let verifier = Scheme::verifier(&consensus::namespace(&chain), committee);
         info!(chain = %genesis.chain, height = loaded.state.height, %account, "ledger loaded");
         let next_seq = loaded.state.account(&account).seq;
+        let root = loaded.state.root();
         let ledger = Arc::new(Ledger {
             net: net.clone(),
             topic: format!("agora/ledger/{}/blocks", &chain.to_hex()[..16]),
@@ -221,6 +224,7 @@ impl Ledger {
                 next_seq,
                 recent: VecDeque::new(),
                 applied_txs: 0,
+                root,
             }),
             tip: broadcast::channel(64).0,
             sync_now: tokio::sync::Notify::new(),
@@ -484,6 +488,7 @@ impl Ledger {
         }
         let own_seq = state.account(&self.account).seq;
         inner.next_seq = inner.next_seq.max(own_seq);
+        inner.root = state.root();
         inner.state = state;
         inner.digest = digest;
         inner.timestamp_ms = timestamp;
@@ -812,7 +817,7 @@ impl Ledger {
             chain_id: self.chain,
             height: inner.state.height,
             digest: inner.digest,
-            state_root: inner.state.root(),
+            state_root: inner.root,
             last_block_time_ms: inner.timestamp_ms,
             committee: inner.state.committee.clone(),
             validator: self.is_validator(),
