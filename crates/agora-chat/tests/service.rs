@@ -396,7 +396,12 @@ async fn a_recipient_drops_tampered_mail_from_a_lying_holder_and_keeps_the_rest(
         }
     });
     let chat = recipient.chat.as_ref().unwrap();
-    wait_for(|| async { (!recipient.net.peers().await.unwrap().is_empty()).then_some(()) }).await;
+    // The mailbox is found through the DHT: wait until the holder is in the routing table, not
+    // just connected (identify has to finish first).
+    wait_for(|| async {
+        (recipient.net.stats().await.unwrap().routing_table_size > 0).then_some(())
+    })
+    .await;
     let collected = chat.collect_mailbox().await;
     assert_eq!(collected, 1, "only the genuine message counts");
     assert_eq!(inbox(chat).await, ["genuine"]);

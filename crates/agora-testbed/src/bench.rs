@@ -42,7 +42,30 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
-pub fn run(agora: &Path, repo: &Path, quick: bool, json_out: bool) -> Result<()> {
+/// Markers around the generated table in the README's performance section.
+pub const README_BEGIN: &str = "<!-- agora-testbed bench: begin -->";
+pub const README_END: &str = "<!-- agora-testbed bench: end -->";
+
+/// `readme` with the text between the markers replaced by `table`.
+pub fn replace_readme_section(readme: &str, table: &str) -> Result<String> {
+    let (Some(begin), Some(end)) = (readme.find(README_BEGIN), readme.find(README_END)) else {
+        bail!("the README has no `{README_BEGIN}` … `{README_END}` markers");
+    };
+    if end < begin {
+        bail!("the README's bench markers are in the wrong order");
+    }
+    let head = &readme[..begin + README_BEGIN.len()];
+    let tail = &readme[end..];
+    Ok(format!("{head}\n{}\n{tail}", table.trim_end()))
+}
+
+pub fn run(
+    agora: &Path,
+    repo: &Path,
+    quick: bool,
+    json_out: bool,
+    readme: Option<&Path>,
+) -> Result<()> {
     let bench = repo.join("bench");
     if !bench.join("files.sh").exists() {
         bail!(
@@ -224,9 +247,26 @@ pub fn run(agora: &Path, repo: &Path, quick: bool, json_out: bool) -> Result<()>
             f(&l["ed25519_verify_per_s_one_core"])
         ),
     );
-    println!("| figure | value | ratio |\n|---|---|---|");
+    let mut table = String::from("| figure | value | ratio |\n|---|---|---|\n");
     for (a, b, c) in rows {
-        println!("| {a} | {b} | {c} |");
+        table.push_str(&format!("| {a} | {b} | {c} |\n"));
+    }
+    print!("{table}");
+    if let Some(path) = readme {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let date = std::process::Command::new("date")
+            .arg("+%Y-%m-%d")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let generated = format!(
+            "Produced by `agora-testbed bench{}` on {date} (release build, this machine, every ratio from the same run):\n\n{table}",
+            if quick { " --quick" } else { "" }
+        );
+        std::fs::write(path, replace_readme_section(&text, &generated)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote the table into {}", path.display());
     }
     Ok(())
 }
@@ -234,4 +274,33 @@ pub fn run(agora: &Path, repo: &Path, quick: bool, json_out: bool) -> Result<()>
 /// Where the repository (and its `bench/` scripts) is: this crate's checkout by default.
 pub fn default_repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_table_is_replaced_between_the_markers_only() {
+        let readme = format!("# A\nbefore\n{README_BEGIN}\nold\n{README_END}\nafter\n");
+        let out = replace_readme_section(&readme, "| new |\n").unwrap();
+        assert_eq!(
+            out,
+            format!("# A\nbefore\n{README_BEGIN}\n| new |\n{README_END}\nafter\n")
+        );
+        assert_eq!(
+            replace_readme_section(&out, "| new |").unwrap(),
+            out,
+            "idempotent"
+        );
+        assert!(replace_readme_section("no markers", "x").is_err());
+        assert!(replace_readme_section(&format!("{README_END}{README_BEGIN}"), "x").is_err());
+    }
+
+    #[test]
+    fn the_last_json_line_of_a_script_is_its_result() {
+        let text = "progress 1\n{\"a\": 1}\nnoise\n{\"b\": 2}\n";
+        assert_eq!(last_json(text), Some(serde_json::json!({"b": 2})));
+        assert_eq!(last_json("no json here\n"), None);
+    }
 }

@@ -70,6 +70,9 @@ enum Command {
         quick: bool,
         #[arg(long)]
         json: bool,
+        /// Also write the table into this README, between its `agora-testbed bench` markers.
+        #[arg(long)]
+        write_readme: Option<PathBuf>,
     },
     /// The ledger's benchmark alone: four validators on loopback, time to finality and
     /// sustained transfers/s against the machine's ed25519 verification rate.
@@ -234,10 +237,11 @@ fn main() -> ExitCode {
             repo,
             quick,
             json,
+            write_readme,
         } => {
             let agora = agora.unwrap_or_else(default_agora);
             let repo = repo.unwrap_or_else(bench::default_repo);
-            match bench::run(&agora, &repo, quick, json) {
+            match bench::run(&agora, &repo, quick, json, write_readme.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

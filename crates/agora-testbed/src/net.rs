@@ -359,3 +359,63 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespaces() -> Vec<String> {
+        let out = run("ip", &["netns", "list"]).expect("ip netns list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+
+    /// Hosts and a switch are created under the run's prefix, the hosts get their addresses,
+    /// and everything (namespaces, processes, the directory) is gone after a failure.
+    #[test]
+    fn a_failed_run_leaves_no_namespace_process_or_directory_behind() {
+        if let Err(why) = check_capabilities() {
+            eprintln!("SKIPPED: namespaces cannot be used here: {why}");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("agtb-unit-{}", std::process::id()));
+        let mut created = Vec::new();
+        let mut pid = 0;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut tb = Testbed::new(&dir).unwrap();
+            tb.add_switch("lan").unwrap();
+            for (host, ip) in [("h1", "10.77.0.1/24"), ("h2", "10.77.0.2/24")] {
+                tb.add_host(host).unwrap();
+                tb.plug(host, "eth0", "lan", ip).unwrap();
+            }
+            created = tb.namespaces.clone();
+            let present = namespaces();
+            assert!(
+                created.iter().all(|ns| present.contains(ns)),
+                "{created:?} {present:?}"
+            );
+            assert!(created.iter().all(|ns| ns.starts_with(PREFIX)));
+            let addrs = tb.ip("h2", &["-4", "addr", "show", "eth0"]).unwrap();
+            assert!(String::from_utf8_lossy(&addrs.stdout).contains("10.77.0.2/24"));
+            pid = tb
+                .spawn("h1", Path::new("/bin/sleep"), &["600".into()], "sleeper")
+                .unwrap();
+            panic!("a scenario fails here");
+        }));
+        assert!(result.is_err());
+        assert!(!created.is_empty());
+        let present = namespaces();
+        for ns in &created {
+            assert!(!present.contains(ns), "namespace {ns} left behind");
+        }
+        // SAFETY: kill(pid, 0) only asks whether the process exists.
+        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true);
+        assert!(!alive || zombie, "process {pid} left running");
+        assert!(!dir.exists(), "run directory left behind");
+    }
+}
