@@ -38,6 +38,22 @@ fn run_script(dir: &Path, program: &str, args: &[String], env: &[(&str, String)]
     last_json(&text).with_context(|| format!("{program} printed no JSON result:\n{text}"))
 }
 
+/// A number as is; a list of samples as `min–max`.
+fn span(v: &Value) -> String {
+    match v.as_array() {
+        Some(samples) => {
+            let mut xs: Vec<f64> = samples.iter().filter_map(Value::as_f64).collect();
+            xs.sort_by(f64::total_cmp);
+            match (xs.first(), xs.last()) {
+                (Some(lo), Some(hi)) if lo == hi => format!("{lo}"),
+                (Some(lo), Some(hi)) => format!("{lo}–{hi}"),
+                _ => "–".into(),
+            }
+        }
+        None => v.to_string(),
+    }
+}
+
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -127,7 +143,7 @@ pub fn run(
     let b = &all["node"];
     row(
         "node start, spawn → API ready",
-        format!("{} ms", b["start_ms"]),
+        format!("{} ms", span(&b["start_ms"])),
         String::new(),
     );
     row(
@@ -140,7 +156,11 @@ pub fn run(
     );
     row(
         "connect TCP / QUIC (incl. CLI process)",
-        format!("{} / {} ms", b["connect_tcp_ms"], b["connect_quic_ms"]),
+        format!(
+            "{} / {} ms",
+            span(&b["connect_tcp_ms"]),
+            span(&b["connect_quic_ms"])
+        ),
         String::new(),
     );
     let fl = &all["files"];
@@ -295,6 +315,13 @@ mod tests {
         );
         assert!(replace_readme_section("no markers", "x").is_err());
         assert!(replace_readme_section(&format!("{README_END}{README_BEGIN}"), "x").is_err());
+    }
+
+    #[test]
+    fn samples_show_as_their_range() {
+        assert_eq!(span(&serde_json::json!([21, 13, 16])), "13–21");
+        assert_eq!(span(&serde_json::json!([8, 8])), "8");
+        assert_eq!(span(&serde_json::json!(46)), "46");
     }
 
     #[test]
