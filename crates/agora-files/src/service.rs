@@ -743,7 +743,14 @@ impl Files {
             let path = path.to_owned();
             move |e: std::io::Error| FetchError::Io { path, source: e }
         };
-        let held = self.store.get(&hash).ok().flatten().filter(|m| !m.stale);
+        // Held means usable: a blob served from a file the user has since moved, deleted or
+        // changed (a download's earlier destination, say) is fetched again.
+        let held = self
+            .store
+            .get(&hash)
+            .ok()
+            .flatten()
+            .filter(|m| !m.stale && Store::source_fresh(m));
         let providers = if held.is_some() {
             Vec::new()
         } else {

@@ -400,6 +400,18 @@ impl Store {
         Ok(chosen)
     }
 
+    /// Whether the file a blob is served from in place (a share without `--copy`, a
+    /// download's destination) is still there, unchanged (size and modification time).
+    /// Blobs whose data the store owns are always fresh.
+    pub fn source_fresh(meta: &BlobMeta) -> bool {
+        match &meta.source {
+            None => true,
+            Some(source) => fs::metadata(source)
+                .map(|m| m.len() == meta.size && mtime_ns(&m) == meta.source_mtime_ns)
+                .unwrap_or(false),
+        }
+    }
+
     /// Opens a complete blob for serving. A shared-in-place file that changed is marked stale
     /// and refused.
     pub fn open_blob(&self, hash: &Hash) -> Result<OpenBlob, StoreError> {
@@ -411,10 +423,7 @@ impl Store {
             None => self.data_path(hash),
         };
         if let Some(source) = &meta.source {
-            let fresh = fs::metadata(source)
-                .map(|m| m.len() == meta.size && mtime_ns(&m) == meta.source_mtime_ns)
-                .unwrap_or(false);
-            if meta.stale || !fresh {
+            if meta.stale || !Self::source_fresh(&meta) {
                 if !meta.stale {
                     meta.stale = true;
                     self.put(hash, &meta)?;

@@ -501,3 +501,34 @@ fn a_get_before_the_node_has_peers_waits_for_the_network() {
     assert!(got.status.success(), "{}", stderr(&got));
     assert_eq!(std::fs::read(&out).unwrap(), content);
 }
+
+#[test]
+fn a_download_the_user_deleted_is_fetched_again() {
+    // A download is served from where it was written; if the user deletes (or changes) that
+    // file, a later `agora get` must fetch the blob again rather than fail to copy it.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&dir.path().join("a"), &[]);
+    // Too little quota for a replica: b holds the blob only as the download it made.
+    let b = Node::start(
+        &dir.path().join("b"),
+        &["--bootstrap", &a.tcp_addr(), "--storage-quota", "64KiB"],
+    );
+    let content = data(300_000, 11);
+    let src = dir.path().join("once.bin");
+    std::fs::write(&src, &content).unwrap();
+    let hash = share(&a, &src)["hash"].as_str().unwrap().to_owned();
+    let first = dir.path().join("first.bin");
+    let got = b.cli(&["get", &hash, "-o", first.to_str().unwrap()]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    std::fs::remove_file(&first).unwrap();
+    let second = dir.path().join("second.bin");
+    let got = b.cli(&["get", &hash, "-o", second.to_str().unwrap()]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(std::fs::read(&second).unwrap(), content);
+    // Changed in place: also fetched again, and the copy is the original content.
+    std::fs::write(&second, b"edited by the user").unwrap();
+    let third = dir.path().join("third.bin");
+    let got = b.cli(&["get", &hash, "-o", third.to_str().unwrap()]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(std::fs::read(&third).unwrap(), content);
+}
