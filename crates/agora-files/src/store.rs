@@ -422,15 +422,15 @@ impl Store {
             Some(p) => p.clone(),
             None => self.data_path(hash),
         };
-        if let Some(source) = &meta.source {
-            if meta.stale || !Self::source_fresh(&meta) {
-                if !meta.stale {
-                    meta.stale = true;
-                    self.put(hash, &meta)?;
-                    tracing::warn!(path = %source.display(), "shared file changed; no longer serving it");
-                }
-                return Err(StoreError::Stale(source.clone()));
+        if let Some(source) = meta.source.clone()
+            && (meta.stale || !Self::source_fresh(&meta))
+        {
+            if !meta.stale {
+                meta.stale = true;
+                self.put(hash, &meta)?;
+                tracing::warn!(path = %source.display(), "shared file changed; no longer serving it");
             }
+            return Err(StoreError::Stale(source));
         }
         let data = File::open(&data_path).map_err(io_err(&data_path))?;
         let ob_path = self.outboard_path(hash);
