@@ -115,11 +115,14 @@ impl Request {
 }
 
 /// Serves one inbound stream. Errors are logged by the caller; the stream is dropped either way.
+/// Serves one blob request. A blob found stale (its in-place file was changed, moved or
+/// deleted) is reported on `stale`, so the node stops announcing it.
 pub async fn serve_stream(
     store: Store,
     partials: Partials,
     peer: PeerId,
     mut stream: libp2p::Stream,
+    stale: tokio::sync::mpsc::UnboundedSender<Hash>,
 ) -> io::Result<()> {
     let frame = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -167,6 +170,9 @@ pub async fn serve_stream(
             }
         }
         Err(e) => {
+            if matches!(e, crate::store::StoreError::Stale(_)) {
+                let _ = stale.send(hash);
+            }
             write_frame(&mut stream, &Response::Unavailable(e.to_string())).await?;
             return Ok(());
         }

@@ -76,6 +76,8 @@ const REANNOUNCE_INTERVAL: Duration = Duration::from_secs(30 * 60);
 const PROVIDER_LOOKUPS: usize = 3;
 /// Most providers a download asks the DHT for.
 const MAX_PROVIDERS: usize = 16;
+/// Further provider lookups when every provider found so far failed.
+const RETRY_LOOKUPS: usize = 2;
 /// Finished jobs kept for clients to read.
 const MAX_FINISHED_JOBS: usize = 256;
 
@@ -189,16 +191,30 @@ impl Files {
             .map_err(|e| FilesError::BadTarget(e.to_string()))?;
         let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
         let partials = files.partials.clone();
+        // Blobs whose in-place file went away or changed: stop announcing them, or downloaders
+        // keep finding this node in the DHT and keep being refused.
+        let (stale_tx, mut stale_rx) = tokio::sync::mpsc::unbounded_channel::<Hash>();
+        tokio::spawn({
+            let net = net.clone();
+            async move {
+                while let Some(hash) = stale_rx.recv().await {
+                    tracing::info!(hash = %hash.to_hex(), "no longer announcing a blob whose file changed");
+                    let _ = net.stop_providing(hash.as_bytes().to_vec()).await;
+                }
+            }
+        });
         tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     tracing::debug!(%peer, "too many blob requests; dropping one");
                     continue;
                 };
-                let (store, partials) = (store.clone(), partials.clone());
+                let (store, partials, stale) = (store.clone(), partials.clone(), stale_tx.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = protocol::serve_stream(store, partials, peer, stream).await {
+                    if let Err(e) =
+                        protocol::serve_stream(store, partials, peer, stream, stale).await
+                    {
                         tracing::debug!(%peer, "blob request failed: {e}");
                     }
                 });
@@ -773,16 +789,44 @@ impl Files {
                 }
                 // Announce at once: other downloaders can fetch what is verified here.
                 let _ = self.net.provide(hash.as_bytes().to_vec()).await;
-                let size = download::fetch(
-                    &self.net,
-                    hash,
-                    providers.clone(),
-                    out,
-                    &self.store.partial_outboard_path(&hash, out),
-                    progress.clone(),
-                    &self.partials,
-                )
-                .await;
+                let mut current = providers.clone();
+                let mut tried: Vec<PeerId> = Vec::new();
+                let mut lookups = 0;
+                let size = loop {
+                    let result = download::fetch(
+                        &self.net,
+                        hash,
+                        current.clone(),
+                        out,
+                        &self.store.partial_outboard_path(&hash, out),
+                        progress.clone(),
+                        &self.partials,
+                    )
+                    .await;
+                    // Stale provider records are normal in a DHT (a holder whose file is gone,
+                    // a node that left): if every provider found failed, look further, past
+                    // them. The next round resumes from what is already verified.
+                    if !matches!(result, Err(FetchError::AllFailed { .. }))
+                        || lookups >= RETRY_LOOKUPS
+                    {
+                        break result;
+                    }
+                    lookups += 1;
+                    tried.append(&mut current);
+                    let me = self.net.local_peer_id();
+                    current = self
+                        .net
+                        .find_providers(hash.as_bytes().to_vec(), MAX_PROVIDERS * 4)
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|p| *p != me && !tried.contains(p))
+                        .collect();
+                    if current.is_empty() {
+                        break result;
+                    }
+                    tracing::info!("every provider found failed; trying {} more", current.len());
+                };
                 let size = match size {
                     Ok(size) => size,
                     Err(e) => {
