@@ -355,11 +355,17 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
         .await
         .unwrap_or(0);
     let ledger = node.ledger.as_ref().map(|l| l.status());
+    let consensus = node
+        .ledger
+        .as_ref()
+        .map(|l| l.consensus_metrics())
+        .unwrap_or_default();
     let body = node.metrics.encode(
         &stats,
         node.started.elapsed().as_secs(),
         storage,
         ledger.as_ref(),
+        &consensus,
     );
     Ok((
         [(

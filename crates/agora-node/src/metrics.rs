@@ -104,6 +104,7 @@ impl Metrics {
         uptime_secs: u64,
         storage_bytes: u64,
         ledger: Option<&agora_ledger::service::Status>,
+        consensus: &str,
     ) -> String {
         if let Some(l) = ledger {
             self.ledger_height.set(l.height as i64);
@@ -118,9 +119,23 @@ impl Metrics {
         self.storage_bytes.set(storage_bytes as i64);
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        // Both encodings end with `# EOF`; the exposition format allows it once, at the end.
+        // Every encoding ends with `# EOF`; the exposition format allows it once, at the end.
         if let Some(stripped) = out.strip_suffix("# EOF\n") {
             out.truncate(stripped.len());
+        }
+        // The ledger engine's own metrics (Commonware's registry), prefixed with `consensus_`.
+        for line in consensus
+            .lines()
+            .filter(|l| !l.trim().is_empty() && *l != "# EOF")
+        {
+            match line.strip_prefix("# ") {
+                Some(comment) => {
+                    let mut parts = comment.splitn(2, ' ');
+                    let (kind, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    out.push_str(&format!("# {kind} consensus_{rest}\n"));
+                }
+                None => out.push_str(&format!("consensus_{line}\n")),
+            }
         }
         out.push_str(&self.bandwidth.encode());
         out

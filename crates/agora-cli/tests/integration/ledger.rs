@@ -152,6 +152,9 @@ fn payments_are_final_on_every_node_and_a_killed_validator_catches_up() {
     assert_eq!(code, 200);
     assert!(metrics.contains("agora_ledger_validator 1"), "{metrics}");
     assert!(metrics.contains("agora_ledger_height "), "{metrics}");
+    // The engine's own metrics, from Commonware's registry, one `# EOF` at the very end.
+    assert!(metrics.contains("consensus_ledger_simplex_"), "{metrics}");
+    assert_eq!(metrics.matches("# EOF").count(), 1);
     let status = json_out(&nodes[5], &["ledger", "status", "--json"]);
     assert_eq!(status["committee"].as_array().unwrap().len(), 4);
     assert_eq!(status["validator"], false);

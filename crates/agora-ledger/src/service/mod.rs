@@ -43,6 +43,8 @@ pub const FINALITY_WAIT: Duration = Duration::from_secs(30);
 const SYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// Unapplied blocks held at most this far above the tip.
 const MAX_PENDING_AHEAD: u64 = 4_096;
+/// How often a validator's copy of the engine's metrics is refreshed.
+const METRICS_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -163,6 +165,8 @@ pub struct Ledger {
     tip: broadcast::Sender<u64>,
     sync_now: tokio::sync::Notify,
     validator: Mutex<Option<ValidatorHandle>>,
+    /// The consensus engine's metrics (Prometheus text), refreshed by its runtime thread.
+    consensus_metrics: Arc<Mutex<String>>,
     stop: CancellationToken,
 }
 
@@ -229,6 +233,7 @@ impl Ledger {
             tip: broadcast::channel(64).0,
             sync_now: tokio::sync::Notify::new(),
             validator: Mutex::new(None),
+            consensus_metrics: Arc::new(Mutex::new(String::new())),
             stop,
         });
         ledger.serve()?;
@@ -246,6 +251,11 @@ impl Ledger {
 
     pub fn account(&self) -> Account {
         self.account
+    }
+
+    /// The consensus engine's own metrics in Prometheus text (empty unless validating).
+    pub fn consensus_metrics(&self) -> String {
+        self.consensus_metrics.lock().unwrap().clone()
     }
 
     pub fn is_validator(&self) -> bool {
@@ -321,10 +331,13 @@ impl Ledger {
             .with_worker_threads(2);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let metrics = self.consensus_metrics.clone();
         let thread = std::thread::Builder::new()
             .name("agora-consensus".into())
             .spawn(move || {
-                use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
+                use commonware_runtime::{
+                    Clock as _, Metrics as _, Runner as _, Spawner as _, Supervisor as _,
+                };
                 commonware_runtime::tokio::Runner::new(runtime_config).start(|context| async move {
                     match consensus::start_validator(
                         context.child("ledger"),
@@ -334,7 +347,16 @@ impl Ledger {
                     ) {
                         Ok(running) => {
                             let _ = ready_tx.send(Ok((running.mailbox, running.finalized)));
-                            let _ = stop_rx.await;
+                            // The engine's own metrics (votes, views, timeouts, journal) live
+                            // in this runtime's registry: refresh the node's copy every 5 s.
+                            let mut stop_rx = stop_rx;
+                            loop {
+                                *metrics.lock().unwrap() = context.encode();
+                                tokio::select! {
+                                    _ = &mut stop_rx => break,
+                                    _ = context.sleep(METRICS_REFRESH) => {}
+                                }
+                            }
                             let _ = context.stop(0, Some(Duration::from_secs(5))).await;
                         }
                         Err(e) => {
