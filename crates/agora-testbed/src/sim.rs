@@ -153,10 +153,14 @@ impl Net {
     }
 }
 
-/// Seeded xorshift.
-struct Rng(u64);
+/// Seeded xorshift, so that runs (the simulation, the scenarios) repeat with `--seed`.
+pub(crate) struct Rng(u64);
 
 impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -164,7 +168,7 @@ impl Rng {
         self.0
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
@@ -191,7 +195,7 @@ fn pct(sorted: &[usize], p: usize) -> usize {
 /// Builds a network of `n` nodes by joins, applies churn, runs `lookups` lookups of random
 /// live peers from random live peers.
 pub fn run_one(n: usize, churn: f64, lookups: usize, seed: u64) -> Value {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(seed);
     let mut net = Net {
         nodes: (0..n)
             .map(|_| Node {

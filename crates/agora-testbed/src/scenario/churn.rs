@@ -14,25 +14,8 @@ use crate::{
     Ctx,
     net::{Testbed, interrupted},
     node::{Node, listen_args, wait_routing_tables},
+    sim::Rng,
 };
-
-/// Seeded xorshift, so that a run can be repeated with `--seed`.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn addr(i: usize) -> String {
     format!("10.77.{}.{}", i / 200, 10 + i % 200)
