@@ -179,12 +179,9 @@ fn signals() -> Result<tokio::sync::oneshot::Receiver<()>> {
 
 /// The ledger account of the identity in `data_dir` (created if missing).
 fn account_of(data_dir: &Path) -> Result<agora_ledger::Account> {
-    let keypair = agora_store::DataDir::open(data_dir)?.load_or_create_identity()?;
-    let key = keypair
-        .public()
-        .try_into_ed25519()
-        .map_err(|_| anyhow::anyhow!("{}: identity is not ed25519", data_dir.display()))?;
-    Ok(agora_ledger::Account(key.to_bytes()))
+    let (account, _) = agora_ledger::service::identity_in(data_dir)
+        .with_context(|| format!("identity in {}", data_dir.display()))?;
+    Ok(account)
 }
 
 /// Reads `genesis.json` if the devnet directory has one, or writes a new one: the first

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every account's text form.
@@ -79,6 +79,20 @@ impl Account {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The account of a node: the ed25519 key of its libp2p identity.
+    pub fn of_identity(keypair: &libp2p_identity::Keypair) -> Option<Self> {
+        let key = keypair.public().try_into_ed25519().ok()?;
+        Some(Account(key.to_bytes()))
+    }
+}
+
+/// The signing key of a node's identity, which signs its account's transactions.
+pub fn identity_signing_key(keypair: &libp2p_identity::Keypair) -> Option<SigningKey> {
+    let ed = keypair.clone().try_into_ed25519().ok()?;
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(ed.secret().as_ref());
+    Some(SigningKey::from_bytes(&secret))
 }
 
 impl fmt::Display for Account {
@@ -124,7 +138,6 @@ impl FromStr for Account {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::SigningKey;
 
     fn account(seed: u8) -> Account {
         Account::from_key(&SigningKey::from_bytes(&[seed; 32]).verifying_key())

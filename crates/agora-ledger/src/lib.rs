@@ -8,7 +8,7 @@ pub mod service;
 pub mod state;
 pub mod tx;
 
-pub use account::{Account, AccountParseError};
+pub use account::{Account, AccountParseError, identity_signing_key};
 pub use block::{Block, BlockError};
 pub use state::{AccountState, Effect, Genesis, State, TxError, quorum};
 pub use tx::{

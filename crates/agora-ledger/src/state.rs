@@ -220,6 +220,21 @@ impl State {
         Ok(())
     }
 
+    /// Checks an account transaction that may be queued behind transactions of its sender not
+    /// final yet (the signature aside): in full if it carries the next sequence number, else
+    /// what does not depend on those before it — the rest is checked when a block is built.
+    pub fn check_queued(&self, signed: &SignedAccountTx) -> Result<(), TxError> {
+        let next = self.account(&signed.body.from).seq;
+        match signed.body.seq.cmp(&next) {
+            std::cmp::Ordering::Equal => self.check_account(signed, true).map(|_| ()),
+            std::cmp::Ordering::Less => Err(TxError::WrongSequence {
+                expected: next,
+                got: signed.body.seq,
+            }),
+            std::cmp::Ordering::Greater => self.check_static(signed),
+        }
+    }
+
     fn check_account(
         &self,
         signed: &SignedAccountTx,

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn account(keypair: &Keypair) -> Account {
-    Account(keypair.public().try_into_ed25519().unwrap().to_bytes())
+    Account::of_identity(keypair).unwrap()
 }
 
 struct Node {

@@ -79,15 +79,6 @@ impl Validator {
     }
 }
 
-fn identity(dir: &Path) -> Result<Account> {
-    let keypair = agora_store::DataDir::open(dir)?.load_or_create_identity()?;
-    let key = keypair
-        .public()
-        .try_into_ed25519()
-        .map_err(|_| anyhow::anyhow!("identity is not ed25519"))?;
-    Ok(Account(key.to_bytes()))
-}
-
 fn start(agora: &Path, dir: &Path, genesis: &Path, bootstrap: Option<&str>) -> Result<Validator> {
     std::fs::create_dir_all(dir)?;
     let log = std::fs::File::create(dir.join("node.log"))?;
@@ -203,7 +194,10 @@ fn run_in(opts: &Options, root: &Path) -> Result<Value> {
     let dirs: Vec<PathBuf> = (0..VALIDATORS)
         .map(|i| root.join(format!("v{i}")))
         .collect();
-    let validators: Vec<Account> = dirs.iter().map(|d| identity(d)).collect::<Result<_>>()?;
+    let validators: Vec<Account> = dirs
+        .iter()
+        .map(|d| Ok(agora_ledger::service::identity_in(d)?.0))
+        .collect::<Result<_>>()?;
     let keys: Vec<SigningKey> = (0..opts.accounts).map(bench_key).collect();
     let mut balances: Vec<(Account, u64)> =
         validators.iter().map(|a| (*a, 1_000_000_000_000)).collect();

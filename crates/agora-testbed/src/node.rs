@@ -119,6 +119,26 @@ impl Node {
     }
 }
 
+/// Starts node `name` in the namespace of the same name, bootstrapped from `first` (the TCP
+/// address of the first node started, port 4001); the first node started becomes `first`.
+pub fn start_joining(
+    tb: &mut Testbed,
+    agora: &std::path::Path,
+    name: &str,
+    ip: &str,
+    mut args: Vec<String>,
+    first: &mut Option<String>,
+) -> Result<Node> {
+    if let Some(b) = first.as_ref() {
+        args.extend(["--bootstrap".into(), b.clone()]);
+    }
+    let node = Node::start(tb, agora, name, name, &args)?;
+    if first.is_none() {
+        *first = Some(format!("/ip4/{ip}/tcp/4001/p2p/{}", node.peer_id));
+    }
+    Ok(node)
+}
+
 /// `--listen` arguments for TCP and QUIC on port 4001 of `ip`.
 pub fn listen_args(ip: &str) -> Vec<String> {
     vec![

@@ -13,15 +13,7 @@ const START: u64 = 1_000_000;
 
 /// The account of the identity in `dir` (created now, used by the node later) and its key.
 fn identity(dir: &Path) -> (Account, ed25519_dalek::SigningKey) {
-    let keypair = agora_store::DataDir::open(dir)
-        .unwrap()
-        .load_or_create_identity()
-        .unwrap();
-    let ed = keypair.try_into_ed25519().unwrap();
-    let mut secret = [0u8; 32];
-    secret.copy_from_slice(ed.secret().as_ref());
-    let key = ed25519_dalek::SigningKey::from_bytes(&secret);
-    (Account::from_key(&key.verifying_key()), key)
+    agora_ledger::service::identity_in(dir).unwrap()
 }
 
 /// A genesis with the first `validators` of `dirs` as the committee, every dir funded.

@@ -8,7 +8,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::account::Account;
 use crate::state::{State, TxError};
-use crate::tx::{Hash, Tx};
+use crate::tx::{Hash, SignedAccountTx, Tx};
 
 #[derive(Clone, Copy, Debug)]
 pub struct MempoolLimits {
@@ -80,34 +80,19 @@ impl Mempool {
             Tx::Account(signed) => {
                 let body = &signed.body;
                 let next = state.account(&body.from).seq;
-                if body.seq == next {
-                    state.check(&tx, true).map_err(Rejected::Invalid)?;
-                } else {
-                    // Queued behind transactions not yet final: check what does not depend
-                    // on them now, the rest when a block is built.
-                    if body.seq < next {
-                        return Err(Rejected::Invalid(TxError::WrongSequence {
-                            expected: next,
-                            got: body.seq,
-                        }));
-                    }
-                    if body.seq - next > self.limits.max_ahead {
-                        return Err(Rejected::TooFarAhead {
-                            seq: body.seq,
-                            next,
-                            max_ahead: self.limits.max_ahead,
-                        });
-                    }
-                    state.check_static(signed).map_err(Rejected::Invalid)?;
+                if body.seq > next && body.seq - next > self.limits.max_ahead {
+                    return Err(Rejected::TooFarAhead {
+                        seq: body.seq,
+                        next,
+                        max_ahead: self.limits.max_ahead,
+                    });
                 }
+                state.check_queued(signed).map_err(Rejected::Invalid)?;
                 let crate::tx::Action::Transfer { to, .. } = &body.action;
                 if self.key(to).is_none() {
                     return Err(Rejected::Invalid(TxError::BadRecipient));
                 }
-                let valid = self
-                    .key(&body.from)
-                    .is_some_and(|key| signed.signature_valid_with(&key, &state.chain));
-                if !valid {
+                if !self.signed_by_sender(signed, &state.chain) {
                     return Err(Rejected::Invalid(TxError::BadSignature));
                 }
                 let key = (body.from, body.seq);
@@ -134,11 +119,15 @@ impl Mempool {
             return true;
         }
         match tx {
-            Tx::Account(signed) => self
-                .key(&signed.body.from)
-                .is_some_and(|key| signed.signature_valid_with(&key, chain)),
+            Tx::Account(signed) => self.signed_by_sender(signed, chain),
             Tx::Committee(_) => false,
         }
+    }
+
+    /// Verifies the sender's signature with its cached key.
+    fn signed_by_sender(&mut self, signed: &SignedAccountTx, chain: &Hash) -> bool {
+        self.key(&signed.body.from)
+            .is_some_and(|key| signed.signature_valid_with(&key, chain))
     }
 
     fn key(&mut self, account: &Account) -> Option<VerifyingKey> {

@@ -26,14 +26,24 @@ use wire::{
     Announcement, MAX_ANNOUNCED_BLOCK, MAX_BLOCKS_BYTES, MAX_BLOCKS_PER_REQUEST, Request, Response,
 };
 
-use crate::account::Account;
+use crate::account::{Account, identity_signing_key};
 use crate::block::Block;
 use crate::consensus::{
     self, AppConfig, Base, CHANNEL_BLOCKS, CHANNEL_CERTIFICATES, CHANNEL_RESOLVER, CHANNEL_VOTES,
     Channels, Finalization, Mailbox, Scheme, ValidatorConfig,
 };
-use crate::state::{AccountState, Effect, Genesis, State, TxError};
+use crate::state::{AccountState, Genesis, State, TxError};
 use crate::tx::{AccountTx, Action, Hash, Tx};
+
+/// The account and signing key of the node identity in `data_dir` (created if missing), for
+/// tools that write a genesis before the nodes start.
+pub fn identity_in(
+    data_dir: &std::path::Path,
+) -> Result<(Account, ed25519_dalek::SigningKey), LedgerError> {
+    let keypair = agora_store::DataDir::open(data_dir)?.load_or_create_identity()?;
+    let key = identity_signing_key(&keypair).ok_or(LedgerError::Identity)?;
+    Ok((Account::from_key(&key.verifying_key()), key))
+}
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/ledger/1.0.0");
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +77,8 @@ pub enum LedgerError {
     Validator(String),
     #[error("the node's identity is not an ed25519 key")]
     Identity,
+    #[error(transparent)]
+    DataDir(#[from] agora_store::Error),
     #[error("{0}")]
     Rejected(String),
     #[error("{0}")]
@@ -89,7 +101,6 @@ pub struct TxRecord {
     pub index: u32,
     pub block_time_ms: u64,
     pub tx: Tx,
-    pub effect: Option<Effect>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -181,13 +192,8 @@ impl Ledger {
         stop: CancellationToken,
     ) -> Result<Arc<Self>, LedgerError> {
         config.genesis.validate().map_err(LedgerError::Genesis)?;
-        let ed = keypair
-            .clone()
-            .try_into_ed25519()
-            .map_err(|_| LedgerError::Identity)?;
-        let mut secret = [0u8; 32];
-        secret.copy_from_slice(ed.secret().as_ref());
-        let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+        let key = identity_signing_key(keypair).ok_or(LedgerError::Identity)?;
+        let secret = key.to_bytes();
         let account = Account::from_key(&key.verifying_key());
         let genesis = config.genesis.clone();
         let chain = genesis.chain_id();
@@ -460,11 +466,13 @@ impl Ledger {
         notify_engine: bool,
     ) -> Result<(), LedgerError> {
         let mut inner = self.inner.lock().unwrap();
-        let mut state = inner.state.clone();
+        // The state after the blocks applied so far in this call (execution copies it anyway).
+        let mut next_state: Option<State> = None;
         let mut digest = inner.digest;
         let mut timestamp = inner.timestamp_ms;
         let mut applied = Vec::new();
         for (block, block_digest, certificate) in blocks {
+            let state = next_state.as_ref().unwrap_or(&inner.state);
             if block.height <= state.height {
                 continue;
             }
@@ -476,9 +484,9 @@ impl Ledger {
                 break;
             }
             // Signatures were checked by the validators that certified it (and by ours).
-            match block.execute(&state, |_| true) {
+            match block.execute(state, |_| true) {
                 Ok((next, _)) => {
-                    state = next;
+                    next_state = Some(next);
                     digest = block_digest;
                     timestamp = block.timestamp_ms;
                     applied.push((block, certificate));
@@ -492,9 +500,9 @@ impl Ledger {
                 }
             }
         }
-        if applied.is_empty() {
+        let Some(state) = next_state else {
             return Ok(());
-        }
+        };
         self.store.append(&applied, &state, digest, timestamp)?;
         let now = Instant::now();
         for (block, _) in &applied {
@@ -872,28 +880,12 @@ impl Ledger {
             .get(index as usize)
             .cloned()
             .ok_or_else(|| StoreError::Corrupt(format!("block {height} has no tx {index}")))?;
-        let effect = match &tx {
-            Tx::Account(signed) => {
-                let Action::Transfer { to, amount, .. } = &signed.body.action;
-                Some(Effect::Transferred {
-                    from: signed.body.from,
-                    to: *to,
-                    amount: *amount,
-                    fee: signed.body.fee,
-                })
-            }
-            Tx::Committee(c) => Some(Effect::CommitteeChanged {
-                change: c.change.clone(),
-                effective_epoch: 0,
-            }),
-        };
         Ok(TxRecord {
             hash: tx.hash(),
             height,
             index,
             block_time_ms: block.timestamp_ms,
             tx,
-            effect,
         })
     }
 
@@ -926,22 +918,16 @@ impl Ledger {
             let fee = fee.unwrap_or(inner.state.min_fee);
             let state_seq = inner.state.account(&self.account).seq;
             let seq = inner.next_seq.max(state_seq);
-            let tx = Tx::Account(
-                AccountTx {
-                    from: self.account,
-                    seq,
-                    fee,
-                    action: Action::Transfer { to, amount, memo },
-                }
-                .sign(&self.key, &self.chain),
-            );
-            if seq == state_seq {
-                inner.state.check(&tx, true)?;
-            } else if let Tx::Account(signed) = &tx {
-                inner.state.check_static(signed)?;
+            let signed = AccountTx {
+                from: self.account,
+                seq,
+                fee,
+                action: Action::Transfer { to, amount, memo },
             }
+            .sign(&self.key, &self.chain);
+            inner.state.check_queued(&signed)?;
             inner.next_seq = seq + 1;
-            (tx, seq, fee)
+            (Tx::Account(signed), seq, fee)
         };
         let hash = tx.hash();
         let started = Instant::now();
@@ -1000,19 +986,7 @@ impl Ledger {
                     if to.key().is_none() {
                         return Err(TxError::BadRecipient.into());
                     }
-                    let next = inner.state.account(&signed.body.from).seq;
-                    if signed.body.seq == next {
-                        inner.state.check(&tx, true)?;
-                    } else {
-                        inner.state.check_static(signed)?;
-                        if signed.body.seq < next {
-                            return Err(TxError::WrongSequence {
-                                expected: next,
-                                got: signed.body.seq,
-                            }
-                            .into());
-                        }
-                    }
+                    inner.state.check_queued(signed)?;
                 }
                 Tx::Committee(_) => inner.state.check(&tx, false)?,
             }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::{
     Ctx,
     net::{Testbed, wait_for},
-    node::Node,
+    node::{Node, start_joining},
 };
 
 const PER_SIDE: usize = 4;
@@ -55,15 +55,6 @@ fn ledger_height(tb: &Testbed, ctx: &Ctx, n: &Node) -> Option<u64> {
     n.cli(tb, &ctx.agora, &["ledger", "status"]).ok()?["height"].as_u64()
 }
 
-fn account(dir: &std::path::Path) -> Result<agora_ledger::Account> {
-    let keypair = agora_store::DataDir::open(dir)?.load_or_create_identity()?;
-    let key = keypair
-        .public()
-        .try_into_ed25519()
-        .map_err(|_| anyhow::anyhow!("identity is not ed25519"))?;
-    Ok(agora_ledger::Account(key.to_bytes()))
-}
-
 fn check(ok: Option<()>, what: &str) -> Result<()> {
     ok.with_context(|| format!("{what} did not happen within {WAIT:?}"))
 }
@@ -95,7 +86,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
             let name = format!("{side}{i}");
             let dir = tb.dir.join(&name);
             std::fs::create_dir_all(&dir)?;
-            accounts.push((name, account(&dir)?));
+            accounts.push((name, agora_ledger::service::identity_in(&dir)?.0));
         }
     }
     let is_validator = |name: &str| matches!(name, "a0" | "a1" | "b0" | "b1");
@@ -137,14 +128,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
             if is_validator(&name) {
                 args.push("--validator".into());
             }
-            if let Some(b) = &boot {
-                args.extend(["--bootstrap".into(), b.clone()]);
-            }
-            let node = Node::start(tb, &ctx.agora, &name, &name, &args)?;
-            if boot.is_none() {
-                boot = Some(format!("/ip4/{ip}/tcp/4001/p2p/{}", node.peer_id));
-            }
-            nodes.push(node);
+            nodes.push(start_joining(tb, &ctx.agora, &name, &ip, args, &mut boot)?);
         }
     }
     let (a, b) = nodes.split_at(PER_SIDE);

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::{
     Ctx,
     net::{Testbed, interrupted},
-    node::{Node, listen_args, wait_routing_tables},
+    node::{Node, listen_args, start_joining, wait_routing_tables},
 };
 
 const LANS: usize = 4;
@@ -97,15 +97,8 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         for i in 0..PER_LAN {
             let name = format!("w{lan}{i}");
             let ip = host_ip(lan, i);
-            let mut args = listen_args(&ip);
-            if let Some(b) = &boot {
-                args.extend(["--bootstrap".into(), b.clone()]);
-            }
-            let node = Node::start(tb, &ctx.agora, &name, &name, &args)?;
-            if boot.is_none() {
-                boot = Some(format!("/ip4/{ip}/tcp/4001/p2p/{}", node.peer_id));
-            }
-            nodes.push(node);
+            let args = listen_args(&ip);
+            nodes.push(start_joining(tb, &ctx.agora, &name, &ip, args, &mut boot)?);
         }
     }
     wait_routing_tables(tb, &ctx.agora, &nodes, 3, Duration::from_secs(60))?;
