@@ -12,7 +12,9 @@
 //! nodes (fewer if the devnet is smaller) as validators and funds every node's account and a
 //! faucet account (its key is the identity in `<dir>/faucet`; run a node on that data
 //! directory to spend from it). An existing `genesis.json` is reused, so a re-run continues
-//! the same chain.
+//! the same chain. Every node runs with `--validator`: those outside the committee follow
+//! until a committee change (`agora ledger approve` / `change`) adds them, at the next epoch
+//! (200 blocks; an idle chain makes about 2.5 blocks a second).
 
 use std::{
     fs::{self, File},
@@ -119,7 +121,8 @@ pub fn run(args: DevnetArgs) -> Result<()> {
                 }
             }
         }
-        let child = spawn_node(&exe, &data_dir, &bootstrap, &genesis_path, validator)?;
+        // All run consensus; only the committee's members vote (see the module docs).
+        let child = spawn_node(&exe, &data_dir, &bootstrap, &genesis_path)?;
         let pid = child.id();
         net.children.push((name.clone(), child));
         let mut row = wait_ready(
@@ -186,6 +189,9 @@ fn account_of(data_dir: &Path) -> Result<agora_ledger::Account> {
 
 /// Reads `genesis.json` if the devnet directory has one, or writes a new one: the first
 /// nodes are validators, every node and the faucet are funded.
+/// Blocks per epoch on a devnet: committee changes wait at most this long to take effect.
+const DEVNET_EPOCH_LENGTH: u64 = 200;
+
 fn devnet_genesis(dir: &Path, nodes: usize, path: &Path) -> Result<agora_ledger::Genesis> {
     if path.exists() {
         return crate::up::read_genesis(path);
@@ -202,7 +208,7 @@ fn devnet_genesis(dir: &Path, nodes: usize, path: &Path) -> Result<agora_ledger:
         validators: accounts.iter().take(DEVNET_VALIDATORS).copied().collect(),
         balances,
         min_fee: 10,
-        epoch_length: 100_000,
+        epoch_length: DEVNET_EPOCH_LENGTH,
     };
     genesis.validate().map_err(|e| anyhow::anyhow!(e))?;
     fs::write(path, serde_json::to_vec_pretty(&genesis)?)
@@ -210,13 +216,7 @@ fn devnet_genesis(dir: &Path, nodes: usize, path: &Path) -> Result<agora_ledger:
     Ok(genesis)
 }
 
-fn spawn_node(
-    exe: &Path,
-    data_dir: &Path,
-    bootstrap: &[String],
-    genesis: &Path,
-    validator: bool,
-) -> Result<Child> {
+fn spawn_node(exe: &Path, data_dir: &Path, bootstrap: &[String], genesis: &Path) -> Result<Child> {
     fs::create_dir_all(data_dir)?;
     // A stale api.json from a killed run must not be mistaken for this node's.
     let _ = fs::remove_file(data_dir.join(agora_store::API_INFO_FILE));
@@ -233,9 +233,7 @@ fn spawn_node(
         .args(["--api", "127.0.0.1:0"])
         .arg("--genesis")
         .arg(genesis);
-    if validator {
-        cmd.arg("--validator");
-    }
+    cmd.arg("--validator");
     for b in bootstrap {
         cmd.args(["--bootstrap", b]);
     }

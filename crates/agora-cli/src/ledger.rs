@@ -1,4 +1,4 @@
-//! Ledger commands: account, balance, pay, tx, ledger status|history.
+//! Ledger commands: account, balance, pay, tx, ledger status|history|approve|change.
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -20,6 +20,47 @@ pub enum LedgerCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Sign this validator's approval of a committee change (prints it for the submitter).
+    ///
+    /// A change needs approvals from a quorum (2f + 1) of the current committee; each member
+    /// runs this and passes its output to whoever runs `agora ledger change`.
+    Approve {
+        #[arg(value_enum)]
+        action: ChangeKind,
+        /// The validator's account (`ag…`, as `agora account` prints on that node).
+        account: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Submit a committee change with its approvals; waits until it is final. It takes effect
+    /// at the start of the next epoch.
+    Change {
+        #[arg(value_enum)]
+        action: ChangeKind,
+        /// The validator's account (`ag…`).
+        account: String,
+        /// Approvals printed by `agora ledger approve` on current validators.
+        #[arg(required = true, num_args = 1..)]
+        approvals: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ChangeKind {
+    /// Add a validator.
+    Add,
+    /// Remove a validator.
+    Remove,
+}
+
+fn change_body(action: ChangeKind, account: &str) -> Result<Value> {
+    let account = check_account(account)?;
+    Ok(match action {
+        ChangeKind::Add => json!({ "add": account }),
+        ChangeKind::Remove => json!({ "remove": account }),
+    })
 }
 
 /// Checks the account's text form here, so a typo gets a clear error before any request.
@@ -200,9 +241,66 @@ pub fn run(cmd: LedgerCmd) -> Result<()> {
                 }
             );
             println!("supply     {} (burned {})", v["supply"], v["burned"]);
+            println!(
+                "epoch      {} ({} blocks each)",
+                v["epoch"], v["epoch_length"]
+            );
             println!("committee  {} validators", committee.len());
-            for c in committee {
+            for c in &committee {
                 println!("  {c}");
+            }
+            let next: Vec<&str> = v["next_committee"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if next != committee {
+                println!("next epoch {} validators", next.len());
+                for c in next {
+                    println!("  {c}");
+                }
+            }
+            Ok(())
+        }
+        LedgerCmd::Approve {
+            action,
+            account,
+            client,
+        } => {
+            let v: Value = Endpoint::resolve(&client)?.post(
+                "/v1/ledger/committee/approve",
+                &change_body(action, &account)?,
+            )?;
+            if client.json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!("{}", v["approval"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        LedgerCmd::Change {
+            action,
+            account,
+            approvals,
+            client,
+        } => {
+            let mut body = change_body(action, &account)?;
+            body["approvals"] = json!(approvals);
+            let v: Value =
+                Endpoint::resolve(&client)?.post("/v1/ledger/committee/change", &body)?;
+            if client.json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!(
+                    "committee change final in block {} (tx {})\ntakes effect at epoch {} \
+                     (block {}); the committee will have {} validators",
+                    v["height"],
+                    v["hash"].as_str().unwrap_or_default(),
+                    v["effective_epoch"],
+                    v["effective_height"],
+                    v["next_committee"].as_array().map_or(0, Vec::len)
+                );
             }
             Ok(())
         }

@@ -180,7 +180,7 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// The ledger this node follows: status, history.
+    /// The ledger this node follows: status, history, committee changes (approve, change).
     #[command(subcommand)]
     Ledger(ledger::LedgerCmd),
 }

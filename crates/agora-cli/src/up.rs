@@ -66,8 +66,8 @@ pub struct UpArgs {
     /// Follow the ledger this genesis file (JSON) describes; `agora devnet` writes one.
     #[arg(long, env = "AGORA_GENESIS")]
     pub genesis: Option<PathBuf>,
-    /// Take part in the ledger's consensus: this node's account must be in the genesis
-    /// committee. Needs --genesis.
+    /// Take part in the ledger's consensus whenever this node's account is in the committee
+    /// (until a committee change adds it, the node follows). Needs --genesis.
     #[arg(long, env = "AGORA_VALIDATOR", requires = "genesis")]
     pub validator: bool,
 }

@@ -194,6 +194,23 @@ impl CommitteeTx {
 }
 
 impl Approval {
+    /// The encoding `agora ledger approve` prints (in hex) and `change` takes back.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes an approval, refusing oversized input and trailing bytes.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        // A key, a signature and a little framing.
+        if bytes.len() > 128 {
+            return None;
+        }
+        match postcard::take_from_bytes::<Approval>(bytes) {
+            Ok((approval, [])) => Some(approval),
+            _ => None,
+        }
+    }
+
     pub fn valid_for(&self, change: &CommitteeChange, nonce: u64, chain: &Hash) -> bool {
         let Some(key) = self.validator.key() else {
             return false;

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use agora_ledger::consensus::{
     self, Base, CHANNEL_BLOCKS, CHANNEL_CERTIFICATES, CHANNEL_RESOLVER, CHANNEL_VOTES, Channels,
-    PrivateKey, PublicKey, Running, Scheme, ValidatorConfig,
+    Mailbox, PrivateKey, PublicKey, Running, Scheme, ValidatorConfig,
 };
-use agora_ledger::{Account, AccountTx, Action, Genesis, Hash, State, Tx};
+use agora_ledger::{
+    Account, AccountTx, Action, CommitteeChange, CommitteeTx, Genesis, Hash, State, Tx,
+};
 use commonware_consensus::simplex;
 use commonware_cryptography::Signer as _;
 use commonware_p2p::simulated::{Config as NetConfig, Link, Network, Oracle};
@@ -38,7 +40,7 @@ fn validator_key(i: usize) -> PrivateKey {
     consensus::private_key(&[200 + i as u8; 32])
 }
 
-fn genesis() -> Genesis {
+fn genesis(epoch_length: u64) -> Genesis {
     Genesis {
         chain: "sim".into(),
         validators: (0..N)
@@ -46,8 +48,24 @@ fn genesis() -> Genesis {
             .collect(),
         balances: (0..4).map(|i| (user_account(i), 1_000_000)).collect(),
         min_fee: FEE,
-        epoch_length: 1_000_000,
+        epoch_length,
     }
+}
+
+/// A committee change approved by the given validators.
+fn committee_tx(chain: &Hash, change: CommitteeChange, nonce: u64, approvers: &[usize]) -> Tx {
+    let approvals = approvers
+        .iter()
+        .map(|&i| {
+            let key = SigningKey::from_bytes(&[200 + i as u8; 32]);
+            CommitteeTx::approve(&change, nonce, &key, chain)
+        })
+        .collect();
+    Tx::Committee(CommitteeTx {
+        change,
+        nonce,
+        approvals,
+    })
 }
 
 fn pay(chain: &Hash, from: u8, to: u8, amount: u64, seq: u64) -> Tx {
@@ -72,6 +90,7 @@ struct Applied {
     state: State,
     digest: Hash,
     timestamp_ms: u64,
+    epoch_start: Hash,
     /// state root per height
     roots: BTreeMap<u64, Hash>,
     certificates: usize,
@@ -90,6 +109,12 @@ struct Sim {
     genesis: Genesis,
     validators: Vec<Validator>,
     keys: Vec<PublicKey>,
+    /// Nodes fed the blocks node 0 applied, as a node's ledger service does for a validator
+    /// outside the committee or behind it (`Mailbox::advance`).
+    fed: Arc<Mutex<Vec<usize>>>,
+    /// The running nodes' application mailboxes.
+    mailboxes: Arc<Mutex<Vec<Option<Mailbox>>>>,
+    feeding: std::sync::atomic::AtomicBool,
 }
 
 fn link(latency_ms: u64, jitter_ms: u64, success: f64) -> Link {
@@ -102,18 +127,23 @@ fn link(latency_ms: u64, jitter_ms: u64, success: f64) -> Link {
 
 impl Sim {
     async fn new(context: Ctx, link_config: Link) -> Self {
+        Self::with(context, link_config, N, 1_000_000).await
+    }
+
+    /// `total` nodes, the first four in the genesis committee, epochs of `epoch_length` blocks.
+    async fn with(context: Ctx, link_config: Link, total: usize, epoch_length: u64) -> Self {
         // RUST_LOG=agora_ledger=debug shows what the application does.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let genesis = genesis();
-        let keys: Vec<PublicKey> = (0..N).map(|i| validator_key(i).public_key()).collect();
+        let genesis = genesis(epoch_length);
+        let keys: Vec<PublicKey> = (0..total).map(|i| validator_key(i).public_key()).collect();
         let (network, oracle) = Network::new_with_peers(
             context.child("network"),
             NetConfig {
                 max_size: 8 << 20,
-                max_peers_per_set: NZUsize!(N),
+                max_peers_per_set: NZUsize!(8),
                 disconnect_on_block: true,
                 tracked_peer_sets: NZUsize!(1),
             },
@@ -122,7 +152,7 @@ impl Sim {
         .await;
         network.start();
         let state = State::genesis(&genesis);
-        let validators = (0..N)
+        let validators = (0..total)
             .map(|i| Validator {
                 key: validator_key(i),
                 running: None,
@@ -130,6 +160,7 @@ impl Sim {
                     state: state.clone(),
                     digest: genesis.chain_id(),
                     timestamp_ms: 0,
+                    epoch_start: genesis.chain_id(),
                     roots: BTreeMap::new(),
                     certificates: 0,
                     txs: Vec::new(),
@@ -142,6 +173,9 @@ impl Sim {
             genesis,
             validators,
             keys,
+            fed: Arc::default(),
+            mailboxes: Arc::new(Mutex::new(vec![None; total])),
+            feeding: Default::default(),
         };
         sim.link_all(Some(link_config), |_, _| true).await;
         sim
@@ -149,8 +183,8 @@ impl Sim {
 
     /// Adds (or, with `None`, removes) links between every ordered pair that `pick` accepts.
     async fn link_all(&mut self, config: Option<Link>, pick: impl Fn(usize, usize) -> bool) {
-        for i in 0..N {
-            for j in 0..N {
+        for i in 0..self.keys.len() {
+            for j in 0..self.keys.len() {
                 if i == j || !pick(i, j) {
                     continue;
                 }
@@ -190,6 +224,7 @@ impl Sim {
                 state: a.state.clone(),
                 digest: a.digest,
                 timestamp_ms: a.timestamp_ms,
+                epoch_start: a.epoch_start,
             }
         };
         let mut config =
@@ -203,15 +238,22 @@ impl Sim {
             commonware_utils::channel::mpsc::unbounded_channel().1,
         );
         let chain = self.genesis.chain_id();
-        let committee = consensus::committee_set(&self.genesis.validators).unwrap();
-        let verifier = Scheme::verifier(&consensus::namespace(&chain), committee);
         self.context
             .child("checker")
             .spawn(move |mut context| async move {
                 while let Some(f) = finalized.recv().await {
                     let mut a = applied.lock().unwrap();
+                    if f.block.height <= a.state.height {
+                        // Already fed to this checker (see `Sim::feed`).
+                        continue;
+                    }
                     assert_eq!(f.block.parent, a.digest, "finalized blocks arrive in order");
                     if let Some(cert) = &f.finalization {
+                        // Signed by the committee of the block's epoch, in that epoch.
+                        let epoch = a.state.epoch_of(f.block.height);
+                        assert_eq!(cert.proposal.round.epoch().get(), epoch);
+                        let committee = consensus::committee_set(&a.state.committee).unwrap();
+                        let verifier = Scheme::verifier(&consensus::namespace(&chain), committee);
                         assert_eq!(cert.proposal.payload, consensus::digest(f.digest));
                         assert!(cert.verify(
                             &mut context,
@@ -230,13 +272,73 @@ impl Sim {
                     a.state = state;
                     a.digest = f.digest;
                     a.timestamp_ms = f.block.timestamp_ms;
+                    if f.block.height.is_multiple_of(a.state.epoch_length) {
+                        a.epoch_start = f.digest;
+                    }
                 }
             });
+        self.mailboxes.lock().unwrap()[i] = Some(running.mailbox.clone());
         self.validators[i].running = Some(running);
+    }
+
+    /// Node `i` is no longer fed: it must keep up through its own engine.
+    fn unfeed(&self, i: usize) {
+        self.fed.lock().unwrap().retain(|&j| j != i);
+    }
+
+    /// From now on node `i` is also fed what node 0 applied, like a node whose ledger service
+    /// fetches certified blocks from peers and hands them to its application.
+    fn feed(&self, i: usize) {
+        let mut fed = self.fed.lock().unwrap();
+        if !fed.contains(&i) {
+            fed.push(i);
+        }
+        if self
+            .feeding
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let fed = self.fed.clone();
+        let source = self.validators[0].applied.clone();
+        let targets: Vec<_> = self.validators.iter().map(|v| v.applied.clone()).collect();
+        let mailboxes = self.mailboxes.clone();
+        self.context
+            .child("feeder")
+            .spawn(move |context| async move {
+                loop {
+                    context.sleep(Duration::from_millis(200)).await;
+                    let from = source.lock().unwrap().clone();
+                    for &i in fed.lock().unwrap().iter() {
+                        let mut a = targets[i].lock().unwrap();
+                        if a.state.height >= from.state.height {
+                            continue;
+                        }
+                        for (height, root) in &from.roots {
+                            if *height > a.state.height {
+                                a.roots.insert(*height, *root);
+                            }
+                        }
+                        a.state = from.state.clone();
+                        a.digest = from.digest;
+                        a.timestamp_ms = from.timestamp_ms;
+                        a.epoch_start = from.epoch_start;
+                        if let Some(mailbox) = &mailboxes.lock().unwrap()[i] {
+                            mailbox.advance(Base {
+                                state: a.state.clone(),
+                                digest: a.digest,
+                                timestamp_ms: a.timestamp_ms,
+                                epoch_start: a.epoch_start,
+                            });
+                        }
+                    }
+                }
+            });
     }
 
     /// kill -9: the engine and the application stop at once; the journal survives.
     async fn crash(&mut self, i: usize) {
+        self.mailboxes.lock().unwrap()[i] = None;
         if let Some(running) = self.validators[i].running.take() {
             running.engine.abort();
             running.app.abort();
@@ -489,11 +591,19 @@ fn an_equivocating_validator_cannot_fork_the_honest_ones() {
         let scheme =
             Scheme::signer(&consensus::namespace(&chain), committee, validator_key(0)).unwrap();
         let channels = sim.channels(0).await;
+        // Validators speak on per-epoch subchannels; the equivocator joins epoch 0's.
+        let (mux, mut votes) = commonware_p2p::utils::mux::Muxer::new(
+            context.child("byzantine_mux"),
+            channels.votes.0,
+            channels.votes.1,
+        );
+        mux.start();
+        let votes = votes.register(0).await.unwrap();
         simplex::mocks::conflicter::Conflicter::<_, _, commonware_cryptography::Blake3>::new(
             context.child("byzantine"),
             simplex::mocks::conflicter::Config { scheme },
         )
-        .start(channels.votes);
+        .start(votes);
         for i in 1..N {
             sim.start(i).await;
         }
@@ -544,4 +654,91 @@ fn the_same_seed_gives_the_same_run() {
     let (roots_b, audit_b) = run(7);
     assert_eq!(roots_a, roots_b);
     assert_eq!(audit_a, audit_b);
+}
+
+#[test]
+fn committee_changes_take_effect_at_the_next_epoch() {
+    deterministic::Runner::timed(Duration::from_secs(900)).start(|context| async move {
+        const L: u64 = 20;
+        let mut sim = Sim::with(context, link(10, 2, 1.0), 5, L).await;
+        for i in 0..5 {
+            sim.start(i).await;
+        }
+        // Node 4 runs a validator but is not in the genesis committee: it follows.
+        sim.feed(4);
+        let chain = sim.genesis.chain_id();
+        let v = |i: usize| consensus::account_of(&validator_key(i));
+
+        // A change approved by only two of four is refused; three (the quorum) are enough.
+        let weak = committee_tx(&chain, CommitteeChange::Add(v(4)), 0, &[0, 1]);
+        assert!(sim.submit(0, weak).await.is_err());
+        let add = committee_tx(&chain, CommitteeChange::Add(v(4)), 0, &[0, 1, 2]);
+        sim.submit(1, add.clone()).await.unwrap();
+        sim.wait_for(Duration::from_secs(60), "validator 4 added", |s| {
+            (0..5).all(|i| s.applied(i).state.committee.contains(&v(4)))
+        })
+        .await;
+        let added = sim.applied(0);
+        assert!(added.txs.contains(&add.hash()));
+        assert_eq!(added.state.committee.len(), 5);
+        sim.unfeed(4);
+
+        // Five validators: a quorum is four. With validator 1 down, blocks finalize only if
+        // validator 4 votes.
+        sim.crash(1).await;
+        let certificates_before = sim.applied(4).certificates;
+        let mut hashes = Vec::new();
+        for seq in 0..5 {
+            hashes.push(sim.submit(4, pay(&chain, 0, 1, 10, seq)).await.unwrap());
+        }
+        sim.wait_for(Duration::from_secs(60), "payments with validator 4", |s| {
+            [0, 2, 3, 4]
+                .iter()
+                .all(|&i| hashes.iter().all(|h| s.applied(i).txs.contains(h)))
+        })
+        .await;
+        assert!(
+            sim.applied(4).certificates > certificates_before,
+            "validator 4's own engine finalizes blocks"
+        );
+
+        // Remove validator 1 (approved by four of five) while it is down.
+        let remove = committee_tx(&chain, CommitteeChange::Remove(v(1)), 1, &[0, 2, 3, 4]);
+        sim.submit(0, remove.clone()).await.unwrap();
+        sim.wait_for(Duration::from_secs(120), "validator 1 removed", |s| {
+            [0, 2, 3, 4]
+                .iter()
+                .all(|&i| !s.applied(i).state.committee.contains(&v(1)))
+        })
+        .await;
+        // Committee {0, 2, 3, 4}: a quorum is three, so with validator 2 down as well the
+        // others still finalize (under the old committee of five they could not).
+        sim.crash(2).await;
+        let mut hashes = Vec::new();
+        for seq in 0..3 {
+            hashes.push(sim.submit(3, pay(&chain, 2, 3, 10, seq)).await.unwrap());
+        }
+        sim.wait_for(Duration::from_secs(60), "payments after the removal", |s| {
+            [0, 3, 4]
+                .iter()
+                .all(|&i| hashes.iter().all(|h| s.applied(i).txs.contains(h)))
+        })
+        .await;
+        // The removed validator, restarted, follows without voting and agrees.
+        sim.start(1).await;
+        sim.feed(1);
+        let target = sim.height(0);
+        sim.wait_for(Duration::from_secs(60), "validator 1 to follow", |s| {
+            s.height(1) >= target
+        })
+        .await;
+        sim.assert_agreement(&[0, 1, 3, 4]);
+        let a = sim.applied(0);
+        assert_eq!(a.state.committee, {
+            let mut c = vec![v(0), v(2), v(3), v(4)];
+            c.sort();
+            c
+        });
+        assert!(a.state.height > 2 * L, "at least two epochs passed");
+    });
 }

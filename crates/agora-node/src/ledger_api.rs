@@ -1,4 +1,4 @@
-//! Ledger routes under `/v1/ledger`: account, balance, pay, tx, status, history.
+//! Ledger routes under `/v1/ledger`: account, balance, pay, tx, status, history, committee.
 
 use std::sync::Arc;
 
@@ -42,6 +42,8 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/ledger/status", get(status))
         .route("/v1/ledger/blocks/{height}", get(block))
         .route("/v1/ledger/history", get(history))
+        .route("/v1/ledger/committee/approve", post(committee_approve))
+        .route("/v1/ledger/committee/change", post(committee_change))
 }
 
 fn ledger(node: &Node) -> Result<&Arc<Ledger>, ApiError> {
@@ -350,4 +352,100 @@ async fn history(
     };
     let records = ledger.history(&account, q.limit.unwrap_or(50).clamp(1, 1_000))?;
     Ok(Json(records.into_iter().map(view).collect()))
+}
+
+/// A committee change as the API takes it: `{"add": ACCOUNT}` or `{"remove": ACCOUNT}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeRequest {
+    add: Option<String>,
+    remove: Option<String>,
+    /// Approvals (hex, as `approve` returns them); only for `change`.
+    #[serde(default)]
+    approvals: Vec<String>,
+}
+
+/// Most approvals a change may carry (more than any committee needs).
+const MAX_APPROVALS: usize = 1_000;
+
+impl ChangeRequest {
+    fn change(&self) -> Result<CommitteeChange, ApiError> {
+        match (&self.add, &self.remove) {
+            (Some(a), None) => Ok(CommitteeChange::Add(parse_account(a)?)),
+            (None, Some(a)) => Ok(CommitteeChange::Remove(parse_account(a)?)),
+            _ => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give either add or remove (an account)",
+            )),
+        }
+    }
+}
+
+fn change_view(change: &CommitteeChange) -> serde_json::Value {
+    match change {
+        CommitteeChange::Add(a) => serde_json::json!({ "add": a.to_string() }),
+        CommitteeChange::Remove(a) => serde_json::json!({ "remove": a.to_string() }),
+    }
+}
+
+/// This validator's approval of a committee change at the current nonce.
+async fn committee_approve(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<ChangeRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ledger = ledger(&node)?;
+    let Json(req) = body?;
+    let change = req.change()?;
+    let (approval, nonce) = ledger.approve_committee_change(&change)?;
+    Ok(Json(serde_json::json!({
+        "approval": hex::encode(approval.encode()),
+        "validator": approval.validator.to_string(),
+        "nonce": nonce,
+        "change": change_view(&change),
+    })))
+}
+
+/// Submits a committee change with its approvals and waits until it is final.
+async fn committee_change(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<ChangeRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ledger = ledger(&node)?;
+    let Json(req) = body?;
+    let change = req.change()?;
+    if req.approvals.is_empty() || req.approvals.len() > MAX_APPROVALS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("give 1 to {MAX_APPROVALS} approvals"),
+        )
+        .with_hint(
+            "each current validator runs `agora ledger approve` and passes you its output",
+        ));
+    }
+    let approvals = req
+        .approvals
+        .iter()
+        .map(|text| {
+            let bad = || {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_approval",
+                    format!("{text:?} is not an approval (as `agora ledger approve` prints)"),
+                )
+            };
+            let bytes = hex::decode(text.trim()).map_err(|_| bad())?;
+            agora_ledger::Approval::decode(&bytes).ok_or_else(bad)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let done = ledger.change_committee(change.clone(), approvals).await?;
+    Ok(Json(serde_json::json!({
+        "hash": done.hash.to_hex(),
+        "height": done.height,
+        "change": change_view(&change),
+        "effective_epoch": done.effective_epoch,
+        "effective_height": done.effective_height,
+        "next_committee": done.next_committee.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    })))
 }

@@ -1,5 +1,6 @@
 //! The ledger across real processes: four validators running simplex over libp2p, followers
-//! that verify certificates, a validator killed and restarted, a double spend.
+//! that verify certificates, a validator killed and restarted, a double spend, a validator
+//! added to the committee at run time.
 
 use std::path::Path;
 
@@ -23,6 +24,15 @@ fn write_genesis(
     dirs: &[std::path::PathBuf],
     validators: usize,
 ) -> Vec<(Account, ed25519_dalek::SigningKey)> {
+    write_genesis_with(root, dirs, validators, 1_000_000)
+}
+
+fn write_genesis_with(
+    root: &Path,
+    dirs: &[std::path::PathBuf],
+    validators: usize,
+    epoch_length: u64,
+) -> Vec<(Account, ed25519_dalek::SigningKey)> {
     let ids: Vec<_> = dirs.iter().map(|d| identity(d)).collect();
     let accounts: Vec<Account> = ids.iter().map(|(a, _)| *a).collect();
     let genesis = Genesis {
@@ -30,7 +40,7 @@ fn write_genesis(
         validators: accounts[..validators].to_vec(),
         balances: accounts.iter().map(|a| (*a, START)).collect(),
         min_fee: 10,
-        epoch_length: 1_000_000,
+        epoch_length,
     };
     std::fs::write(
         root.join("genesis.json"),
@@ -140,12 +150,17 @@ fn payments_are_final_on_every_node_and_a_killed_validator_catches_up() {
         assert_eq!(b["balance"].as_u64().unwrap(), START - 1_234 - 10);
         assert_eq!(b["seq"].as_u64().unwrap(), 1);
     }
-    let (code, metrics) = nodes[0].request("GET", "/metrics", Some(&nodes[0].token), None);
-    assert_eq!(code, 200);
+    // The engine's own metrics, from Commonware's registry (copied every second), one `# EOF`
+    // at the very end.
+    let metrics = wait_for("the engine's metrics", WAIT, || {
+        let (code, metrics) = nodes[0].request("GET", "/metrics", Some(&nodes[0].token), None);
+        assert_eq!(code, 200);
+        metrics
+            .contains("consensus_ledger_orchestrator_simplex_")
+            .then_some(metrics)
+    });
     assert!(metrics.contains("agora_ledger_validator 1"), "{metrics}");
     assert!(metrics.contains("agora_ledger_height "), "{metrics}");
-    // The engine's own metrics, from Commonware's registry, one `# EOF` at the very end.
-    assert!(metrics.contains("consensus_ledger_simplex_"), "{metrics}");
     assert_eq!(metrics.matches("# EOF").count(), 1);
     let status = json_out(&nodes[5], &["ledger", "status", "--json"]);
     assert_eq!(status["committee"].as_array().unwrap().len(), 4);
@@ -280,4 +295,90 @@ fn a_double_spend_sent_to_two_validators_applies_exactly_once() {
         "{v}"
     );
     assert_same_block(&nodes.iter().collect::<Vec<_>>(), h + 5);
+}
+
+#[test]
+fn a_validator_added_by_committee_change_votes_from_the_next_epoch() {
+    const EPOCH: u64 = 30;
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..6).map(|i| root.path().join(format!("n{i}"))).collect();
+    let ids = write_genesis_with(root.path(), &dirs, 4, EPOCH);
+    let gpath = root.path().join("genesis.json");
+    // Five run with --validator; the fifth is not in the committee yet. The sixth follows
+    // (it checks each epoch's certificates against that epoch's committee).
+    let mut nodes = vec![start(&dirs[0], &gpath, true, None)];
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let node = start(dir, &gpath, i < 5, Some(&nodes[0]));
+        nodes.push(node);
+    }
+    for n in &nodes {
+        wait_for("blocks on every node", WAIT, || {
+            (height(n) >= 2).then_some(())
+        });
+    }
+    let accounts: Vec<Account> = ids.iter().map(|(a, _)| *a).collect();
+    let newcomer = accounts[4].to_string();
+    let status = json_out(&nodes[4], &["ledger", "status", "--json"]);
+    assert_eq!(status["validator"], false);
+    assert_eq!(status["runs_consensus"], true);
+
+    // Only current members' approvals count; a bad approval is refused before submission.
+    let out = nodes[4].cli(&["ledger", "approve", "add", &newcomer]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not in the current committee"),
+        "{}",
+        stderr(&out)
+    );
+    let out = nodes[4].cli(&["ledger", "change", "add", &newcomer, "abcd"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not an approval"), "{}", stderr(&out));
+
+    // Two approvals are not a quorum of four.
+    let approvals: Vec<String> = nodes[..3]
+        .iter()
+        .map(|n| {
+            let v = json_out(n, &["ledger", "approve", "add", &newcomer, "--json"]);
+            assert_eq!(v["nonce"], 0);
+            v["approval"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let out = nodes[4].cli(&[
+        "ledger",
+        "change",
+        "add",
+        &newcomer,
+        &approvals[0],
+        &approvals[1],
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("approvals"), "{}", stderr(&out));
+
+    // Three are: the newcomer itself submits the change (forwarded to the committee).
+    let mut args = vec!["ledger", "change", "add", newcomer.as_str()];
+    args.extend(approvals.iter().map(String::as_str));
+    args.push("--json");
+    let changed = json_out(&nodes[4], &args);
+    let effective = changed["effective_height"].as_u64().unwrap();
+    assert_eq!(effective % EPOCH, 1, "{changed}");
+    assert_eq!(changed["next_committee"].as_array().unwrap().len(), 5);
+    for n in &nodes {
+        wait_for("the new epoch on every node", WAIT, || {
+            (height(n) >= effective).then_some(())
+        });
+        let status = json_out(n, &["ledger", "status", "--json"]);
+        assert_eq!(status["committee"].as_array().unwrap().len(), 5);
+    }
+    let status = json_out(&nodes[4], &["ledger", "status", "--json"]);
+    assert_eq!(status["validator"], true);
+
+    // Five validators need four votes: with validator 1 killed, payments finalize only
+    // because the newcomer votes.
+    nodes[1].kill9();
+    let p = pay(&nodes[4], &accounts[0], 5);
+    let alive: Vec<&Node> = [0, 2, 3, 4, 5].iter().map(|&i| &nodes[i]).collect();
+    final_everywhere(&alive, p["hash"].as_str().unwrap());
+    assert_same_block(&alive, p["height"].as_u64().unwrap());
+    let (_, metrics) = nodes[4].request("GET", "/metrics", Some(&nodes[4].token), None);
+    assert!(metrics.contains("agora_ledger_validator 1"), "{metrics}");
 }

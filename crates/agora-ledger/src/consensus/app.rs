@@ -167,6 +167,30 @@ pub struct Base {
     pub state: State,
     pub digest: Hash,
     pub timestamp_ms: u64,
+    /// The digest of the last block before the epoch of the next block (the epoch's floor;
+    /// the chain id in epoch 0). Consensus for an epoch starts from it.
+    pub epoch_start: Hash,
+}
+
+impl Base {
+    /// The start of the chain.
+    pub fn genesis(genesis: &crate::Genesis) -> Self {
+        Base {
+            state: State::genesis(genesis),
+            digest: genesis.chain_id(),
+            timestamp_ms: 0,
+            epoch_start: genesis.chain_id(),
+        }
+    }
+}
+
+/// The application's finalized height entered a new epoch: consensus for it starts from
+/// `floor` with `committee`.
+#[derive(Clone, Debug)]
+pub(crate) struct EpochStart {
+    pub epoch: u64,
+    pub committee: Vec<crate::Account>,
+    pub floor: Hash,
 }
 
 /// Block production settings.
@@ -210,6 +234,11 @@ pub(crate) struct App<S, R> {
     finalized: State,
     finalized_digest: Hash,
     finalized_timestamp: u64,
+    /// Digest of the last block before the current epoch (see [`Base::epoch_start`]).
+    epoch_start: Hash,
+    /// The epoch last reported to the orchestrator.
+    epoch_reported: Option<u64>,
+    epochs: mpsc::UnboundedSender<EpochStart>,
     /// Recently finalized blocks by height, to serve validators that missed them.
     recent: BTreeMap<u64, (Hash, Block)>,
     /// Blocks above the finalized height, by digest.
@@ -238,16 +267,25 @@ where
         base: Base,
         (sender, receiver): (S, R),
         config: AppConfig,
-    ) -> (Self, Mailbox, mpsc::UnboundedReceiver<Finalized>) {
+    ) -> (
+        Self,
+        Mailbox,
+        mpsc::UnboundedReceiver<Finalized>,
+        mpsc::UnboundedReceiver<EpochStart>,
+    ) {
         let (mailbox_tx, mailbox) = mpsc::unbounded_channel();
         let (output, finalized) = mpsc::unbounded_channel();
-        let app = App {
+        let (epochs, epoch_starts) = mpsc::unbounded_channel();
+        let mut app = App {
             mailbox,
             sender,
             receiver,
             finalized: base.state,
             finalized_digest: base.digest,
             finalized_timestamp: base.timestamp_ms,
+            epoch_start: base.epoch_start,
+            epoch_reported: None,
+            epochs,
             recent: BTreeMap::new(),
             blocks: HashMap::new(),
             states: HashMap::new(),
@@ -265,7 +303,35 @@ where
             },
             pending_propose: None,
         };
-        (app, Mailbox { sender: mailbox_tx }, finalized)
+        app.report_epoch();
+        (app, Mailbox { sender: mailbox_tx }, finalized, epoch_starts)
+    }
+
+    /// Tells the orchestrator when the finalized height entered a new epoch.
+    fn report_epoch(&mut self) {
+        let state = &self.finalized;
+        let epoch = state.epoch_of(state.height + 1);
+        if self.epoch_reported.is_some_and(|e| e >= epoch) {
+            return;
+        }
+        self.epoch_reported = Some(epoch);
+        let _ = self.epochs.send(EpochStart {
+            epoch,
+            committee: state.committee.clone(),
+            floor: self.epoch_start,
+        });
+    }
+
+    /// The last height of `epoch`.
+    fn epoch_end(&self, epoch: u64) -> u64 {
+        (epoch + 1).saturating_mul(self.finalized.epoch_length)
+    }
+
+    fn height_of(&self, digest: &Hash) -> Option<u64> {
+        if *digest == self.finalized_digest {
+            return Some(self.finalized.height);
+        }
+        self.block(digest).map(|b| b.height)
     }
 
     pub fn start<E: Clock + Spawner>(self, context: E) -> Handle<()> {
@@ -352,6 +418,7 @@ where
                     self.finalized = base.state;
                     self.finalized_digest = base.digest;
                     self.finalized_timestamp = base.timestamp_ms;
+                    self.epoch_start = base.epoch_start;
                     self.recent.clear();
                     self.after_finalization();
                     self.progress(context);
@@ -406,6 +473,26 @@ where
             return;
         }
         let parent = hash(&pending.context.parent.1);
+        let epoch = pending.context.round.epoch().get();
+        let end = self.epoch_end(epoch);
+        match self.height_of(&parent) {
+            // The epoch's last block: no block follows it in this epoch. Proposing it again
+            // lets this epoch's consensus finalize it (the marshal's re-proposal); the next
+            // epoch's consensus builds on it.
+            Some(height) if height == end && self.state_after(&parent).is_some() => {
+                debug!(epoch, height, "re-proposing the epoch's last block");
+                let _ = pending.response.send(digest(parent));
+                return;
+            }
+            Some(height) if height > end => {
+                debug!(
+                    epoch,
+                    height, "declining to propose: parent beyond the epoch"
+                );
+                return;
+            }
+            _ => {}
+        }
         // Build only on a parent whose state we know; otherwise decline (the view is skipped)
         // and fetch what is missing for next time.
         let Some(parent_state) = self.state_after(&parent) else {
@@ -414,7 +501,7 @@ where
             return;
         };
         let now = Self::now_ms(context);
-        if now < pending.deadline_ms && self.mempool.candidates(parent_state).next().is_none() {
+        if now < pending.deadline_ms && !self.mempool.has_candidates(parent_state) {
             self.pending_propose = Some(pending);
             return;
         }
@@ -532,6 +619,22 @@ where
     /// `Some(valid)` once the proposal can be judged, `None` while blocks are missing.
     fn check_proposal(&mut self, pending: &PendingVerify, now_ms: u64) -> Option<bool> {
         let digest = pending.payload;
+        let epoch = pending.context.round.epoch().get();
+        let parent_digest = hash(&pending.context.parent.1);
+        if digest == parent_digest {
+            // Only the epoch's last block may be proposed again.
+            let Some(height) = self.height_of(&digest) else {
+                self.want(digest);
+                return None;
+            };
+            if height != self.epoch_end(epoch) {
+                return Some(false);
+            }
+            return match self.ensure_state(digest) {
+                Ok(()) => Some(true),
+                Err(invalid) => invalid.then_some(false),
+            };
+        }
         if self.invalid.contains(&digest) {
             return Some(false);
         }
@@ -539,7 +642,13 @@ where
             self.want(digest);
             return None;
         };
-        if block.parent != hash(&pending.context.parent.1) {
+        if block.parent != parent_digest {
+            return Some(false);
+        }
+        // A block belongs to the epoch that orders it.
+        if block.height > self.epoch_end(epoch)
+            || block.height <= epoch.saturating_mul(self.finalized.epoch_length)
+        {
             return Some(false);
         }
         if block.timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS {
@@ -601,6 +710,9 @@ where
                     self.finalized = self.states.remove(&digest).expect("executed above");
                     self.finalized_digest = digest;
                     self.finalized_timestamp = block.timestamp_ms;
+                    if block.height.is_multiple_of(self.finalized.epoch_length) {
+                        self.epoch_start = digest;
+                    }
                     self.recent.insert(block.height, (digest, block.clone()));
                     let certificate = (digest == top).then(|| finalization.clone());
                     let _ = self.output.send(Finalized {
@@ -632,6 +744,7 @@ where
         self.wants.clear();
         // Whatever is still missing is asked for again by the next pass over pending work.
         self.mempool.prune(&self.finalized);
+        self.report_epoch();
     }
 
     fn send_wants<E: Clock>(&mut self, context: &E) {

@@ -8,7 +8,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::account::Account;
 use crate::state::{State, TxError};
-use crate::tx::{Hash, SignedAccountTx, Tx};
+use crate::tx::{CommitteeTx, Hash, SignedAccountTx, Tx};
 
 #[derive(Clone, Copy, Debug)]
 pub struct MempoolLimits {
@@ -38,17 +38,19 @@ pub enum Rejected {
     TooFarAhead { seq: u64, next: u64, max_ahead: u64 },
     #[error("the mempool is full; try again shortly")]
     Full,
-    #[error(
-        "committee changes are not accepted yet: validators cannot switch committees at run time"
-    )]
-    CommitteeChangesDisabled,
 }
+
+/// Most committee changes held at once (they need the current nonce, so only one can apply
+/// per nonce; a few compete at most).
+const MAX_COMMITTEE_TXS: usize = 16;
 
 #[derive(Default)]
 pub(crate) struct Mempool {
     limits: MempoolLimits,
     accounts: BTreeMap<(Account, u64), (Hash, Tx)>,
     hashes: HashMap<Hash, (Account, u64)>,
+    /// Committee changes, each fully verified on admission (approvals included).
+    committee: HashMap<Hash, CommitteeTx>,
     /// Decompressed keys of accounts seen (`None`: not a curve point), so each is decompressed
     /// once rather than for every transaction.
     keys: HashMap<Account, Option<VerifyingKey>>,
@@ -70,7 +72,7 @@ impl Mempool {
     /// mempool skip that check.
     pub fn admit(&mut self, tx: Tx, state: &State) -> Result<(Hash, bool), Rejected> {
         let hash = tx.hash();
-        if self.hashes.contains_key(&hash) {
+        if self.hashes.contains_key(&hash) || self.committee.contains_key(&hash) {
             return Ok((hash, false));
         }
         if self.hashes.len() >= self.limits.max_txs {
@@ -102,11 +104,13 @@ impl Mempool {
                 self.accounts.insert(key, (hash, tx));
                 self.hashes.insert(hash, key);
             }
-            Tx::Committee(_) => {
-                // The state machine applies committee changes at epoch boundaries, but the
-                // engine does not yet restart with the new committee then; until it does, such
-                // a change would leave the ledger's committee and consensus disagreeing.
-                return Err(Rejected::CommitteeChangesDisabled);
+            Tx::Committee(change) => {
+                // Rare and cheap to check in full: nonce, usefulness and every approval.
+                state.check(&tx, false).map_err(Rejected::Invalid)?;
+                if self.committee.len() >= MAX_COMMITTEE_TXS {
+                    return Err(Rejected::Full);
+                }
+                self.committee.insert(hash, change.clone());
             }
         }
         Ok((hash, true))
@@ -115,7 +119,9 @@ impl Mempool {
     /// Whether a transaction in someone else's block is correctly signed: admitted here already
     /// (verified then), or verified now with the cached key.
     pub fn signature_checked(&mut self, tx: &Tx, chain: &Hash) -> bool {
-        if self.hashes.contains_key(&tx.hash()) {
+        let hash = tx.hash();
+        if self.hashes.contains_key(&hash) || self.committee.contains_key(&hash) {
+            // (A committee change's approvals are verified again when it applies anyway.)
             return true;
         }
         match tx {
@@ -137,17 +143,33 @@ impl Mempool {
         *self.keys.entry(*account).or_insert_with(|| account.key())
     }
 
-    /// Candidates for a block on top of `state`, in an order that applies: each account's
-    /// transactions by sequence. All signatures were verified on admission.
+    /// Candidates for a block on top of `state`, in an order that applies: committee changes
+    /// for the current nonce, then each account's transactions by sequence. All signatures
+    /// were verified on admission.
     pub fn candidates<'a>(&'a self, state: &'a State) -> impl Iterator<Item = (Tx, bool)> + 'a {
-        self.accounts
+        let committee = self
+            .committee
+            .values()
+            .filter(move |c| c.nonce == state.committee_nonce)
+            .map(|c| (Tx::Committee(c.clone()), true));
+        let accounts = self
+            .accounts
             .iter()
             .filter(move |((account, seq), _)| *seq >= state.account(account).seq)
-            .map(|(_, (_, tx))| (tx.clone(), true))
+            .map(|(_, (_, tx))| (tx.clone(), true));
+        committee.chain(accounts)
     }
 
-    /// Drops what `state` (newly finalized) makes impossible: used sequence numbers.
+    /// Whether anything could go into a block on top of `state`.
+    pub fn has_candidates(&self, state: &State) -> bool {
+        self.candidates(state).next().is_some()
+    }
+
+    /// Drops what `state` (newly finalized) makes impossible: used sequence numbers and
+    /// committee nonces.
     pub fn prune(&mut self, state: &State) {
+        self.committee
+            .retain(|_, c| c.nonce >= state.committee_nonce);
         let hashes = &mut self.hashes;
         self.accounts.retain(|(account, seq), (hash, _)| {
             let keep = *seq >= state.account(account).seq;

@@ -15,7 +15,7 @@ mod mempool;
 mod wire;
 
 pub use app::{AppConfig, Base, Finalized, Mailbox, Submitted};
-pub use engine::{Channels, Running, ValidatorConfig, start_validator};
+pub use engine::{Channels, OnCommittee, Running, ValidatorConfig, start_validator};
 pub use mempool::{MempoolLimits, Rejected};
 pub use wire::BlockMsg;
 

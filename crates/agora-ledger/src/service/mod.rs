@@ -33,7 +33,7 @@ use crate::consensus::{
     Channels, Finalization, Mailbox, Scheme, ValidatorConfig,
 };
 use crate::state::{AccountState, Genesis, State, TxError};
-use crate::tx::{AccountTx, Action, Hash, Tx};
+use crate::tx::{AccountTx, Action, Approval, CommitteeChange, CommitteeTx, Hash, Tx};
 
 /// The account and signing key of the node identity in `data_dir` (created if missing), for
 /// tools that write a genesis before the nodes start.
@@ -54,7 +54,7 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// Unapplied blocks held at most this far above the tip.
 const MAX_PENDING_AHEAD: u64 = 4_096;
 /// How often a validator's copy of the engine's metrics is refreshed.
-const METRICS_REFRESH: Duration = Duration::from_secs(5);
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -111,8 +111,18 @@ pub struct Status {
     pub digest: Hash,
     pub state_root: Hash,
     pub last_block_time_ms: u64,
+    /// The epoch of the next block, and the committee that orders it.
+    pub epoch: u64,
+    pub epoch_length: u64,
     pub committee: Vec<Account>,
+    /// The committee from the next epoch on, with the changes finalized so far.
+    pub next_committee: Vec<Account>,
+    /// The nonce the next committee change must carry.
+    pub committee_nonce: u64,
+    /// In the current committee and running consensus.
     pub validator: bool,
+    /// Started with `--validator` (in the committee or waiting to be added).
+    pub runs_consensus: bool,
     /// Transactions per second over the last minute of finalized blocks.
     pub tx_per_sec: f64,
     pub blocks_per_sec: f64,
@@ -121,6 +131,17 @@ pub struct Status {
     pub supply: u128,
     pub burned: u64,
     pub min_fee: u64,
+}
+
+/// A finalized committee change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitteeChanged {
+    pub hash: Hash,
+    pub height: u64,
+    /// The first epoch (and its first block) ordered by the changed committee.
+    pub effective_epoch: u64,
+    pub effective_height: u64,
+    pub next_committee: Vec<Account>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -153,6 +174,10 @@ struct Inner {
     applied_txs: u64,
     /// The state root after the tip (computed once per applied run of blocks).
     root: Hash,
+    /// Digest of the last block before the tip's next epoch (see `Base::epoch_start`).
+    epoch_start: Hash,
+    /// The certificate verifier for the committee of the next block's epoch: (epoch, scheme).
+    verifier: (u64, Scheme),
 }
 
 struct ValidatorHandle {
@@ -170,8 +195,6 @@ pub struct Ledger {
     account: Account,
     key: ed25519_dalek::SigningKey,
     store: ChainStore,
-    verifier: Scheme,
-    committee_peers: Vec<PeerId>,
     inner: Mutex<Inner>,
     tip: broadcast::Sender<u64>,
     sync_now: tokio::sync::Notify,
@@ -203,16 +226,7 @@ impl Ledger {
                 .await
                 .map_err(|e| LedgerError::Validator(e.to_string()))??
         };
-        let committee =
-            consensus::committee_set(&loaded.state.committee).map_err(LedgerError::Genesis)?;
-        let committee_peers = loaded
-            .state
-            .committee
-            .iter()
-            .filter_map(consensus::public_key)
-            .map(|k| agora_consensus_net::peer_id(&k))
-            .collect();
-        let verifier = Scheme::verifier(&consensus::namespace(&chain), committee);
+        let verifier = Self::verifier_for(&chain, &loaded.state)?;
         info!(chain = %genesis.chain, height = loaded.state.height, %account, "ledger loaded");
         let next_seq = loaded.state.account(&account).seq;
         let root = loaded.state.root();
@@ -224,8 +238,6 @@ impl Ledger {
             account,
             key,
             store,
-            verifier,
-            committee_peers,
             inner: Mutex::new(Inner {
                 state: loaded.state,
                 digest: loaded.digest,
@@ -235,6 +247,8 @@ impl Ledger {
                 recent: VecDeque::new(),
                 applied_txs: 0,
                 root,
+                epoch_start: loaded.epoch_start,
+                verifier,
             }),
             tip: broadcast::channel(64).0,
             sync_now: tokio::sync::Notify::new(),
@@ -264,17 +278,57 @@ impl Ledger {
         self.consensus_metrics.lock().unwrap().clone()
     }
 
+    /// Whether this node validates now: it runs consensus and is in the current committee.
     pub fn is_validator(&self) -> bool {
+        self.mailbox().is_some()
+    }
+
+    /// Whether this node runs consensus (in the committee, or waiting to be added).
+    pub fn runs_consensus(&self) -> bool {
         self.validator.lock().unwrap().is_some()
     }
 
-    /// The own consensus application, on validators.
+    /// The own consensus application, while this node is in the current committee.
     fn mailbox(&self) -> Option<Mailbox> {
+        if !self.in_committee() {
+            return None;
+        }
         self.validator
             .lock()
             .unwrap()
             .as_ref()
             .map(|v| v.mailbox.clone())
+    }
+
+    fn in_committee(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .state
+            .committee
+            .contains(&self.account)
+    }
+
+    /// The peers of the current committee.
+    fn committee_peers(&self) -> Vec<PeerId> {
+        self.inner
+            .lock()
+            .unwrap()
+            .state
+            .committee
+            .iter()
+            .filter_map(consensus::public_key)
+            .map(|k| agora_consensus_net::peer_id(&k))
+            .collect()
+    }
+
+    /// A certificate verifier for the committee that orders the block after `state`.
+    fn verifier_for(chain: &Hash, state: &State) -> Result<(u64, Scheme), LedgerError> {
+        let committee = consensus::committee_set(&state.committee).map_err(LedgerError::Genesis)?;
+        Ok((
+            state.epoch_of(state.height + 1),
+            Scheme::verifier(&consensus::namespace(chain), committee),
+        ))
     }
 
     async fn start_validator(
@@ -285,15 +339,17 @@ impl Ledger {
         let base = {
             let inner = self.inner.lock().unwrap();
             if !inner.state.committee.contains(&self.account) {
-                return Err(LedgerError::Validator(format!(
-                    "--validator: this node's account {} is not in the ledger's committee",
-                    self.account
-                )));
+                info!(
+                    account = %self.account,
+                    "--validator: this account is not in the current committee; following the \
+                     ledger until a committee change adds it"
+                );
             }
             Base {
                 state: inner.state.clone(),
                 digest: inner.digest,
                 timestamp_ms: inner.timestamp_ms,
+                epoch_start: inner.epoch_start,
             }
         };
         let committee_keys: Vec<_> = base
@@ -326,6 +382,13 @@ impl Ledger {
             ValidatorConfig::new(self.genesis.clone(), consensus::private_key(secret), base);
         validator_config.app = config.app;
         validator_config.leader_timeout = config.leader_timeout;
+        {
+            // Each epoch's engine talks to that epoch's committee.
+            let transport = transport.clone();
+            validator_config.on_committee = Some(Arc::new(move |committee: &[_]| {
+                transport.set_committee(committee.to_vec());
+            }));
+        }
         std::fs::create_dir_all(&config.consensus_dir).map_err(|e| {
             LedgerError::Validator(format!(
                 "cannot create {}: {e}",
@@ -354,7 +417,7 @@ impl Ledger {
                         Ok(running) => {
                             let _ = ready_tx.send(Ok((running.mailbox, running.finalized)));
                             // The engine's own metrics (votes, views, timeouts, journal) live
-                            // in this runtime's registry: refresh the node's copy every 5 s.
+                            // in this runtime's registry: refresh the node's copy every second.
                             let mut stop_rx = stop_rx;
                             loop {
                                 *metrics.lock().unwrap() = context.encode();
@@ -421,11 +484,11 @@ impl Ledger {
             let height = f.block.height;
             let announce = certificate.clone().filter(|_| {
                 // One validator announces each block (they take turns by height).
-                let index = ledger
-                    .committee_peers
+                let committee = ledger.committee_peers();
+                let index = committee
                     .iter()
                     .position(|p| *p == ledger.net.local_peer_id());
-                index.is_some_and(|i| height % ledger.committee_peers.len() as u64 == i as u64)
+                index.is_some_and(|i| height % committee.len() as u64 == i as u64)
             });
             let block_bytes = f.block.encode();
             let result = {
@@ -470,6 +533,7 @@ impl Ledger {
         let mut next_state: Option<State> = None;
         let mut digest = inner.digest;
         let mut timestamp = inner.timestamp_ms;
+        let mut epoch_start = inner.epoch_start;
         let mut applied = Vec::new();
         for (block, block_digest, certificate) in blocks {
             let state = next_state.as_ref().unwrap_or(&inner.state);
@@ -486,6 +550,9 @@ impl Ledger {
             // Signatures were checked by the validators that certified it (and by ours).
             match block.execute(state, |_| true) {
                 Ok((next, _)) => {
+                    if block.height.is_multiple_of(next.epoch_length) {
+                        epoch_start = block_digest;
+                    }
                     next_state = Some(next);
                     digest = block_digest;
                     timestamp = block.timestamp_ms;
@@ -519,15 +586,23 @@ impl Ledger {
         let own_seq = state.account(&self.account).seq;
         inner.next_seq = inner.next_seq.max(own_seq);
         inner.root = state.root();
+        if state.epoch_of(state.height + 1) != inner.verifier.0 {
+            match Self::verifier_for(&self.chain, &state) {
+                Ok(verifier) => inner.verifier = verifier,
+                Err(e) => warn!("the new epoch's committee is unusable: {e}"),
+            }
+        }
         inner.state = state;
         inner.digest = digest;
         inner.timestamp_ms = timestamp;
+        inner.epoch_start = epoch_start;
         let height = inner.state.height;
         inner.pending.retain(|h, _| *h > height);
         let base = notify_engine.then(|| Base {
             state: inner.state.clone(),
             digest,
             timestamp_ms: timestamp,
+            epoch_start,
         });
         drop(inner);
         if let Some(base) = base
@@ -539,19 +614,18 @@ impl Ledger {
         Ok(())
     }
 
-    fn verify_certificate(&self, certificate: &[u8], digest: &Hash) -> bool {
-        let Ok(f) = Finalization::decode_cfg(
-            Copying(certificate),
-            &self.verifier.certificate_codec_config(),
-        ) else {
-            return false;
+    /// Whether `certificate` finalizes `digest`, a block at `height`, signed by the committee
+    /// of the epoch after the tip. (Certificates of later epochs are checked once the tip
+    /// reaches them: only then is their committee known.)
+    fn verify_certificate(&self, certificate: &[u8], digest: &Hash, height: u64) -> bool {
+        let verifier = {
+            let inner = self.inner.lock().unwrap();
+            if inner.state.epoch_of(height) != inner.verifier.0 {
+                return false;
+            }
+            inner.verifier.clone()
         };
-        f.proposal.payload == consensus::digest(*digest)
-            && f.verify(
-                &mut commonware_utils::sys_rng(),
-                &self.verifier,
-                &commonware_parallel::Sequential,
-            )
+        verify_finalization(&verifier, certificate, digest)
     }
 
     /// Takes blocks from peers (gossip or fetch) into the pending set and applies every run
@@ -570,9 +644,14 @@ impl Ledger {
                 if height <= tip || height > tip + MAX_PENDING_AHEAD {
                     continue;
                 }
+                // Only blocks of the tip's next epoch are held: the committee of a later epoch
+                // is known once the blocks before it are applied (they are fetched again).
+                if inner.state.epoch_of(height) != inner.state.epoch_of(tip + 1) {
+                    continue;
+                }
                 let certified = certificate
                     .as_deref()
-                    .is_some_and(|c| self.verify_certificate(c, &digest));
+                    .is_some_and(|c| verify_finalization(&inner.verifier, c, &digest));
                 let entry = inner.pending.entry(height).or_insert(Pending {
                     block: None,
                     digest,
@@ -653,7 +732,7 @@ impl Ledger {
         };
         let ledger = self.clone();
         let verdict = tokio::task::spawn_blocking(move || {
-            if !ledger.verify_certificate(&a.certificate, &a.digest) {
+            if !ledger.verify_certificate(&a.certificate, &a.digest, a.height) {
                 return MessageAcceptance::Reject;
             }
             if ledger.receive(vec![(block, a.digest, Some(a.certificate))]) {
@@ -697,7 +776,8 @@ impl Ledger {
             .iter()
             .filter_map(|p| p.peer_id.parse().ok())
             .collect();
-        candidates.sort_by_key(|p| !self.committee_peers.contains(p));
+        let committee = self.committee_peers();
+        candidates.sort_by_key(|p| !committee.contains(p));
         for peer in candidates.into_iter().take(4) {
             let Ok(Response::Status { chain, height, .. }) = self.ask(peer, &Request::Status).await
             else {
@@ -785,12 +865,13 @@ impl Ledger {
         };
         match request {
             Request::Status => {
+                let validator = self.is_validator();
                 let inner = self.inner.lock().unwrap();
                 Response::Status {
                     chain: self.chain,
                     height: inner.state.height,
                     digest: inner.digest,
-                    validator: self.is_validator(),
+                    validator,
                 }
             }
             Request::Blocks { from, max } => {
@@ -833,6 +914,7 @@ impl Ledger {
     }
 
     pub fn status(&self) -> Status {
+        let runs_consensus = self.runs_consensus();
         let inner = self.inner.lock().unwrap();
         let (tx_per_sec, blocks_per_sec) = match (inner.recent.front(), inner.recent.back()) {
             (Some(first), Some(last)) if last.0 > first.0 => {
@@ -849,8 +931,13 @@ impl Ledger {
             digest: inner.digest,
             state_root: inner.root,
             last_block_time_ms: inner.timestamp_ms,
+            epoch: inner.state.epoch_of(inner.state.height + 1),
+            epoch_length: inner.state.epoch_length,
             committee: inner.state.committee.clone(),
-            validator: self.is_validator(),
+            next_committee: inner.state.next_committee.clone(),
+            committee_nonce: inner.state.committee_nonce,
+            validator: inner.state.committee.contains(&self.account) && runs_consensus,
+            runs_consensus,
             tx_per_sec,
             blocks_per_sec,
             applied_txs: inner.applied_txs,
@@ -940,33 +1027,126 @@ impl Ledger {
             }
             return Err(e);
         }
+        let waited = self
+            .wait_final(&hash, &mut tips, || {
+                // The sequence number was used, but not by this transaction.
+                (self.balance(&self.account).seq > seq).then_some(LedgerError::Replaced(seq))
+            })
+            .await;
+        match waited {
+            Ok(height) => Ok(Payment {
+                hash,
+                height,
+                finality_ms: started.elapsed().as_millis() as u64,
+                seq,
+                fee,
+            }),
+            Err(e) => {
+                if matches!(e, LedgerError::NotFinal(_)) {
+                    let mut inner = self.inner.lock().unwrap();
+                    inner.next_seq = inner.state.account(&self.account).seq;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until a finalized block holds `hash` and returns its height. `lost` says when the
+    /// transaction can no longer be included (checked after each new block).
+    async fn wait_final(
+        &self,
+        hash: &Hash,
+        tips: &mut broadcast::Receiver<u64>,
+        lost: impl Fn() -> Option<LedgerError>,
+    ) -> Result<u64, LedgerError> {
         let deadline = tokio::time::Instant::now() + FINALITY_WAIT;
         loop {
-            if let Some((height, _)) = self.store.tx_location(&hash)? {
-                return Ok(Payment {
-                    hash,
-                    height,
-                    finality_ms: started.elapsed().as_millis() as u64,
-                    seq,
-                    fee,
-                });
+            if let Some((height, _)) = self.store.tx_location(hash)? {
+                return Ok(height);
             }
-            if self.balance(&self.account).seq > seq {
-                // The sequence number was used, but not by this transaction.
-                if self.store.tx_location(&hash)?.is_none() {
-                    return Err(LedgerError::Replaced(seq));
+            if let Some(error) = lost() {
+                // (Final after all, between the two checks?)
+                if let Some((height, _)) = self.store.tx_location(hash)? {
+                    return Ok(height);
                 }
+                return Err(error);
             }
             tokio::select! {
                 _ = tips.recv() => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    let mut inner = self.inner.lock().unwrap();
-                    inner.next_seq = inner.state.account(&self.account).seq;
                     return Err(LedgerError::NotFinal(FINALITY_WAIT));
                 }
                 _ = self.stop.cancelled() => return Err(LedgerError::Stopped),
             }
         }
+    }
+
+    // ---- committee changes ----
+
+    /// This validator's approval of `change` at the current committee nonce. Only approvals
+    /// of the current committee's members count, so other nodes are refused.
+    pub fn approve_committee_change(
+        &self,
+        change: &CommitteeChange,
+    ) -> Result<(Approval, u64), LedgerError> {
+        let inner = self.inner.lock().unwrap();
+        if !inner.state.committee.contains(&self.account) {
+            return Err(LedgerError::Rejected(format!(
+                "this node's account {} is not in the current committee: only its members' \
+                 approvals count",
+                self.account
+            )));
+        }
+        check_change_useful(&inner.state, change)?;
+        let nonce = inner.state.committee_nonce;
+        Ok((
+            CommitteeTx::approve(change, nonce, &self.key, &self.chain),
+            nonce,
+        ))
+    }
+
+    /// Submits a committee change with the current members' approvals and waits until it is
+    /// final. It takes effect at the start of the next epoch.
+    pub async fn change_committee(
+        &self,
+        change: CommitteeChange,
+        approvals: Vec<Approval>,
+    ) -> Result<CommitteeChanged, LedgerError> {
+        let mut tips = self.tip.subscribe();
+        let (tx, nonce) = {
+            let inner = self.inner.lock().unwrap();
+            check_change_useful(&inner.state, &change)?;
+            let nonce = inner.state.committee_nonce;
+            let tx = Tx::Committee(CommitteeTx {
+                change,
+                nonce,
+                approvals,
+            });
+            inner.state.check(&tx, false)?;
+            (tx, nonce)
+        };
+        let hash = tx.hash();
+        self.submit(tx).await?;
+        let height = self
+            .wait_final(&hash, &mut tips, || {
+                let inner = self.inner.lock().unwrap();
+                (inner.state.committee_nonce > nonce).then(|| {
+                    LedgerError::Rejected(format!(
+                        "another committee change used nonce {nonce} first; approve again"
+                    ))
+                })
+            })
+            .await?;
+        let inner = self.inner.lock().unwrap();
+        let epoch_length = inner.state.epoch_length;
+        let effective_epoch = inner.state.epoch_of(height) + 1;
+        Ok(CommitteeChanged {
+            hash,
+            height,
+            effective_epoch,
+            effective_height: effective_epoch * epoch_length + 1,
+            next_committee: inner.state.next_committee.clone(),
+        })
     }
 
     /// Submits a transaction signed elsewhere (a wallet): checked against the finalized state,
@@ -1023,7 +1203,7 @@ impl Ledger {
         }
         let bytes = tx.encode();
         let mut last_error = String::from("no validator is known");
-        for peer in self.committee_peers.clone() {
+        for peer in self.committee_peers() {
             match self.ask(peer, &Request::Submit(bytes.clone())).await {
                 Ok(Response::Submitted(Ok(hash))) => return Ok(hash),
                 Ok(Response::Submitted(Err(e))) => return Err(LedgerError::Rejected(e)),
@@ -1032,5 +1212,46 @@ impl Ledger {
             }
         }
         Err(LedgerError::NoValidator(last_error))
+    }
+}
+
+/// Whether `certificate` is a finalization of `digest` by the committee of `verifier`'s epoch.
+fn verify_finalization(
+    (epoch, verifier): &(u64, Scheme),
+    certificate: &[u8],
+    digest: &Hash,
+) -> bool {
+    let Ok(f) =
+        Finalization::decode_cfg(Copying(certificate), &verifier.certificate_codec_config())
+    else {
+        return false;
+    };
+    f.proposal.payload == consensus::digest(*digest)
+        && f.proposal.round.epoch().get() == *epoch
+        && f.verify(
+            &mut commonware_utils::sys_rng(),
+            verifier,
+            &commonware_parallel::Sequential,
+        )
+}
+
+/// Refuses a change that would do nothing, with a reason a user understands.
+fn check_change_useful(state: &State, change: &CommitteeChange) -> Result<(), LedgerError> {
+    let problem = match change {
+        CommitteeChange::Add(v) if v.key().is_none() => Some(format!("{v} is not an ed25519 key")),
+        CommitteeChange::Add(v) if state.next_committee.contains(v) => {
+            Some(format!("{v} is already in the committee"))
+        }
+        CommitteeChange::Remove(v) if !state.next_committee.contains(v) => {
+            Some(format!("{v} is not in the committee"))
+        }
+        CommitteeChange::Remove(_) if state.next_committee.len() == 1 => {
+            Some("the last validator cannot be removed".into())
+        }
+        _ => None,
+    };
+    match problem {
+        Some(problem) => Err(LedgerError::Rejected(problem)),
+        None => Ok(()),
     }
 }

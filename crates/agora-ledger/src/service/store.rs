@@ -61,6 +61,8 @@ pub struct Loaded {
     pub state: State,
     pub digest: Hash,
     pub timestamp_ms: u64,
+    /// Digest of the last block before the current epoch (the chain id in epoch 0).
+    pub epoch_start: Hash,
 }
 
 #[derive(Clone)]
@@ -107,12 +109,14 @@ impl ChainStore {
                     state: s.state,
                     digest: s.digest,
                     timestamp_ms: s.timestamp_ms,
+                    epoch_start: chain,
                 }
             }
             None => Loaded {
                 state: State::genesis(genesis),
                 digest: chain,
                 timestamp_ms: 0,
+                epoch_start: chain,
             },
         };
         // Replay what was finalized after the snapshot.
@@ -133,10 +137,30 @@ impl ChainStore {
                 state,
                 digest: block.digest(),
                 timestamp_ms: block.timestamp_ms,
+                epoch_start: chain,
             };
             height += 1;
         }
+        loaded.epoch_start = store.epoch_start(&loaded.state, loaded.digest, chain)?;
         Ok((store, loaded))
+    }
+
+    /// The digest of the last block before the epoch of the block after `state` (`tip` is the
+    /// digest of the block `state` follows).
+    pub fn epoch_start(&self, state: &State, tip: Hash, chain: Hash) -> Result<Hash, StoreError> {
+        let boundary = state.epoch_of(state.height + 1) * state.epoch_length;
+        if boundary == 0 {
+            return Ok(chain);
+        }
+        if boundary == state.height {
+            return Ok(tip);
+        }
+        let stored = self
+            .block(boundary)?
+            .ok_or_else(|| StoreError::Corrupt(format!("block {boundary} is missing")))?;
+        Block::decode(&stored.block)
+            .map(|b| b.digest())
+            .map_err(|err| StoreError::Corrupt(format!("block {boundary}: {err}")))
     }
 
     pub fn block(&self, height: u64) -> Result<Option<StoredBlock>, StoreError> {
