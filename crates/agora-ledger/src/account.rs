@@ -76,6 +76,13 @@ impl Account {
         VerifyingKey::from_bytes(&self.0).ok()
     }
 
+    /// Whether this account can safely hold funds: its key is a curve point of large order.
+    /// A small-order key's "signatures" can be made by anyone under the ledger's verification
+    /// rules (ZIP-215), so transfers to such an account are refused where they enter.
+    pub fn is_usable(&self) -> bool {
+        self.key().is_some_and(|key| !key.is_weak())
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

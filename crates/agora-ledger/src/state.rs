@@ -40,8 +40,8 @@ impl Genesis {
             if !seen.insert(v) {
                 return Err(format!("validator {v} is named twice"));
             }
-            if v.key().is_none() {
-                return Err(format!("validator {v} is not an ed25519 key"));
+            if !v.is_usable() {
+                return Err(format!("validator {v} is not a usable ed25519 key"));
             }
         }
         if self.epoch_length == 0 {
@@ -52,6 +52,11 @@ impl Genesis {
         for (account, amount) in &self.balances {
             if !accounts.insert(account) {
                 return Err(format!("account {account} is funded twice"));
+            }
+            if !account.is_usable() {
+                return Err(format!(
+                    "account {account} is not a usable ed25519 key (anyone could spend from it)"
+                ));
             }
             total = total
                 .checked_add(*amount)
@@ -88,7 +93,7 @@ pub enum TxError {
     SelfPayment,
     #[error("amount must be more than zero")]
     ZeroAmount,
-    #[error("the recipient is not an ed25519 key")]
+    #[error("the recipient is not a usable ed25519 key (not a curve point, or of small order)")]
     BadRecipient,
     #[error("committee change nonce {got} is not the current {expected}")]
     WrongNonce { expected: u64, got: u64 },
@@ -274,7 +279,7 @@ impl State {
             });
         }
         let useless = match &c.change {
-            CommitteeChange::Add(v) => v.key().is_none() || self.next_committee.contains(v),
+            CommitteeChange::Add(v) => !v.is_usable() || self.next_committee.contains(v),
             CommitteeChange::Remove(v) => {
                 !self.next_committee.contains(v) || self.next_committee.len() == 1
             }

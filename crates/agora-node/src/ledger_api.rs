@@ -191,10 +191,19 @@ async fn submit(
             Ok(Json(serde_json::json!({ "hash": hash.to_hex() })))
         }
         (None, Some(txs)) if txs.len() <= MAX_SUBMIT_BATCH => {
+            let bytes = txs
+                .iter()
+                .map(|tx| unhex(tx))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut accepted = 0;
             let mut rejected = Vec::new();
-            for (index, tx) in txs.iter().enumerate() {
-                match ledger.submit_signed(&unhex(tx)?).await {
+            for (index, answer) in ledger
+                .submit_signed_many(&bytes)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                match answer {
                     Ok(_) => accepted += 1,
                     Err(e) => {
                         rejected.push(serde_json::json!({"index": index, "error": e.to_string()}))

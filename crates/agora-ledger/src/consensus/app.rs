@@ -53,8 +53,8 @@ pub enum Message {
     },
     Finalized(Finalization),
     Submit {
-        tx: Tx,
-        response: oneshot::Sender<Submitted>,
+        txs: Vec<Tx>,
+        response: oneshot::Sender<Vec<Submitted>>,
     },
     /// The node applied finalized blocks it fetched from peers (catch-up after downtime).
     Advance(Base),
@@ -87,8 +87,14 @@ impl Mailbox {
 
     /// Submits a transaction to this validator's mempool (and, through it, to the others').
     pub async fn submit(&self, tx: Tx) -> Option<Submitted> {
+        self.submit_many(vec![tx]).await?.pop()
+    }
+
+    /// Submits transactions at once (their signatures are checked in one batch): one answer
+    /// each, in order.
+    pub async fn submit_many(&self, txs: Vec<Tx>) -> Option<Vec<Submitted>> {
         let (response, receiver) = oneshot::channel();
-        if !self.send(Message::Submit { tx, response }) {
+        if !self.send(Message::Submit { txs, response }) {
             return None;
         }
         receiver.await.ok()
@@ -398,16 +404,27 @@ where
                 self.pending_finalizations.push(finalization);
                 self.progress(context);
             }
-            Message::Submit { tx, response } => {
-                let result = self.mempool.admit(tx.clone(), &self.finalized);
-                if let Ok((_, true)) = result {
-                    self.relay_queue.push(tx);
-                    if self.relay_queue.len() >= MAX_TX_BATCH {
-                        self.relay_txs();
+            Message::Submit { txs, response } => {
+                let results = self.mempool.admit_batch(txs.clone(), &self.finalized);
+                let mut admitted = false;
+                for (tx, result) in txs.into_iter().zip(&results) {
+                    if let Ok((_, true)) = result {
+                        admitted = true;
+                        self.relay_queue.push(tx);
+                        if self.relay_queue.len() >= MAX_TX_BATCH {
+                            self.relay_txs();
+                        }
                     }
+                }
+                if admitted {
                     self.propose_if_due(context);
                 }
-                let _ = response.send(result.map(|(hash, _)| hash));
+                let _ = response.send(
+                    results
+                        .into_iter()
+                        .map(|r| r.map(|(hash, _)| hash))
+                        .collect(),
+                );
             }
             Message::Advance(base) => {
                 if base.state.height > self.finalized.height {
@@ -557,12 +574,7 @@ where
         for digest in chain.into_iter().rev() {
             let block = &self.blocks[&digest];
             let chain = self.finalized.chain;
-            let mempool = &mut self.mempool;
-            let checked: Vec<bool> = block
-                .txs
-                .iter()
-                .map(|tx| mempool.signature_checked(tx, &chain))
-                .collect();
+            let checked = self.mempool.signatures_checked(&block.txs, &chain);
             let parent = self.state_after(&block.parent).expect("executed in order");
             match block.execute(parent, |i| checked[i]) {
                 Ok((state, _)) => {
@@ -822,10 +834,8 @@ where
                 }
             }
             BlockMsg::Txs(txs) => {
-                for tx in txs {
-                    // Errors are expected (duplicates, races with finality); nothing to answer.
-                    let _ = self.mempool.admit(tx, &self.finalized);
-                }
+                // Errors are expected (duplicates, races with finality); nothing to answer.
+                let _ = self.mempool.admit_batch(txs, &self.finalized);
                 self.propose_if_due(context);
             }
         }

@@ -1,14 +1,12 @@
 //! Transactions waiting for a block: verified once on admission, ordered by sender and sequence.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use ed25519_dalek::VerifyingKey;
-
 use crate::account::Account;
 use crate::state::{State, TxError};
-use crate::tx::{CommitteeTx, Hash, SignedAccountTx, Tx};
+use crate::tx::{CommitteeTx, Hash, SignedAccountTx, Tx, signatures_valid};
 
 #[derive(Clone, Copy, Debug)]
 pub struct MempoolLimits {
@@ -51,9 +49,9 @@ pub(crate) struct Mempool {
     hashes: HashMap<Hash, (Account, u64)>,
     /// Committee changes, each fully verified on admission (approvals included).
     committee: HashMap<Hash, CommitteeTx>,
-    /// Decompressed keys of accounts seen (`None`: not a curve point), so each is decompressed
-    /// once rather than for every transaction.
-    keys: HashMap<Account, Option<VerifyingKey>>,
+    /// Whether accounts seen have usable keys ([`Account::is_usable`]), so each key is
+    /// decompressed once rather than for every transaction.
+    keys: HashMap<Account, bool>,
 }
 
 /// Past this many cached keys the cache starts over.
@@ -67,80 +65,139 @@ impl Mempool {
         }
     }
 
-    /// Admits a transaction checked against `state` (the last finalized state). Returns its hash
-    /// and whether it was new. Signatures are verified here, once; blocks built from the
+    /// Admits transactions checked against `state` (the last finalized state): one answer
+    /// each, in order, as if admitted one by one — the hash and whether it was new. The
+    /// senders' signatures are verified here, once, in one batch; blocks built from the
     /// mempool skip that check.
-    pub fn admit(&mut self, tx: Tx, state: &State) -> Result<(Hash, bool), Rejected> {
-        let hash = tx.hash();
-        if self.hashes.contains_key(&hash) || self.committee.contains_key(&hash) {
-            return Ok((hash, false));
+    pub fn admit_batch(
+        &mut self,
+        txs: Vec<Tx>,
+        state: &State,
+    ) -> Vec<Result<(Hash, bool), Rejected>> {
+        let mut answers: Vec<Option<Result<(Hash, bool), Rejected>>> = vec![None; txs.len()];
+        // Transfers that passed every other check, waiting for their signatures.
+        let mut to_verify: Vec<(usize, Hash)> = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, tx) in txs.iter().enumerate() {
+            let hash = tx.hash();
+            if self.hashes.contains_key(&hash)
+                || self.committee.contains_key(&hash)
+                || !seen.insert(hash)
+            {
+                answers[i] = Some(Ok((hash, false)));
+                continue;
+            }
+            match tx {
+                Tx::Account(signed) => match self.precheck(signed, state) {
+                    Ok(()) => to_verify.push((i, hash)),
+                    Err(e) => answers[i] = Some(Err(e)),
+                },
+                Tx::Committee(change) => {
+                    // Rare and cheap to check in full: nonce, usefulness and every approval.
+                    answers[i] = Some(match state.check(tx, false) {
+                        Err(e) => Err(Rejected::Invalid(e)),
+                        Ok(()) if self.committee.len() >= MAX_COMMITTEE_TXS => Err(Rejected::Full),
+                        Ok(()) => {
+                            self.committee.insert(hash, change.clone());
+                            Ok((hash, true))
+                        }
+                    });
+                }
+            }
+        }
+        let signed: Vec<&SignedAccountTx> = to_verify
+            .iter()
+            .map(|(i, _)| match &txs[*i] {
+                Tx::Account(signed) => signed,
+                Tx::Committee(_) => unreachable!("only transfers wait for a signature check"),
+            })
+            .collect();
+        let valid = signatures_valid(&signed, &state.chain);
+        drop(signed);
+        let mut txs: Vec<Option<Tx>> = txs.into_iter().map(Some).collect();
+        for ((i, hash), valid) in to_verify.into_iter().zip(valid) {
+            let tx = txs[i].take().expect("each index once");
+            answers[i] = Some(if valid {
+                self.insert(tx, hash)
+            } else {
+                Err(Rejected::Invalid(TxError::BadSignature))
+            });
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every transaction answered"))
+            .collect()
+    }
+
+    /// Everything about a transfer but its signature and conflicts with held ones.
+    fn precheck(&mut self, signed: &SignedAccountTx, state: &State) -> Result<(), Rejected> {
+        let body = &signed.body;
+        let next = state.account(&body.from).seq;
+        if body.seq > next && body.seq - next > self.limits.max_ahead {
+            return Err(Rejected::TooFarAhead {
+                seq: body.seq,
+                next,
+                max_ahead: self.limits.max_ahead,
+            });
+        }
+        state.check_queued(signed).map_err(Rejected::Invalid)?;
+        let crate::tx::Action::Transfer { to, .. } = &body.action;
+        if !self.usable(to) {
+            return Err(Rejected::Invalid(TxError::BadRecipient));
+        }
+        if !self.usable(&body.from) {
+            return Err(Rejected::Invalid(TxError::BadSignature));
+        }
+        Ok(())
+    }
+
+    /// Holds a checked transfer unless another one took its sequence number.
+    fn insert(&mut self, tx: Tx, hash: Hash) -> Result<(Hash, bool), Rejected> {
+        let Some(key) = tx.sender() else {
+            unreachable!("only transfers are inserted here");
+        };
+        if self.accounts.contains_key(&key) {
+            return Err(Rejected::Conflict { seq: key.1 });
         }
         if self.hashes.len() >= self.limits.max_txs {
             return Err(Rejected::Full);
         }
-        match &tx {
-            Tx::Account(signed) => {
-                let body = &signed.body;
-                let next = state.account(&body.from).seq;
-                if body.seq > next && body.seq - next > self.limits.max_ahead {
-                    return Err(Rejected::TooFarAhead {
-                        seq: body.seq,
-                        next,
-                        max_ahead: self.limits.max_ahead,
-                    });
-                }
-                state.check_queued(signed).map_err(Rejected::Invalid)?;
-                let crate::tx::Action::Transfer { to, .. } = &body.action;
-                if self.key(to).is_none() {
-                    return Err(Rejected::Invalid(TxError::BadRecipient));
-                }
-                if !self.signed_by_sender(signed, &state.chain) {
-                    return Err(Rejected::Invalid(TxError::BadSignature));
-                }
-                let key = (body.from, body.seq);
-                if self.accounts.contains_key(&key) {
-                    return Err(Rejected::Conflict { seq: body.seq });
-                }
-                self.accounts.insert(key, (hash, tx));
-                self.hashes.insert(hash, key);
-            }
-            Tx::Committee(change) => {
-                // Rare and cheap to check in full: nonce, usefulness and every approval.
-                state.check(&tx, false).map_err(Rejected::Invalid)?;
-                if self.committee.len() >= MAX_COMMITTEE_TXS {
-                    return Err(Rejected::Full);
-                }
-                self.committee.insert(hash, change.clone());
-            }
-        }
+        self.accounts.insert(key, (hash, tx));
+        self.hashes.insert(hash, key);
         Ok((hash, true))
     }
 
-    /// Whether a transaction in someone else's block is correctly signed: admitted here already
-    /// (verified then), or verified now with the cached key.
-    pub fn signature_checked(&mut self, tx: &Tx, chain: &Hash) -> bool {
-        let hash = tx.hash();
-        if self.hashes.contains_key(&hash) || self.committee.contains_key(&hash) {
-            // (A committee change's approvals are verified again when it applies anyway.)
-            return true;
+    /// Which of a block's transactions are correctly signed by their senders: those admitted
+    /// here already (verified then), the others verified now in one batch. Committee changes
+    /// are left to execution, which checks their approvals.
+    pub fn signatures_checked(&mut self, txs: &[Tx], chain: &Hash) -> Vec<bool> {
+        let mut checked = vec![false; txs.len()];
+        let mut unchecked = Vec::new();
+        for (i, tx) in txs.iter().enumerate() {
+            let Tx::Account(signed) = tx else { continue };
+            if self.hashes.contains_key(&tx.hash()) {
+                checked[i] = true;
+            } else {
+                unchecked.push((i, signed));
+            }
         }
-        match tx {
-            Tx::Account(signed) => self.signed_by_sender(signed, chain),
-            Tx::Committee(_) => false,
+        let signed: Vec<&SignedAccountTx> = unchecked.iter().map(|(_, s)| *s).collect();
+        for ((i, _), valid) in unchecked.iter().zip(signatures_valid(&signed, chain)) {
+            checked[*i] = valid;
         }
+        checked
     }
 
-    /// Verifies the sender's signature with its cached key.
-    fn signed_by_sender(&mut self, signed: &SignedAccountTx, chain: &Hash) -> bool {
-        self.key(&signed.body.from)
-            .is_some_and(|key| signed.signature_valid_with(&key, chain))
-    }
-
-    fn key(&mut self, account: &Account) -> Option<VerifyingKey> {
+    /// [`Account::is_usable`], remembered: decompressing a key costs a quarter of a
+    /// signature check.
+    fn usable(&mut self, account: &Account) -> bool {
         if self.keys.len() >= MAX_CACHED_KEYS {
             self.keys.clear();
         }
-        *self.keys.entry(*account).or_insert_with(|| account.key())
+        *self
+            .keys
+            .entry(*account)
+            .or_insert_with(|| account.is_usable())
     }
 
     /// Candidates for a block on top of `state`, in an order that applies: committee changes
@@ -178,5 +235,152 @@ impl Mempool {
             }
             keep
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::state::Genesis;
+    use crate::tx::{AccountTx, Action, SignedAccountTx};
+
+    fn key(i: u8) -> SigningKey {
+        SigningKey::from_bytes(&[i + 1; 32])
+    }
+
+    fn account(i: u8) -> Account {
+        Account::from_key(&key(i).verifying_key())
+    }
+
+    fn state() -> State {
+        State::genesis(&Genesis {
+            chain: "mempool".into(),
+            validators: vec![account(9)],
+            balances: (0..4).map(|i| (account(i), 1_000)).collect(),
+            min_fee: 1,
+            epoch_length: 100,
+        })
+    }
+
+    fn signed(state: &State, from: u8, to: Account, amount: u64, seq: u64) -> SignedAccountTx {
+        AccountTx {
+            from: account(from),
+            seq,
+            fee: 1,
+            action: Action::Transfer {
+                to,
+                amount,
+                memo: None,
+            },
+        }
+        .sign(&key(from), &state.chain)
+    }
+
+    fn pay(state: &State, from: u8, to: u8, amount: u64, seq: u64) -> Tx {
+        Tx::Account(signed(state, from, account(to), amount, seq))
+    }
+
+    #[test]
+    fn a_batch_gets_one_answer_per_transaction_in_order() {
+        let state = state();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        let good = pay(&state, 0, 1, 5, 0);
+        let mut forged = signed(&state, 1, account(2), 5, 0);
+        forged.signature[0] ^= 1;
+        let twin = pay(&state, 0, 2, 7, 0);
+        let queued = pay(&state, 0, 1, 6, 1);
+        let too_far = pay(&state, 2, 1, 6, 10_000);
+        let answers = pool.admit_batch(
+            vec![
+                good.clone(),
+                Tx::Account(forged),
+                good.clone(),
+                twin,
+                queued.clone(),
+                too_far,
+            ],
+            &state,
+        );
+        assert_eq!(answers[0], Ok((good.hash(), true)));
+        assert_eq!(
+            answers[1],
+            Err(Rejected::Invalid(TxError::BadSignature)),
+            "a forged signature fails alone; the batch falls back to single checks"
+        );
+        assert_eq!(
+            answers[2],
+            Ok((good.hash(), false)),
+            "a duplicate is not new"
+        );
+        assert_eq!(answers[3], Err(Rejected::Conflict { seq: 0 }));
+        assert_eq!(answers[4], Ok((queued.hash(), true)));
+        assert!(matches!(answers[5], Err(Rejected::TooFarAhead { .. })));
+        let candidates: Vec<Hash> = pool.candidates(&state).map(|(tx, _)| tx.hash()).collect();
+        assert_eq!(candidates, vec![good.hash(), queued.hash()]);
+        // Admitted transactions count as checked in a block; others are checked now.
+        let mut other = signed(&state, 3, account(0), 1, 0);
+        let valid_elsewhere = Tx::Account(other.clone());
+        let Action::Transfer { amount, .. } = &mut other.body.action;
+        *amount = 2;
+        let checked =
+            pool.signatures_checked(&[good, valid_elsewhere, Tx::Account(other)], &state.chain);
+        assert_eq!(checked, vec![true, true, false]);
+    }
+
+    #[test]
+    fn transfers_to_or_from_small_order_keys_are_refused() {
+        let state = state();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        // The identity point: under ZIP-215 anyone can "sign" for it, so it must never hold
+        // funds.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = Account(identity);
+        assert!(weak.key().is_some() && !weak.is_usable());
+        let to_weak = Tx::Account(signed(&state, 0, weak, 5, 0));
+        assert_eq!(
+            pool.admit_batch(vec![to_weak], &state)[0],
+            Err(Rejected::Invalid(TxError::BadRecipient))
+        );
+        // Its trivial signature (R = identity, s = 0) is valid under the rules...
+        let from_weak = SignedAccountTx {
+            body: AccountTx {
+                from: weak,
+                seq: 0,
+                fee: 1,
+                action: Action::Transfer {
+                    to: account(0),
+                    amount: 1,
+                    memo: None,
+                },
+            },
+            signature: {
+                let mut s = [0u8; 64];
+                s[..32].copy_from_slice(&identity);
+                s
+            },
+        };
+        assert!(from_weak.signature_valid(&state.chain));
+        assert_eq!(
+            crate::tx::signatures_valid(&[&from_weak, &from_weak], &state.chain),
+            vec![true, true],
+            "batch and single checks agree"
+        );
+        // ...so even with funds there (a block of a dishonest proposer could pay it) the
+        // mempool refuses to spend from it.
+        let mut state = state;
+        state.accounts.insert(
+            weak,
+            crate::state::AccountState {
+                balance: 100,
+                seq: 0,
+            },
+        );
+        assert_eq!(
+            pool.admit_batch(vec![Tx::Account(from_weak)], &state)[0],
+            Err(Rejected::Invalid(TxError::BadSignature))
+        );
     }
 }

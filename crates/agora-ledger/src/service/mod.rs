@@ -996,7 +996,7 @@ impl Ledger {
         memo: Option<String>,
         fee: Option<u64>,
     ) -> Result<Payment, LedgerError> {
-        if to.key().is_none() {
+        if !to.is_usable() {
             return Err(TxError::BadRecipient.into());
         }
         let mut tips = self.tip.subscribe();
@@ -1163,7 +1163,7 @@ impl Ledger {
                         return Err(TxError::BadSignature.into());
                     }
                     let Action::Transfer { to, .. } = &signed.body.action;
-                    if to.key().is_none() {
+                    if !to.is_usable() {
                         return Err(TxError::BadRecipient.into());
                     }
                     inner.state.check_queued(signed)?;
@@ -1172,6 +1172,45 @@ impl Ledger {
             }
         }
         self.submit(tx).await
+    }
+
+    /// Submits many transactions signed elsewhere: one answer each, in order. A validator
+    /// hands them to its mempool at once (one batch signature check); another node checks
+    /// and forwards them one by one.
+    pub async fn submit_signed_many(&self, txs: &[Vec<u8>]) -> Vec<Result<Hash, LedgerError>> {
+        let Some(mailbox) = self.mailbox() else {
+            let mut answers = Vec::with_capacity(txs.len());
+            for bytes in txs {
+                answers.push(self.submit_signed(bytes).await);
+            }
+            return answers;
+        };
+        let mut answers: Vec<Option<Result<Hash, LedgerError>>> = Vec::with_capacity(txs.len());
+        let mut decoded = Vec::new();
+        for bytes in txs {
+            match Tx::decode(bytes) {
+                Ok(tx) => {
+                    decoded.push(tx);
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(LedgerError::Rejected(e.to_string())))),
+            }
+        }
+        let mut results = match mailbox.submit_many(decoded).await {
+            Some(results) => results.into_iter(),
+            None => Vec::new().into_iter(),
+        };
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Some(answer) => answer,
+                None => match results.next() {
+                    Some(Ok(hash)) => Ok(hash),
+                    Some(Err(e)) => Err(LedgerError::Rejected(e.to_string())),
+                    None => Err(LedgerError::Stopped),
+                },
+            })
+            .collect()
     }
 
     /// A finalized block by height, with its digest and whether this node holds its own
@@ -1238,7 +1277,9 @@ fn verify_finalization(
 /// Refuses a change that would do nothing, with a reason a user understands.
 fn check_change_useful(state: &State, change: &CommitteeChange) -> Result<(), LedgerError> {
     let problem = match change {
-        CommitteeChange::Add(v) if v.key().is_none() => Some(format!("{v} is not an ed25519 key")),
+        CommitteeChange::Add(v) if !v.is_usable() => {
+            Some(format!("{v} is not a usable ed25519 key"))
+        }
         CommitteeChange::Add(v) if state.next_committee.contains(v) => {
             Some(format!("{v} is already in the committee"))
         }
