@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{Node, agora, stderr, stdout, wait_for};
+use crate::common::{wait_connected, Node, agora, stderr, stdout, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -66,6 +66,11 @@ fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() 
     let b_dir = dir.path().join("b");
     let mut b = Node::start(&b_dir, &["--bootstrap", &hub.tcp_addr()]);
     assert!(!a.is_connected_to(&b.peer_id), "no direct connection yet");
+    // Both reached the hub (a node is ready before its bootstrap dial completes), so a lookup
+    // through it can find the other; under a loaded machine the send could otherwise race
+    // the bootstrap and fall back to the mailbox.
+    wait_connected(&hub, &a);
+    wait_connected(&hub, &b);
 
     assert!(
         a.cli(&["profile", "set", "--nick", "alice"])
