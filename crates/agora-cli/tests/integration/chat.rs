@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{wait_connected, Node, agora, stderr, stdout, wait_for};
+use crate::common::{Node, agora, stderr, stdout, wait_connected, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -292,6 +292,12 @@ fn a_full_disk_at_the_destination_is_a_clear_error_that_loses_nothing() {
         stderr(&result)
     );
     assert!(!out.exists(), "no partial file at OUT");
+    // The space is reserved before any byte is fetched, so nothing is left taking it.
+    assert_eq!(
+        fs::read_dir(&small).unwrap().count(),
+        0,
+        "nothing left behind on the full disk"
+    );
 
     // Nothing else is lost: the node still downloads elsewhere, and the source is intact.
     let ok = dir.path().join("eight-ok.bin");
