@@ -337,3 +337,38 @@ fn committee_changes_need_a_quorum_and_wait_for_the_next_epoch() {
     assert!(state.committee.contains(&newcomer));
     assert_eq!(state.committee.len(), 5);
 }
+
+#[test]
+fn batch_signature_checks_agree_with_single_checks() {
+    let g = genesis(&[1_000; 8], 4);
+    let chain = g.chain_id();
+    let mut txs: Vec<agora_ledger::SignedAccountTx> = (0..100u64)
+        .map(|i| {
+            let Tx::Account(signed) = transfer(&chain, (i % 8) as u8, 9, 1 + i, FEE, i / 8) else {
+                unreachable!()
+            };
+            signed
+        })
+        .collect();
+    // Bad ones scattered: a flipped signature bit, a changed amount, a signature by another key.
+    txs[0].signature[5] ^= 1;
+    let Action::Transfer { amount, .. } = &mut txs[37].body.action;
+    *amount += 1;
+    let Tx::Account(other) = transfer(&chain, 5, 9, 100, FEE, 12) else {
+        unreachable!()
+    };
+    txs[99].signature = other.signature;
+    let refs: Vec<&agora_ledger::SignedAccountTx> = txs.iter().collect();
+    let batch = agora_ledger::tx::signatures_valid(&refs, &chain);
+    let single: Vec<bool> = txs.iter().map(|t| t.signature_valid(&chain)).collect();
+    assert_eq!(batch, single);
+    let bad: Vec<usize> = (0..100).filter(|i| !batch[*i]).collect();
+    assert_eq!(bad, vec![0, 37, 99]);
+    // All good: one batch, all true; none: empty.
+    assert!(
+        agora_ledger::tx::signatures_valid(&refs[1..37], &chain)
+            .iter()
+            .all(|v| *v)
+    );
+    assert!(agora_ledger::tx::signatures_valid(&[], &chain).is_empty());
+}

@@ -202,6 +202,52 @@ fn payments_are_final_on_every_node_and_a_killed_validator_catches_up() {
         &["ledger", "history", &accounts[1].to_string(), "--json"],
     );
     assert_eq!(history.as_array().unwrap().len(), 3);
+
+    // A wallet's batch through a follower: checked there (signatures in one batch), the good
+    // ones forwarded to a validator in one request, each answered in order.
+    let status = json_out(&nodes[5], &["ledger", "status", "--json"]);
+    let chain = agora_ledger::Hash::from_hex(status["chain_id"].as_str().unwrap()).unwrap();
+    let (wallet, key) = ids[5].clone();
+    let signed = |seq: u64| {
+        Tx::Account(
+            AccountTx {
+                from: wallet,
+                seq,
+                fee: 10,
+                action: Action::Transfer {
+                    to: accounts[0],
+                    amount: 100 + seq,
+                    memo: None,
+                },
+            }
+            .sign(&key, &chain),
+        )
+    };
+    let (first, second) = (signed(0), signed(1));
+    let mut forged = signed(2).encode();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let (code, v) = nodes[5].post(
+        "/v1/ledger/submit",
+        &json!({"txs": [
+            hex::encode(first.encode()),
+            hex::encode(&forged),
+            hex::encode([7u8; 5]),
+            hex::encode(second.encode()),
+        ]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["accepted"], 2, "{v}");
+    let rejected = v["rejected"].as_array().unwrap();
+    assert_eq!(rejected[0]["index"], 1);
+    assert!(
+        rejected[0]["error"].as_str().unwrap().contains("signature"),
+        "{v}"
+    );
+    assert_eq!(rejected[1]["index"], 2);
+    for tx in [&first, &second] {
+        final_everywhere(&all, &tx.hash().to_hex());
+    }
 }
 
 #[test]

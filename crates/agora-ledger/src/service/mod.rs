@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 use store::ChainStore;
 pub use store::{SNAPSHOT_EVERY, StoreError, StoredBlock};
 use wire::{
-    Announcement, MAX_ANNOUNCED_BLOCK, MAX_BLOCKS_BYTES, MAX_BLOCKS_PER_REQUEST, Request, Response,
+    Announcement, MAX_ANNOUNCED_BLOCK, MAX_BLOCKS_BYTES, MAX_BLOCKS_PER_REQUEST, MAX_SUBMIT_BATCH,
+    Request, Response,
 };
 
 use crate::account::{Account, identity_signing_key};
@@ -887,6 +888,23 @@ impl Ledger {
                     Err(e) => Response::Error(e.to_string()),
                 }
             }
+            Request::SubmitMany(txs) => {
+                if txs.len() > MAX_SUBMIT_BATCH {
+                    return Response::Error(format!(
+                        "at most {MAX_SUBMIT_BATCH} transactions per request"
+                    ));
+                }
+                if self.mailbox().is_none() {
+                    return Response::Error("this node is not a validator".into());
+                }
+                Response::SubmittedMany(
+                    self.submit_signed_many(&txs)
+                        .await
+                        .into_iter()
+                        .map(|r| r.map_err(|e| e.to_string()))
+                        .collect(),
+                )
+            }
             Request::Submit(bytes) => {
                 let tx = match Tx::decode(&bytes) {
                     Ok(tx) => tx,
@@ -1176,14 +1194,10 @@ impl Ledger {
 
     /// Submits many transactions signed elsewhere: one answer each, in order. A validator
     /// hands them to its mempool at once (one batch signature check); another node checks
-    /// and forwards them one by one.
+    /// them the same way and forwards those that pass to a validator in one request.
     pub async fn submit_signed_many(&self, txs: &[Vec<u8>]) -> Vec<Result<Hash, LedgerError>> {
         let Some(mailbox) = self.mailbox() else {
-            let mut answers = Vec::with_capacity(txs.len());
-            for bytes in txs {
-                answers.push(self.submit_signed(bytes).await);
-            }
-            return answers;
+            return self.forward_many(txs).await;
         };
         let mut answers: Vec<Option<Result<Hash, LedgerError>>> = Vec::with_capacity(txs.len());
         let mut decoded = Vec::new();
@@ -1228,6 +1242,84 @@ impl Ledger {
     /// Whether a transaction is final: its block height.
     pub fn finalized_at(&self, hash: &Hash) -> Result<Option<u64>, LedgerError> {
         Ok(self.store.tx_location(hash)?.map(|(height, _)| height))
+    }
+
+    /// A follower's `submit_signed_many`: checks against the finalized state here (signatures
+    /// in one batch), then forwards what passed to the first validator that answers.
+    async fn forward_many(&self, txs: &[Vec<u8>]) -> Vec<Result<Hash, LedgerError>> {
+        let mut answers: Vec<Option<Result<Hash, LedgerError>>> = Vec::with_capacity(txs.len());
+        let mut decoded: Vec<(usize, Tx)> = Vec::new();
+        for (i, bytes) in txs.iter().enumerate() {
+            match Tx::decode(bytes) {
+                Ok(tx) => {
+                    decoded.push((i, tx));
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(LedgerError::Rejected(e.to_string())))),
+            }
+        }
+        {
+            let signed: Vec<&crate::tx::SignedAccountTx> = decoded
+                .iter()
+                .filter_map(|(_, tx)| match tx {
+                    Tx::Account(signed) => Some(signed),
+                    Tx::Committee(_) => None,
+                })
+                .collect();
+            let mut valid = crate::tx::signatures_valid(&signed, &self.chain).into_iter();
+            let inner = self.inner.lock().unwrap();
+            for (i, tx) in &decoded {
+                let verdict = match tx {
+                    Tx::Account(signed) => {
+                        let Action::Transfer { to, .. } = &signed.body.action;
+                        if !valid.next().unwrap_or(false) {
+                            Err(TxError::BadSignature)
+                        } else if !to.is_usable() {
+                            Err(TxError::BadRecipient)
+                        } else {
+                            inner.state.check_queued(signed)
+                        }
+                    }
+                    Tx::Committee(_) => inner.state.check(tx, false),
+                };
+                if let Err(e) = verdict {
+                    answers[*i] = Some(Err(e.into()));
+                }
+            }
+        }
+        let pending: Vec<usize> = (0..answers.len())
+            .filter(|i| answers[*i].is_none())
+            .collect();
+        let forward: Vec<Vec<u8>> = pending.iter().map(|i| txs[*i].clone()).collect();
+        let mut outcome = Err(String::from("no validator is known"));
+        if !forward.is_empty() {
+            for peer in self.committee_peers() {
+                match self.ask(peer, &Request::SubmitMany(forward.clone())).await {
+                    Ok(Response::SubmittedMany(results)) if results.len() == forward.len() => {
+                        outcome = Ok(results);
+                        break;
+                    }
+                    Ok(_) => outcome = Err(format!("{peer}: unexpected answer")),
+                    Err(e) => outcome = Err(format!("{peer}: {e}")),
+                }
+            }
+        }
+        match outcome {
+            Ok(results) => {
+                for (i, result) in pending.into_iter().zip(results) {
+                    answers[i] = Some(result.map_err(LedgerError::Rejected));
+                }
+            }
+            Err(why) => {
+                for i in pending {
+                    answers[i] = Some(Err(LedgerError::NoValidator(why.clone())));
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every transaction answered"))
+            .collect()
     }
 
     /// Hands a transaction to the own engine, or to the first validator that takes it.

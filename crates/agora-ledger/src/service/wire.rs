@@ -10,6 +10,8 @@ use crate::tx::Hash;
 pub const MAX_BLOCKS_PER_REQUEST: u32 = 256;
 /// Byte budget of one `Blocks` answer (the stream frame limit is 4 MiB).
 pub const MAX_BLOCKS_BYTES: usize = 3 << 20;
+/// Most transactions in one `SubmitMany`.
+pub const MAX_SUBMIT_BATCH: usize = 1_000;
 /// Largest gossip announcement that carries its block (gossipsub's limit is 1 MiB).
 pub const MAX_ANNOUNCED_BLOCK: usize = 900 * 1024;
 
@@ -21,6 +23,8 @@ pub enum Request {
     Blocks { from: u64, max: u32 },
     /// A transaction for a validator's mempool.
     Submit(Vec<u8>),
+    /// Up to [`MAX_SUBMIT_BATCH`] transactions at once (their signatures checked in one batch).
+    SubmitMany(Vec<Vec<u8>>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -33,6 +37,8 @@ pub enum Response {
     },
     Blocks(Vec<StoredBlock>),
     Submitted(Result<Hash, String>),
+    /// One answer per transaction of `SubmitMany`, in order.
+    SubmittedMany(Vec<Result<Hash, String>>),
     Error(String),
 }
 
