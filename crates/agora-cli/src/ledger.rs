@@ -234,10 +234,10 @@ pub fn run(cmd: LedgerCmd) -> Result<()> {
             );
             println!(
                 "role       {}",
-                if v["validator"].as_bool() == Some(true) {
-                    "validator"
-                } else {
-                    "follower"
+                match (v["validator"].as_bool(), v["runs_consensus"].as_bool()) {
+                    (Some(true), _) => "validator",
+                    (_, Some(true)) => "follower until a committee change adds it (--validator)",
+                    _ => "follower",
                 }
             );
             println!("supply     {} (burned {})", v["supply"], v["burned"]);
