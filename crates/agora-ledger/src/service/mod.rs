@@ -586,7 +586,12 @@ impl Ledger {
         }
         let own_seq = state.account(&self.account).seq;
         inner.next_seq = inner.next_seq.max(own_seq);
-        inner.root = state.root();
+        // Execution compared the state's root with the block's, so it need not be recomputed
+        // (a pass over every account).
+        inner.root = applied
+            .last()
+            .map(|(block, _)| block.state_root)
+            .expect("at least one block applied");
         if state.epoch_of(state.height + 1) != inner.verifier.0 {
             match Self::verifier_for(&self.chain, &state) {
                 Ok(verifier) => inner.verifier = verifier,
