@@ -3,25 +3,18 @@
 //! They run on the engine's runtime, not the node's: every method here is synchronous or
 //! awaits only runtime-agnostic futures (a tokio `mpsc` receive, a cancellation token).
 
-use std::{
-    num::NonZeroUsize,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::SystemTime,
-};
+use std::{num::NonZeroUsize, sync::Arc, time::SystemTime};
 
 use commonware_actor::{Feedback, Unreliable};
 use commonware_p2p::{BlockedSubscription, Message, Recipients};
 use commonware_runtime::IoBufs;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::fair::FairQueue;
 use crate::{
     PublicKey,
     outbox::{Item, Outbox},
-    transport::{Inbound, Shared},
+    transport::Shared,
 };
 
 /// Sends on one channel. Cheap to clone.
@@ -120,9 +113,8 @@ pub enum RecvError {
 /// Receives one channel's messages, each with its authenticated sender.
 pub struct ChannelReceiver {
     channel: u64,
-    queue: mpsc::Receiver<Inbound>,
-    /// Payload bytes in `queue`, shared with the delivering side.
-    bytes: Arc<AtomicUsize>,
+    /// Per-sender queues served in turn (see [`FairQueue`]).
+    queue: Arc<FairQueue>,
     stop: CancellationToken,
     capacity: NonZeroUsize,
 }
@@ -139,15 +131,13 @@ impl std::fmt::Debug for ChannelReceiver {
 impl ChannelReceiver {
     pub(crate) fn new(
         channel: u64,
-        queue: mpsc::Receiver<Inbound>,
-        bytes: Arc<AtomicUsize>,
+        queue: Arc<FairQueue>,
         stop: CancellationToken,
         capacity: NonZeroUsize,
     ) -> Self {
         Self {
             channel,
             queue,
-            bytes,
             stop,
             capacity,
         }
@@ -158,21 +148,17 @@ impl commonware_p2p::Receiver for ChannelReceiver {
     type Error = RecvError;
     type PublicKey = PublicKey;
 
-    /// The next message; [`RecvError::Closed`] once the transport is shut down (queued
-    /// messages are then discarded). Cancel-safe.
+    /// The next message, taking senders in turn; [`RecvError::Closed`] once the transport is
+    /// shut down (queued messages are then discarded). Cancel-safe.
     async fn recv(&mut self) -> Result<Message<PublicKey>, RecvError> {
         tokio::select! {
             biased;
             () = self.stop.cancelled() => Err(RecvError::Closed),
-            message = self.queue.recv() => {
-                let message = message.ok_or(RecvError::Closed)?;
-                self.bytes.fetch_sub(message.1.len(), Ordering::AcqRel);
-                Ok(message)
-            }
+            message = self.queue.next() => Ok(message),
         }
     }
 
-    /// The receiver queue's size; arrivals beyond it are dropped.
+    /// Messages each sender may have queued; its arrivals beyond that are dropped.
     fn capacity(&self) -> NonZeroUsize {
         self.capacity
     }

@@ -41,11 +41,13 @@
 //!   [`MAX_QUEUED_BYTES_PER_PEER`] payload bytes (or one `max_message`, if larger). Over budget
 //!   the **oldest** messages are dropped, non-priority ones first; the send then reports
 //!   `Feedback::Backoff`. Priority messages jump ahead of non-priority ones.
-//! * Each channel's receiver queue holds `queue_per_peer` messages and
-//!   [`MAX_QUEUED_BYTES_PER_CHANNEL`] payload bytes (or one `max_message`, if larger); arrivals
-//!   beyond either are dropped (newest lost). [`commonware_p2p::Receiver::capacity`] reports
-//!   the message count. The queue is shared by all senders: there is no per-peer fairness, so
-//!   a member flooding a channel can crowd out the others until it is blocked.
+//! * Each channel's receiver keeps one queue per sender: at most [`Config::queue_per_peer`]
+//!   messages and a quarter of [`MAX_QUEUED_BYTES_PER_CHANNEL`] payload bytes each (one
+//!   message of any allowed size always fits), [`MAX_QUEUED_BYTES_PER_CHANNEL`] (or one
+//!   `max_message`, if larger) for all together; arrivals beyond a budget are dropped (newest
+//!   lost). The receiver takes one message from each sender in turn, so a member flooding a
+//!   channel with valid-looking messages fills only its own share and delays the others by one
+//!   message a round ([`commonware_p2p::Receiver::capacity`] reports the per-sender count).
 //! * At most [`MAX_STREAMS_PER_PEER`] inbound streams per peer are read at once; a newer
 //!   stream closes the oldest.
 //! * Delivery is best effort, as Commonware's traits allow: a message whose write fails goes
@@ -78,6 +80,7 @@
 //! ```
 
 mod channel;
+mod fair;
 mod outbox;
 mod transport;
 mod wire;

@@ -8,10 +8,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io,
     num::NonZeroUsize,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -21,10 +18,11 @@ use commonware_runtime::IoBuf;
 use commonware_utils::{channel::ring, ordered::Set};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream};
-use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
+use tokio::{task::AbortHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::fair::FairQueue;
 use crate::{
     ChannelReceiver, ChannelSender, Config, MAX_QUEUED_BYTES_PER_CHANNEL,
     MAX_QUEUED_BYTES_PER_PEER, MAX_STREAMS_PER_PEER, PROTOCOL, PublicKey,
@@ -42,9 +40,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one frame (or a flush) may take to write before the stream counts as stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a receiver queue carries: the authenticated sender and the payload.
-pub(crate) type Inbound = (PublicKey, IoBuf);
 
 /// Consensus channels over the node's libp2p swarm; see the crate docs.
 ///
@@ -95,19 +90,20 @@ impl Transport {
         let mut inbound = BTreeMap::new();
         let mut receivers = BTreeMap::new();
         for &channel in &channels {
-            let (tx, rx) = mpsc::channel(capacity.get());
-            let bytes = Arc::new(AtomicUsize::new(0));
+            let queue = Arc::new(FairQueue::new(
+                capacity.get(),
+                (MAX_QUEUED_BYTES_PER_CHANNEL / 4).max(max_message),
+                MAX_QUEUED_BYTES_PER_CHANNEL.max(max_message),
+            ));
             inbound.insert(
                 channel,
                 Delivery {
-                    queue: tx,
-                    bytes: bytes.clone(),
-                    max_bytes: MAX_QUEUED_BYTES_PER_CHANNEL.max(max_message),
+                    queue: queue.clone(),
                 },
             );
             receivers.insert(
                 channel,
-                ChannelReceiver::new(channel, rx, bytes, stop.clone(), capacity),
+                ChannelReceiver::new(channel, queue, stop.clone(), capacity),
             );
         }
         let shared = Arc::new(Shared {
@@ -184,36 +180,16 @@ struct State {
 
 /// The delivering end of one channel's receiver queue.
 struct Delivery {
-    queue: mpsc::Sender<Inbound>,
-    /// Payload bytes in the queue; the receiver subtracts what it takes out.
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
+    queue: Arc<FairQueue>,
 }
 
 impl Delivery {
-    /// Queues a message unless the queue is full (in messages or bytes): then it is dropped.
-    /// Called under the state lock, so deliveries do not race each other; the receiver only
-    /// ever lowers `bytes`.
+    /// Queues a message unless its sender's share or the channel's byte budget is full: then
+    /// it is dropped.
     fn deliver(&self, channel: u64, from: &PublicKey, payload: IoBuf) {
-        let len = payload.len();
-        if self.bytes.load(Ordering::Acquire) + len > self.max_bytes {
-            tracing::debug!(
-                channel,
-                "receiver queue over its byte budget; message dropped"
-            );
-            return;
+        if let Err(why) = self.queue.push(from, payload) {
+            tracing::debug!(channel, ?why, "receiver queue full; message dropped");
         }
-        self.bytes.fetch_add(len, Ordering::AcqRel);
-        match self.queue.try_send((from.clone(), payload)) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!(channel, "receiver queue full; message dropped");
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::trace!(channel, "receiver gone; message dropped");
-            }
-        }
-        self.bytes.fetch_sub(len, Ordering::AcqRel);
     }
 }
 
@@ -612,15 +588,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_receiver_queue_keeps_to_its_byte_budget() {
-        let (tx, rx) = mpsc::channel(8);
-        let bytes = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(FairQueue::new(8, 4, 4));
         let delivery = Delivery {
-            queue: tx,
-            bytes: bytes.clone(),
-            max_bytes: 4,
+            queue: queue.clone(),
         };
         let stop = CancellationToken::new();
-        let mut receiver = ChannelReceiver::new(0, rx, bytes, stop, NonZeroUsize::MIN);
+        let mut receiver = ChannelReceiver::new(0, queue, stop, NonZeroUsize::MIN);
         let from = public_key(
             &libp2p::identity::Keypair::generate_ed25519()
                 .public()
