@@ -182,6 +182,16 @@ impl State {
         height.saturating_sub(1) / self.epoch_length
     }
 
+    /// The last height of `epoch`.
+    pub fn epoch_end(&self, epoch: u64) -> u64 {
+        (epoch + 1).saturating_mul(self.epoch_length)
+    }
+
+    /// Whether block `height` is the last of its epoch (the next committee takes over after it).
+    pub fn ends_epoch(&self, height: u64) -> bool {
+        height.is_multiple_of(self.epoch_length)
+    }
+
     /// Sum of all balances.
     pub fn supply(&self) -> u128 {
         self.accounts.values().map(|a| a.balance as u128).sum()
@@ -358,7 +368,7 @@ impl State {
     /// Closes block `height`: if it is the last of its epoch, the next committee takes over.
     pub fn finish_block(&mut self, height: u64) {
         self.height = height;
-        if height.is_multiple_of(self.epoch_length) {
+        if self.ends_epoch(height) {
             self.committee = self.next_committee.clone();
         }
     }

@@ -272,7 +272,7 @@ impl Sim {
                     a.state = state;
                     a.digest = f.digest;
                     a.timestamp_ms = f.block.timestamp_ms;
-                    if f.block.height.is_multiple_of(a.state.epoch_length) {
+                    if a.state.ends_epoch(f.block.height) {
                         a.epoch_start = f.digest;
                     }
                 }

@@ -178,18 +178,6 @@ pub struct Base {
     pub epoch_start: Hash,
 }
 
-impl Base {
-    /// The start of the chain.
-    pub fn genesis(genesis: &crate::Genesis) -> Self {
-        Base {
-            state: State::genesis(genesis),
-            digest: genesis.chain_id(),
-            timestamp_ms: 0,
-            epoch_start: genesis.chain_id(),
-        }
-    }
-}
-
 /// The application's finalized height entered a new epoch: consensus for it starts from
 /// `floor` with `committee`.
 #[derive(Clone, Debug)]
@@ -326,11 +314,6 @@ where
             committee: state.committee.clone(),
             floor: self.epoch_start,
         });
-    }
-
-    /// The last height of `epoch`.
-    fn epoch_end(&self, epoch: u64) -> u64 {
-        (epoch + 1).saturating_mul(self.finalized.epoch_length)
     }
 
     fn height_of(&self, digest: &Hash) -> Option<u64> {
@@ -491,7 +474,7 @@ where
         }
         let parent = hash(&pending.context.parent.1);
         let epoch = pending.context.round.epoch().get();
-        let end = self.epoch_end(epoch);
+        let end = self.finalized.epoch_end(epoch);
         match self.height_of(&parent) {
             // The epoch's last block: no block follows it in this epoch. Proposing it again
             // lets this epoch's consensus finalize it (the marshal's re-proposal); the next
@@ -639,7 +622,7 @@ where
                 self.want(digest);
                 return None;
             };
-            if height != self.epoch_end(epoch) {
+            if height != self.finalized.epoch_end(epoch) {
                 return Some(false);
             }
             return match self.ensure_state(digest) {
@@ -658,9 +641,7 @@ where
             return Some(false);
         }
         // A block belongs to the epoch that orders it.
-        if block.height > self.epoch_end(epoch)
-            || block.height <= epoch.saturating_mul(self.finalized.epoch_length)
-        {
+        if self.finalized.epoch_of(block.height) != epoch {
             return Some(false);
         }
         if block.timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS {
@@ -722,7 +703,7 @@ where
                     self.finalized = self.states.remove(&digest).expect("executed above");
                     self.finalized_digest = digest;
                     self.finalized_timestamp = block.timestamp_ms;
-                    if block.height.is_multiple_of(self.finalized.epoch_length) {
+                    if self.finalized.ends_epoch(block.height) {
                         self.epoch_start = digest;
                     }
                     self.recent.insert(block.height, (digest, block.clone()));

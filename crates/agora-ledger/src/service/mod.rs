@@ -551,7 +551,7 @@ impl Ledger {
             // Signatures were checked by the validators that certified it (and by ours).
             match block.execute(state, |_| true) {
                 Ok((next, _)) => {
-                    if block.height.is_multiple_of(next.epoch_length) {
+                    if next.ends_epoch(block.height) {
                         epoch_start = block_digest;
                     }
                     next_state = Some(next);
