@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+// Most transactions in one `submit` call: what one request to a validator carries.
+use agora_ledger::service::wire::MAX_SUBMIT_BATCH;
 use agora_ledger::service::{Ledger, LedgerError, TxRecord};
 use agora_ledger::{Account, Action, CommitteeChange, Hash, Tx, TxError};
 use axum::{
@@ -153,9 +155,6 @@ async fn pay(
         seq: payment.seq,
     }))
 }
-
-/// Most transactions in one `submit` call.
-const MAX_SUBMIT_BATCH: usize = 1_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -937,7 +937,7 @@ impl Ledger {
     }
 
     pub fn status(&self) -> Status {
-        let runs_consensus = self.runs_consensus();
+        let (validator, runs_consensus) = (self.is_validator(), self.runs_consensus());
         let inner = self.inner.lock().unwrap();
         let (tx_per_sec, blocks_per_sec) = match (inner.recent.front(), inner.recent.back()) {
             (Some(first), Some(last)) if last.0 > first.0 => {
@@ -959,7 +959,7 @@ impl Ledger {
             committee: inner.state.committee.clone(),
             next_committee: inner.state.next_committee.clone(),
             committee_nonce: inner.state.committee_nonce,
-            validator: inner.state.committee.contains(&self.account) && runs_consensus,
+            validator,
             runs_consensus,
             tx_per_sec,
             blocks_per_sec,
@@ -1175,26 +1175,10 @@ impl Ledger {
     /// Submits a transaction signed elsewhere (a wallet): checked against the finalized state,
     /// then handed to a validator. Does not wait for finality.
     pub async fn submit_signed(&self, bytes: &[u8]) -> Result<Hash, LedgerError> {
-        let tx = Tx::decode(bytes).map_err(|e| LedgerError::Rejected(e.to_string()))?;
-        if !self.is_validator() {
-            // Checked here so a bad transaction gets its reason before any network hop (a
-            // validator's mempool makes the same checks).
-            let inner = self.inner.lock().unwrap();
-            match &tx {
-                Tx::Account(signed) => {
-                    if !signed.signature_valid(&self.chain) {
-                        return Err(TxError::BadSignature.into());
-                    }
-                    let Action::Transfer { to, .. } = &signed.body.action;
-                    if !to.is_usable() {
-                        return Err(TxError::BadRecipient.into());
-                    }
-                    inner.state.check_queued(signed)?;
-                }
-                Tx::Committee(_) => inner.state.check(&tx, false)?,
-            }
-        }
-        self.submit(tx).await
+        self.submit_signed_many(&[bytes.to_vec()])
+            .await
+            .pop()
+            .expect("one answer per transaction")
     }
 
     /// Submits many transactions signed elsewhere: one answer each, in order. A validator
