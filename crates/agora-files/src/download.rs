@@ -50,7 +50,7 @@ const COALESCE: usize = 1024 * 1024;
 const PIECES_PER_REQUEST: usize = 4;
 /// Requests in flight per provider, so the link is not idle between a response and the next
 /// request.
-const REQUESTS_PER_PROVIDER: usize = 2;
+const REQUESTS_PER_PROVIDER: usize = 4;
 /// Longest wait for a stream to a provider (opening one to an unreachable peer can wait for a
 /// dial that never completes).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -244,9 +244,28 @@ struct Target {
     outboard_path: PathBuf,
     /// The served partial state, updated as groups verify.
     have: Mutex<Option<Arc<Partial>>>,
+    /// Whether writes are still taken. Every write to the data or the outboard holds the read
+    /// side; the download closes it (write side) before the file is synced and moved into
+    /// place, so a straggler still decoding (an end-game duplicate) can never write to the
+    /// user's file after it appeared, nor change its modification time.
+    open: std::sync::RwLock<bool>,
 }
 
 impl Target {
+    /// Permission to write, held for the length of one write.
+    fn write_permit(&self) -> io::Result<std::sync::RwLockReadGuard<'_, bool>> {
+        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
+        if !*open {
+            return Err(io::Error::other("the download already finished"));
+        }
+        Ok(open)
+    }
+
+    /// Refuses every later write, once the ones in progress are done.
+    fn close(&self) {
+        *self.open.write().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+
     fn outboard(&self) -> io::Result<PreOrderOutboard<File>> {
         Ok(PreOrderOutboard {
             root: self.hash,
@@ -353,6 +372,7 @@ pub async fn fetch(
         direct,
         outboard_path: outboard_path.to_owned(),
         have: Mutex::new(None),
+        open: std::sync::RwLock::new(true),
     });
     let have = {
         let target = target.clone();
@@ -560,6 +580,7 @@ pub async fn fetch(
     }
 
     // 4. Every group verified as it arrived; sync and move into place.
+    target.close();
     target.data.sync_all().map_err(io_err(&part))?;
     std::fs::rename(&part, dest).map_err(io_err(dest))?;
     Ok(size)
@@ -675,7 +696,10 @@ async fn fetch_ranges(
             if run.is_empty() {
                 return Ok(());
             }
-            writer.write(run, *run_len, run_offset)?;
+            {
+                let _permit = target.write_permit()?;
+                writer.write(run, *run_len, run_offset)?;
+            }
             progress.done.fetch_add(*run_len as u64, Ordering::Relaxed);
             if let Some(partial) = &partial {
                 let start = ChunkNum(run_offset / 1024);
@@ -690,7 +714,10 @@ async fn fetch_ranges(
             for item in items {
                 match item {
                     Ok(BaoContentItem::Parent(Parent { node, pair })) => {
-                        if let Err(e) = outboard.save(node, &pair) {
+                        let saved = target
+                            .write_permit()
+                            .and_then(|_permit| outboard.save(node, &pair));
+                        if let Err(e) = saved {
                             return Outcome::Local(e);
                         }
                     }

@@ -236,6 +236,13 @@ async fn downloaders_serve_each_other_what_they_have_verified() {
         let view = wait_job(f, *id).await;
         assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
         assert!(std::fs::read(out).unwrap() == data, "byte-identical");
+        // Nothing wrote to the file after it appeared (an end-game straggler used to, which
+        // changed its modification time and made the node stop serving it as stale).
+        let meta = f.store().get(&hash).unwrap().expect("adopted");
+        assert!(
+            !meta.stale && agora_files::store::Store::source_fresh(&meta),
+            "{meta:?}"
+        );
         served_by_downloaders += net.stats().await.unwrap().bytes_out;
     }
     let seeded = seed_net.stats().await.unwrap().bytes_out;
