@@ -35,20 +35,23 @@ head -c "$BYTES" /dev/urandom > "$D/src.bin"
 ROUNDS=${ROUNDS:-3}
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# Machine limits.
+# Machine limits. The disk is measured again right before each transfer (below), so that the
+# transfers and the limit they are compared with meet the same conditions.
 B3S=(); DISKS=()
+disk_round() {
+  local t0 t1
+  t0=$(now); dd if=/dev/zero of="$D/dd.bin" bs=1M count="$SIZE_MIB" conv=fdatasync status=none; t1=$(now)
+  DISKS+=("$(rate $BYTES $t0 $t1)"); rm -f "$D/dd.bin"
+}
 for r in $(seq "$ROUNDS"); do
   t0=$(now); b3sum --num-threads 1 "$D/src.bin" > /dev/null; t1=$(now)
   B3S+=("$(rate $BYTES $t0 $t1)")
-  t0=$(now); dd if=/dev/zero of="$D/dd.bin" bs=1M count="$SIZE_MIB" conv=fdatasync status=none; t1=$(now)
-  DISKS+=("$(rate $BYTES $t0 $t1)"); rm -f "$D/dd.bin"
 done
-B3=$(median "${B3S[@]}"); DISK=$(median "${DISKS[@]}")
+B3=$(median "${B3S[@]}")
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 iperf3 -s -1 -B 127.0.0.1 -p "$PORT" > /dev/null 2>&1 & PIDS+=($!)
 sleep 0.5
 NET=$(iperf3 -c 127.0.0.1 -p "$PORT" -t 5 -J | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/1048576))')
-LIMIT=$(python3 -c "print(min($B3, $DISK, $NET))")
 
 # Two nodes.
 start() {
@@ -84,6 +87,7 @@ if [ -n "$SENDME" ] && [ -x "$SENDME" ] && [ "$(id -u)" = 0 ]; then
 fi
 GETS=(); SMS=(); RSS_B=0
 for r in $(seq "$ROUNDS"); do
+  disk_round
   # A fresh downloader each round (a node that holds the blob would not fetch it again).
   start "b$r" --bootstrap "$A_ADDR"
   t0=$(now); "$BIN" get "$HASH" -o "$D/copy.bin" --data-dir "$D/b$r" > /dev/null; sync -f "$D/copy.bin"; t1=$(now)
@@ -101,6 +105,8 @@ for r in $(seq "$ROUNDS"); do
   fi
 done
 GET=$(median "${GETS[@]}")
+DISK=$(median "${DISKS[@]}")
+LIMIT=$(python3 -c "print(min($B3, $DISK, $NET))")
 SM=0
 if [ "$USE_SENDME" = 1 ]; then
   SM=$(median "${SMS[@]}")
