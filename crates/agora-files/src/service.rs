@@ -161,7 +161,8 @@ pub struct Files {
     config: Config,
     index: Mutex<search::Index>,
     partials: protocol::Partials,
-    replicating: Mutex<std::collections::HashSet<Hash>>,
+    /// Replicas being fetched, with their progress (a `get` of the same blob follows it).
+    replicating: Mutex<HashMap<Hash, Arc<Progress>>>,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     next_job: AtomicU64,
 }
@@ -181,7 +182,7 @@ impl Files {
             config,
             index: Mutex::new(search::Index::default()),
             partials: protocol::Partials::default(),
-            replicating: Mutex::new(std::collections::HashSet::new()),
+            replicating: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
         });
@@ -321,7 +322,12 @@ impl Files {
                 reason: "already held".into(),
             };
         }
-        if !self.replicating.lock().unwrap().insert(hash) {
+        // Fetching it already, as a replica or for a user's `get` (whose result is kept and
+        // announced like a replica): once is enough.
+        let progress = Arc::new(Progress::default());
+        let fetching = self.partials.lock().unwrap().contains_key(&hash)
+            || !self.start_replicating(hash, &progress);
+        if fetching {
             return ReplicateResponse {
                 accepted: true,
                 reason: "already fetching".into(),
@@ -339,14 +345,42 @@ impl Files {
                 return refuse(e.to_string());
             }
         }
+        self.fetch_replica(hash, req.name, vec![from], progress);
+        ReplicateResponse {
+            accepted: true,
+            reason: "fetching".into(),
+        }
+    }
+
+    /// Records that a replica of `hash` is being fetched; false if one already is.
+    fn start_replicating(&self, hash: Hash, progress: &Arc<Progress>) -> bool {
+        match self.replicating.lock().unwrap().entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(progress.clone());
+                true
+            }
+        }
+    }
+
+    /// Fetches a replica of `hash` into the store in the background (from `known` and the
+    /// providers the DHT names), keeps it and announces it. The caller has recorded it with
+    /// [`Self::start_replicating`]; the record goes when the fetch ends.
+    fn fetch_replica(
+        self: &Arc<Self>,
+        hash: Hash,
+        name: String,
+        known: Vec<PeerId>,
+        progress: Arc<Progress>,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut providers = vec![from];
+            let mut providers = known.clone();
             providers.extend(
                 this.providers(hash, None)
                     .await
                     .into_iter()
-                    .filter(|p| *p != from),
+                    .filter(|p| !known.contains(p)),
             );
             let dest = this.store.data_path(&hash);
             let result = download::fetch(
@@ -355,16 +389,13 @@ impl Files {
                 providers,
                 &dest,
                 &this.store.partial_outboard_path(&hash, &dest),
-                Arc::new(Progress::default()),
+                progress,
                 &this.partials,
             )
             .await;
             match result {
                 Ok(size) => {
-                    if let Err(e) = this
-                        .store
-                        .adopt_download(&hash, size, &dest, &req.name, false)
-                    {
+                    if let Err(e) = this.store.adopt_download(&hash, size, &dest, &name, false) {
                         tracing::warn!("cannot keep replica {}: {e}", hash.to_hex());
                     } else {
                         tracing::info!(hash = %hash.to_hex(), "holding a replica");
@@ -375,10 +406,6 @@ impl Files {
             }
             this.replicating.lock().unwrap().remove(&hash);
         });
-        ReplicateResponse {
-            accepted: true,
-            reason: "fetching".into(),
-        }
     }
 
     /// Asks peers close to `hash` (other than `skip`) to hold replicas until `wanted` accepted.
@@ -748,8 +775,39 @@ impl Files {
         providers
     }
 
+    /// Resumes the fetch of a replica of `hash` that a restart interrupted (its partial file is
+    /// still in the store), unless one is running.
+    fn resume_replica(self: &Arc<Self>, hash: Hash, name: &str, ticket: Option<&Ticket>) {
+        let dest = self.store.data_path(&hash);
+        if !download::partial_path(&dest).exists() {
+            return;
+        }
+        let progress = Arc::new(Progress::default());
+        if self.start_replicating(hash, &progress) {
+            let known = ticket.map(|t| vec![t.peer]).unwrap_or_default();
+            self.fetch_replica(hash, name.to_owned(), known, progress);
+        }
+    }
+
+    /// Waits while a replica of `hash` is being fetched, showing its progress as this job's.
+    async fn follow_replica(&self, hash: &Hash, progress: &Progress) {
+        loop {
+            let replica = self.replicating.lock().unwrap().get(hash).cloned();
+            let Some(replica) = replica else { return };
+            for (to, from) in [
+                (&progress.total, &replica.total),
+                (&progress.done, &replica.done),
+            ] {
+                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            let peers = replica.peers.load(Ordering::Relaxed);
+            progress.peers.store(peers, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn download(
-        &self,
+        self: &Arc<Self>,
         hash: Hash,
         ticket: Option<Ticket>,
         out: &Path,
@@ -759,23 +817,32 @@ impl Files {
             let path = path.to_owned();
             move |e: std::io::Error| FetchError::Io { path, source: e }
         };
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // Held means usable: a blob served from a file the user has since moved, deleted or
         // changed (a download's earlier destination, say) is fetched again.
-        let held = self
-            .store
-            .get(&hash)
-            .ok()
-            .flatten()
-            .filter(|m| !m.stale && Store::source_fresh(m));
+        let usable = || {
+            self.store
+                .get(&hash)
+                .ok()
+                .flatten()
+                .filter(|m| !m.stale && Store::source_fresh(m))
+        };
+        // A replica of this blob on its way here (the publisher pushes new shares to the
+        // nodes nearest their hash) is followed rather than fetched a second time beside it;
+        // one that a restart interrupted is resumed from what it verified, then followed.
+        if usable().is_none() {
+            self.resume_replica(hash, &name, ticket.as_ref());
+        }
+        self.follow_replica(&hash, progress).await;
+        let held = usable();
         let providers = if held.is_some() {
             Vec::new()
         } else {
             self.providers(hash, ticket.as_ref()).await
         };
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let root_meta = match held {
             Some(meta) => {
                 progress.total.store(meta.size, Ordering::Relaxed);

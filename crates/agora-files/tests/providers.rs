@@ -33,14 +33,33 @@ async fn node(bootstrap: Vec<Multiaddr>) -> (Handle, Multiaddr) {
 }
 
 fn files(net: &Handle, dir: &std::path::Path) -> Arc<Files> {
-    std::fs::create_dir_all(dir).unwrap();
-    let db = Arc::new(agora_store::Db::open(&dir.join("db")).unwrap());
     // No replication here: the downloader must fetch from the providers under test.
     let config = agora_files::service::Config {
         replicas: 0,
         ..Default::default()
     };
+    files_with(net, dir, config)
+}
+
+fn files_with(
+    net: &Handle,
+    dir: &std::path::Path,
+    config: agora_files::service::Config,
+) -> Arc<Files> {
+    std::fs::create_dir_all(dir).unwrap();
+    let db = Arc::new(agora_store::Db::open(&dir.join("db")).unwrap());
     Files::start(net.clone(), dir, db, config).unwrap()
+}
+
+/// Writes `mib` MiB of patterned bytes to `source.bin` in `dir`: the bytes, their hash, the path.
+fn source_file(dir: &std::path::Path, mib: u32) -> (Vec<u8>, blake3::Hash, std::path::PathBuf) {
+    let data: Vec<u8> = (0..mib * 1024 * 1024)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let src = dir.join("source.bin");
+    std::fs::write(&src, &data).unwrap();
+    let hash = blake3::hash(&data);
+    (data, hash, src)
 }
 
 async fn wait_job(files: &Files, id: u64) -> agora_files::JobView {
@@ -105,12 +124,7 @@ fn staller(net: &Handle, size: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_from_many_providers_bans_the_liar_and_outlasts_the_staller() {
     let dir = tempfile::tempdir().unwrap();
-    let data: Vec<u8> = (0..16 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let hash = blake3::hash(&data);
-    let src = dir.path().join("source.bin");
-    std::fs::write(&src, &data).unwrap();
+    let (data, hash, src) = source_file(dir.path(), 16);
 
     let (hub, hub_addr) = node(vec![]).await;
     let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
@@ -255,5 +269,59 @@ async fn downloaders_serve_each_other_what_they_have_verified() {
     assert!(
         served_by_downloaders > 4 * 1024 * 1024,
         "downloaders served each other only {served_by_downloaders} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_beside_an_incoming_replica_fetches_the_blob_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, hash, src) = source_file(dir.path(), 48);
+    let (seed_net, seed_addr) = node(vec![]).await;
+    let seed_addr = seed_addr.with_p2p(seed_net.local_peer_id()).unwrap();
+    // The publisher pushes a replica of what it shares to the nearest nodes: here, the one
+    // whose user is about to get the same file.
+    let seeder = files_with(
+        &seed_net,
+        &dir.path().join("seeder"),
+        agora_files::service::Config::default(),
+    );
+    let (down_net, _) = node(vec![seed_addr]).await;
+    let down = files_with(
+        &down_net,
+        &dir.path().join("down"),
+        agora_files::service::Config::default(),
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seed_net
+        .closest_peers(hash.as_bytes().to_vec())
+        .await
+        .unwrap_or_default()
+        .contains(&down_net.local_peer_id())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "peers never met");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = seeder.share(src.clone(), false, false);
+    assert!(matches!(
+        wait_job(&seeder, job.id).await.state,
+        JobState::Done { .. }
+    ));
+    let out = dir.path().join("copy.bin");
+    let job = down.get(&hash.to_hex(), out.clone()).unwrap();
+    let view = wait_job(&down, job.id).await;
+    assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+    assert!(std::fs::read(&out).unwrap() == data, "byte-identical");
+    // The replica and the get are one transfer, not two side by side.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while down.store().get(&hash).unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "replica never held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = seed_net.stats().await.unwrap().bytes_out;
+    assert!(
+        sent < data.len() as u64 * 3 / 2,
+        "the publisher sent {} MiB for one {} MiB blob",
+        sent >> 20,
+        data.len() >> 20
     );
 }

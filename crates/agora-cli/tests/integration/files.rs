@@ -192,10 +192,29 @@ fn bad_input_gets_clear_errors() {
 
 #[test]
 fn a_download_killed_with_the_node_resumes_from_the_verified_part() {
+    // The downloader takes no replicas: the get fetches into `<out>.agora-part` itself.
+    killed_download_resumes(&["--storage-quota", "0"], "big-copy.bin.agora-part");
+}
+
+#[test]
+fn a_get_beside_a_replica_follows_it_and_resumes_it_after_kill_9() {
+    // The downloader takes replicas: the publisher pushes one to it as it shares, the get
+    // follows that fetch into the store (one transfer, not two side by side) and, after the
+    // kill, resumes it from the store's partial file.
+    killed_download_resumes(&[], "b/blobs");
+}
+
+/// Shares 400 MiB on one node, gets it on another, kills that node with SIGKILL part-way
+/// (a partial file must then exist under `partial_under`, relative to the test directory),
+/// restarts it and gets again: the download resumes from the verified part.
+fn killed_download_resumes(b_args: &[&str], partial_under: &str) {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::start(&dir.path().join("a"), &[]);
     let b_dir = dir.path().join("b");
-    let mut b = Node::start(&b_dir, &["--bootstrap", &a.tcp_addr()]);
+    let mut args = vec!["--bootstrap".to_owned(), a.tcp_addr()];
+    args.extend(b_args.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut b = Node::start(&b_dir, &args);
     let content = data(400 * 1024 * 1024, 9);
     let src = dir.path().join("big.bin");
     fs::write(&src, &content).unwrap();
@@ -221,10 +240,10 @@ fn a_download_killed_with_the_node_resumes_from_the_verified_part() {
     });
     b.kill9();
     assert!(!out.exists(), "no partial file at the destination");
-    let part = dir.path().join("big-copy.bin.agora-part");
-    assert!(part.exists());
+    let partials = partial_files(&dir.path().join(partial_under));
+    assert_eq!(partials.len(), 1, "one partial file under {partial_under}");
 
-    let b = Node::start(&b_dir, &[]);
+    let b = Node::start(&b_dir, &args[2..]);
     wait_connected(&b, &a);
     let got = json_out(&b.cli(&["get", &hash, "-o", out.to_str().unwrap(), "--json"]));
     assert_eq!(got["size"], content.len());
@@ -232,7 +251,7 @@ fn a_download_killed_with_the_node_resumes_from_the_verified_part() {
         fs::read(&out).unwrap() == content,
         "byte-identical after resume"
     );
-    assert!(!part.exists());
+    assert!(!partials[0].exists(), "the partial file was completed");
     let log = fs::read_to_string(b_dir.join("node.log")).unwrap();
     let resumed: u64 = log
         .lines()
@@ -245,6 +264,23 @@ fn a_download_killed_with_the_node_resumes_from_the_verified_part() {
         resumed > 0,
         "resumed from {resumed} bytes (had {done_at_kill} at the kill)"
     );
+}
+
+/// The `*.agora-part` files at `path` (a file) or in the tree under it.
+fn partial_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    if path.is_file() {
+        return vec![path.to_owned()];
+    }
+    let mut found = Vec::new();
+    for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            found.extend(partial_files(&p));
+        } else if p.to_string_lossy().ends_with(".agora-part") {
+            found.push(p);
+        }
+    }
+    found
 }
 
 /// Unmounts the small tmpfs when the test ends, however it ends.
