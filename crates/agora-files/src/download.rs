@@ -47,7 +47,7 @@ const PIECE_CHUNKS: u64 = 1024;
 /// Largest run of verified data written with one pwrite.
 const COALESCE: usize = 1024 * 1024;
 /// Pieces asked for in one request.
-const PIECES_PER_REQUEST: usize = 4;
+const PIECES_PER_REQUEST: usize = 2;
 /// Requests in flight per provider, so the link is not idle between a response and the next
 /// request.
 const REQUESTS_PER_PROVIDER: usize = 4;
@@ -58,6 +58,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the DHT is asked again for providers during a download.
 const REDISCOVER_INTERVAL: Duration = Duration::from_secs(2);
+/// The first of those lookups, after which the wait doubles up to [`REDISCOVER_INTERVAL`].
+const FIRST_REDISCOVERY: Duration = Duration::from_millis(250);
 /// Longest a re-discovery lookup may take.
 const REDISCOVER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a worker waits on a provider that is itself still downloading and has nothing new.
@@ -536,8 +538,12 @@ pub async fn fetch(
     }
     // Providers that appear while we download (other downloaders announce themselves at their
     // start) are added as they are found, as a BitTorrent client re-asks its tracker.
-    let mut rediscover = tokio::time::interval(REDISCOVER_INTERVAL);
-    rediscover.tick().await;
+    // Soon at first, then less often: downloaders that start together announce themselves
+    // at their start, and each second spent not knowing of the others is a second in which
+    // they all fetch from the seeder.
+    let mut rediscover_every = FIRST_REDISCOVERY;
+    let rediscover = tokio::time::sleep(rediscover_every);
+    tokio::pin!(rediscover);
     loop {
         tokio::select! {
             joined = workers.join_next() => {
@@ -549,7 +555,9 @@ pub async fn fetch(
                     break;
                 }
             }
-            _ = rediscover.tick() => {
+            () = &mut rediscover => {
+                rediscover_every = (rediscover_every * 2).min(REDISCOVER_INTERVAL);
+                rediscover.as_mut().reset(tokio::time::Instant::now() + rediscover_every);
                 if work.lock().unwrap().complete() {
                     workers.abort_all();
                     break;
