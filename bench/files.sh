@@ -17,6 +17,7 @@ SIZE_MIB=${SIZE_MIB:-1024}
 missing=()
 command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v b3sum >/dev/null || missing+=(b3sum)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -51,7 +52,21 @@ B3=$(median "${B3S[@]}")
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 iperf3 -s -1 -B 127.0.0.1 -p "$PORT" > /dev/null 2>&1 & PIDS+=($!)
 sleep 0.5
-NET=$(iperf3 -c 127.0.0.1 -p "$PORT" -t 5 -J | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/1048576))')
+iperf3 -c 127.0.0.1 -p "$PORT" -t 5 -J > "$D/iperf.json"
+NET=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/8/1048576))' "$D/iperf.json")
+# What any encrypted, verified transfer between two processes sharing this machine's cores
+# must spend per GiB, at the least: the kernel's TCP work (iperf3's own CPU time, both ends),
+# ChaCha20-Poly1305 once each way (the cipher libp2p's Noise channel uses) and one BLAKE3
+# pass (the downloader's verification). Divided into the cores there are, that is a ceiling
+# no such transfer can pass here, whatever the disk and the network allow.
+TCP_CPU=$(python3 -c '
+import json, sys
+e = json.load(open(sys.argv[1]))["end"]
+cpu = e["cpu_utilization_percent"]
+print((cpu["host_total"] + cpu["remote_total"]) / 100 * e["sum_received"]["seconds"] / (e["sum_received"]["bytes"] / 2**30))' "$D/iperf.json")
+CHACHA=$(openssl speed -evp chacha20-poly1305 -bytes 16384 -seconds 2 2>/dev/null | awk '/^ChaCha20-Poly1305/ {sub(/k$/, "", $2); print int($2 * 1000 / 1048576)}')
+CORES=$(nproc)
+CEILING=$(python3 -c "print(int($CORES * 1024 / ($TCP_CPU + 2 * 1024 / $CHACHA + 1024 / $B3)))")
 
 # Two nodes.
 start() {
@@ -115,16 +130,21 @@ fi
 echo "rounds (MiB/s): b3sum ${B3S[*]}; dd ${DISKS[*]}; share ${SHARES[*]}; get ${GETS[*]}; sendme ${SMS[*]:-none}" >&2
 RSS_A=$(awk '/VmHWM/ {print int($2/1024)}' /proc/$(cat "$D/a.pid")/status)
 
-python3 - "$SIZE_MIB" "$B3" "$DISK" "$NET" "$LIMIT" "$SHARE" "$GET" "$RSS_A" "$RSS_B" "$SM" <<'PY'
+python3 - "$SIZE_MIB" "$B3" "$DISK" "$NET" "$LIMIT" "$SHARE" "$GET" "$RSS_A" "$RSS_B" "$SM" "$CHACHA" "$CEILING" "$CORES" "$TCP_CPU" <<'PY'
 import json, sys
-size, b3, disk, net, limit, share, get, rss_a, rss_b, sm = map(int, sys.argv[1:])
+size, b3, disk, net, limit, share, get, rss_a, rss_b, sm, chacha, ceiling, cores = map(int, sys.argv[1:14])
+tcp_cpu = float(sys.argv[14])
 rows = [
     ("file size", f"{size} MiB", ""),
     ("b3sum --num-threads 1", f"{b3} MiB/s", ""),
     ("disk write + fdatasync (dd)", f"{disk} MiB/s", ""),
-    ("loopback TCP (iperf3)", f"{net} MiB/s", ""),
+    ("loopback TCP (iperf3)", f"{net} MiB/s", f"{tcp_cpu:.2f} CPU-s per GiB, both ends"),
+    ("ChaCha20-Poly1305, one core (openssl)", f"{chacha} MiB/s", ""),
+    ("encrypted + verified transfer ceiling", f"{ceiling} MiB/s",
+     f"{cores} cores / (TCP + 2 x ChaCha + 1 x BLAKE3 per GiB); {ceiling/limit:.2f} x machine limit"),
     ("agora share (hash + outboard)", f"{share} MiB/s", f"{share/b3:.2f} x b3sum (target >= 0.8)"),
-    ("agora get node->node, verified, on disk", f"{get} MiB/s", f"{get/limit:.2f} x machine limit {limit} MiB/s (target >= 0.6)"),
+    ("agora get node->node, verified, on disk", f"{get} MiB/s",
+     f"{get/limit:.2f} x machine limit {limit} MiB/s (target >= 0.6); {get/ceiling:.2f} x the ceiling"),
     ("peak RSS seeder / downloader", f"{rss_a} / {rss_b} MiB", ""),
     ("iroh sendme receive (same file, loopback)", f"{sm} MiB/s" if sm else "not run",
      f"agora get = {get/sm:.2f} x sendme (target >= 1.5)" if sm else "no sendme binary, or not root"),
@@ -133,6 +153,8 @@ for name, value, ratio in rows:
     print(f"{name:<42} {value:>14}  {ratio}")
 print(json.dumps(dict(size_mib=size, b3sum=b3, disk=disk, iperf3=net, limit=limit, share=share,
                       get=get, share_ratio=round(share/b3, 2), get_ratio=round(get/limit, 2),
+                      chacha=chacha, tcp_cpu_s_per_gib=round(tcp_cpu, 2), cores=cores, ceiling=ceiling,
+                      get_vs_ceiling=round(get/ceiling, 2),
                       rss_seeder_mib=rss_a, rss_downloader_mib=rss_b, sendme=sm,
                       vs_sendme=round(get/sm, 2) if sm else None)))
 PY
