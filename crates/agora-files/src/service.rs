@@ -283,7 +283,31 @@ impl Files {
                 }
             }
         });
+        files.resume_pending_replicas();
         Ok(files)
+    }
+
+    /// Replicas agreed to before a restart and not yet held are fetched on, from what they
+    /// had verified.
+    fn resume_pending_replicas(self: &Arc<Self>) {
+        let pending = match self.store.pending_replicas() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot read the pending replicas: {e}");
+                return;
+            }
+        };
+        for (hash, replica) in pending {
+            if matches!(self.store.get(&hash), Ok(Some(m)) if !m.stale) {
+                let _ = self.store.replica_settled(&hash);
+                continue;
+            }
+            let progress = Arc::new(Progress::default());
+            if self.start_replicating(hash, &progress) {
+                tracing::info!(hash = %hash.to_hex(), "resuming a replica");
+                self.fetch_replica(hash, replica.name, Vec::new(), progress);
+            }
+        }
     }
 
     async fn announce_all(&self) {
@@ -345,7 +369,14 @@ impl Files {
                 return refuse(e.to_string());
             }
         }
-        self.fetch_replica(hash, req.name, vec![from], progress);
+        let pending = crate::store::PendingReplica {
+            name: req.name,
+            size: req.size,
+        };
+        if let Err(e) = self.store.replica_pending(&hash, &pending) {
+            tracing::warn!("cannot record the replica of {}: {e}", hash.to_hex());
+        }
+        self.fetch_replica(hash, pending.name, vec![from], progress);
         ReplicateResponse {
             accepted: true,
             reason: "fetching".into(),
@@ -402,7 +433,15 @@ impl Files {
                         let _ = this.net.provide(hash.as_bytes().to_vec()).await;
                     }
                 }
-                Err(e) => tracing::warn!("replica of {} failed: {e}", hash.to_hex()),
+                Err(e) => {
+                    // Given up: free the space it reserved (whoever asks again starts over).
+                    tracing::warn!("replica of {} failed: {e}", hash.to_hex());
+                    let _ = std::fs::remove_file(download::partial_path(&dest));
+                    let _ = std::fs::remove_file(this.store.partial_outboard_path(&hash, &dest));
+                }
+            }
+            if let Err(e) = this.store.replica_settled(&hash) {
+                tracing::warn!("cannot settle the replica of {}: {e}", hash.to_hex());
             }
             this.replicating.lock().unwrap().remove(&hash);
         });

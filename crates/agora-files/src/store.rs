@@ -35,6 +35,15 @@ use serde::{Deserialize, Serialize};
 use crate::{BLOCK_SIZE, Hash};
 
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// Replicas accepted and not yet held: hex hash -> JSON [`PendingReplica`].
+const PENDING_REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_replicas");
+
+/// A replica this node agreed to hold and is still fetching (resumed after a restart).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingReplica {
+    pub name: String,
+    pub size: u64,
+}
 
 /// Why a blob is held.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -133,6 +142,7 @@ impl Store {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let tx = db.redb().begin_write().map_err(db_err)?;
         tx.open_table(BLOBS).map_err(db_err)?;
+        tx.open_table(PENDING_REPLICAS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(Self { dir, db })
     }
@@ -178,6 +188,47 @@ impl Store {
                 .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
+    }
+
+    /// Records a replica this node agreed to fetch, until [`Self::replica_settled`].
+    pub fn replica_pending(&self, hash: &Hash, pending: &PendingReplica) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(pending).expect("serialises");
+        let tx = self.db.redb().begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(PENDING_REPLICAS).map_err(db_err)?;
+            table
+                .insert(hash.to_hex().as_str(), bytes.as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Forgets a pending replica (held now, or given up).
+    pub fn replica_settled(&self, hash: &Hash) -> Result<(), StoreError> {
+        let tx = self.db.redb().begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(PENDING_REPLICAS).map_err(db_err)?;
+            table.remove(hash.to_hex().as_str()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// The replicas agreed to and not yet held.
+    pub fn pending_replicas(&self) -> Result<Vec<(Hash, PendingReplica)>, StoreError> {
+        let tx = self.db.redb().begin_read().map_err(db_err)?;
+        let table = tx.open_table(PENDING_REPLICAS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            match (
+                Hash::from_hex(k.value()),
+                serde_json::from_slice::<PendingReplica>(v.value()),
+            ) {
+                (Ok(hash), Ok(pending)) => out.push((hash, pending)),
+                _ => tracing::warn!(key = k.value(), "skipping unreadable pending replica"),
+            }
+        }
+        Ok(out)
     }
 
     pub fn list(&self) -> Result<Vec<(Hash, BlobMeta)>, StoreError> {

@@ -204,6 +204,51 @@ fn a_get_beside_a_replica_follows_it_and_resumes_it_after_kill_9() {
     killed_download_resumes(&[], "b/blobs");
 }
 
+#[test]
+fn a_replica_interrupted_by_kill_9_is_resumed_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // No repair round during the test: only the restarted holder can finish the replica.
+    let a = Node::start(&dir.path().join("a"), &["--replica-check-interval", "3600"]);
+    let b_dir = dir.path().join("b");
+    let args = ["--bootstrap", &a.tcp_addr()];
+    let mut b = Node::start(&b_dir, &args);
+    wait_connected(&b, &a);
+    let content = data(400 * 1024 * 1024, 11);
+    let src = dir.path().join("big.bin");
+    fs::write(&src, &content).unwrap();
+    // Sharing pushes a replica to the only other node, which starts fetching it.
+    let shared = share(&a, &src);
+    let hash = shared["hash"].as_str().unwrap().to_owned();
+    wait_for("part of the replica sent", WAIT, || {
+        let (_, status) = a.get("/v1/status");
+        let out = status["bytes_out"].as_u64()?;
+        assert!(
+            out < 300 * 1024 * 1024,
+            "the replica was nearly done before the kill"
+        );
+        (out > 32 * 1024 * 1024).then_some(())
+    });
+    b.kill9();
+
+    let b = Node::start(&b_dir, &args);
+    wait_for("the replica held", WAIT, || {
+        let listed = json_out(&b.cli(&["files", "--json"]));
+        listed
+            .as_array()?
+            .iter()
+            .any(|f| f["hash"] == hash.as_str())
+            .then_some(())
+    });
+    let log = fs::read_to_string(b_dir.join("node.log")).unwrap();
+    assert!(log.contains("resuming a replica"), "{log}");
+    let resumed = resumed_bytes(&log);
+    assert!(resumed > 0, "resumed from {resumed} bytes");
+    // What it holds is the file, byte for byte (served from the store to a local get).
+    let out = dir.path().join("from-replica.bin");
+    json_out(&b.cli(&["get", &hash, "-o", out.to_str().unwrap(), "--json"]));
+    assert!(fs::read(&out).unwrap() == content, "byte-identical replica");
+}
+
 /// Shares 400 MiB on one node, gets it on another, kills that node with SIGKILL part-way
 /// (a partial file must then exist under `partial_under`, relative to the test directory),
 /// restarts it and gets again: the download resumes from the verified part.
@@ -253,17 +298,21 @@ fn killed_download_resumes(b_args: &[&str], partial_under: &str) {
     );
     assert!(!partials[0].exists(), "the partial file was completed");
     let log = fs::read_to_string(b_dir.join("node.log")).unwrap();
-    let resumed: u64 = log
-        .lines()
-        .find(|l| l.contains("resuming download"))
-        .and_then(|l| l.split("have_bytes=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no resume in the log:\n{log}"));
+    let resumed = resumed_bytes(&log);
     assert!(
         resumed > 0,
         "resumed from {resumed} bytes (had {done_at_kill} at the kill)"
     );
+}
+
+/// The verified bytes a download resumed from, as the node logged them.
+fn resumed_bytes(log: &str) -> u64 {
+    log.lines()
+        .find(|l| l.contains("resuming download"))
+        .and_then(|l| l.split("have_bytes=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no resume in the log:\n{log}"))
 }
 
 /// The `*.agora-part` files at `path` (a file) or in the tree under it.
