@@ -1,7 +1,7 @@
 //! Multi-source verified download of one blob.
 //!
 //! The missing part of the blob is cut into 1 MiB pieces. One worker per provider takes
-//! pieces (a few at a time) and fetches them over [`PROTOCOL`](crate::protocol::PROTOCOL);
+//! pieces (a few at a time) and fetches them over [`PROTOCOL`];
 //! every chunk group is verified against the blob's hash before it is written at its offset
 //! in `<dest>.agora-part`, and every verified parent hash is saved in the partial outboard.
 //! A provider that sends a bad chunk group is banned for this download at that group; one that
@@ -9,7 +9,10 @@
 //! the queue is empty, idle workers duplicate pieces still in flight elsewhere (end game), so a
 //! slow provider does not hold up the end. A restarted download finds what is already verified
 //! by re-hashing the partial file against the partial outboard and fetches only the rest.
-//! The destination appears, by rename, only when every group is verified.
+//! The destination appears, by rename, only when every group is verified, and after the
+//! last write to it: stragglers still decoding are shut out first (`Target::close`).
+//! Verified data goes to the disk with `O_DIRECT` where the file system allows it
+//! (`RunWriter`).
 
 use std::{
     fs::{File, OpenOptions},
