@@ -32,13 +32,14 @@ use bao_tree::{
     BaoTree, ChunkNum, ChunkRanges,
     io::{
         BaoContentItem, DecodeError, Leaf, Parent,
+        fsm::{ResponseDecoder, ResponseDecoderNext},
         outboard::PreOrderOutboard,
-        sync::{DecodeResponseIter, OutboardMut},
+        sync::OutboardMut,
     },
 };
 use libp2p::PeerId;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio_util::{compat::FuturesAsyncReadCompatExt, io::SyncIoBridge};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::{
     BLOCK_SIZE, Hash,
@@ -644,19 +645,33 @@ async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, Strin
         Response::Unavailable(why) => return Err(why),
         Response::Partial { .. } => return Err("has only part of it so far".into()),
     };
-    let reader = Stalling::new(stream.compat());
-    tokio::task::spawn_blocking(move || {
-        let tree = BaoTree::new(size, BLOCK_SIZE);
-        // Buffered: the decoder reads 64-byte parent pairs and 16 KiB leaves, and every read
-        // through the bridge is a round trip to the async runtime.
-        let mut reader = std::io::BufReader::with_capacity(256 * 1024, SyncIoBridge::new(reader));
-        for item in DecodeResponseIter::new(hash, tree, &mut reader, &ranges) {
-            item.map_err(|e| format!("size {size} does not verify: {e}"))?;
+    let mut decoder = response_decoder(hash, ranges, BaoTree::new(size, BLOCK_SIZE), stream);
+    loop {
+        match decoder.next().await {
+            ResponseDecoderNext::More((next, item)) => {
+                decoder = next;
+                item.map_err(|e| format!("size {size} does not verify: {e}"))?;
+            }
+            ResponseDecoderNext::Done(_) => return Ok(size),
         }
-        Ok(size)
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    }
+}
+
+/// A provider's response stream, buffered (the decoder reads 64-byte parent pairs and 16 KiB
+/// leaves) and failing when it stalls.
+type ResponseReader = iroh_io::TokioStreamReader<
+    tokio::io::BufReader<Stalling<tokio_util::compat::Compat<libp2p::Stream>>>,
+>;
+
+/// Decodes and verifies a response stream as it arrives.
+fn response_decoder(
+    hash: Hash,
+    ranges: ChunkRanges,
+    tree: BaoTree,
+    stream: libp2p::Stream,
+) -> ResponseDecoder<ResponseReader> {
+    let reader = tokio::io::BufReader::with_capacity(256 * 1024, Stalling::new(stream.compat()));
+    ResponseDecoder::new(hash, ranges, tree, iroh_io::TokioStreamReader::new(reader))
 }
 
 async fn fetch_ranges(
@@ -682,85 +697,98 @@ async fn fetch_ranges(
             return Outcome::Partial(crate::protocol::pairs_to_ranges(&have));
         }
     }
-    let reader = Stalling::new(stream.compat());
-    let (target, progress) = (target.clone(), progress.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut outboard = match target.outboard() {
-            Ok(ob) => ob,
-            Err(e) => return Outcome::Local(e),
+    // Decoded and verified here, on the runtime (BLAKE3 of a 16 KiB group is a few
+    // microseconds); each run of verified leaves, with the parent hashes that came with it,
+    // goes to the disk in one blocking task.
+    let mut decoder = response_decoder(target.hash, ranges, target.tree, stream);
+    let mut batch = Batch::default();
+    loop {
+        let item = match decoder.next().await {
+            ResponseDecoderNext::More((next, item)) => {
+                decoder = next;
+                item
+            }
+            ResponseDecoderNext::Done(_) => break,
         };
-        // Buffered: the decoder reads 64-byte parent pairs and 16 KiB leaves, and every read
-        // through the bridge is a round trip to the async runtime.
-        let mut reader = std::io::BufReader::with_capacity(256 * 1024, SyncIoBridge::new(reader));
-        let items = DecodeResponseIter::new(target.hash, target.tree, &mut reader, &ranges);
-        let partial = target.have.lock().unwrap().clone();
-        // Verified leaves are gathered into runs of up to COALESCE bytes and written with one
-        // pwritev per run (the leaves are not copied together first): per-16-KiB writes spent
-        // most of the download in the kernel and in contention on the file's inode lock.
-        // Progress and the ranges served to other downloaders are updated only once a run is
-        // on disk.
-        let mut run: Vec<bytes::Bytes> = Vec::with_capacity(COALESCE / (16 * 1024) + 1);
-        let mut run_len = 0usize;
-        let mut run_offset = 0u64;
-        let mut writer = RunWriter::new(&target.data, target.direct.as_ref());
-        let mut flush = |run: &mut Vec<bytes::Bytes>, run_len: &mut usize, run_offset: u64| {
-            if run.is_empty() {
-                return Ok(());
-            }
-            {
-                let _permit = target.write_permit()?;
-                writer.write(run, *run_len, run_offset)?;
-            }
-            progress.done.fetch_add(*run_len as u64, Ordering::Relaxed);
-            if let Some(partial) = &partial {
-                let start = ChunkNum(run_offset / 1024);
-                let end = ChunkNum((run_offset + *run_len as u64).div_ceil(1024));
-                *partial.have.lock().unwrap() |= ChunkRanges::from(start..end);
-            }
-            run.clear();
-            *run_len = 0;
-            Ok::<(), io::Error>(())
-        };
-        let outcome = (|| {
-            for item in items {
-                match item {
-                    Ok(BaoContentItem::Parent(Parent { node, pair })) => {
-                        let saved = target
-                            .write_permit()
-                            .and_then(|_permit| outboard.save(node, &pair));
-                        if let Err(e) = saved {
-                            return Outcome::Local(e);
-                        }
+        match item {
+            Ok(BaoContentItem::Parent(Parent { node, pair })) => batch.parents.push((node, pair)),
+            Ok(BaoContentItem::Leaf(Leaf { offset, data })) => {
+                let contiguous = offset == batch.offset + batch.len as u64;
+                if !contiguous || batch.len + data.len() > COALESCE {
+                    if let Err(e) = batch.flush(target, progress).await {
+                        return Outcome::Local(e);
                     }
-                    Ok(BaoContentItem::Leaf(Leaf { offset, data })) => {
-                        let contiguous = offset == run_offset + run_len as u64;
-                        if !contiguous || run_len + data.len() > COALESCE {
-                            if let Err(e) = flush(&mut run, &mut run_len, run_offset) {
-                                return Outcome::Local(e);
-                            }
-                            run_offset = offset;
-                        }
-                        run_len += data.len();
-                        run.push(data);
+                    batch.offset = offset;
+                }
+                batch.len += data.len();
+                batch.leaves.push(data);
+            }
+            Err(e) => {
+                // What verified before the error is kept.
+                if let Err(e) = batch.flush(target, progress).await {
+                    return Outcome::Local(e);
+                }
+                return match e {
+                    DecodeError::LeafHashMismatch(_) | DecodeError::ParentHashMismatch(_) => {
+                        Outcome::Lied(describe(&e, &target.tree))
                     }
-                    Err(
-                        e @ (DecodeError::LeafHashMismatch(_) | DecodeError::ParentHashMismatch(_)),
-                    ) => {
-                        return Outcome::Lied(describe(&e, &target.tree));
-                    }
-                    Err(e) => return Outcome::Failed(e.to_string()),
+                    e => Outcome::Failed(e.to_string()),
+                };
+            }
+        }
+    }
+    match batch.flush(target, progress).await {
+        Err(e) => Outcome::Local(e),
+        Ok(()) => Outcome::Ok,
+    }
+}
+
+/// Verified parents and a contiguous run of verified leaves (at most [`COALESCE`] bytes at
+/// `offset`), not yet on disk.
+#[derive(Default)]
+struct Batch {
+    parents: Vec<(bao_tree::TreeNode, (blake3::Hash, blake3::Hash))>,
+    leaves: Vec<bytes::Bytes>,
+    len: usize,
+    offset: u64,
+}
+
+impl Batch {
+    /// Writes the batch (in a blocking task), then counts it as done and offers its ranges
+    /// to other downloaders.
+    async fn flush(&mut self, target: &Arc<Target>, progress: &Arc<Progress>) -> io::Result<()> {
+        if self.parents.is_empty() && self.leaves.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(self);
+        let (len, offset) = (batch.len, batch.offset);
+        let target2 = target.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let _permit = target2.write_permit()?;
+            if !batch.parents.is_empty() {
+                let mut outboard = target2.outboard()?;
+                for (node, pair) in &batch.parents {
+                    outboard.save(*node, pair)?;
                 }
             }
-            Outcome::Ok
-        })();
-        // What verified before an error is kept.
-        match flush(&mut run, &mut run_len, run_offset) {
-            Err(e) => Outcome::Local(e),
-            Ok(()) => outcome,
+            if !batch.leaves.is_empty() {
+                let mut writer = RunWriter::new(&target2.data, target2.direct.as_ref());
+                writer.write(&batch.leaves, len, offset)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if len > 0 {
+            progress.done.fetch_add(len as u64, Ordering::Relaxed);
+            if let Some(partial) = target.have.lock().unwrap().clone() {
+                let start = ChunkNum(offset / 1024);
+                let end = ChunkNum((offset + len as u64).div_ceil(1024));
+                *partial.have.lock().unwrap() |= ChunkRanges::from(start..end);
+            }
         }
-    })
-    .await
-    .unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+        Ok(())
+    }
 }
 
 /// Opens `path` for writing with `O_DIRECT`, or `None` where the file system refuses it.
