@@ -10,7 +10,8 @@
 //! slow provider does not hold up the end. A restarted download finds what is already verified
 //! by re-hashing the partial file against the partial outboard and fetches only the rest.
 //! The destination appears, by rename, only when every group is verified, and after the
-//! last write to it: stragglers still decoding are shut out first (`Target::close`).
+//! last write to it: writes of stragglers still in flight are shut out first
+//! (`Target::close`).
 //! Verified data goes to the disk with `O_DIRECT` where the file system allows it
 //! (`RunWriter`).
 
@@ -252,8 +253,9 @@ struct Target {
     have: Mutex<Option<Arc<Partial>>>,
     /// Whether writes are still taken. Every write to the data or the outboard holds the read
     /// side; the download closes it (write side) before the file is synced and moved into
-    /// place, so a straggler still decoding (an end-game duplicate) can never write to the
-    /// user's file after it appeared, nor change its modification time.
+    /// place, so the write of a straggler (an end-game duplicate whose task was aborted while
+    /// its blocking write ran) can never reach the user's file after it appeared, nor change
+    /// its modification time.
     open: std::sync::RwLock<bool>,
 }
 
