@@ -13,7 +13,7 @@
 //! last write to it: writes of stragglers still in flight are shut out first
 //! (`Target::close`).
 //! Verified data goes to the disk with `O_DIRECT` where the file system allows it
-//! (`RunWriter`).
+//! (`write_run`).
 
 use std::{
     fs::{File, OpenOptions},
@@ -246,7 +246,7 @@ struct Target {
     tree: BaoTree,
     data: File,
     /// The same file opened with `O_DIRECT`, where the file system allows it (see
-    /// [`RunWriter`]).
+    /// [`write_run`]).
     direct: Option<File>,
     outboard_path: PathBuf,
     /// The served partial state, updated as groups verify.
@@ -774,8 +774,13 @@ impl Batch {
                 }
             }
             if !batch.leaves.is_empty() {
-                let mut writer = RunWriter::new(&target2.data, target2.direct.as_ref());
-                writer.write(&batch.leaves, len, offset)?;
+                write_run(
+                    &target2.data,
+                    target2.direct.as_ref(),
+                    &batch.leaves,
+                    len,
+                    offset,
+                )?;
             }
             Ok(())
         })
@@ -806,7 +811,8 @@ fn open_direct(path: &Path) -> Option<File> {
 /// block size in use.
 const DIRECT_ALIGN: usize = 4096;
 
-/// Writes runs of verified leaves into the partial file.
+/// Writes a run of verified leaves (`len` bytes, at most [`COALESCE`]) at `offset` of the
+/// partial file.
 ///
 /// Whole blocks go with `O_DIRECT` (copied once into an aligned buffer): from the network to
 /// the disk without the page cache, whose fresh pages cost the downloader more CPU than
@@ -815,62 +821,51 @@ const DIRECT_ALIGN: usize = 4096;
 /// the blob (less than a block), and every write on a file system without `O_DIRECT`, go
 /// through the page cache with `pwritev`. Readers of the partial file see either: a direct
 /// write drops any cached copy of its range.
-struct RunWriter<'a> {
-    data: &'a File,
-    direct: Option<&'a File>,
-    /// Allocated with room to start at an aligned address (`aligned` is its offset).
-    buf: Vec<u8>,
-    aligned: usize,
-}
-
-impl<'a> RunWriter<'a> {
-    fn new(data: &'a File, direct: Option<&'a File>) -> Self {
-        let (buf, aligned) = if direct.is_some() {
-            let buf = vec![0u8; COALESCE + DIRECT_ALIGN];
-            let aligned = buf.as_ptr().align_offset(DIRECT_ALIGN);
-            (buf, aligned)
-        } else {
-            (Vec::new(), 0)
-        };
-        Self {
-            data,
-            direct,
-            buf,
-            aligned,
-        }
+fn write_run(
+    data: &File,
+    direct: Option<&File>,
+    run: &[bytes::Bytes],
+    len: usize,
+    offset: u64,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let whole = len / DIRECT_ALIGN * DIRECT_ALIGN;
+    let Some(direct) = direct else {
+        return write_vectored_at(data, run, offset);
+    };
+    if whole == 0 || !offset.is_multiple_of(DIRECT_ALIGN as u64) || len > COALESCE {
+        return write_vectored_at(data, run, offset);
     }
-
-    /// Writes `run` (`len` bytes, at most [`COALESCE`]) at `offset`.
-    fn write(&mut self, run: &[bytes::Bytes], len: usize, offset: u64) -> io::Result<()> {
-        let whole = len / DIRECT_ALIGN * DIRECT_ALIGN;
-        let Some(direct) = self.direct else {
-            return write_vectored_at(self.data, run, offset);
-        };
-        if whole == 0 || !offset.is_multiple_of(DIRECT_ALIGN as u64) || len > COALESCE {
-            return write_vectored_at(self.data, run, offset);
+    ALIGNED.with_borrow_mut(|buf| {
+        // Allocated once per thread, with room to start at an aligned address.
+        if buf.is_empty() {
+            *buf = vec![0u8; COALESCE + DIRECT_ALIGN];
         }
-        let buf = &mut self.buf[self.aligned..self.aligned + COALESCE];
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let buf = &mut buf[start..start + COALESCE];
         let mut filled = 0;
         for b in run {
             buf[filled..filled + b.len()].copy_from_slice(b);
             filled += b.len();
         }
-        if let Err(e) = write_all_at(direct, &buf[..whole], offset) {
+        if let Err(e) = direct.write_all_at(&buf[..whole], offset) {
             // A file system may take the open and refuse the alignment: go through the cache.
             if e.raw_os_error() != Some(rustix::io::Errno::INVAL.raw_os_error()) {
                 return Err(e);
             }
-            return write_vectored_at(self.data, run, offset);
+            return write_vectored_at(data, run, offset);
         }
         if whole < len {
-            write_all_at(self.data, &buf[whole..len], offset + whole as u64)?;
+            data.write_all_at(&buf[whole..len], offset + whole as u64)?;
         }
         Ok(())
-    }
+    })
 }
 
-fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+thread_local! {
+    /// [`write_run`]'s aligned buffer: one per (blocking) thread that writes, instead of a
+    /// fresh zeroed megabyte for every run.
+    static ALIGNED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Writes `bufs` back to back at `offset`, with as few `pwritev` calls as the kernel allows.
@@ -1089,13 +1084,16 @@ mod tests {
             if use_direct && direct.is_none() {
                 eprintln!("this file system refuses O_DIRECT; only the fallback is exercised");
             }
-            let mut writer = RunWriter::new(&data, direct.as_ref());
             for (start, end) in runs {
-                writer
-                    .write(&leaves(start, end), end - start, start as u64)
-                    .unwrap();
+                write_run(
+                    &data,
+                    direct.as_ref(),
+                    &leaves(start, end),
+                    end - start,
+                    start as u64,
+                )
+                .unwrap();
             }
-            drop(writer);
             assert!(
                 std::fs::read(&path).unwrap() == content,
                 "direct: {use_direct}"
