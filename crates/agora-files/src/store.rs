@@ -179,28 +179,12 @@ impl Store {
     }
 
     pub fn put(&self, hash: &Hash, meta: &BlobMeta) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(meta).expect("meta serialises");
-        let tx = self.db.redb().begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(BLOBS).map_err(db_err)?;
-            table
-                .insert(hash.to_hex().as_str(), bytes.as_slice())
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+        self.insert_json(BLOBS, hash, meta)
     }
 
     /// Records a replica this node agreed to fetch, until [`Self::replica_settled`].
     pub fn replica_pending(&self, hash: &Hash, pending: &PendingReplica) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(pending).expect("serialises");
-        let tx = self.db.redb().begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(PENDING_REPLICAS).map_err(db_err)?;
-            table
-                .insert(hash.to_hex().as_str(), bytes.as_slice())
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+        self.insert_json(PENDING_REPLICAS, hash, pending)
     }
 
     /// Forgets a pending replica (held now, or given up).
@@ -215,36 +199,46 @@ impl Store {
 
     /// The replicas agreed to and not yet held.
     pub fn pending_replicas(&self) -> Result<Vec<(Hash, PendingReplica)>, StoreError> {
-        let tx = self.db.redb().begin_read().map_err(db_err)?;
-        let table = tx.open_table(PENDING_REPLICAS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            match (
-                Hash::from_hex(k.value()),
-                serde_json::from_slice::<PendingReplica>(v.value()),
-            ) {
-                (Ok(hash), Ok(pending)) => out.push((hash, pending)),
-                _ => tracing::warn!(key = k.value(), "skipping unreadable pending replica"),
-            }
-        }
-        Ok(out)
+        self.read_all(PENDING_REPLICAS, "pending replica")
     }
 
     pub fn list(&self) -> Result<Vec<(Hash, BlobMeta)>, StoreError> {
+        self.read_all(BLOBS, "blob record")
+    }
+
+    /// Stores `value` as JSON under `hash` in `table`.
+    fn insert_json<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        hash: &Hash,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).expect("store records serialise");
+        let tx = self.db.redb().begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(table).map_err(db_err)?;
+            table
+                .insert(hash.to_hex().as_str(), bytes.as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Every record of `table`; unreadable ones (`what`, for the log) are skipped.
+    fn read_all<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        what: &str,
+    ) -> Result<Vec<(Hash, T)>, StoreError> {
         let tx = self.db.redb().begin_read().map_err(db_err)?;
-        let table = tx.open_table(BLOBS).map_err(db_err)?;
+        let table = tx.open_table(table).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
             let (k, v) = entry.map_err(db_err)?;
-            let (Ok(hash), Ok(meta)) = (
-                Hash::from_hex(k.value()),
-                serde_json::from_slice::<BlobMeta>(v.value()),
-            ) else {
-                tracing::warn!(key = k.value(), "skipping unreadable blob record");
-                continue;
-            };
-            out.push((hash, meta));
+            match (Hash::from_hex(k.value()), serde_json::from_slice(v.value())) {
+                (Ok(hash), Ok(value)) => out.push((hash, value)),
+                _ => tracing::warn!(key = k.value(), "skipping unreadable {what}"),
+            }
         }
         Ok(out)
     }
