@@ -22,7 +22,7 @@ use libp2p::{
         ConnectionId, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
-    tcp, yamux,
+    tcp,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -136,11 +136,11 @@ pub(crate) fn build(
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            crate::muxer::Yamux::new,
         )
         .map_err(|e| BuildError::Transport(e.to_string()))?
         .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_relay_client(noise::Config::new, crate::muxer::Yamux::new)
         .map_err(|e| BuildError::Transport(e.to_string()))?
         .with_bandwidth_metrics(&mut bandwidth_registry)
         .with_behaviour(|key, relay_client| {

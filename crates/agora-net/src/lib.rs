@@ -7,7 +7,7 @@
 //! [`Event`]s to whoever subscribed with [`Handle::events`].
 //!
 //! # Protocols
-//! TCP and QUIC transports, Noise, Yamux; identify (`/ipfs/id/1.0.0`), ping (`/ipfs/ping/1.0.0`),
+//! TCP and QUIC transports, Noise, Yamux (with data frames of up to 256 KiB: [`Yamux`]); identify (`/ipfs/id/1.0.0`), ping (`/ipfs/ping/1.0.0`),
 //! Kademlia on [`KAD_PROTOCOL`], gossipsub (`/meshsub/1.1.0`, signed messages, every message goes
 //! through the application's validation before it is forwarded), AutoNAT, circuit relay v2 (server
 //! and client), DCUtR hole punching, connection and memory limits, and request-response for
@@ -39,6 +39,7 @@ mod config;
 mod event;
 mod event_loop;
 mod handle;
+mod muxer;
 mod rpc;
 
 pub use bandwidth::Bandwidth;
@@ -53,6 +54,7 @@ pub use libp2p::{
     Multiaddr, PeerId, StreamProtocol,
     gossipsub::{MessageAcceptance, MessageId},
 };
+pub use muxer::{Muxer, SPLIT_SEND_SIZE, Yamux};
 pub use rpc::{
     MAX_FRAME_LEN, MAX_INBOUND_PER_PROTOCOL, read_frame, read_frame_with_limit, write_frame,
 };
