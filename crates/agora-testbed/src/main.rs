@@ -12,6 +12,7 @@ mod net;
 mod node;
 mod scenario;
 mod sim;
+mod transport_bench;
 
 use std::{path::PathBuf, process::ExitCode, time::Instant};
 
@@ -73,6 +74,16 @@ enum Command {
         /// Also write the table into this README, between its `agora-testbed bench` markers.
         #[arg(long)]
         write_readme: Option<PathBuf>,
+    },
+    /// How fast Agora's libp2p transport alone (TCP + Noise + Yamux) carries a raw stream
+    /// between two processes on loopback: the bound for any file transfer over it.
+    TransportBench {
+        /// MiB to send.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Internal: be the receiving process.
+        #[arg(long, hide = true)]
+        serve: bool,
     },
     /// The ledger's benchmark alone: four validators on loopback, time to finality and
     /// sustained transfers/s against the machine's ed25519 verification rate.
@@ -242,6 +253,20 @@ fn main() -> ExitCode {
             let agora = agora.unwrap_or_else(default_agora);
             let repo = repo.unwrap_or_else(bench::default_repo);
             match bench::run(&agora, &repo, quick, json, write_readme.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::TransportBench { mib, serve } => {
+            let result = if serve {
+                transport_bench::serve()
+            } else {
+                transport_bench::run(mib).map(|v| println!("{v}"))
+            };
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
