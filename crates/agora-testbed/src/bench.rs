@@ -106,6 +106,17 @@ pub fn run(
         &[bench.join("files.sh").display().to_string(), bin.clone()],
         &[("SIZE_MIB", size.clone())],
     )?;
+    // The transport alone, three times, right after the transfers it bounds.
+    let mib: u64 = if quick { 256 } else { 1024 };
+    let mut transport = Vec::new();
+    for _ in 0..3 {
+        eprintln!("running agora-testbed transport-bench --mib {mib}");
+        transport.push(crate::transport_bench::run(mib)?);
+    }
+    transport.sort_by(|a, b| f(&a["mib_s"]).total_cmp(&f(&b["mib_s"])));
+    let mut transport = transport.swap_remove(1);
+    transport["get_vs_transport"] =
+        json!((f(&files["get"]) / f(&transport["mib_s"]) * 100.0).round() / 100.0);
     let swarm = run_script(
         repo,
         "bash",
@@ -132,8 +143,7 @@ pub fn run(
         accounts: 1000,
         txs_per_account: if quick { 10 } else { 30 },
     })?;
-    let all =
-        json!({"node": basics, "files": files, "swarm": swarm, "chat": chat, "ledger": ledger});
+    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger});
     if json_out {
         println!("{all}");
         return Ok(());
@@ -189,6 +199,17 @@ pub fn run(
             "{:.2} × machine limit (target ≥ 0.6); {:.2} × the ceiling",
             f(&fl["get_ratio"]),
             f(&fl["get_vs_ceiling"])
+        ),
+    );
+    let tr = &all["transport"];
+    row(
+        "libp2p transport alone: raw stream, TCP + Noise + Yamux",
+        format!("{} MiB/s", tr["mib_s"]),
+        format!(
+            "median of 3; CPU per GiB sender {} s, receiver {} s; agora get = {:.2} × this",
+            tr["sender_cpu_s_per_gib"],
+            tr["receiver_cpu_s_per_gib"],
+            f(&tr["get_vs_transport"])
         ),
     );
     row(

@@ -73,6 +73,8 @@ pub fn run(mib: u64) -> Result<Value> {
         bail!("--mib must be at least 1");
     }
     let exe = std::env::current_exe()?;
+    // Children's CPU accumulates over every child waited for; keep only this one's.
+    let children_before = cpu_seconds(libc::RUSAGE_CHILDREN);
     let mut child = Command::new(exe)
         .args(["transport-bench", "--serve"])
         .stdin(Stdio::null())
@@ -88,7 +90,7 @@ pub fn run(mib: u64) -> Result<Value> {
     if !status.success() {
         bail!("the receiving process failed: {status}");
     }
-    let receiver_cpu = cpu_seconds(libc::RUSAGE_CHILDREN);
+    let receiver_cpu = cpu_seconds(libc::RUSAGE_CHILDREN) - children_before;
     let gib = mib as f64 / 1024.0;
     Ok(json!({
         "mib": mib,
