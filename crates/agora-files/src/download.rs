@@ -303,35 +303,65 @@ pub async fn fetch(
     }
     // 1. Learn the size, authenticated by the blob's last chunk group. All providers are
     // asked at once and the first verified answer wins, so one that stalls costs nothing.
-    let mut asks: futures::stream::FuturesUnordered<_> = providers
-        .iter()
-        .map(|peer| async move {
-            // One retry: a connection can close under load (limits, a redial race).
-            let mut result = fetch_size(net, hash, *peer).await;
-            if result.is_err() {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                result = fetch_size(net, hash, *peer).await;
+    // If every one of them is a downloader that lacks the last group so far (downloaders
+    // that start together announce themselves at once, and a provider lookup may return
+    // only them), someone else has the blob: look for more providers and ask again, for a
+    // bounded time.
+    let mut providers = providers;
+    let mut to_ask = providers.clone();
+    let mut reasons = std::collections::BTreeMap::<PeerId, String>::new();
+    let mut wait = FIRST_REDISCOVERY;
+    let patience = tokio::time::Instant::now() + PARTIAL_PATIENCE;
+    let size = loop {
+        let mut asks: futures::stream::FuturesUnordered<_> = to_ask
+            .drain(..)
+            .map(|peer| async move {
+                // One retry: a connection can close under load (limits, a redial race).
+                let mut result = fetch_size(net, hash, peer).await;
+                if matches!(result, Err(SizeError::Failed(_))) {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    result = fetch_size(net, hash, peer).await;
+                }
+                (peer, result)
+            })
+            .collect();
+        let mut size = None;
+        while let Some((peer, result)) = futures::StreamExt::next(&mut asks).await {
+            match result {
+                Ok(s) => {
+                    size = Some(s);
+                    break;
+                }
+                Err(e) => {
+                    if matches!(e, SizeError::Partial) {
+                        to_ask.push(peer);
+                    }
+                    reasons.insert(peer, e.to_string());
+                }
             }
-            (*peer, result)
-        })
-        .collect();
-    let mut reasons = Vec::new();
-    let mut size = None;
-    while let Some((peer, result)) = futures::StreamExt::next(&mut asks).await {
-        match result {
-            Ok(s) => {
-                size = Some(s);
-                break;
-            }
-            Err(e) => reasons.push(format!("{peer}: {e}")),
         }
-    }
-    drop(asks);
-    let Some(size) = size else {
-        return Err(FetchError::AllFailed {
-            hash: hex,
-            reasons: reasons.join("; "),
-        });
+        drop(asks);
+        if let Some(size) = size {
+            break size;
+        }
+        if to_ask.is_empty() || tokio::time::Instant::now() >= patience {
+            let reasons: Vec<String> = reasons.iter().map(|(p, e)| format!("{p}: {e}")).collect();
+            return Err(FetchError::AllFailed {
+                hash: hex,
+                reasons: reasons.join("; "),
+            });
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(REDISCOVER_INTERVAL);
+        let lookup = net.find_providers(hash.as_bytes().to_vec(), 16);
+        if let Ok(Ok(found)) = tokio::time::timeout(REDISCOVER_TIMEOUT, lookup).await {
+            for peer in found {
+                if peer != net.local_peer_id() && !providers.contains(&peer) {
+                    providers.push(peer);
+                    to_ask.push(peer);
+                }
+            }
+        }
     };
     progress.total.store(size, Ordering::Relaxed);
 
@@ -636,23 +666,35 @@ async fn open_request(
     Ok((stream, response))
 }
 
+/// Why a provider did not tell the size.
+#[derive(Debug, thiserror::Error)]
+enum SizeError {
+    /// It is downloading the blob too and lacks the last chunk group so far.
+    #[error("has only part of it so far")]
+    Partial,
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Asks for the last chunk group only and verifies it, which authenticates the size.
-async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, String> {
+async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, SizeError> {
     // A range starting past any real end is truncated to the last chunk group by both sides.
     let ranges = ChunkRanges::from(ChunkNum(u64::MAX >> 12)..);
-    let (stream, response) = open_request(net, peer, &Request::new(&hash, &ranges)).await?;
+    let (stream, response) = open_request(net, peer, &Request::new(&hash, &ranges))
+        .await
+        .map_err(SizeError::Failed)?;
     let size = match response {
         Response::Size(size) => size,
-        Response::NotFound => return Err("does not have it".into()),
-        Response::Unavailable(why) => return Err(why),
-        Response::Partial { .. } => return Err("has only part of it so far".into()),
+        Response::NotFound => return Err(SizeError::Failed("does not have it".into())),
+        Response::Unavailable(why) => return Err(SizeError::Failed(why)),
+        Response::Partial { .. } => return Err(SizeError::Partial),
     };
     let mut decoder = response_decoder(hash, ranges, BaoTree::new(size, BLOCK_SIZE), stream);
     loop {
         match decoder.next().await {
             ResponseDecoderNext::More((next, item)) => {
                 decoder = next;
-                item.map_err(|e| format!("size {size} does not verify: {e}"))?;
+                item.map_err(|e| SizeError::Failed(format!("size {size} does not verify: {e}")))?;
             }
             ResponseDecoderNext::Done(_) => return Ok(size),
         }

@@ -325,3 +325,64 @@ async fn a_get_beside_an_incoming_replica_fetches_the_blob_once() {
         data.len() >> 20
     );
 }
+
+/// Claims to be downloading the blob too and to have none of it yet, whatever is asked.
+fn empty_partial(net: &Handle, size: u64) {
+    let mut incoming = net.stream_control().accept(PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                let _ = read_limited_frame(&mut stream, 16 * 1024).await;
+                let response = Response::Partial { size, have: vec![] };
+                let _ = write_frame(&mut stream, &response).await;
+                let _ = stream.close().await;
+            });
+        }
+    });
+}
+
+/// Downloaders that start together announce themselves at once, so a provider lookup can
+/// return only peers that have nothing verified yet. The get must not give up on that: it
+/// looks again and downloads from the seeder that turns up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_that_first_finds_only_partial_providers_looks_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, hash, src) = source_file(dir.path(), 4);
+    let (hub, hub_addr) = node(vec![]).await;
+    let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
+    let (partial_net, _) = node(vec![hub_addr.clone()]).await;
+    empty_partial(&partial_net, data.len() as u64);
+    partial_net.provide(hash.as_bytes().to_vec()).await.unwrap();
+    let (down_net, _) = node(vec![hub_addr.clone()]).await;
+    let down = files(&down_net, &dir.path().join("down"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while down_net
+        .find_providers(hash.as_bytes().to_vec(), 4)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "provider not found");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = dir.path().join("copy.bin");
+    let job = down.get(&hash.to_hex(), out.clone()).unwrap();
+
+    // The seeder appears only once the get has asked the partial one for the size.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        matches!(down.job(job.id).unwrap().state, JobState::Running),
+        "the get gave up while only a partial provider was known: {:?}",
+        down.job(job.id).unwrap()
+    );
+    let (seed_net, _) = node(vec![hub_addr]).await;
+    let seeder = files(&seed_net, &dir.path().join("seeder"));
+    let shared = seeder.share(src, false, false);
+    assert!(matches!(
+        wait_job(&seeder, shared.id).await.state,
+        JobState::Done { .. }
+    ));
+    let view = wait_job(&down, job.id).await;
+    assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+    assert!(std::fs::read(&out).unwrap() == data, "byte-identical");
+}
