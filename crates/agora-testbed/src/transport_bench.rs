@@ -94,7 +94,7 @@ pub fn run(mib: u64) -> Result<Value> {
     let gib = mib as f64 / 1024.0;
     Ok(json!({
         "mib": mib,
-        "mib_s": (mib as f64 / secs).round(),
+        "mib_s": (mib as f64 / secs).round() as u64,
         "sender_cpu_s_per_gib": (sender_cpu / gib * 100.0).round() / 100.0,
         "receiver_cpu_s_per_gib": (receiver_cpu / gib * 100.0).round() / 100.0,
     }))
