@@ -180,7 +180,7 @@ pub async fn serve_stream(
     write_frame(&mut stream, &Response::Size(blob.size)).await?;
     // bao-tree's fast encoder is synchronous: it runs on a blocking thread and hands the
     // encoding over in 1 MiB chunks, which this task writes to the stream. (Writing through a
-    // sync bridge instead cost a thread hand-off for every 16 KiB yamux frame.) Validated
+    // sync bridge instead cost a thread hand-off for every yamux frame.) Validated
     // encoding re-hashes each group it sends, so data that rotted on disk is never sent as if
     // it were good.
     let (chunks, mut received) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
