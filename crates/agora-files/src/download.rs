@@ -353,13 +353,10 @@ pub async fn fetch(
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(REDISCOVER_INTERVAL);
-        let lookup = net.find_providers(hash.as_bytes().to_vec(), 16);
-        if let Ok(Ok(found)) = tokio::time::timeout(REDISCOVER_TIMEOUT, lookup).await {
-            for peer in found {
-                if peer != net.local_peer_id() && !providers.contains(&peer) {
-                    providers.push(peer);
-                    to_ask.push(peer);
-                }
+        for peer in lookup_providers(net, hash).await {
+            if !providers.contains(&peer) {
+                providers.push(peer);
+                to_ask.push(peer);
             }
         }
     };
@@ -567,7 +564,6 @@ pub async fn fetch(
             });
         }
     };
-    let me = net.local_peer_id();
     let mut known: std::collections::HashSet<PeerId> = providers.iter().copied().collect();
     for peer in &providers {
         spawn_for(&mut workers, *peer);
@@ -598,14 +594,10 @@ pub async fn fetch(
                     workers.abort_all();
                     break;
                 }
-                // Bounded: a lookup among dead peers must not hold up the end of a download.
-                let lookup = net.find_providers(hash.as_bytes().to_vec(), 16);
-                if let Ok(Ok(found)) = tokio::time::timeout(REDISCOVER_TIMEOUT, lookup).await {
-                    for peer in found {
-                        if peer != me && known.insert(peer) {
-                            tracing::debug!(%peer, "new provider");
-                            spawn_for(&mut workers, peer);
-                        }
+                for peer in lookup_providers(net, hash).await {
+                    if known.insert(peer) {
+                        tracing::debug!(%peer, "new provider");
+                        spawn_for(&mut workers, peer);
                     }
                 }
             }
@@ -664,6 +656,17 @@ async fn open_request(
         .map_err(|e| e.to_string())?;
     let response = serde_json::from_slice(&frame).map_err(|e| format!("bad response: {e}"))?;
     Ok((stream, response))
+}
+
+/// The providers of `hash` (other than this node) a fresh lookup finds. Bounded: a lookup
+/// among dead peers must not hold up a download.
+async fn lookup_providers(net: &Handle, hash: Hash) -> Vec<PeerId> {
+    let me = net.local_peer_id();
+    let lookup = net.find_providers(hash.as_bytes().to_vec(), 16);
+    match tokio::time::timeout(REDISCOVER_TIMEOUT, lookup).await {
+        Ok(Ok(found)) => found.into_iter().filter(|p| *p != me).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Why a provider did not tell the size.

@@ -77,6 +77,24 @@ async fn wait_job(files: &Files, id: u64) -> agora_files::JobView {
     }
 }
 
+/// Waits until `net` sees at least `n` providers of `hash` (records spread through the hub).
+async fn until_providers(net: &Handle, hash: &blake3::Hash, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while net
+        .find_providers(hash.as_bytes().to_vec(), 16)
+        .await
+        .unwrap()
+        .len()
+        < n
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "providers not found"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Serves the blob's real size but data corrupted every 64 KiB.
 fn liar(net: &Handle, data: Vec<u8>) {
     let mut corrupt = data.clone();
@@ -146,21 +164,7 @@ async fn download_from_many_providers_bans_the_liar_and_outlasts_the_staller() {
 
     let (down_net, _) = node(vec![hub_addr]).await;
     let down = files(&down_net, &dir.path().join("down"));
-    // Provider records spread through the hub; wait until all four are visible.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while down_net
-        .find_providers(hash.as_bytes().to_vec(), 16)
-        .await
-        .unwrap()
-        .len()
-        < 4
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "providers not found"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_providers(&down_net, &hash, 4).await;
 
     let out = dir.path().join("out/copy.bin");
     let job = down.get(&hash.to_hex(), out.clone()).unwrap();
@@ -188,16 +192,7 @@ async fn only_liars_means_failure_and_no_file() {
     liar_net.provide(hash.as_bytes().to_vec()).await.unwrap();
     let (down_net, _) = node(vec![hub_addr]).await;
     let down = files(&down_net, &dir.path().join("down"));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while down_net
-        .find_providers(hash.as_bytes().to_vec(), 4)
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "provider not found");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_providers(&down_net, &hash, 1).await;
     let out = dir.path().join("x.bin");
     let job = down.get(&hash.to_hex(), out.clone()).unwrap();
     let view = wait_job(&down, job.id).await;
@@ -355,16 +350,7 @@ async fn a_get_that_first_finds_only_partial_providers_looks_again() {
     partial_net.provide(hash.as_bytes().to_vec()).await.unwrap();
     let (down_net, _) = node(vec![hub_addr.clone()]).await;
     let down = files(&down_net, &dir.path().join("down"));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while down_net
-        .find_providers(hash.as_bytes().to_vec(), 4)
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "provider not found");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_providers(&down_net, &hash, 1).await;
     let out = dir.path().join("copy.bin");
     let job = down.get(&hash.to_hex(), out.clone()).unwrap();
 
