@@ -155,14 +155,42 @@ pub enum FilesError {
     Store(#[from] StoreError),
 }
 
+/// What this node is fetching, under one lock, so that a replica and a `get` of the same blob
+/// never both start.
+#[derive(Default)]
+struct Fetching {
+    /// Replicas being fetched, with their progress (a `get` of the same blob follows it).
+    replicas: HashMap<Hash, Arc<Progress>>,
+    /// Blobs that `get`s are fetching, and how many gets each: a request to hold a replica of
+    /// one is answered "already fetching" (the get's result is kept and announced).
+    gets: HashMap<Hash, usize>,
+}
+
+/// A `get`'s claim on fetching a blob; released when dropped.
+struct GetClaim {
+    files: Arc<Files>,
+    hash: Hash,
+}
+
+impl Drop for GetClaim {
+    fn drop(&mut self) {
+        let mut fetching = self.files.fetching.lock().unwrap();
+        if let Some(n) = fetching.gets.get_mut(&self.hash) {
+            *n -= 1;
+            if *n == 0 {
+                fetching.gets.remove(&self.hash);
+            }
+        }
+    }
+}
+
 pub struct Files {
     net: Handle,
     store: Store,
     config: Config,
     index: Mutex<search::Index>,
     partials: protocol::Partials,
-    /// Replicas being fetched, with their progress (a `get` of the same blob follows it).
-    replicating: Mutex<HashMap<Hash, Arc<Progress>>>,
+    fetching: Mutex<Fetching>,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     next_job: AtomicU64,
 }
@@ -182,7 +210,7 @@ impl Files {
             config,
             index: Mutex::new(search::Index::default()),
             partials: protocol::Partials::default(),
-            replicating: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(Fetching::default()),
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
         });
@@ -365,7 +393,7 @@ impl Files {
                 }
             }
             Err(e) => {
-                self.replicating.lock().unwrap().remove(&hash);
+                self.fetching.lock().unwrap().replicas.remove(&hash);
                 return refuse(e.to_string());
             }
         }
@@ -383,15 +411,34 @@ impl Files {
         }
     }
 
-    /// Records that a replica of `hash` is being fetched; false if one already is.
+    /// Records that a replica of `hash` is being fetched; false if one already is, or a `get`
+    /// is fetching it.
     fn start_replicating(&self, hash: Hash, progress: &Arc<Progress>) -> bool {
-        match self.replicating.lock().unwrap().entry(hash) {
+        let mut fetching = self.fetching.lock().unwrap();
+        if fetching.gets.contains_key(&hash) {
+            return false;
+        }
+        match fetching.replicas.entry(hash) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(progress.clone());
                 true
             }
         }
+    }
+
+    /// Claims the fetch of `hash` for a `get`, unless a replica of it is being fetched (which
+    /// the get then follows instead).
+    fn claim_get(self: &Arc<Self>, hash: Hash) -> Option<GetClaim> {
+        let mut fetching = self.fetching.lock().unwrap();
+        if fetching.replicas.contains_key(&hash) {
+            return None;
+        }
+        *fetching.gets.entry(hash).or_default() += 1;
+        Some(GetClaim {
+            files: self.clone(),
+            hash,
+        })
     }
 
     /// Fetches a replica of `hash` into the store in the background (from `known` and the
@@ -443,7 +490,7 @@ impl Files {
             if let Err(e) = this.store.replica_settled(&hash) {
                 tracing::warn!("cannot settle the replica of {}: {e}", hash.to_hex());
             }
-            this.replicating.lock().unwrap().remove(&hash);
+            this.fetching.lock().unwrap().replicas.remove(&hash);
         });
     }
 
@@ -831,7 +878,7 @@ impl Files {
     /// Waits while a replica of `hash` is being fetched, showing its progress as this job's.
     async fn follow_replica(&self, hash: &Hash, progress: &Progress) {
         loop {
-            let replica = self.replicating.lock().unwrap().get(hash).cloned();
+            let replica = self.fetching.lock().unwrap().replicas.get(hash).cloned();
             let Some(replica) = replica else { return };
             for (to, from) in [
                 (&progress.total, &replica.total),
@@ -875,7 +922,17 @@ impl Files {
         if usable().is_none() {
             self.resume_replica(hash, &name, ticket.as_ref());
         }
-        self.follow_replica(&hash, progress).await;
+        // From the claim on, a request to hold a replica of this blob is answered "already
+        // fetching" instead of starting a second transfer beside this one.
+        let _claim = loop {
+            self.follow_replica(&hash, progress).await;
+            if usable().is_some() {
+                break None;
+            }
+            if let Some(claim) = self.claim_get(hash) {
+                break Some(claim);
+            }
+        };
         let held = usable();
         let providers = if held.is_some() {
             Vec::new()

@@ -372,3 +372,43 @@ async fn a_get_that_first_finds_only_partial_providers_looks_again() {
     assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
     assert!(std::fs::read(&out).unwrap() == data, "byte-identical");
 }
+
+/// A publisher may ask a node to hold a replica of a blob that node's user is already
+/// getting. From the moment the get starts — here it is still learning the size from a
+/// provider that stalls, before any partial file exists — the answer is "already fetching",
+/// not a second transfer beside the get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_request_while_a_get_looks_for_the_size_is_not_a_second_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![3u8; 4 * 1024 * 1024];
+    let hash = blake3::hash(&data);
+    let (hub, hub_addr) = node(vec![]).await;
+    let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
+    let (staller_net, _) = node(vec![hub_addr.clone()]).await;
+    staller(&staller_net, data.len() as u64);
+    staller_net.provide(hash.as_bytes().to_vec()).await.unwrap();
+    let (down_net, down_addr) = node(vec![hub_addr]).await;
+    let down = files(&down_net, &dir.path().join("down"));
+    until_providers(&down_net, &hash, 1).await;
+    let job = down
+        .get(&hash.to_hex(), dir.path().join("copy.bin"))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(down.job(job.id).unwrap().state, JobState::Running));
+
+    let (publisher, _) = node(vec![down_addr.with_p2p(down_net.local_peer_id()).unwrap()]).await;
+    let request =
+        serde_json::json!({"hash": hash.to_hex().to_string(), "size": data.len(), "name": "x"});
+    let answer = publisher
+        .request(
+            down_net.local_peer_id(),
+            agora_files::service::REPLICATE_PROTOCOL,
+            request.to_string().into_bytes(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["accepted"], true, "{answer}");
+    assert_eq!(answer["reason"], "already fetching", "{answer}");
+}
