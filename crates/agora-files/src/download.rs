@@ -71,6 +71,10 @@ const REDISCOVER_TIMEOUT: Duration = Duration::from_secs(3);
 const PARTIAL_PATIENCE: Duration = Duration::from_secs(30);
 /// Attempts per provider before it is dropped for this download.
 const MAX_FAILURES: u32 = 3;
+/// Requests a provider may drop unanswered, one after another, before a worker gives up on it.
+/// A busy provider drops streams that arrive in a burst (libp2p-stream keeps one inbound
+/// stream waiting per protocol and drops the rest), so these are retried soon, and many.
+const MAX_REFUSALS: u32 = 50;
 
 /// Live counters of a download, read by the API for progress bars.
 #[derive(Debug, Default)]
@@ -100,18 +104,34 @@ enum PieceState {
 
 struct Work {
     pieces: Vec<(ChunkRanges, PieceState)>,
+    /// For each piece, the providers it is being fetched from.
+    asked: Vec<Vec<PeerId>>,
     /// Everything the partial providers said they have: what complete providers should
     /// not be asked for first (rarest first, as in BitTorrent).
     others_have: ChunkRanges,
 }
 
 impl Work {
-    /// Up to `n` pending pieces; in the end game, one in-flight piece instead.
+    fn new(ranges: Vec<ChunkRanges>) -> Self {
+        Work {
+            asked: vec![Vec::new(); ranges.len()],
+            pieces: ranges
+                .into_iter()
+                .map(|r| (r, PieceState::Pending))
+                .collect(),
+            others_have: ChunkRanges::empty(),
+        }
+    }
+
+    /// Up to `n` pending pieces for `peer`; in the end game, one piece in flight from another
+    /// provider instead (a second request to the same provider would only race the first: for
+    /// a blob of one piece, every worker of the one provider used to fetch it at once).
     /// Only pieces inside `within` (what a partial provider has), when given.
     fn take(
         &mut self,
         n: usize,
         within: Option<&ChunkRanges>,
+        peer: PeerId,
     ) -> Option<(Vec<usize>, ChunkRanges)> {
         let fits = |r: &ChunkRanges| within.is_none_or(|w| (r.clone() - w.clone()).is_empty());
         let pending = |i: &usize| {
@@ -130,10 +150,11 @@ impl Work {
             idx = (0..self.pieces.len()).filter(pending).take(n).collect();
         }
         if idx.is_empty() {
-            idx = self
-                .pieces
-                .iter()
-                .position(|(r, s)| *s == PieceState::InFlight && fits(r))
+            idx = (0..self.pieces.len())
+                .find(|&i| {
+                    let (r, s) = &self.pieces[i];
+                    *s == PieceState::InFlight && fits(r) && !self.asked[i].contains(&peer)
+                })
                 .into_iter()
                 .collect();
         }
@@ -143,17 +164,19 @@ impl Work {
         let mut ranges = ChunkRanges::empty();
         for &i in &idx {
             self.pieces[i].1 = PieceState::InFlight;
+            self.asked[i].push(peer);
             ranges |= self.pieces[i].0.clone();
         }
         Some((idx, ranges))
     }
 
-    fn finish(&mut self, idx: &[usize], ok: bool) {
+    fn finish(&mut self, idx: &[usize], ok: bool, peer: PeerId) {
         for &i in idx {
+            self.asked[i].retain(|p| *p != peer);
             let state = &mut self.pieces[i].1;
             if ok {
                 *state = PieceState::Done;
-            } else if *state == PieceState::InFlight {
+            } else if *state == PieceState::InFlight && self.asked[i].is_empty() {
                 *state = PieceState::Pending;
             }
         }
@@ -171,6 +194,8 @@ enum Outcome {
     Lied(String),
     /// Transient (stall, reset, busy): retry elsewhere.
     Failed(String),
+    /// The provider dropped the request unanswered (too many streams at once): retry soon.
+    Refused(String),
     /// Writing here failed (disk full, permissions): no provider can help; stop.
     Local(io::Error),
     /// The provider is downloading it too and has only these ranges so far.
@@ -316,13 +341,23 @@ pub async fn fetch(
         let mut asks: futures::stream::FuturesUnordered<_> = to_ask
             .drain(..)
             .map(|peer| async move {
-                // One retry: a connection can close under load (limits, a redial race).
-                let mut result = fetch_size(net, hash, peer).await;
-                if matches!(result, Err(SizeError::Failed(_))) {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    result = fetch_size(net, hash, peer).await;
+                // One retry after a failure (a connection can close under load: limits, a
+                // redial race); more, sooner, after refusals (a burst of streams).
+                let (mut failures, mut refusals) = (0, 0);
+                loop {
+                    let result = fetch_size(net, hash, peer).await;
+                    match result {
+                        Err(SizeError::Refused(_)) if refusals < MAX_REFUSALS => {
+                            refusals += 1;
+                            refusal_backoff(refusals).await;
+                        }
+                        Err(SizeError::Failed(_)) if failures == 0 => {
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        result => return (peer, result),
+                    }
                 }
-                (peer, result)
             })
             .collect();
         let mut size = None;
@@ -454,7 +489,7 @@ pub async fn fetch(
         let end = (start + PIECE_CHUNKS).min(tree.chunks().0);
         let piece = missing.clone() & ChunkRanges::from(ChunkNum(start)..ChunkNum(end));
         if !piece.is_empty() {
-            pieces.push((piece, PieceState::Pending));
+            pieces.push(piece);
         }
         start = end;
     }
@@ -462,7 +497,7 @@ pub async fn fetch(
     // soon hold different pieces and can trade them instead of all asking the seeder for the
     // same ones. The order is a hash of this node's id and the piece: spread, yet repeatable.
     let me_bytes = net.local_peer_id().to_bytes();
-    pieces.sort_by_cached_key(|(r, _)| {
+    pieces.sort_by_cached_key(|r| {
         let first = r.boundaries().first().map(|c| c.0).unwrap_or(0);
         let mut h = blake3::Hasher::new();
         h.update(&me_bytes);
@@ -470,10 +505,7 @@ pub async fn fetch(
         *h.finalize().as_bytes()
     });
     *target.have.lock().unwrap() = Some(partial.clone());
-    let work = Arc::new(Mutex::new(Work {
-        pieces,
-        others_have: ChunkRanges::empty(),
-    }));
+    let work = Arc::new(Mutex::new(Work::new(pieces)));
     let reasons = Arc::new(Mutex::new(Vec::<String>::new()));
     let local_error = Arc::new(Mutex::new(None::<io::Error>));
     let mut workers = tokio::task::JoinSet::new();
@@ -489,7 +521,7 @@ pub async fn fetch(
             );
             workers.spawn(async move {
                 progress.peers.fetch_add(1, Ordering::Relaxed);
-                let mut failures = 0;
+                let (mut failures, mut refusals) = (0, 0);
                 // What this provider has, if it said it is still downloading too.
                 let mut peer_has: Option<ChunkRanges> = None;
                 let mut idle_since: Option<tokio::time::Instant> = None;
@@ -498,13 +530,19 @@ pub async fn fetch(
                     if banned || local_error.lock().unwrap().is_some() {
                         break;
                     }
-                    let taken = work
-                        .lock()
-                        .unwrap()
-                        .take(PIECES_PER_REQUEST, peer_has.as_ref());
+                    let taken =
+                        work.lock()
+                            .unwrap()
+                            .take(PIECES_PER_REQUEST, peer_has.as_ref(), peer);
                     let Some((idx, ranges)) = taken else {
-                        if peer_has.is_none() || work.lock().unwrap().complete() {
+                        if work.lock().unwrap().complete() {
                             break;
+                        }
+                        if peer_has.is_none() {
+                            // Everything left is in flight, some of it from this provider: a
+                            // request that fails puts its pieces back, so stay until the end.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
                         }
                         // A partial provider has nothing we need yet: look again shortly, but not
                         // forever.
@@ -518,10 +556,10 @@ pub async fn fetch(
                     };
                     let outcome = fetch_ranges(&net, peer, &target, ranges, &progress).await;
                     let ok = matches!(outcome, Outcome::Ok);
-                    work.lock().unwrap().finish(&idx, ok);
+                    work.lock().unwrap().finish(&idx, ok, peer);
                     match outcome {
                         Outcome::Ok => {
-                            failures = 0;
+                            (failures, refusals) = (0, 0);
                             idle_since = None;
                         }
                         Outcome::Partial(has) => {
@@ -548,6 +586,15 @@ pub async fn fetch(
                                 reasons.push(format!("{peer} sent bad data ({why})"));
                             }
                             break;
+                        }
+                        Outcome::Refused(why) => {
+                            refusals += 1;
+                            tracing::debug!(%peer, refusals, "request refused: {why}");
+                            if refusals >= MAX_REFUSALS {
+                                reasons.lock().unwrap().push(format!("{peer}: {why}"));
+                                break;
+                            }
+                            refusal_backoff(refusals).await;
                         }
                         Outcome::Failed(why) => {
                             failures += 1;
@@ -634,27 +681,59 @@ fn ranges_bytes(ranges: &ChunkRanges, size: u64) -> u64 {
         .sum()
 }
 
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    /// The stream was dropped before any response: the provider took too many streams at
+    /// once (libp2p-stream keeps one waiting per protocol and drops the rest). Worth
+    /// retrying soon.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Sleeps a little before retrying a refused request: longer after each refusal in a row, with
+/// jitter so that requests dropped in one burst do not come back in one burst.
+async fn refusal_backoff(refusals: u32) {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 20)
+        .unwrap_or(0);
+    let ms = 10 * u64::from(refusals.min(10)) + u64::from(jitter);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
 async fn open_request(
     net: &Handle,
     peer: PeerId,
     request: &Request,
-) -> Result<(libp2p::Stream, Response), String> {
+) -> Result<(libp2p::Stream, Response), RequestError> {
     let mut control = net.stream_control();
     let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, PROTOCOL))
         .await
-        .map_err(|_| "no stream within the timeout (provider unreachable?)".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| {
+            RequestError::Failed("no stream within the timeout (provider unreachable?)".into())
+        })?
+        .map_err(|e| RequestError::Failed(e.to_string()))?;
+    // A dropped stream shows as a write error or an end before the response frame; a
+    // malformed frame is the provider's fault.
+    let unanswered = |e: io::Error| match e.kind() {
+        io::ErrorKind::InvalidData => RequestError::Failed(e.to_string()),
+        _ => RequestError::Refused(e.to_string()),
+    };
     write_frame(&mut stream, request)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(unanswered)?;
     futures::AsyncWriteExt::close(&mut stream)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(unanswered)?;
     let frame = tokio::time::timeout(STALL_TIMEOUT, read_limited_frame(&mut stream, 4096))
         .await
-        .map_err(|_| "no response within the timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let response = serde_json::from_slice(&frame).map_err(|e| format!("bad response: {e}"))?;
+        .map_err(|_| RequestError::Failed("no response within the timeout".into()))?
+        .map_err(unanswered)?;
+    let response = serde_json::from_slice(&frame)
+        .map_err(|e| RequestError::Failed(format!("bad response: {e}")))?;
     Ok((stream, response))
 }
 
@@ -676,16 +755,25 @@ enum SizeError {
     #[error("has only part of it so far")]
     Partial,
     #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
     Failed(String),
+}
+
+impl From<RequestError> for SizeError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Refused(why) => SizeError::Refused(why),
+            RequestError::Failed(why) => SizeError::Failed(why),
+        }
+    }
 }
 
 /// Asks for the last chunk group only and verifies it, which authenticates the size.
 async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, SizeError> {
     // A range starting past any real end is truncated to the last chunk group by both sides.
     let ranges = ChunkRanges::from(ChunkNum(u64::MAX >> 12)..);
-    let (stream, response) = open_request(net, peer, &Request::new(&hash, &ranges))
-        .await
-        .map_err(SizeError::Failed)?;
+    let (stream, response) = open_request(net, peer, &Request::new(&hash, &ranges)).await?;
     let size = match response {
         Response::Size(size) => size,
         Response::NotFound => return Err(SizeError::Failed("does not have it".into())),
@@ -731,7 +819,8 @@ async fn fetch_ranges(
     let request = Request::new(&target.hash, &ranges);
     let (stream, response) = match open_request(net, peer, &request).await {
         Ok(ok) => ok,
-        Err(e) => return Outcome::Failed(e),
+        Err(RequestError::Refused(why)) => return Outcome::Refused(why),
+        Err(RequestError::Failed(why)) => return Outcome::Failed(why),
     };
     match response {
         Response::Size(s) if s == target.tree.size() => {}
@@ -1018,54 +1107,66 @@ pub fn read_file_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn pieces(bounds: &[(u64, u64)]) -> Vec<ChunkRanges> {
+        bounds
+            .iter()
+            .map(|&(a, b)| ChunkRanges::from(ChunkNum(a)..ChunkNum(b)))
+            .collect()
+    }
+
     #[test]
     fn work_queue_hands_out_pending_then_end_game() {
-        let piece = |a, b| {
-            (
-                ChunkRanges::from(ChunkNum(a)..ChunkNum(b)),
-                PieceState::Pending,
-            )
-        };
-        let mut w = Work {
-            pieces: vec![piece(0, 16), piece(16, 32), piece(32, 48)],
-            others_have: ChunkRanges::empty(),
-        };
-        let (a, _) = w.take(2, None).unwrap();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let mut w = Work::new(pieces(&[(0, 16), (16, 32), (32, 48)]));
+        let (a, _) = w.take(2, None, p).unwrap();
         assert_eq!(a, vec![0, 1]);
-        let (b, _) = w.take(2, None).unwrap();
+        let (b, _) = w.take(2, None, p).unwrap();
         assert_eq!(b, vec![2]);
-        // End game: everything is in flight, so an idle worker duplicates a piece.
-        let (c, _) = w.take(2, None).unwrap();
+        // End game: everything is in flight, so an idle worker of another provider duplicates
+        // a piece; one of the same provider has nothing to do.
+        assert!(w.take(2, None, p).is_none());
+        let (c, _) = w.take(2, None, q).unwrap();
         assert_eq!(c, vec![0]);
-        w.finish(&a, true);
-        w.finish(&b, false);
+        w.finish(&a, true, p);
+        w.finish(&b, false, p);
         assert!(!w.complete());
-        let (d, _) = w.take(2, None).unwrap();
-        assert_eq!(d, vec![2]);
-        w.finish(&d, true);
-        w.finish(&c, false); // a duplicate failing does not undo the piece done elsewhere
+        let (d, _) = w.take(2, None, q).unwrap();
+        assert_eq!(d, vec![2], "a failed piece is pending again");
+        w.finish(&d, true, q);
+        w.finish(&c, false, q); // a duplicate failing does not undo the piece done elsewhere
         assert!(w.complete());
-        assert!(w.take(1, None).is_none());
+        assert!(w.take(1, None, p).is_none());
+    }
+
+    #[test]
+    fn a_piece_failing_at_one_provider_stays_in_flight_at_another() {
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let mut w = Work::new(pieces(&[(0, 16)]));
+        let (a, _) = w.take(1, None, p).unwrap();
+        let (b, _) = w.take(1, None, q).unwrap();
+        w.finish(&a, false, p);
+        assert!(
+            w.take(1, None, q).is_none(),
+            "still in flight from q: not handed out again"
+        );
+        let (c, _) = w.take(1, None, p).unwrap();
+        assert_eq!(c, vec![0], "p may duplicate q's request again");
+        w.finish(&b, true, q);
+        w.finish(&c, false, p);
+        assert!(w.complete());
     }
 
     #[test]
     fn complete_providers_get_the_rarest_pieces_first() {
-        let piece = |a, b| {
-            (
-                ChunkRanges::from(ChunkNum(a)..ChunkNum(b)),
-                PieceState::Pending,
-            )
-        };
-        let mut w = Work {
-            pieces: vec![piece(0, 16), piece(16, 32), piece(32, 48)],
-            others_have: ChunkRanges::from(ChunkNum(0)..ChunkNum(32)),
-        };
-        let (a, _) = w.take(1, None).unwrap();
+        let p = PeerId::random();
+        let mut w = Work::new(pieces(&[(0, 16), (16, 32), (32, 48)]));
+        w.others_have = ChunkRanges::from(ChunkNum(0)..ChunkNum(32));
+        let (a, _) = w.take(1, None, p).unwrap();
         assert_eq!(a, vec![2], "the piece nobody else has");
         let within = ChunkRanges::from(ChunkNum(0)..ChunkNum(16));
-        let (b, _) = w.take(2, Some(&within)).unwrap();
+        let (b, _) = w.take(2, Some(&within), p).unwrap();
         assert_eq!(b, vec![0], "a partial provider only for what it has");
-        let (c, _) = w.take(1, None).unwrap();
+        let (c, _) = w.take(1, None, p).unwrap();
         assert_eq!(c, vec![1], "then common pieces");
     }
 
