@@ -155,6 +155,9 @@ pub enum FilesError {
     Store(#[from] StoreError),
 }
 
+/// Files of a collection fetched at the same time.
+const ENTRIES_AT_ONCE: usize = 8;
+
 /// What this node is fetching, under one lock, so that a replica and a `get` of the same blob
 /// never both start.
 #[derive(Default)]
@@ -1049,39 +1052,74 @@ impl Files {
         let total: u64 = collection.entries.iter().map(|e| e.size).sum();
         progress.total.store(total, Ordering::Relaxed);
         progress.done.store(0, Ordering::Relaxed);
+        // Each entry's destination, checked (by parse) to stay inside `out`.
+        let mut dests = Vec::with_capacity(collection.entries.len());
         for entry in &collection.entries {
             let rel = safe_relative_path(&entry.path).expect("checked by parse");
             let dest = out.join(rel);
             if let Some(parent) = dest.parent() {
                 fs::create_dir_all(parent).map_err(io_err(parent))?;
             }
-            let entry_hash = Hash::from_hex(&entry.hash).expect("checked by parse");
-            let file_progress = Arc::new(Progress::default());
-            let base = progress.done.load(Ordering::Relaxed);
-            let watcher = {
-                let (fp, p) = (file_progress.clone(), progress.clone());
-                tokio::spawn(async move {
-                    loop {
-                        p.done
-                            .store(base + fp.done.load(Ordering::Relaxed), Ordering::Relaxed);
-                        p.peers
-                            .store(fp.peers.load(Ordering::Relaxed), Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                })
-            };
-            let result = self
-                .fetch_entry(entry_hash, entry, &providers, &dest, &file_progress)
-                .await;
-            watcher.abort();
-            progress
-                .banned
-                .lock()
-                .unwrap()
-                .extend(file_progress.banned.lock().unwrap().drain(..));
-            result?;
-            progress.done.store(base + entry.size, Ordering::Relaxed);
+            dests.push(dest);
         }
+        // Several files at a time (a tree of many small files would otherwise pay one provider
+        // round trip and one announcement after another); a content that appears at several
+        // paths is fetched once, then copied.
+        let mut first_of = HashMap::new();
+        let unique: Vec<usize> = (0..collection.entries.len())
+            .filter(|&i| first_of.insert(&collection.entries[i].hash, i).is_none())
+            .collect();
+        let file_progress: Vec<Arc<Progress>> = collection
+            .entries
+            .iter()
+            .map(|_| Arc::new(Progress::default()))
+            .collect();
+        let watcher = {
+            let (files, p) = (file_progress.clone(), progress.clone());
+            tokio::spawn(async move {
+                loop {
+                    let done = files.iter().map(|f| f.done.load(Ordering::Relaxed)).sum();
+                    let peers = files.iter().map(|f| f.peers.load(Ordering::Relaxed)).max();
+                    p.done.store(done, Ordering::Relaxed);
+                    p.peers.store(peers.unwrap_or(0), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let mut entry_fetches = Vec::with_capacity(unique.len());
+        for &i in &unique {
+            let (entry, dest, fp) = (&collection.entries[i], &dests[i], &file_progress[i]);
+            let providers = &providers;
+            entry_fetches.push(async move {
+                let entry_hash = Hash::from_hex(&entry.hash).expect("checked by parse");
+                let result = self
+                    .fetch_entry(entry_hash, entry, providers, dest, fp)
+                    .await;
+                progress
+                    .banned
+                    .lock()
+                    .unwrap()
+                    .extend(fp.banned.lock().unwrap().drain(..));
+                fp.done.store(entry.size, Ordering::Relaxed);
+                result
+            });
+        }
+        let fetched = futures::StreamExt::buffer_unordered(
+            futures::stream::iter(entry_fetches),
+            ENTRIES_AT_ONCE,
+        );
+        // The first failure ends the get (files in flight keep their verified part for a
+        // resume, as when the get is killed).
+        let fetched = futures::TryStreamExt::try_collect::<Vec<()>>(fetched).await;
+        watcher.abort();
+        fetched?;
+        for (i, entry) in collection.entries.iter().enumerate() {
+            let first = first_of[&entry.hash];
+            if first != i {
+                fs::copy(&dests[first], &dests[i]).map_err(io_err(&dests[i]))?;
+            }
+        }
+        progress.done.store(total, Ordering::Relaxed);
         let _ = self.net.provide(hash.as_bytes().to_vec()).await;
         Ok(serde_json::json!({
             "hash": hash.to_hex().to_string(),
@@ -1108,26 +1146,42 @@ impl Files {
                 source: e,
             });
         }
-        let mut providers = root_providers.to_vec();
-        for p in self.providers(hash, None).await {
-            if !providers.contains(&p) {
-                providers.push(p);
-            }
-        }
         let name = dest
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let size = download::fetch(
-            &self.net,
-            hash,
-            providers,
-            dest,
-            &self.store.partial_outboard_path(&hash, dest),
-            progress.clone(),
-            &self.partials,
-        )
-        .await?;
+        // The collection's providers normally hold every file in it (and the download finds
+        // more as it goes); the file's own providers are looked up only if they cannot help.
+        let mut providers = root_providers.to_vec();
+        let mut looked_up = false;
+        let size = loop {
+            let result = download::fetch(
+                &self.net,
+                hash,
+                providers.clone(),
+                dest,
+                &self.store.partial_outboard_path(&hash, dest),
+                progress.clone(),
+                &self.partials,
+            )
+            .await;
+            match result {
+                Err(FetchError::AllFailed { .. } | FetchError::NotFound(_)) if !looked_up => {
+                    looked_up = true;
+                    let more: Vec<PeerId> = self
+                        .providers(hash, None)
+                        .await
+                        .into_iter()
+                        .filter(|p| !providers.contains(p))
+                        .collect();
+                    if more.is_empty() {
+                        break result?;
+                    }
+                    providers.extend(more);
+                }
+                other => break other?,
+            }
+        };
         if size != entry.size {
             tracing::warn!(path = %entry.path, "listed size {} differs from the verified size {size}", entry.size);
         }
