@@ -157,6 +157,11 @@ fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() 
     let contacts = json(&b, &["contacts"]);
     assert_eq!(contacts[0]["peer_id"], a.peer_id.as_str());
     assert_eq!(contacts[0]["contact"], "al");
+    // Reach the restarted node at its new address first: this is about numbering, not about how
+    // soon a finds it (under load the lookup can lose to the send's timeout, and the message
+    // then goes to b's mailbox instead).
+    let connected = a.cli(&["connect", &b.tcp_addr()]);
+    assert!(connected.status.success(), "{}", stderr(&connected));
     let again = a.cli(&["send", &b.peer_id, "after", "restart"]);
     assert!(stdout(&again).contains("delivered"), "{}", stderr(&again));
     assert_eq!(texts(&json(&b, &["inbox", "--unread"])), ["after restart"]);
