@@ -487,3 +487,52 @@ async fn a_directory_of_small_files_is_fetched_once_per_file() {
         "the seeder sent {sent} bytes for {total} bytes of files"
     );
 }
+
+/// Claims the blob is 1 TiB (and sends nothing that proves it).
+fn size_liar(net: &Handle) {
+    let mut incoming = net.stream_control().accept(PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                let _ = read_limited_frame(&mut stream, 16 * 1024).await;
+                let _ = write_frame(&mut stream, &Response::Size(1 << 40)).await;
+                let _ = stream.write_all(&[0u8; 4096]).await;
+                let _ = stream.close().await;
+            });
+        }
+    });
+}
+
+/// A provider that lies about the size is caught by the size proof (the blob's last chunk
+/// group must hash up to the root): the downloader never reserves the claimed terabyte, and
+/// fails with the provider's fault, not a full disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lie_about_the_size_is_caught_before_any_space_is_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    for len in [5000usize, 3 * 1024 * 1024] {
+        let data = vec![9u8; len];
+        let hash = blake3::hash(&data);
+        let (hub, hub_addr) = node(vec![]).await;
+        let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
+        let (liar_net, _) = node(vec![hub_addr.clone()]).await;
+        size_liar(&liar_net);
+        liar_net.provide(hash.as_bytes().to_vec()).await.unwrap();
+        let (down_net, _) = node(vec![hub_addr]).await;
+        let down = files(&down_net, &dir.path().join(format!("down{len}")));
+        until_providers(&down_net, &hash, 1).await;
+        let out = dir.path().join(format!("x{len}.bin"));
+        let view = wait_job(&down, down.get(&hash.to_hex(), out.clone()).unwrap().id).await;
+        match view.state {
+            JobState::Failed { error, code } => {
+                assert_eq!(code, "providers_failed", "{len}: {error}");
+                assert!(error.contains("does not verify"), "{len}: {error}");
+            }
+            other => panic!("{len}: expected failure, got {other:?}"),
+        }
+        assert!(!out.exists());
+        assert!(
+            !agora_files::download::partial_path(&out).exists(),
+            "{len}: no space reserved"
+        );
+    }
+}
