@@ -328,6 +328,8 @@ impl Files {
                 return;
             }
         };
+        let hashes: Vec<Hash> = pending.iter().map(|(h, _)| *h).collect();
+        self.store.sweep_replica_partials(&hashes);
         for (hash, replica) in pending {
             if matches!(self.store.get(&hash), Ok(Some(m)) if !m.stale) {
                 let _ = self.store.replica_settled(&hash);

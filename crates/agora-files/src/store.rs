@@ -202,6 +202,39 @@ impl Store {
         self.read_all(PENDING_REPLICAS, "pending replica")
     }
 
+    /// Deletes the partial files of replica fetches that are not in `pending` (left by a
+    /// version that did not record them, or whose record was lost): nothing would ever resume
+    /// or remove them, and they hold the space they reserved. Returns how many were deleted.
+    /// Partial outboards of users' downloads (keyed by their destination) are not touched.
+    pub fn sweep_replica_partials(&self, pending: &[Hash]) -> usize {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut swept = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(hex) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".data.agora-part"))
+            else {
+                continue;
+            };
+            let Ok(hash) = Hash::from_hex(hex) else {
+                continue;
+            };
+            if pending.contains(&hash) {
+                continue;
+            }
+            let outboard = self.partial_outboard_path(&hash, &self.data_path(&hash));
+            if fs::remove_file(entry.path()).is_ok() {
+                let _ = fs::remove_file(outboard);
+                tracing::info!(hash = %hex, "deleted the partial file of a replica nobody is fetching");
+                swept += 1;
+            }
+        }
+        swept
+    }
+
     pub fn list(&self) -> Result<Vec<(Hash, BlobMeta)>, StoreError> {
         self.read_all(BLOBS, "blob record")
     }
@@ -637,6 +670,29 @@ mod tests {
         let db = Arc::new(Db::open(&dir.path().join("db")).unwrap());
         let store = Store::open(dir.path(), db).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn replica_partials_nobody_fetches_are_swept_and_others_kept() {
+        let (dir, store) = store();
+        let (orphan, pending) = (blake3::hash(b"orphan"), blake3::hash(b"pending"));
+        let mut files = Vec::new();
+        for hash in [orphan, pending] {
+            let data = crate::download::partial_path(&store.data_path(&hash));
+            let outboard = store.partial_outboard_path(&hash, &store.data_path(&hash));
+            fs::write(&data, b"partial").unwrap();
+            fs::write(&outboard, b"outboard").unwrap();
+            files.push((data, outboard));
+        }
+        // A user's download elsewhere keeps its partial outboard in the store too.
+        let users = store.partial_outboard_path(&orphan, &dir.path().join("out.bin"));
+        fs::write(&users, b"outboard").unwrap();
+
+        assert_eq!(store.sweep_replica_partials(&[pending]), 1);
+        assert!(!files[0].0.exists() && !files[0].1.exists(), "orphan swept");
+        assert!(files[1].0.exists() && files[1].1.exists(), "pending kept");
+        assert!(users.exists(), "a user's download is not a replica");
+        assert_eq!(store.sweep_replica_partials(&[pending]), 0);
     }
 
     #[test]
