@@ -1068,8 +1068,11 @@ impl Files {
         // round trip and one announcement after another); a content that appears at several
         // paths is fetched once, then copied.
         let mut first_of = HashMap::new();
+        for (i, entry) in collection.entries.iter().enumerate() {
+            first_of.entry(&entry.hash).or_insert(i);
+        }
         let unique: Vec<usize> = (0..collection.entries.len())
-            .filter(|&i| first_of.insert(&collection.entries[i].hash, i).is_none())
+            .filter(|&i| first_of[&collection.entries[i].hash] == i)
             .collect();
         let file_progress: Vec<Arc<Progress>> = collection
             .entries
@@ -1088,11 +1091,12 @@ impl Files {
                 }
             })
         };
-        let mut entry_fetches = Vec::with_capacity(unique.len());
-        for &i in &unique {
+        // Futures are made as slots free up: a listing may name 100,000 files, and each
+        // fetch's state is kilobytes.
+        let fetch_one = |i: usize| {
             let (entry, dest, fp) = (&collection.entries[i], &dests[i], &file_progress[i]);
             let providers = &providers;
-            entry_fetches.push(async move {
+            async move {
                 let entry_hash = Hash::from_hex(&entry.hash).expect("checked by parse");
                 let result = self
                     .fetch_entry(entry_hash, entry, providers, dest, fp)
@@ -1104,15 +1108,24 @@ impl Files {
                     .extend(fp.banned.lock().unwrap().drain(..));
                 fp.done.store(entry.size, Ordering::Relaxed);
                 result
-            });
-        }
-        let fetched = futures::StreamExt::buffer_unordered(
-            futures::stream::iter(entry_fetches),
-            ENTRIES_AT_ONCE,
-        );
-        // The first failure ends the get (files in flight keep their verified part for a
-        // resume, as when the get is killed).
-        let fetched = futures::TryStreamExt::try_collect::<Vec<()>>(fetched).await;
+            }
+        };
+        let mut waiting = unique.iter().copied();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let fetched = loop {
+            while in_flight.len() < ENTRIES_AT_ONCE {
+                let Some(i) = waiting.next() else { break };
+                in_flight.push(fetch_one(i));
+            }
+            match futures::StreamExt::next(&mut in_flight).await {
+                Some(Ok(())) => {}
+                // The first failure ends the get (files in flight keep their verified part
+                // for a resume, as when the get is killed).
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        drop(in_flight);
         watcher.abort();
         fetched?;
         for (i, entry) in collection.entries.iter().enumerate() {

@@ -459,6 +459,12 @@ async fn a_directory_of_small_files_is_fetched_once_per_file() {
         total += body.len() as u64;
         std::fs::write(sub.join(format!("f{i}.bin")), body).unwrap();
     }
+    // The same content at three paths: fetched once, present at all three.
+    let same: Vec<u8> = (0..9000u32).map(|j| (j * 7) as u8).collect();
+    for name in ["d0/same.bin", "d3/same.bin", "same-too.bin"] {
+        std::fs::write(tree.join(name), &same).unwrap();
+    }
+    total += same.len() as u64;
     let (seed_net, seed_addr) = node(vec![]).await;
     let seed_addr = seed_addr.with_p2p(seed_net.local_peer_id()).unwrap();
     let seeder = files(&seed_net, &dir.path().join("seeder"));
@@ -474,6 +480,12 @@ async fn a_directory_of_small_files_is_fetched_once_per_file() {
     let out = dir.path().join("copy");
     let view = wait_job(&down, down.get(&root, out.clone()).unwrap().id).await;
     assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+    for name in ["d0/same.bin", "d3/same.bin", "same-too.bin"] {
+        assert!(
+            std::fs::read(out.join(name)).unwrap() == same,
+            "{name} differs"
+        );
+    }
     for i in 0..60u32 {
         let rel = format!("d{}/f{i}.bin", i % 6);
         assert!(
