@@ -5,6 +5,7 @@
 //   node peer.mjs kad-find      <multiaddr/p2p/ID> <target-peer-id>
 //   node peer.mjs gossip-recv   <multiaddr/p2p/ID> <topic>
 //   node peer.mjs gossip-send   <multiaddr/p2p/ID> <topic> <text>
+//   node peer.mjs blob-get      <multiaddr/p2p/ID> <blake3-hex>
 //
 // stdout carries only JSON lines (the result); stderr carries debug logs
 // (set DEBUG=libp2p:* for js-libp2p's own logs).
@@ -24,6 +25,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 
 export const KAD_PROTOCOL = '/agora/kad/1.0.0'
 export const MESHSUB_PROTOCOL = '/meshsub/1.1.0'
+export const BLOBS_PROTOCOL = '/agora/blobs/1.0.0'
 
 const log = (...args) => console.error('[peer.mjs]', ...args)
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
@@ -192,12 +194,43 @@ async function gossipSend (node, remote, identified, [topic, text]) {
   return { ok: true }
 }
 
+// Asks an Agora node for a whole blob over /agora/blobs/1.0.0 (a u32-BE length-prefixed JSON
+// request, answered by a length-prefixed JSON response and the bao-encoded stream) and reports
+// what came back: the response, how many encoded bytes followed, and the last 64 of them (the
+// end of the blob's last leaf). The node sends this in yamux data frames of up to 256 KiB.
+async function blobGet (node, remote, identified, [hash]) {
+  step('opening a blob stream')
+  const stream = await node.dialProtocol(remote, BLOBS_PROTOCOL)
+  const request = new TextEncoder().encode(JSON.stringify({ hash, ranges: [[0, null]] }))
+  const head = new Uint8Array(4)
+  new DataView(head.buffer).setUint32(0, request.length)
+  step('sending the request')
+  await stream.sink([head, request])
+  step('reading the response')
+  const chunks = []
+  let total = 0
+  for await (const chunk of stream.source) {
+    const bytes = chunk.subarray()
+    chunks.push(bytes)
+    total += bytes.length
+  }
+  const all = new Uint8Array(total)
+  let at = 0
+  for (const c of chunks) { all.set(c, at); at += c.length }
+  const len = new DataView(all.buffer).getUint32(0)
+  const response = JSON.parse(new TextDecoder().decode(all.subarray(4, 4 + len)))
+  const encoded = all.subarray(4 + len)
+  const tail = Buffer.from(encoded.subarray(Math.max(0, encoded.length - 64))).toString('hex')
+  return { ok: true, response, encoded_bytes: encoded.length, tail_hex: tail }
+}
+
 // mode -> [handler, names of its extra arguments]
 const MODES = {
   'identify-ping': [identifyPing, []],
   'kad-find': [kadFind, ['target-peer-id']],
   'gossip-recv': [gossipRecv, ['topic']],
-  'gossip-send': [gossipSend, ['topic', 'text']]
+  'gossip-send': [gossipSend, ['topic', 'text']],
+  'blob-get': [blobGet, ['blake3-hex']]
 }
 
 async function main () {

@@ -102,6 +102,36 @@ fn js_libp2p_finds_a_peer_through_the_agora_dht() {
     );
 }
 
+/// A js-libp2p peer fetches a whole 4 MiB blob from an agora node over `/agora/blobs/1.0.0`.
+/// Agora's yamux sends data frames of up to 256 KiB (libp2p-yamux: 16 KiB); js-yamux must take
+/// them (it bounds a frame by the stream's receive window only) and every byte must arrive:
+/// the size, the exact length of the encoding (data + one 64-byte parent per extra 16 KiB
+/// group) and the blob's last bytes at its end.
+#[test]
+fn js_libp2p_fetches_a_blob_sent_in_large_yamux_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("a"), &[]);
+    let size: usize = 4 * 1024 * 1024;
+    let data: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 15) as u8)
+        .collect();
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    let out = node.cli(&["share", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shared: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let hash = shared["hash"].as_str().unwrap();
+    let v = js_peer(&["blob-get", &node.tcp_addr(), hash]);
+    assert_eq!(v["response"]["size"], size as u64, "{v}");
+    let groups = size.div_ceil(16 * 1024);
+    assert_eq!(v["encoded_bytes"], (size + (groups - 1) * 64) as u64, "{v}");
+    let tail: String = data[size - 64..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v["tail_hex"], tail.as_str());
+}
+
 /// An in-process agora-net node (gossip has no CLI yet; applications will put it to use).
 async fn gossip_node() -> (agora_net::Handle, String) {
     let config = agora_net::Config::new(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]);
