@@ -197,7 +197,7 @@ async function gossipSend (node, remote, identified, [topic, text]) {
 // Asks an Agora node for a whole blob over /agora/blobs/1.0.0 (a u32-BE length-prefixed JSON
 // request, answered by a length-prefixed JSON response and the bao-encoded stream) and reports
 // what came back: the response, how many encoded bytes followed, and the last 64 of them (the
-// end of the blob's last leaf). The node sends this in yamux data frames of up to 256 KiB.
+// end of the blob's last leaf). The node sends this in yamux data frames of up to 63 KiB.
 async function blobGet (node, remote, identified, [hash]) {
   step('opening a blob stream')
   const stream = await node.dialProtocol(remote, BLOBS_PROTOCOL)

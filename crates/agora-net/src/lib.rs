@@ -7,7 +7,7 @@
 //! [`Event`]s to whoever subscribed with [`Handle::events`].
 //!
 //! # Protocols
-//! TCP and QUIC transports, Noise, Yamux (with data frames of up to 256 KiB: [`Yamux`]); identify (`/ipfs/id/1.0.0`), ping (`/ipfs/ping/1.0.0`),
+//! TCP and QUIC transports, Noise, Yamux (with data frames of up to 63 KiB: [`Yamux`]); identify (`/ipfs/id/1.0.0`), ping (`/ipfs/ping/1.0.0`),
 //! Kademlia on [`KAD_PROTOCOL`], gossipsub (`/meshsub/1.1.0`, signed messages, every message goes
 //! through the application's validation before it is forwarded), AutoNAT, circuit relay v2 (server
 //! and client), DCUtR hole punching, connection and memory limits, and request-response for

@@ -1,5 +1,5 @@
 //! Yamux (`/yamux/1.0.0`) as Agora's stream multiplexer, with data frames of up to
-//! [`SPLIT_SEND_SIZE`] instead of the 16 KiB that `libp2p-yamux` is fixed to.
+//! [`SPLIT_SEND_SIZE`] (just under 64 KiB) instead of the 16 KiB that `libp2p-yamux` is fixed to.
 //!
 //! # Why not `libp2p-yamux`
 //! `libp2p-yamux` does not expose the `yamux` crate's `split_send_size`, and its 16 KiB frames
@@ -7,16 +7,22 @@
 //! the connection task (and between the connection task and the reader on the other side), each
 //! with its own wake-up and allocation. Measured with `agora-testbed transport-bench` (two
 //! processes, a raw 1 GiB stream over TCP + Noise + Yamux on loopback, 2 cores): 356–402 MiB/s
-//! and 1.7–2.3 CPU-s per GiB on each side with 16 KiB frames, 522–660 MiB/s and 1.1–1.8 CPU-s with
-//! 256 KiB frames. Larger frames did not do better.
+//! and 1.7–2.3 CPU-s per GiB on each side with 16 KiB frames; 512–574 MiB/s with frames of
+//! 64 KiB (which spill into a second, tiny Noise message); 565–613 MiB/s and 1.3 / 1.8 CPU-s
+//! with this size; 522–660 MiB/s with 256 KiB frames. A whole `agora get`: 324–369 MiB/s with
+//! 16 KiB frames, 372–398 with 256 KiB, 397–414 with this size.
 //!
-//! # What it costs and why that is fine
+//! # Why not larger
 //! A frame is written whole, so a small frame of another stream (a chat message, a Kademlia
-//! reply) can wait behind one data frame: 256 KiB is ~2 ms at 1 Gbit/s, ~20 ms at 100 Mbit/s —
-//! less than what the kernel's socket buffer (megabytes once TCP has grown it) already queues on
-//! a link that slow. The wire format is unchanged, so any yamux peer interoperates: a sender
-//! never puts more in one frame than the receiver's window allows (256 KiB to begin with, the
-//! yamux default), and `rust-yamux` accepts frame bodies of up to 1 MiB.
+//! reply) waits behind the data frame being sent. Measured on a 100 Mbit/s link (two network
+//! namespaces, `tbf`) while a 64 MiB download runs: a direct message's round trip took
+//! ~115–125 ms with 16 or 64 KiB frames, 89–129 ms with this size, and ~150–170 ms with
+//! 256 KiB frames. The size is the largest body whose frame (12-byte header) fits one Noise
+//! message (64,511 bytes of plaintext in libp2p-noise).
+//!
+//! The wire format is unchanged, so any yamux peer interoperates: a sender never puts more in
+//! one frame than the receiver's window allows, `rust-yamux` accepts frame bodies of up to
+//! 1 MiB and js-yamux bounds them by the window only.
 //!
 //! The [`StreamMuxer`] below does what `libp2p-yamux`'s does: inbound streams that arrive while
 //! the connection is driven are buffered (at most [`MAX_BUFFERED_INBOUND`], further ones are
@@ -35,8 +41,9 @@ use libp2p::core::{
     upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo},
 };
 
-/// Largest data frame this node sends.
-pub const SPLIT_SEND_SIZE: usize = 256 * 1024;
+/// Largest data frame body this node sends: with yamux's 12-byte header, one Noise message
+/// (libp2p-noise encrypts at most 64 KiB − 1 KiB of plaintext per message).
+pub const SPLIT_SEND_SIZE: usize = 64 * 1024 - 1024 - 12;
 
 /// Inbound streams held for the swarm at most; yamux's own ACK backlog makes a well-behaved
 /// peer stop opening streams before this.

@@ -103,7 +103,7 @@ fn js_libp2p_finds_a_peer_through_the_agora_dht() {
 }
 
 /// A js-libp2p peer fetches a whole 4 MiB blob from an agora node over `/agora/blobs/1.0.0`.
-/// Agora's yamux sends data frames of up to 256 KiB (libp2p-yamux: 16 KiB); js-yamux must take
+/// Agora's yamux sends data frames of up to 63 KiB (libp2p-yamux: 16 KiB); js-yamux must take
 /// them (it bounds a frame by the stream's receive window only) and every byte must arrive:
 /// the size, the exact length of the encoding (data + one 64-byte parent per extra 16 KiB
 /// group) and the blob's last bytes at its end.
