@@ -95,6 +95,39 @@ async fn until_providers(net: &Handle, hash: &blake3::Hash, n: usize) {
     }
 }
 
+/// A hub, a peer that `serve` makes a (fake) provider of `hash`, and a downloader (its store
+/// under `dir`) that already sees that provider in the DHT.
+struct WithFake {
+    /// The hub's and the fake's handles: a node stops when its last handle goes.
+    _keep: (Handle, Handle),
+    hub_addr: Multiaddr,
+    down_net: Handle,
+    down_addr: Multiaddr,
+    down: Arc<Files>,
+}
+
+async fn with_fake_provider(
+    dir: &std::path::Path,
+    hash: &blake3::Hash,
+    serve: impl FnOnce(&Handle),
+) -> WithFake {
+    let (hub, hub_addr) = node(vec![]).await;
+    let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
+    let (fake, _) = node(vec![hub_addr.clone()]).await;
+    serve(&fake);
+    fake.provide(hash.as_bytes().to_vec()).await.unwrap();
+    let (down_net, down_addr) = node(vec![hub_addr.clone()]).await;
+    let down = files(&down_net, dir);
+    until_providers(&down_net, hash, 1).await;
+    WithFake {
+        _keep: (hub, fake),
+        hub_addr,
+        down_net,
+        down_addr,
+        down,
+    }
+}
+
 /// Serves the blob's real size but data corrupted every 64 KiB.
 fn liar(net: &Handle, data: Vec<u8>) {
     let mut corrupt = data.clone();
@@ -185,14 +218,10 @@ async fn only_liars_means_failure_and_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = vec![7u8; 3 * 1024 * 1024];
     let hash = blake3::hash(&data);
-    let (hub, hub_addr) = node(vec![]).await;
-    let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
-    let (liar_net, _) = node(vec![hub_addr.clone()]).await;
-    liar(&liar_net, data.clone());
-    liar_net.provide(hash.as_bytes().to_vec()).await.unwrap();
-    let (down_net, _) = node(vec![hub_addr]).await;
-    let down = files(&down_net, &dir.path().join("down"));
-    until_providers(&down_net, &hash, 1).await;
+    let WithFake { down, _keep, .. } = with_fake_provider(&dir.path().join("down"), &hash, |net| {
+        liar(net, data.clone())
+    })
+    .await;
     let out = dir.path().join("x.bin");
     let job = down.get(&hash.to_hex(), out.clone()).unwrap();
     let view = wait_job(&down, job.id).await;
@@ -343,14 +372,16 @@ fn empty_partial(net: &Handle, size: u64) {
 async fn a_get_that_first_finds_only_partial_providers_looks_again() {
     let dir = tempfile::tempdir().unwrap();
     let (data, hash, src) = source_file(dir.path(), 4);
-    let (hub, hub_addr) = node(vec![]).await;
-    let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
-    let (partial_net, _) = node(vec![hub_addr.clone()]).await;
-    empty_partial(&partial_net, data.len() as u64);
-    partial_net.provide(hash.as_bytes().to_vec()).await.unwrap();
-    let (down_net, _) = node(vec![hub_addr.clone()]).await;
-    let down = files(&down_net, &dir.path().join("down"));
-    until_providers(&down_net, &hash, 1).await;
+    let size = data.len() as u64;
+    let WithFake {
+        hub_addr,
+        down,
+        _keep,
+        ..
+    } = with_fake_provider(&dir.path().join("down"), &hash, |net| {
+        empty_partial(net, size)
+    })
+    .await;
     let out = dir.path().join("copy.bin");
     let job = down.get(&hash.to_hex(), out.clone()).unwrap();
 
@@ -382,14 +413,14 @@ async fn a_replica_request_while_a_get_looks_for_the_size_is_not_a_second_fetch(
     let dir = tempfile::tempdir().unwrap();
     let data = vec![3u8; 4 * 1024 * 1024];
     let hash = blake3::hash(&data);
-    let (hub, hub_addr) = node(vec![]).await;
-    let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
-    let (staller_net, _) = node(vec![hub_addr.clone()]).await;
-    staller(&staller_net, data.len() as u64);
-    staller_net.provide(hash.as_bytes().to_vec()).await.unwrap();
-    let (down_net, down_addr) = node(vec![hub_addr]).await;
-    let down = files(&down_net, &dir.path().join("down"));
-    until_providers(&down_net, &hash, 1).await;
+    let size = data.len() as u64;
+    let WithFake {
+        down_net,
+        down_addr,
+        down,
+        _keep,
+        ..
+    } = with_fake_provider(&dir.path().join("down"), &hash, |net| staller(net, size)).await;
     let job = down
         .get(&hash.to_hex(), dir.path().join("copy.bin"))
         .unwrap();
@@ -524,14 +555,8 @@ async fn a_lie_about_the_size_is_caught_before_any_space_is_reserved() {
     for len in [5000usize, 3 * 1024 * 1024] {
         let data = vec![9u8; len];
         let hash = blake3::hash(&data);
-        let (hub, hub_addr) = node(vec![]).await;
-        let hub_addr = hub_addr.with_p2p(hub.local_peer_id()).unwrap();
-        let (liar_net, _) = node(vec![hub_addr.clone()]).await;
-        size_liar(&liar_net);
-        liar_net.provide(hash.as_bytes().to_vec()).await.unwrap();
-        let (down_net, _) = node(vec![hub_addr]).await;
-        let down = files(&down_net, &dir.path().join(format!("down{len}")));
-        until_providers(&down_net, &hash, 1).await;
+        let WithFake { down, _keep, .. } =
+            with_fake_provider(&dir.path().join(format!("down{len}")), &hash, size_liar).await;
         let out = dir.path().join(format!("x{len}.bin"));
         let view = wait_job(&down, down.get(&hash.to_hex(), out.clone()).unwrap().id).await;
         match view.state {
