@@ -21,6 +21,13 @@ command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The source, dd's file, agora's copy and sendme's copy exist at once.
+NEED_MIB=$((SIZE_MIB * 4 + 512))
+FREE_MIB=$(df --output=avail -B1M /var/tmp | tail -1 | tr -d ' ')
+if [ "$FREE_MIB" -lt "$NEED_MIB" ]; then
+  echo "bench/files.sh: needs $NEED_MIB MiB free under /var/tmp for SIZE_MIB=$SIZE_MIB, has $FREE_MIB" >&2
+  exit 1
+fi
 D=$(mktemp -d /var/tmp/agora-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$D"; }
