@@ -71,6 +71,12 @@ fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() 
     // the bootstrap and fall back to the mailbox.
     wait_connected(&hub, &a);
     wait_connected(&hub, &b);
+    // Connected is not yet findable: the hub adds a peer to its DHT routing table only after
+    // identify, which a loaded machine can delay past the send's 8 s connect timeout.
+    wait_for("the hub's routing table to hold a and b", WAIT, || {
+        let (_, s) = hub.get("/v1/status");
+        (s["routing_table_size"].as_u64()? >= 2).then_some(())
+    });
 
     assert!(
         a.cli(&["profile", "set", "--nick", "alice"])
