@@ -957,44 +957,9 @@ impl Files {
                 }
                 // Announce at once: other downloaders can fetch what is verified here.
                 let _ = self.net.provide(hash.as_bytes().to_vec()).await;
-                let mut current = providers.clone();
-                let mut tried: Vec<PeerId> = Vec::new();
-                let mut lookups = 0;
-                let size = loop {
-                    let result = download::fetch(
-                        &self.net,
-                        hash,
-                        current.clone(),
-                        out,
-                        &self.store.partial_outboard_path(&hash, out),
-                        progress.clone(),
-                        &self.partials,
-                    )
+                let size = self
+                    .fetch_looking_further(hash, providers.clone(), out, progress)
                     .await;
-                    // Stale provider records are normal in a DHT (a holder whose file is gone,
-                    // a node that left): if every provider found failed, look further, past
-                    // them. The next round resumes from what is already verified.
-                    if !matches!(result, Err(FetchError::AllFailed { .. }))
-                        || lookups >= RETRY_LOOKUPS
-                    {
-                        break result;
-                    }
-                    lookups += 1;
-                    tried.append(&mut current);
-                    let me = self.net.local_peer_id();
-                    current = self
-                        .net
-                        .find_providers(hash.as_bytes().to_vec(), MAX_PROVIDERS * 4)
-                        .await
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|p| *p != me && !tried.contains(p))
-                        .collect();
-                    if current.is_empty() {
-                        break result;
-                    }
-                    tracing::info!("every provider found failed; trying {} more", current.len());
-                };
                 let size = match size {
                     Ok(size) => size,
                     Err(e) => {
@@ -1145,6 +1110,51 @@ impl Files {
         }))
     }
 
+    /// Downloads `hash` to `dest` from `providers`. Stale provider records are normal in a DHT
+    /// (a holder whose file is gone, a node that left): if every provider failed, looks further,
+    /// past them, up to [`RETRY_LOOKUPS`] times; each round resumes from what is verified.
+    async fn fetch_looking_further(
+        &self,
+        hash: Hash,
+        providers: Vec<PeerId>,
+        dest: &Path,
+        progress: &Arc<Progress>,
+    ) -> Result<u64, FetchError> {
+        let me = self.net.local_peer_id();
+        let mut current = providers;
+        let mut tried: Vec<PeerId> = Vec::new();
+        let mut lookups = 0;
+        loop {
+            let result = download::fetch(
+                &self.net,
+                hash,
+                current.clone(),
+                dest,
+                &self.store.partial_outboard_path(&hash, dest),
+                progress.clone(),
+                &self.partials,
+            )
+            .await;
+            if !matches!(result, Err(FetchError::AllFailed { .. })) || lookups >= RETRY_LOOKUPS {
+                return result;
+            }
+            lookups += 1;
+            tried.append(&mut current);
+            current = self
+                .net
+                .find_providers(hash.as_bytes().to_vec(), MAX_PROVIDERS * 4)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| *p != me && !tried.contains(p))
+                .collect();
+            if current.is_empty() {
+                return result;
+            }
+            tracing::info!("every provider found failed; trying {} more", current.len());
+        }
+    }
+
     async fn fetch_entry(
         &self,
         hash: Hash,
@@ -1166,37 +1176,16 @@ impl Files {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         // The collection's providers normally hold every file in it (and the download finds
-        // more as it goes); the file's own providers are looked up only if they cannot help.
-        let mut providers = root_providers.to_vec();
-        let mut looked_up = false;
-        let size = loop {
-            let result = download::fetch(
-                &self.net,
-                hash,
-                providers.clone(),
-                dest,
-                &self.store.partial_outboard_path(&hash, dest),
-                progress.clone(),
-                &self.partials,
-            )
-            .await;
-            match result {
-                Err(FetchError::AllFailed { .. } | FetchError::NotFound(_)) if !looked_up => {
-                    looked_up = true;
-                    let more: Vec<PeerId> = self
-                        .providers(hash, None)
-                        .await
-                        .into_iter()
-                        .filter(|p| !providers.contains(p))
-                        .collect();
-                    if more.is_empty() {
-                        break result?;
-                    }
-                    providers.extend(more);
-                }
-                other => break other?,
-            }
+        // more as it goes); the file's own are looked up when there are none (the collection
+        // was held here) or when they all fail.
+        let providers = if root_providers.is_empty() {
+            self.providers(hash, None).await
+        } else {
+            root_providers.to_vec()
         };
+        let size = self
+            .fetch_looking_further(hash, providers, dest, progress)
+            .await?;
         if size != entry.size {
             tracing::warn!(path = %entry.path, "listed size {} differs from the verified size {size}", entry.size);
         }
