@@ -184,8 +184,7 @@ async fn download_from_many_providers_bans_the_liar_and_outlasts_the_staller() {
         let (net, _) = node(vec![hub_addr.clone()]).await;
         let f = files(&net, &dir.path().join(format!("honest{i}")));
         let job = f.share(src.clone(), false, false);
-        let view = wait_job(&f, job.id).await;
-        assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+        done(&f, job.id).await;
         honest.push((net, f));
     }
     let (liar_net, _) = node(vec![hub_addr.clone()]).await;
@@ -254,10 +253,7 @@ async fn downloaders_serve_each_other_what_they_have_verified() {
     let seed_addr = seed_addr.with_p2p(seed_net.local_peer_id()).unwrap();
     let seeder = files(&seed_net, &dir.path().join("seeder"));
     let job = seeder.share(src.clone(), false, false);
-    assert!(matches!(
-        wait_job(&seeder, job.id).await.state,
-        JobState::Done { .. }
-    ));
+    done(&seeder, job.id).await;
 
     // Downloaders join one after another, each finding the seeder and the earlier ones.
     let mut downloads = Vec::new();
@@ -271,8 +267,7 @@ async fn downloaders_serve_each_other_what_they_have_verified() {
     }
     let mut served_by_downloaders = 0;
     for (net, f, id, out) in &downloads {
-        let view = wait_job(f, *id).await;
-        assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+        done(f, *id).await;
         assert!(std::fs::read(out).unwrap() == data, "byte-identical");
         // Nothing wrote to the file after it appeared (an end-game straggler used to, which
         // changed its modification time and made the node stop serving it as stale).
@@ -326,14 +321,10 @@ async fn a_get_beside_an_incoming_replica_fetches_the_blob_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let job = seeder.share(src.clone(), false, false);
-    assert!(matches!(
-        wait_job(&seeder, job.id).await.state,
-        JobState::Done { .. }
-    ));
+    done(&seeder, job.id).await;
     let out = dir.path().join("copy.bin");
     let job = down.get(&hash.to_hex(), out.clone()).unwrap();
-    let view = wait_job(&down, job.id).await;
-    assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+    done(&down, job.id).await;
     assert!(std::fs::read(&out).unwrap() == data, "byte-identical");
     // The replica and the get are one transfer, not two side by side.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -348,6 +339,15 @@ async fn a_get_beside_an_incoming_replica_fetches_the_blob_once() {
         sent >> 20,
         data.len() >> 20
     );
+}
+
+/// Waits for job `id` and asserts it succeeded; returns its result.
+async fn done(files: &Files, id: u64) -> serde_json::Value {
+    let view = wait_job(files, id).await;
+    match view.state {
+        JobState::Done { result } => result,
+        _ => panic!("{view:?}"),
+    }
 }
 
 /// Claims to be downloading the blob too and to have none of it yet, whatever is asked.
@@ -395,12 +395,8 @@ async fn a_get_that_first_finds_only_partial_providers_looks_again() {
     let (seed_net, _) = node(vec![hub_addr]).await;
     let seeder = files(&seed_net, &dir.path().join("seeder"));
     let shared = seeder.share(src, false, false);
-    assert!(matches!(
-        wait_job(&seeder, shared.id).await.state,
-        JobState::Done { .. }
-    ));
-    let view = wait_job(&down, job.id).await;
-    assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+    done(&seeder, shared.id).await;
+    done(&down, job.id).await;
     assert!(std::fs::read(&out).unwrap() == data, "byte-identical");
 }
 
@@ -455,10 +451,7 @@ async fn a_burst_of_downloads_from_one_provider_all_complete() {
     let seed_addr = seed_addr.with_p2p(seed_net.local_peer_id()).unwrap();
     let seeder = files(&seed_net, &dir.path().join("seeder"));
     let shared = seeder.share(src, false, false);
-    assert!(matches!(
-        wait_job(&seeder, shared.id).await.state,
-        JobState::Done { .. }
-    ));
+    done(&seeder, shared.id).await;
     let (down_net, _) = node(vec![seed_addr]).await;
     let down = files(&down_net, &dir.path().join("down"));
     until_providers(&down_net, &hash, 1).await;
@@ -469,8 +462,7 @@ async fn a_burst_of_downloads_from_one_provider_all_complete() {
         })
         .collect();
     for (job, out) in jobs {
-        let view = wait_job(&down, job.id).await;
-        assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+        done(&down, job.id).await;
         assert!(std::fs::read(&out).unwrap() == data, "byte-identical");
     }
 }
@@ -499,18 +491,14 @@ async fn a_directory_of_small_files_is_fetched_once_per_file() {
     let (seed_net, seed_addr) = node(vec![]).await;
     let seed_addr = seed_addr.with_p2p(seed_net.local_peer_id()).unwrap();
     let seeder = files(&seed_net, &dir.path().join("seeder"));
-    let shared = wait_job(&seeder, seeder.share(tree.clone(), false, false).id).await;
-    let JobState::Done { result } = shared.state else {
-        panic!("{shared:?}")
-    };
+    let result = done(&seeder, seeder.share(tree.clone(), false, false).id).await;
     let root = result["hash"].as_str().unwrap().to_owned();
     let (down_net, _) = node(vec![seed_addr]).await;
     let down = files(&down_net, &dir.path().join("down"));
     until_providers(&down_net, &blake3::Hash::from_hex(&root).unwrap(), 1).await;
     let before = seed_net.stats().await.unwrap().bytes_out;
     let out = dir.path().join("copy");
-    let view = wait_job(&down, down.get(&root, out.clone()).unwrap().id).await;
-    assert!(matches!(view.state, JobState::Done { .. }), "{view:?}");
+    done(&down, down.get(&root, out.clone()).unwrap().id).await;
     for name in ["d0/same.bin", "d3/same.bin", "same-too.bin"] {
         assert!(
             std::fs::read(out.join(name)).unwrap() == same,
