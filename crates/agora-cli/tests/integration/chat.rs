@@ -65,7 +65,17 @@ fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() 
     let a = Node::start(&dir.path().join("a"), &["--bootstrap", &hub.tcp_addr()]);
     let b_dir = dir.path().join("b");
     let mut b = Node::start(&b_dir, &["--bootstrap", &hub.tcp_addr()]);
-    assert!(!a.is_connected_to(&b.peer_id), "no direct connection yet");
+    // The test starts from no direct connection. The DHT's own bootstrap lookup may already
+    // have connected a and b (the hub names each to the other); close that connection rather
+    // than count on winning the race.
+    wait_for("no direct connection between a and b", WAIT, || {
+        if !a.is_connected_to(&b.peer_id) {
+            return Some(());
+        }
+        // (It may have closed by itself meanwhile; the loop checks again.)
+        let _ = a.cli(&["disconnect", &b.peer_id]);
+        None
+    });
     // Both reached the hub (a node is ready before its bootstrap dial completes), so a lookup
     // through it can find the other; under a loaded machine the send could otherwise race
     // the bootstrap and fall back to the mailbox.
