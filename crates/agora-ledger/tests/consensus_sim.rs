@@ -115,6 +115,8 @@ struct Sim {
     /// The running nodes' application mailboxes.
     mailboxes: Arc<Mutex<Vec<Option<Mailbox>>>>,
     feeding: std::sync::atomic::AtomicBool,
+    /// What the validators' admission budgets refused (all count here).
+    refusals: agora_net::Refusals,
 }
 
 fn link(latency_ms: u64, jitter_ms: u64, success: f64) -> Link {
@@ -176,6 +178,7 @@ impl Sim {
             fed: Arc::default(),
             mailboxes: Arc::new(Mutex::new(vec![None; total])),
             feeding: Default::default(),
+            refusals: Default::default(),
         };
         sim.link_all(Some(link_config), |_, _| true).await;
         sim
@@ -230,12 +233,13 @@ impl Sim {
         let mut config =
             ValidatorConfig::new(self.genesis.clone(), self.validators[i].key.clone(), base);
         config.partition_prefix = format!("validator{i}");
+        config.refusals = Some(self.refusals.clone());
         let blocker = self.oracle.control(self.keys[i].clone());
         let context = self.context.child("validator").with_attribute("index", i);
         let mut running = consensus::start_validator(context, config, channels, blocker).unwrap();
         let mut finalized = std::mem::replace(
             &mut running.finalized,
-            commonware_utils::channel::mpsc::unbounded_channel().1,
+            commonware_utils::channel::mpsc::channel(1).1,
         );
         let chain = self.genesis.chain_id();
         self.context
@@ -740,5 +744,87 @@ fn committee_changes_take_effect_at_the_next_epoch() {
             c
         });
         assert!(a.state.height > 2 * L, "at least two epochs passed");
+    });
+}
+
+#[test]
+fn a_validator_flooding_blocks_cannot_crowd_out_honest_proposals() {
+    use agora_ledger::Block;
+    use agora_ledger::consensus::BlockMsg;
+    use commonware_p2p::{Recipients, Sender as _};
+    use commonware_runtime::IoBuf;
+
+    deterministic::Runner::timed(Duration::from_secs(300)).start(|context| async move {
+        let mut sim = Sim::new(context.child("sim"), link(10, 2, 1.0)).await;
+        // Validator 0 is Byzantine: it runs no engine and floods the blocks channel with
+        // distinct, well-formed but unwanted proposals just above the others' finalized height
+        // (new ones all the time, so whatever room finality frees is taken again at once).
+        let mut blocks = sim.channels(0).await.blocks.0;
+        let watched = sim.validators[1].applied.clone();
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        context.child("flood").spawn(move |context| async move {
+            let mut n: u64 = 0;
+            loop {
+                let tip = watched.lock().unwrap().state.height;
+                for _ in 0..100 {
+                    n += 1;
+                    let junk = Block {
+                        parent: Hash::of(&n.to_le_bytes()),
+                        height: tip + 2 + n % 1_000,
+                        timestamp_ms: n,
+                        txs: vec![],
+                        state_root: Hash([0; 32]),
+                    };
+                    let bytes = BlockMsg::Proposal(junk).encode();
+                    blocks.send(Recipients::All, IoBuf::from(bytes), false);
+                }
+                counter.store(n, std::sync::atomic::Ordering::Relaxed);
+                context.sleep(Duration::from_millis(50)).await;
+            }
+        });
+        for i in 1..N {
+            sim.start(i).await;
+        }
+        // Let the flood run well past the old limit of 4,096 held blocks first.
+        while sent.load(std::sync::atomic::Ordering::Relaxed) < 10_000 {
+            context.sleep(Duration::from_millis(100)).await;
+        }
+        let chain = sim.genesis.chain_id();
+        let mut hashes = Vec::new();
+        for seq in 0..5 {
+            hashes.push(
+                sim.submit(1 + seq as usize % 3, pay(&chain, 2, 1, 7, seq))
+                    .await
+                    .unwrap(),
+            );
+        }
+        sim.wait_for(
+            Duration::from_secs(60),
+            "payments despite the block flood",
+            |s| (1..N).all(|i| hashes.iter().all(|h| s.applied(i).txs.contains(h))),
+        )
+        .await;
+        sim.assert_agreement(&[1, 2, 3]);
+        // The flood was refused by the flooder's own budget, and what each honest validator
+        // holds stays within the budgets: one sender's unsolicited blocks plus what the
+        // engines asked for, nowhere near the 10,000+ blocks sent.
+        assert!(sim.refusals.count(consensus::BUDGET_UNSOLICITED_BLOCKS) > 1_000);
+        for i in 1..N {
+            let mailbox = sim.validators[i].running.as_ref().unwrap().mailbox.clone();
+            let held = mailbox.held().await.unwrap();
+            assert!(
+                held.max_unsolicited_per_sender <= consensus::MAX_UNSOLICITED_BLOCKS_PER_SENDER,
+                "validator {i}: {held:?}"
+            );
+            assert!(
+                held.blocks <= N * consensus::MAX_UNSOLICITED_BLOCKS_PER_SENDER + 64,
+                "validator {i}: {held:?}"
+            );
+            assert!(
+                held.bytes <= N * consensus::MAX_UNSOLICITED_BYTES_PER_SENDER,
+                "validator {i}: {held:?}"
+            );
+        }
     });
 }

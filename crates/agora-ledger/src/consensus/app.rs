@@ -2,6 +2,7 @@
 //! them between validators and delivers finalized blocks in height order.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use commonware_actor::Feedback;
@@ -10,20 +11,46 @@ use commonware_consensus::types::Round;
 use commonware_consensus::{Automaton, CertifiableAutomaton, Relay, Reporter};
 use commonware_p2p::{Receiver, Recipients, Sender};
 use commonware_runtime::{Clock, Handle, IoBuf, Spawner};
-use commonware_utils::channel::{mpsc, oneshot};
+use commonware_utils::channel::{mpsc, oneshot, watch};
+use tokio::sync::Notify;
 use tracing::{debug, error, warn};
 
 use super::mempool::{Mempool, MempoolLimits, Rejected};
 use super::wire::{BlockMsg, MAX_TX_BATCH};
 use super::{Activity, Context, Digest, Finalization, PublicKey, digest, hash};
-use crate::block::{Block, MAX_BLOCK_TXS};
+use crate::block::{Block, MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use crate::state::State;
 use crate::tx::{Hash, Tx};
 
 /// How many finalized blocks are kept in memory to answer other validators' `Want`s.
 const RECENT_FINALIZED: u64 = 256;
-/// Most unfinalized blocks held at once (proposals of views not yet decided).
-const MAX_PENDING_BLOCKS: usize = 4_096;
+/// Unsolicited blocks (proposals and `Have`s the engine has not asked about yet) held at once
+/// per sending validator. A leader proposes one block per view and the engine asks to verify it
+/// within a round trip, so an honest sender rarely has more than one or two outstanding; past
+/// this a sender's own oldest unsolicited block makes room, so one validator flooding blocks
+/// only ever displaces its own.
+pub const MAX_UNSOLICITED_BLOCKS_PER_SENDER: usize = 8;
+/// Bytes of unsolicited blocks held per sending validator (four maximal blocks).
+pub const MAX_UNSOLICITED_BYTES_PER_SENDER: usize = 4 * MAX_BLOCK_BYTES;
+/// Backstop on blocks the local engine asked about (to verify, certify or finalize, or their
+/// missing ancestors) and own proposals. The engine asks about one proposal per view, so this
+/// is reached only if finality stalls for about this many views; past it a wanted block is
+/// refused (and asked for again later), never an older one evicted.
+pub const MAX_CLAIMED_BLOCKS: usize = 1_024;
+/// Messages from the local engine (propose, verify, certify, broadcast, finalization) waiting
+/// for the application. The engine's asynchronous calls wait for room; its two synchronous
+/// ones (`broadcast`, `report`) are dropped when full, see [`Mailbox`].
+pub const ENGINE_MAILBOX: usize = 1_024;
+/// Submissions (and queries) from the node waiting for the application; `submit_many` waits
+/// for room, so a burst of submissions slows its submitters, not consensus.
+pub const NODE_MAILBOX: usize = 64;
+/// Finalized blocks delivered but not yet taken by the node. When it is full the application
+/// finalizes nothing more until the node catches up (the certificates wait, so nothing is lost).
+pub const FINALIZED_OUTPUT: usize = 256;
+/// Refusal counter names (`agora_refusals_total{budget}`): a sender's oldest unsolicited block
+/// dropped for a newer one, and a wanted block refused at [`MAX_CLAIMED_BLOCKS`].
+pub const BUDGET_UNSOLICITED_BLOCKS: &str = "ledger.unsolicited_blocks";
+pub const BUDGET_CLAIMED_BLOCKS: &str = "ledger.claimed_blocks";
 /// Unfinalized blocks further than this above the finalized height are not taken.
 const MAX_BLOCKS_AHEAD: u64 = 1_024;
 /// A proposal's timestamp may run this far ahead of a verifier's clock.
@@ -56,8 +83,21 @@ pub enum Message {
         txs: Vec<Tx>,
         response: oneshot::Sender<Vec<Submitted>>,
     },
-    /// The node applied finalized blocks it fetched from peers (catch-up after downtime).
-    Advance(Base),
+    /// What the application holds now (for tests and metrics).
+    Held {
+        response: oneshot::Sender<HeldBlocks>,
+    },
+}
+
+/// The unfinalized blocks an application holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldBlocks {
+    pub blocks: usize,
+    pub bytes: usize,
+    /// Of those, blocks no one asked for yet (counted against their sender's budget).
+    pub unsolicited: usize,
+    /// The most unsolicited blocks held from any one sender.
+    pub max_unsolicited_per_sender: usize,
 }
 
 /// The answer to a submitted transaction.
@@ -75,14 +115,33 @@ pub struct Finalized {
 
 /// The application's handle: the engine's automaton, relay and reporter, and the node's way
 /// to submit transactions.
+///
+/// Every channel into the application is bounded. The engine's asynchronous calls (`propose`,
+/// `verify`, `certify`) wait for room in [`ENGINE_MAILBOX`]; its synchronous ones cannot wait,
+/// so when the mailbox is full a `broadcast` is dropped (the other validators ask for the block
+/// with `Want`) and a finalization `report` is dropped (a later finalization finalizes the
+/// blocks below it through their hash links); both answer `Feedback::Backoff`. The application
+/// never waits on the engine, so waiting for room cannot deadlock.
 #[derive(Clone)]
 pub struct Mailbox {
-    sender: mpsc::UnboundedSender<Message>,
+    engine: mpsc::Sender<Message>,
+    node: mpsc::Sender<Message>,
+    /// The latest base the node advanced to: one slot, only the newest matters.
+    advanced: Arc<Mutex<Option<Base>>>,
+    wake: Arc<Notify>,
 }
 
 impl Mailbox {
-    fn send(&self, message: Message) -> bool {
-        self.sender.send(message).is_ok()
+    async fn send(&self, message: Message) -> bool {
+        self.engine.send(message).await.is_ok()
+    }
+
+    fn try_send(&self, message: Message) -> Feedback {
+        match self.engine.try_send(message) {
+            Ok(()) => Feedback::Ok,
+            Err(mpsc::error::TrySendError::Full(_)) => Feedback::Backoff,
+            Err(mpsc::error::TrySendError::Closed(_)) => Feedback::Closed,
+        }
     }
 
     /// Submits a transaction to this validator's mempool (and, through it, to the others').
@@ -94,16 +153,33 @@ impl Mailbox {
     /// each, in order.
     pub async fn submit_many(&self, txs: Vec<Tx>) -> Option<Vec<Submitted>> {
         let (response, receiver) = oneshot::channel();
-        if !self.send(Message::Submit { txs, response }) {
-            return None;
-        }
+        self.node
+            .send(Message::Submit { txs, response })
+            .await
+            .ok()?;
+        receiver.await.ok()
+    }
+
+    /// What the application holds now: unfinalized blocks and their bytes.
+    pub async fn held(&self) -> Option<HeldBlocks> {
+        let (response, receiver) = oneshot::channel();
+        self.node.send(Message::Held { response }).await.ok()?;
         receiver.await.ok()
     }
 
     /// Tells the application that the node applied finalized blocks up to `base` by other
-    /// means (fetched from peers after downtime); it continues from there.
+    /// means (fetched from peers after downtime); it continues from there. Only the newest
+    /// base is kept, so this never queues.
     pub fn advance(&self, base: Base) {
-        self.send(Message::Advance(base));
+        let mut slot = self.advanced.lock().unwrap_or_else(|e| e.into_inner());
+        if slot
+            .as_ref()
+            .is_none_or(|b| b.state.height < base.state.height)
+        {
+            *slot = Some(base);
+        }
+        drop(slot);
+        self.wake.notify_one();
     }
 }
 
@@ -113,7 +189,7 @@ impl Automaton for Mailbox {
 
     async fn propose(&mut self, context: Context) -> oneshot::Receiver<Digest> {
         let (response, receiver) = oneshot::channel();
-        self.send(Message::Propose { context, response });
+        self.send(Message::Propose { context, response }).await;
         receiver
     }
 
@@ -123,7 +199,8 @@ impl Automaton for Mailbox {
             context,
             payload,
             response,
-        });
+        })
+        .await;
         receiver
     }
 }
@@ -131,7 +208,7 @@ impl Automaton for Mailbox {
 impl CertifiableAutomaton for Mailbox {
     async fn certify(&mut self, _round: Round, payload: Digest) -> oneshot::Receiver<bool> {
         let (response, receiver) = oneshot::channel();
-        self.send(Message::Certify { payload, response });
+        self.send(Message::Certify { payload, response }).await;
         receiver
     }
 }
@@ -142,11 +219,7 @@ impl Relay for Mailbox {
     type Plan = Plan<PublicKey>;
 
     fn broadcast(&mut self, payload: Digest, plan: Plan<PublicKey>) -> Feedback {
-        if self.send(Message::Broadcast { payload, plan }) {
-            Feedback::Ok
-        } else {
-            Feedback::Closed
-        }
+        self.try_send(Message::Broadcast { payload, plan })
     }
 }
 
@@ -159,11 +232,7 @@ impl Reporter for Mailbox {
         let Activity::Finalization(finalization) = activity else {
             return Feedback::Ok;
         };
-        if self.send(Message::Finalized(finalization)) {
-            Feedback::Ok
-        } else {
-            Feedback::Closed
-        }
+        self.try_send(Message::Finalized(finalization))
     }
 }
 
@@ -221,8 +290,35 @@ struct PendingVerify {
     response: oneshot::Sender<bool>,
 }
 
+/// Who a held block is held for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Built by this validator.
+    Own,
+    /// The local engine asked about it (or about a block it is an ancestor of).
+    Claimed,
+    /// Sent by this validator before anyone asked: counts against its budget.
+    Unsolicited(PublicKey),
+}
+
+struct HeldBlock {
+    block: Block,
+    /// Encoded size.
+    bytes: usize,
+    origin: Origin,
+    /// Arrival order, to find a sender's oldest unsolicited block.
+    arrival: u64,
+}
+
+/// A sender's unsolicited blocks held: (count, bytes).
+type Spent = (usize, usize);
+
 pub(crate) struct App<S, R> {
-    mailbox: mpsc::UnboundedReceiver<Message>,
+    mailbox: mpsc::Receiver<Message>,
+    node_mailbox: mpsc::Receiver<Message>,
+    advanced: Arc<Mutex<Option<Base>>>,
+    wake: Arc<Notify>,
+    refusals: Option<agora_net::Refusals>,
     sender: S,
     receiver: R,
     finalized: State,
@@ -232,11 +328,18 @@ pub(crate) struct App<S, R> {
     epoch_start: Hash,
     /// The epoch last reported to the orchestrator.
     epoch_reported: Option<u64>,
-    epochs: mpsc::UnboundedSender<EpochStart>,
+    /// The newest epoch start, for the orchestrator (which only ever needs the newest).
+    epochs: watch::Sender<Option<EpochStart>>,
     /// Recently finalized blocks by height, to serve validators that missed them.
     recent: BTreeMap<u64, (Hash, Block)>,
     /// Blocks above the finalized height, by digest.
-    blocks: HashMap<Hash, Block>,
+    blocks: HashMap<Hash, HeldBlock>,
+    /// Unsolicited blocks held per sender (only senders with some; at most the committee,
+    /// since the transport delivers only committee members' messages).
+    unsolicited: HashMap<PublicKey, Spent>,
+    /// Held blocks that are `Own` or `Claimed`.
+    claimed: usize,
+    arrivals: u64,
     /// State after each valid block above the finalized height.
     states: HashMap<Hash, State>,
     invalid: HashSet<Hash>,
@@ -247,7 +350,7 @@ pub(crate) struct App<S, R> {
     /// Admitted transactions not yet relayed to the other validators.
     relay_queue: Vec<Tx>,
     wants: HashMap<Hash, SystemTime>,
-    output: mpsc::UnboundedSender<Finalized>,
+    output: mpsc::Sender<Finalized>,
     config: AppConfig,
     pending_propose: Option<PendingPropose>,
 }
@@ -261,17 +364,25 @@ where
         base: Base,
         (sender, receiver): (S, R),
         config: AppConfig,
+        refusals: Option<agora_net::Refusals>,
     ) -> (
         Self,
         Mailbox,
-        mpsc::UnboundedReceiver<Finalized>,
-        mpsc::UnboundedReceiver<EpochStart>,
+        mpsc::Receiver<Finalized>,
+        watch::Receiver<Option<EpochStart>>,
     ) {
-        let (mailbox_tx, mailbox) = mpsc::unbounded_channel();
-        let (output, finalized) = mpsc::unbounded_channel();
-        let (epochs, epoch_starts) = mpsc::unbounded_channel();
+        let (engine_tx, mailbox) = mpsc::channel(ENGINE_MAILBOX);
+        let (node_tx, node_mailbox) = mpsc::channel(NODE_MAILBOX);
+        let (output, finalized) = mpsc::channel(FINALIZED_OUTPUT);
+        let (epochs, epoch_starts) = watch::channel(None);
+        let advanced = Arc::new(Mutex::new(None));
+        let wake = Arc::new(Notify::new());
         let mut app = App {
             mailbox,
+            node_mailbox,
+            advanced: advanced.clone(),
+            wake: wake.clone(),
+            refusals,
             sender,
             receiver,
             finalized: base.state,
@@ -282,6 +393,9 @@ where
             epochs,
             recent: BTreeMap::new(),
             blocks: HashMap::new(),
+            unsolicited: HashMap::new(),
+            claimed: 0,
+            arrivals: 0,
             states: HashMap::new(),
             invalid: HashSet::new(),
             pending_verify: Vec::new(),
@@ -298,7 +412,13 @@ where
             pending_propose: None,
         };
         app.report_epoch();
-        (app, Mailbox { sender: mailbox_tx }, finalized, epoch_starts)
+        let mailbox = Mailbox {
+            engine: engine_tx,
+            node: node_tx,
+            advanced,
+            wake,
+        };
+        (app, mailbox, finalized, epoch_starts)
     }
 
     /// Tells the orchestrator when the finalized height entered a new epoch.
@@ -309,11 +429,11 @@ where
             return;
         }
         self.epoch_reported = Some(epoch);
-        let _ = self.epochs.send(EpochStart {
+        self.epochs.send_replace(Some(EpochStart {
             epoch,
             committee: state.committee.clone(),
             floor: self.epoch_start,
-        });
+        }));
     }
 
     fn height_of(&self, digest: &Hash) -> Option<u64> {
@@ -336,6 +456,8 @@ where
                     Some(message) => self.handle(&context, message),
                     None => break,
                 },
+                _ = self.wake.notified() => self.take_advance(&context),
+                Some(message) = self.node_mailbox.recv() => self.handle(&context, message),
                 received = self.receiver.recv() => match received {
                     Ok((peer, bytes)) => self.on_network(&context, peer, bytes),
                     Err(error) => {
@@ -345,6 +467,8 @@ where
                 },
                 _ = context.sleep_until(next_tick) => {
                     next_tick = context.current() + TICK;
+                    // (Also catches an advance whose wake-up raced with another branch.)
+                    self.take_advance(&context);
                     self.tick(&context);
                 },
             }
@@ -409,26 +533,148 @@ where
                         .collect(),
                 );
             }
-            Message::Advance(base) => {
-                if base.state.height > self.finalized.height {
-                    debug!(
-                        height = base.state.height,
-                        "advancing to blocks applied by the node"
-                    );
-                    self.finalized = base.state;
-                    self.finalized_digest = base.digest;
-                    self.finalized_timestamp = base.timestamp_ms;
-                    self.epoch_start = base.epoch_start;
-                    self.recent.clear();
-                    self.after_finalization();
-                    self.progress(context);
-                }
+            Message::Held { response } => {
+                let _ = response.send(self.held());
             }
         }
     }
 
+    fn held(&self) -> HeldBlocks {
+        HeldBlocks {
+            blocks: self.blocks.len(),
+            bytes: self.blocks.values().map(|h| h.bytes).sum(),
+            unsolicited: self.unsolicited.values().map(|(n, _)| n).sum(),
+            max_unsolicited_per_sender: self
+                .unsolicited
+                .values()
+                .map(|(n, _)| *n)
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Continues from the base the node advanced to, if it is ahead.
+    fn take_advance<E: Clock>(&mut self, context: &E) {
+        let base = self
+            .advanced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(base) = base else { return };
+        if base.state.height > self.finalized.height {
+            debug!(
+                height = base.state.height,
+                "advancing to blocks applied by the node"
+            );
+            self.finalized = base.state;
+            self.finalized_digest = base.digest;
+            self.finalized_timestamp = base.timestamp_ms;
+            self.epoch_start = base.epoch_start;
+            self.recent.clear();
+            self.after_finalization();
+            self.progress(context);
+        }
+    }
+
+    fn refuse(&self, budget: &'static str) {
+        if let Some(refusals) = &self.refusals {
+            refusals.refuse(budget);
+        }
+    }
+
+    /// Holds a block (replacing nothing: a digest names one block).
+    fn hold(&mut self, digest: Hash, block: Block, bytes: usize, origin: Origin) {
+        if self.blocks.contains_key(&digest) {
+            return;
+        }
+        match &origin {
+            Origin::Unsolicited(peer) => {
+                let spent = self.unsolicited.entry(peer.clone()).or_default();
+                spent.0 += 1;
+                spent.1 += bytes;
+            }
+            Origin::Own | Origin::Claimed => self.claimed += 1,
+        }
+        self.arrivals += 1;
+        let arrival = self.arrivals;
+        self.blocks.insert(
+            digest,
+            HeldBlock {
+                block,
+                bytes,
+                origin,
+                arrival,
+            },
+        );
+    }
+
+    /// Stops holding a block (and the state after it).
+    fn release(&mut self, digest: &Hash) -> Option<Block> {
+        let held = self.blocks.remove(digest)?;
+        self.states.remove(digest);
+        self.uncount(&held);
+        Some(held.block)
+    }
+
+    fn uncount(&mut self, held: &HeldBlock) {
+        match &held.origin {
+            Origin::Unsolicited(peer) => {
+                if let Some(spent) = self.unsolicited.get_mut(peer) {
+                    spent.0 -= 1;
+                    spent.1 -= held.bytes;
+                    if spent.0 == 0 {
+                        self.unsolicited.remove(peer);
+                    }
+                }
+            }
+            Origin::Own | Origin::Claimed => self.claimed -= 1,
+        }
+    }
+
+    /// The engine asked about `digest` (or a block above it): it no longer counts against its
+    /// sender's budget.
+    fn claim(&mut self, digest: &Hash) {
+        let Some(held) = self.blocks.get_mut(digest) else {
+            return;
+        };
+        let Origin::Unsolicited(peer) = std::mem::replace(&mut held.origin, Origin::Claimed) else {
+            return;
+        };
+        let bytes = held.bytes;
+        if let Some(spent) = self.unsolicited.get_mut(&peer) {
+            spent.0 -= 1;
+            spent.1 -= bytes;
+            if spent.0 == 0 {
+                self.unsolicited.remove(&peer);
+            }
+        }
+        self.claimed += 1;
+    }
+
+    /// Makes room in `peer`'s unsolicited budget for a block of `bytes` by dropping its own
+    /// oldest unsolicited blocks (never anyone else's).
+    fn make_room(&mut self, peer: &PublicKey, bytes: usize) {
+        loop {
+            let (count, used) = self.unsolicited.get(peer).copied().unwrap_or_default();
+            if count < MAX_UNSOLICITED_BLOCKS_PER_SENDER
+                && used + bytes <= MAX_UNSOLICITED_BYTES_PER_SENDER
+            {
+                return;
+            }
+            let oldest = self
+                .blocks
+                .iter()
+                .filter(|(_, h)| h.origin == Origin::Unsolicited(peer.clone()))
+                .min_by_key(|(_, h)| h.arrival)
+                .map(|(d, _)| *d);
+            let Some(oldest) = oldest else { return };
+            self.refuse(BUDGET_UNSOLICITED_BLOCKS);
+            self.release(&oldest);
+        }
+    }
+
     fn block(&self, digest: &Hash) -> Option<&Block> {
-        self.blocks.get(digest).or_else(|| {
+        self.blocks.get(digest).map(|h| &h.block).or_else(|| {
             self.recent
                 .values()
                 .find(|(d, _)| d == digest)
@@ -516,9 +762,10 @@ where
             self.mempool.candidates(&parent_state),
             self.config.max_block_txs,
         );
-        let block_digest = block.digest();
+        let encoded = block.encode();
+        let block_digest = Hash::of(&encoded);
         debug!(height = block.height, txs = block.txs.len(), digest = %block_digest, "proposing");
-        self.blocks.insert(block_digest, block);
+        self.hold(block_digest, block, encoded.len(), Origin::Own);
         self.states.insert(block_digest, state);
         let _ = response.send(digest(block_digest));
     }
@@ -542,20 +789,23 @@ where
             if self.invalid.contains(&cursor) {
                 return Err(true);
             }
-            let Some(block) = self.blocks.get(&cursor) else {
+            let Some(held) = self.blocks.get(&cursor) else {
                 self.want(cursor);
                 return Err(false);
             };
-            if block.height <= self.finalized.height {
+            if held.block.height <= self.finalized.height {
                 // Its parent chain does not lead to what was finalized.
                 self.invalid.insert(cursor);
                 return Err(true);
             }
+            let parent = held.block.parent;
+            // An ancestor of what the engine asked about is needed too.
+            self.claim(&cursor);
             chain.push(cursor);
-            cursor = block.parent;
+            cursor = parent;
         }
         for digest in chain.into_iter().rev() {
-            let block = &self.blocks[&digest];
+            let block = &self.blocks[&digest].block;
             let chain = self.finalized.chain;
             let checked = self.mempool.signatures_checked(&block.txs, &chain);
             let parent = self.state_after(&block.parent).expect("executed in order");
@@ -566,6 +816,8 @@ where
                 Err(error) => {
                     warn!(%digest, %error, "invalid block");
                     self.invalid.insert(digest);
+                    // Its digest is enough to refuse it again; the bytes can go.
+                    self.release(&digest);
                     return Err(true);
                 }
             }
@@ -633,7 +885,8 @@ where
         if self.invalid.contains(&digest) {
             return Some(false);
         }
-        let Some(block) = self.blocks.get(&digest) else {
+        self.claim(&digest);
+        let Some(block) = self.blocks.get(&digest).map(|h| &h.block) else {
             self.want(digest);
             return None;
         };
@@ -681,26 +934,42 @@ where
                 let mut chain = Vec::new();
                 let mut cursor = top;
                 while cursor != self.finalized_digest {
-                    let Some(block) = self.blocks.get(&cursor) else {
+                    let Some(held) = self.blocks.get(&cursor) else {
                         self.want(cursor);
                         return;
                     };
-                    if block.height <= self.finalized.height {
+                    if held.block.height <= self.finalized.height {
                         // Below what this node already applied (it advanced by fetching
                         // blocks from peers): nothing left to do for this certificate.
                         chain.clear();
                         break;
                     }
+                    let parent = held.block.parent;
+                    self.claim(&cursor);
                     chain.push(cursor);
-                    cursor = block.parent;
+                    cursor = parent;
                 }
+                let mut applied = false;
                 for digest in chain.into_iter().rev() {
-                    if self.ensure_state(digest).is_err() {
-                        error!(%digest, "a finalized block does not execute; stopping here");
+                    // The node takes finalized blocks at its own pace: with its queue full,
+                    // the rest waits for a later pass (the certificate stays pending).
+                    if self.output.capacity() == 0 && !self.output.is_closed() {
+                        if applied {
+                            self.after_finalization();
+                        }
                         return;
                     }
-                    let block = self.blocks.remove(&digest).expect("collected above");
-                    self.finalized = self.states.remove(&digest).expect("executed above");
+                    if self.ensure_state(digest).is_err() {
+                        error!(%digest, "a finalized block does not execute; stopping here");
+                        if applied {
+                            self.after_finalization();
+                        }
+                        return;
+                    }
+                    applied = true;
+                    let state = self.states.remove(&digest).expect("executed above");
+                    let block = self.release(&digest).expect("collected above");
+                    self.finalized = state;
                     self.finalized_digest = digest;
                     self.finalized_timestamp = block.timestamp_ms;
                     if self.finalized.ends_epoch(block.height) {
@@ -708,7 +977,7 @@ where
                     }
                     self.recent.insert(block.height, (digest, block.clone()));
                     let certificate = (digest == top).then(|| finalization.clone());
-                    let _ = self.output.send(Finalized {
+                    let _ = self.output.try_send(Finalized {
                         block,
                         digest,
                         finalization: certificate,
@@ -730,7 +999,15 @@ where
         {
             self.recent.pop_first();
         }
-        self.blocks.retain(|_, b| b.height > height);
+        let stale: Vec<Hash> = self
+            .blocks
+            .iter()
+            .filter(|(_, h)| h.block.height <= height)
+            .map(|(d, _)| *d)
+            .collect();
+        for digest in stale {
+            self.release(&digest);
+        }
         let blocks = &self.blocks;
         self.states.retain(|digest, _| blocks.contains_key(digest));
         self.invalid.clear();
@@ -793,17 +1070,34 @@ where
                     held = self.blocks.len(),
                     "block received"
                 );
-                if block.height <= height
-                    || block.height > height + MAX_BLOCKS_AHEAD
-                    || self.blocks.len() >= MAX_PENDING_BLOCKS
-                {
+                if block.height <= height || block.height > height + MAX_BLOCKS_AHEAD {
                     return;
                 }
-                let digest = block.digest();
-                let wanted = self.wants.remove(&digest).is_some();
-                self.blocks.entry(digest).or_insert(block);
-                if wanted || !self.pending_verify.is_empty() || !self.pending_certify.is_empty() {
+                let encoded = block.encode();
+                let digest = Hash::of(&encoded);
+                if self.blocks.contains_key(&digest) || self.invalid.contains(&digest) {
+                    return;
+                }
+                // Everything the engine waits for and is missing is in `wants` (verify,
+                // certify, finalize and their ancestors all ask there), so a block is wanted
+                // exactly when its digest is.
+                if self.wants.remove(&digest).is_some() {
+                    if self.claimed >= MAX_CLAIMED_BLOCKS {
+                        self.refuse(BUDGET_CLAIMED_BLOCKS);
+                        // Asked for again after the usual retry delay, not at once.
+                        self.wants.insert(digest, context.current());
+                        return;
+                    }
+                    self.hold(digest, block, encoded.len(), Origin::Claimed);
                     self.progress(context);
+                } else {
+                    // Unasked for (a proposal ahead of the engine's verify, usually): held
+                    // within its sender's budget, so a flood displaces only the flooder's.
+                    self.make_room(&peer, encoded.len());
+                    self.hold(digest, block, encoded.len(), Origin::Unsolicited(peer));
+                    if !self.pending_verify.is_empty() || !self.pending_certify.is_empty() {
+                        self.progress(context);
+                    }
                 }
             }
             BlockMsg::Want(digest) => {

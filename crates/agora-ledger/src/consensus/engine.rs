@@ -11,7 +11,7 @@ use commonware_cryptography::Signer as _;
 use commonware_p2p::{Blocker, Receiver, Sender};
 use commonware_runtime::buffer::paged::CacheRef;
 use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
-use commonware_utils::channel::mpsc;
+use commonware_utils::channel::{mpsc, watch};
 use commonware_utils::{NZDuration, NZU16, NZUsize};
 use rand_core::CryptoRng;
 
@@ -42,6 +42,9 @@ pub struct ValidatorConfig {
     pub leader_timeout: Duration,
     /// Told each new epoch's committee (the node points its transport at it).
     pub on_committee: Option<OnCommittee>,
+    /// Where the application counts what its admission budgets refuse (the node's
+    /// `agora_refusals_total`); `None` counts nowhere.
+    pub refusals: Option<agora_net::Refusals>,
 }
 
 impl ValidatorConfig {
@@ -54,6 +57,7 @@ impl ValidatorConfig {
             app: AppConfig::default(),
             leader_timeout: Duration::from_secs(1),
             on_committee: None,
+            refusals: None,
         }
     }
 }
@@ -69,7 +73,9 @@ pub struct Running {
     pub engine: Handle<()>,
     pub app: Handle<()>,
     pub mailbox: Mailbox,
-    pub finalized: mpsc::UnboundedReceiver<Finalized>,
+    /// Bounded ([`FINALIZED_OUTPUT`](super::app::FINALIZED_OUTPUT)): consensus waits for the
+    /// node to take them.
+    pub finalized: mpsc::Receiver<Finalized>,
 }
 
 /// Starts the ledger application and the orchestrator that runs the simplex engine for each
@@ -96,7 +102,8 @@ where
 {
     // Refuse a committee that is not made of keys before anything starts.
     committee_set(&config.base.state.committee)?;
-    let (app, mailbox, finalized, epochs) = App::new(config.base, channels.blocks, config.app);
+    let (app, mailbox, finalized, epochs) =
+        App::new(config.base, channels.blocks, config.app, config.refusals);
     let orchestrator = Orchestrator {
         namespace: namespace(&config.genesis.chain_id()),
         key: config.key,
@@ -142,7 +149,7 @@ impl<B: Blocker<PublicKey = PublicKey>> Orchestrator<B> {
     async fn run<E, S, R>(
         self,
         context: E,
-        mut epochs: mpsc::UnboundedReceiver<EpochStart>,
+        mut epochs: watch::Receiver<Option<EpochStart>>,
         votes: (S, R),
         certificates: (S, R),
         resolver: (S, R),
@@ -164,7 +171,12 @@ impl<B: Blocker<PublicKey = PublicKey>> Orchestrator<B> {
         resolver_mux.start();
         let me = self.key.public_key();
         let mut current: Option<(u64, Handle<()>)> = None;
-        while let Some(start) = epochs.recv().await {
+        // Only the newest epoch start matters (an engine for an older epoch would be aborted
+        // at once), so the application keeps just that one for us.
+        while epochs.changed().await.is_ok() {
+            let Some(start) = epochs.borrow_and_update().clone() else {
+                continue;
+            };
             if current.as_ref().is_some_and(|(e, _)| *e >= start.epoch) {
                 continue;
             }

@@ -14,7 +14,11 @@ mod engine;
 mod mempool;
 mod wire;
 
-pub use app::{AppConfig, Base, Finalized, Mailbox, Submitted};
+pub use app::{
+    AppConfig, BUDGET_CLAIMED_BLOCKS, BUDGET_UNSOLICITED_BLOCKS, Base, ENGINE_MAILBOX,
+    FINALIZED_OUTPUT, Finalized, HeldBlocks, MAX_CLAIMED_BLOCKS, MAX_UNSOLICITED_BLOCKS_PER_SENDER,
+    MAX_UNSOLICITED_BYTES_PER_SENDER, Mailbox, NODE_MAILBOX, Submitted,
+};
 pub use engine::{Channels, OnCommittee, Running, ValidatorConfig, start_validator};
 pub use mempool::{MempoolLimits, Rejected};
 pub use wire::BlockMsg;

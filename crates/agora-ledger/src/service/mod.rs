@@ -383,6 +383,7 @@ impl Ledger {
             ValidatorConfig::new(self.genesis.clone(), consensus::private_key(secret), base);
         validator_config.app = config.app;
         validator_config.leader_timeout = config.leader_timeout;
+        validator_config.refusals = Some(self.net.admission().clone());
         {
             // Each epoch's engine talks to that epoch's committee.
             let transport = transport.clone();
@@ -475,7 +476,7 @@ impl Ledger {
     /// Blocks the own consensus engine finalized: already executed and checked by it.
     async fn finalized_loop(
         ledger: std::sync::Weak<Self>,
-        mut finalized: mpsc::UnboundedReceiver<consensus::Finalized>,
+        mut finalized: commonware_utils::channel::mpsc::Receiver<consensus::Finalized>,
     ) {
         while let Some(f) = finalized.recv().await {
             let Some(ledger) = ledger.upgrade() else {
