@@ -133,11 +133,34 @@ pub struct GossipMessage {
     pub data: Vec<u8>,
 }
 
-/// A request on an application protocol. Send the response on `reply`; dropping it sends none
-/// (the requester sees a failure).
+/// A request on an application protocol. Send the response on `reply`, or refuse it with a
+/// reason; dropping it sends none (the requester sees a failure).
 #[derive(Debug)]
 pub struct InboundRequest {
     pub peer: PeerId,
     pub data: Vec<u8>,
-    pub reply: oneshot::Sender<Vec<u8>>,
+    pub reply: Reply,
+}
+
+/// Where the response to an [`InboundRequest`] goes.
+#[derive(Debug)]
+pub struct Reply(pub(crate) oneshot::Sender<Result<Vec<u8>, String>>);
+
+impl Reply {
+    /// A reply and the receiver its response arrives on (for tests and in-process callers).
+    pub fn channel() -> (Reply, oneshot::Receiver<Result<Vec<u8>, String>>) {
+        let (tx, rx) = oneshot::channel();
+        (Reply(tx), rx)
+    }
+
+    /// Sends the response. Fails (handing it back) when the requester is gone.
+    pub fn send(self, response: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.0.send(Ok(response)).map_err(|r| r.unwrap_or_default())
+    }
+
+    /// Refuses the request: the requester gets [`Error::Refused`](crate::Error::Refused) with
+    /// `reason` (cut to [`MAX_REFUSAL_LEN`](crate::MAX_REFUSAL_LEN) bytes).
+    pub fn refuse(self, reason: impl Into<String>) {
+        let _ = self.0.send(Err(reason.into()));
+    }
 }

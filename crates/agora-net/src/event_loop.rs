@@ -253,11 +253,14 @@ pub(crate) fn build(
     let (command_tx, commands) = mpsc::channel(COMMAND_CAP);
     let (events, _) = broadcast::channel(EVENT_CAP);
     let streams = swarm.behaviour().stream.new_control();
+    let refusals = crate::Refusals::default();
+    refusals.register(registry);
     let handle = Handle {
         commands: command_tx,
         events: events.clone(),
         local_peer_id,
         streams,
+        refusals,
     };
     let event_loop = EventLoop {
         swarm,

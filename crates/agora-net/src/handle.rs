@@ -23,6 +23,8 @@ pub enum Error {
     InvalidAddr { addr: String, reason: String },
     #[error("request failed: {0}")]
     Request(String),
+    #[error("refused by the peer: {0}")]
+    Refused(String),
     #[error("protocol {0} is not configured on this node")]
     UnknownProtocol(String),
     #[error("gossip: {0}")]
@@ -67,6 +69,7 @@ pub struct Handle {
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) local_peer_id: PeerId,
     pub(crate) streams: libp2p_stream::Control,
+    pub(crate) refusals: crate::Refusals,
 }
 
 impl std::fmt::Debug for Handle {
@@ -220,14 +223,20 @@ impl Handle {
 
     /// Handles inbound requests of an application protocol: each arrives on `requests` as an
     /// [`InboundRequest`] whose `reply` carries the response back. At most
-    /// [`MAX_INBOUND_PER_PROTOCOL`](crate::MAX_INBOUND_PER_PROTOCOL) are in flight; more are
-    /// refused, as are requests arriving while `requests` is full.
+    /// [`MAX_INBOUND_PER_PROTOCOL`](crate::MAX_INBOUND_PER_PROTOCOL) are in flight, and at most
+    /// [`MAX_INBOUND_PER_PEER`](crate::MAX_INBOUND_PER_PEER) of one peer; more are refused with
+    /// a reason, as are requests arriving while `requests` is full.
     pub fn serve(
         &self,
         protocol: StreamProtocol,
         requests: mpsc::Sender<InboundRequest>,
     ) -> Result<(), Error> {
-        crate::rpc::serve(self.streams.clone(), protocol, requests)
+        crate::rpc::serve(
+            self.streams.clone(),
+            protocol,
+            requests,
+            self.refusals.clone(),
+        )
     }
 
     /// Sends a request on an application protocol and waits up to `timeout` for the response.
@@ -240,6 +249,12 @@ impl Handle {
         timeout: std::time::Duration,
     ) -> Result<Vec<u8>, Error> {
         crate::rpc::request(self.streams.clone(), peer, protocol, data, timeout).await
+    }
+
+    /// The node's refusal counters (`agora_refusals_total{budget}`): every admission budget of
+    /// every service counts its refusals here.
+    pub fn admission(&self) -> &crate::Refusals {
+        &self.refusals
     }
 
     /// The raw stream control, for protocols that stream (e.g. blob transfer).

@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 mod bandwidth;
 mod behaviour;
 mod config;
@@ -42,11 +43,12 @@ mod handle;
 mod muxer;
 mod rpc;
 
+pub use admission::Refusals;
 pub use bandwidth::Bandwidth;
 pub use config::{Config, KadMode};
 pub use event::{
     ConnectOutcome, Direction, Event, GossipMessage, InboundRequest, KnownPeerAddrs, NatState,
-    NodeInfo, PeerInfo, Stats,
+    NodeInfo, PeerInfo, Reply, Stats,
 };
 pub use event_loop::EventLoop;
 pub use handle::{Error, Handle};
@@ -56,7 +58,8 @@ pub use libp2p::{
 };
 pub use muxer::{Muxer, SPLIT_SEND_SIZE, Yamux};
 pub use rpc::{
-    MAX_FRAME_LEN, MAX_INBOUND_PER_PROTOCOL, read_frame, read_frame_with_limit, write_frame,
+    MAX_FRAME_LEN, MAX_INBOUND_PER_PEER, MAX_INBOUND_PER_PROTOCOL, MAX_REFUSAL_LEN, budget,
+    read_frame, read_frame_with_limit, write_frame,
 };
 
 /// The Kademlia protocol id of Agora's DHT.

@@ -11,9 +11,12 @@ use std::{io, sync::Arc, time::Duration};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 
-use crate::{Error, InboundRequest};
+use crate::{
+    Error, InboundRequest, Reply,
+    admission::{PeerSlots, Refusals},
+};
 
 /// Largest request or response frame, in bytes.
 pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
@@ -65,10 +68,32 @@ pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) 
     io.close().await
 }
 
-/// Most inbound requests handled at once per protocol; streams beyond it are dropped.
+/// Most inbound requests handled at once per protocol, from all peers together.
 pub const MAX_INBOUND_PER_PROTOCOL: usize = 64;
+/// Most inbound requests of one peer handled at once per protocol: one peer cannot hold the
+/// slots of [`MAX_INBOUND_PER_PROTOCOL`] by itself.
+pub const MAX_INBOUND_PER_PEER: usize = 8;
+/// Longest refusal reason sent on the wire, in bytes.
+pub const MAX_REFUSAL_LEN: usize = 1024;
 /// How long a peer has to send its request once the stream is open.
 const READ_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer has to take our response: a slow reader loses its slot after this.
+const WRITE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response frame whose length has this bit set is a refusal: the remaining bits are the
+/// length of a UTF-8 reason ([`MAX_FRAME_LEN`] is far below it, so no response is mistaken).
+const REFUSAL_FLAG: u32 = 1 << 31;
+
+/// Budget names counted on `agora_refusals_total` by the request layer.
+pub mod budget {
+    /// A peer already had [`MAX_INBOUND_PER_PEER`](super::MAX_INBOUND_PER_PEER) requests of
+    /// the protocol in flight.
+    pub const PER_PEER: &str = "rpc.inbound_per_peer";
+    /// All peers together had [`MAX_INBOUND_PER_PROTOCOL`](super::MAX_INBOUND_PER_PROTOCOL)
+    /// requests of the protocol in flight.
+    pub const TOTAL: &str = "rpc.inbound_per_protocol";
+    /// The application's queue of requests was full.
+    pub const QUEUE: &str = "rpc.handler_queue";
+}
 
 /// Attempts per request when the stream fails before the response starts.
 const ATTEMPTS: usize = 3;
@@ -78,7 +103,7 @@ const ATTEMPTS: usize = 3;
 /// A responder that is flooded with new streams drops some unread (libp2p-stream queues one
 /// inbound stream per protocol at a time); the requester then sees the stream closed before
 /// any response. Such a request is sent again on a fresh stream, up to [`ATTEMPTS`] times,
-/// so application protocols must be idempotent (all of Agora's are).
+/// so application protocols must be idempotent (all of Agora's are). A refusal is final.
 pub(crate) async fn request(
     control: libp2p_stream::Control,
     peer: PeerId,
@@ -121,39 +146,101 @@ async fn request_once(
         return Err((Error::Request(format!("sending: {e}")), true));
     }
     // Closed before the response began: worth another attempt; an oversized length is not.
-    let len = read_frame_len(&mut stream, MAX_FRAME_LEN)
-        .await
-        .map_err(|e| {
-            let retry = e.kind() != io::ErrorKind::InvalidData;
-            (Error::Request(format!("receiving: {e}")), retry)
-        })?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.map_err(|e| {
+        let retry = e.kind() != io::ErrorKind::InvalidData;
+        (Error::Request(format!("receiving: {e}")), retry)
+    })?;
+    let len = u32::from_be_bytes(len);
+    let receiving = |e: io::Error| (Error::Request(format!("receiving: {e}")), false);
+    if len & REFUSAL_FLAG != 0 {
+        let len = (len & !REFUSAL_FLAG) as usize;
+        if len > MAX_REFUSAL_LEN {
+            return Err((
+                Error::Request(format!("refusal of {len} bytes exceeds {MAX_REFUSAL_LEN}")),
+                false,
+            ));
+        }
+        let mut reason = vec![0u8; len];
+        stream.read_exact(&mut reason).await.map_err(receiving)?;
+        return Err((
+            Error::Refused(String::from_utf8_lossy(&reason).into_owned()),
+            false,
+        ));
+    }
+    let len = len as usize;
+    if len > MAX_FRAME_LEN {
+        return Err((
+            Error::Request(format!(
+                "receiving: frame of {len} bytes exceeds the limit of {MAX_FRAME_LEN}"
+            )),
+            false,
+        ));
+    }
     let mut buf = vec![0u8; len];
-    stream
-        .read_exact(&mut buf)
-        .await
-        .map_err(|e| (Error::Request(format!("receiving: {e}")), false))?;
+    stream.read_exact(&mut buf).await.map_err(receiving)?;
     Ok(buf)
 }
 
+/// Writes a refusal frame with `reason` (cut to [`MAX_REFUSAL_LEN`] bytes at a character
+/// boundary) and closes the writing side.
+async fn write_refusal<T: AsyncWrite + Unpin + Send>(io: &mut T, reason: &str) -> io::Result<()> {
+    let mut end = reason.len().min(MAX_REFUSAL_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    io.write_all(&(reason.len() as u32 | REFUSAL_FLAG).to_be_bytes())
+        .await?;
+    io.write_all(reason).await?;
+    io.close().await
+}
+
 /// Accepts streams of `protocol` and hands each request to `requests`, writing back the reply.
+///
+/// Budgets, checked before the request is read: [`MAX_INBOUND_PER_PEER`] per peer and
+/// [`MAX_INBOUND_PER_PROTOCOL`] in all; a request over either, or arriving while `requests` is
+/// full, gets a refusal frame naming the budget and is counted on `refusals`.
 pub(crate) fn serve(
     mut control: libp2p_stream::Control,
     protocol: StreamProtocol,
     requests: mpsc::Sender<InboundRequest>,
+    refusals: Refusals,
 ) -> Result<(), Error> {
     let mut incoming = control
         .accept(protocol.clone())
         .map_err(|_| Error::Request(format!("{protocol} is already served")))?;
     let slots = Arc::new(Semaphore::new(MAX_INBOUND_PER_PROTOCOL));
+    let peer_slots = PeerSlots::new(MAX_INBOUND_PER_PEER);
     tokio::spawn(async move {
         while let Some((peer, mut stream)) = incoming.next().await {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(%peer, %protocol, "too many inbound requests; dropping stream");
-                continue;
+            let admitted = match peer_slots.try_acquire(peer) {
+                None => Err((budget::PER_PEER, "busy: too many requests from you at once")),
+                Some(peer_slot) => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => Ok((peer_slot, permit)),
+                    Err(_) => Err((budget::TOTAL, "busy: too many requests at once")),
+                },
+            };
+            let (peer_slot, permit) = match admitted {
+                Ok(slots) => slots,
+                Err((budget, reason)) => {
+                    refusals.refuse(budget);
+                    tracing::debug!(%peer, %protocol, budget, "inbound request refused");
+                    // The refusal is written off the accept loop, bounded in time.
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            WRITE_RESPONSE_TIMEOUT,
+                            write_refusal(&mut stream, reason),
+                        )
+                        .await;
+                    });
+                    continue;
+                }
             };
             let requests = requests.clone();
+            let refusals = refusals.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _slots = (peer_slot, permit);
                 let data = match tokio::time::timeout(READ_REQUEST_TIMEOUT, read_frame(&mut stream))
                     .await
                 {
@@ -167,18 +254,41 @@ pub(crate) fn serve(
                         return;
                     }
                 };
-                let (reply, response) = oneshot::channel();
+                let (reply, response) = Reply::channel();
                 if requests
                     .try_send(InboundRequest { peer, data, reply })
                     .is_err()
                 {
-                    tracing::debug!(%peer, "request handler busy or gone; dropping request");
+                    refusals.refuse(budget::QUEUE);
+                    tracing::debug!(%peer, "request handler busy or gone; refusing request");
+                    let _ = tokio::time::timeout(
+                        WRITE_RESPONSE_TIMEOUT,
+                        write_refusal(&mut stream, "busy: request queue full"),
+                    )
+                    .await;
                     return;
                 }
-                if let Ok(response) = response.await
-                    && let Err(e) = write_frame(&mut stream, &response).await
-                {
-                    tracing::debug!(%peer, "cannot send response: {e}");
+                let written = match response.await {
+                    Ok(Ok(response)) => {
+                        tokio::time::timeout(
+                            WRITE_RESPONSE_TIMEOUT,
+                            write_frame(&mut stream, &response),
+                        )
+                        .await
+                    }
+                    Ok(Err(reason)) => {
+                        tokio::time::timeout(
+                            WRITE_RESPONSE_TIMEOUT,
+                            write_refusal(&mut stream, &reason),
+                        )
+                        .await
+                    }
+                    Err(_) => return,
+                };
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%peer, "cannot send response: {e}"),
+                    Err(_) => tracing::debug!(%peer, "response not taken in time"),
                 }
             });
         }
@@ -206,6 +316,19 @@ mod tests {
         bytes.extend_from_slice(b"tiny");
         let err = read_frame(&mut Cursor::new(bytes)).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_cut_at_its_limit_on_a_character_boundary() {
+        let mut buf = Cursor::new(Vec::new());
+        let reason = "é".repeat(MAX_REFUSAL_LEN); // two bytes each
+        write_refusal(&mut buf, &reason).await.unwrap();
+        let bytes = buf.into_inner();
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap());
+        assert_ne!(len & REFUSAL_FLAG, 0);
+        let len = (len & !REFUSAL_FLAG) as usize;
+        assert_eq!(len, MAX_REFUSAL_LEN);
+        assert!(std::str::from_utf8(&bytes[4..4 + len]).is_ok());
     }
 
     #[tokio::test]

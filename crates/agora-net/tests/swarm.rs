@@ -261,3 +261,79 @@ async fn providers_are_announced_and_found() {
     let closest = c.closest_peers(b"any key".to_vec()).await.unwrap();
     assert!(closest.contains(&hub.local_peer_id()), "{closest:?}");
 }
+
+/// Hardening item 6: the 64 request slots of a protocol were shared by all peers, so one
+/// peer holding requests open (a slow reader, or a handler it keeps busy) took every slot and
+/// honest peers' requests were dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_hold_every_request_slot() {
+    use futures::AsyncReadExt;
+
+    let protocol = StreamProtocol::new("/agora/test-slots/1.0.0");
+    let (server, addr) = node(vec![]).await;
+    let (hostile, _) = node(vec![]).await;
+    let (honest, _) = node(vec![]).await;
+    // The handler answers at once, but only the honest peer's stream reads its answer: the
+    // hostile peer opens streams and never sends its request, holding each slot.
+    let (tx, mut rx) = mpsc::channel::<agora_net::InboundRequest>(64);
+    server.serve(protocol.clone(), tx).unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            let _ = req.reply.send(req.data);
+        }
+    });
+    hostile.dial(addr.clone()).await.unwrap();
+    honest.dial(addr).await.unwrap();
+    let mut streams = Vec::new();
+    let mut control = hostile.stream_control();
+    for _ in 0..agora_net::MAX_INBOUND_PER_PROTOCOL {
+        let stream = control
+            .open_stream(server.local_peer_id(), protocol.clone())
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+    // Streams past the per-peer budget are answered at once with a refusal frame; the rest
+    // stay open, waiting for a request that never comes.
+    let (mut held, mut refused) = (0, 0);
+    for stream in streams.iter_mut() {
+        let mut len = [0u8; 4];
+        match tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut len)).await {
+            Err(_) => held += 1,
+            Ok(Ok(())) => {
+                assert_ne!(u32::from_be_bytes(len) & (1 << 31), 0, "a refusal frame");
+                refused += 1;
+            }
+            Ok(Err(_)) => {} // dropped before it was accepted
+        }
+    }
+    assert!(
+        held <= agora_net::MAX_INBOUND_PER_PEER,
+        "one peer holds {held} slots"
+    );
+    assert!(refused > 0, "no stream was refused");
+    assert_eq!(
+        server.admission().count(agora_net::budget::PER_PEER),
+        refused as u64
+    );
+    // The honest peer is served while the hostile one holds its share.
+    let answer = honest
+        .request(
+            server.local_peer_id(),
+            protocol.clone(),
+            b"hello".to_vec(),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, b"hello");
+    // And the hostile peer, asking properly past its budget, gets the reason.
+    match hostile
+        .request(server.local_peer_id(), protocol, b"more".to_vec(), WAIT)
+        .await
+    {
+        Err(agora_net::Error::Refused(reason)) => assert!(reason.contains("busy"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(streams);
+}

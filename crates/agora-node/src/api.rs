@@ -98,6 +98,8 @@ impl From<agora_net::Error> for ApiError {
             E::Request(_) | E::UnknownProtocol(_) | E::Gossip(_) | E::Dht(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "network_error", e.to_string())
             }
+            E::Refused(_) => Self::new(StatusCode::BAD_GATEWAY, "refused_by_peer", e.to_string())
+                .with_hint("the peer's admission budget refused the request; try again later"),
         }
     }
 }
