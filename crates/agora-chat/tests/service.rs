@@ -8,6 +8,7 @@ use agora_chat::{
     proto::mailbox::{self, Quota},
     service::{
         CHAT_PROTOCOL, Chat, Config, Direction, MAILBOX_PROTOCOL, MessageFilter, MessageState,
+        budget,
     },
     wire::{
         AckRequest, DirectMessage, DirectReply, Envelope, FetchRequest, Frame, Letter,
@@ -116,6 +117,23 @@ async fn direct(from: &Peer, to: &Peer, bytes: Vec<u8>) -> DirectReply {
     DirectReply::decode(&answer).expect("a well-formed reply")
 }
 
+/// Sends a direct message that must be refused with a reason naming `budget`.
+async fn assert_refused(from: &Peer, to: &Peer, bytes: Vec<u8>, budget: &str) {
+    match from
+        .net
+        .request(to.net.local_peer_id(), CHAT_PROTOCOL, bytes, WAIT)
+        .await
+    {
+        Err(agora_net::Error::Refused(reason)) => {
+            assert!(
+                reason.contains(budget),
+                "refused for {reason:?}, not {budget}"
+            )
+        }
+        other => panic!("expected a refusal by {budget}, got {other:?}"),
+    }
+}
+
 async fn mailbox(from: &Peer, to: &Peer, req: MailboxRequest) -> MailboxResponse {
     let answer = from
         .net
@@ -169,10 +187,7 @@ async fn forged_replayed_oversized_and_malformed_direct_messages_are_rejected() 
     let other = Identity::from_keypair(&Keypair::generate_ed25519()).unwrap();
     let mut forged = DirectMessage::new(&h.identity, id(), xid, 0, now(), "forged".into()).unwrap();
     forged.from = other.peer_id();
-    assert_eq!(
-        direct(&h, &x, forged.encode().unwrap()).await,
-        DirectReply::Rejected(Rejection::Invalid)
-    );
+    assert_refused(&h, &x, forged.encode().unwrap(), budget::REFUSED_AUTHOR).await;
     // Addressed to someone else.
     let elsewhere =
         DirectMessage::new(&h.identity, id(), other.peer_id(), 0, now(), "hi".into()).unwrap();
@@ -230,6 +245,109 @@ async fn forged_replayed_oversized_and_malformed_direct_messages_are_rejected() 
         DirectReply::Delivered(_)
     ));
     assert_eq!(inbox(chat).await, ["hello", "one", "two", "three"]);
+}
+
+#[tokio::test]
+async fn one_connection_cannot_open_conversations_for_throwaway_keys() {
+    // Hardening item 1: every author key used to get a conversation (with up to 256 buffered
+    // messages of 64 KiB) no matter which peer delivered its messages.
+    let x = peer(vec![], Some(Config::default())).await;
+    let h = peer(vec![x.addr.clone()], None).await;
+    let chat = x.chat.as_ref().unwrap();
+    let xid = x.net.local_peer_id();
+    connect(&h, &x).await;
+    for i in 0..20 {
+        // Validly signed by a fresh key, sent over h's connection; seq 5 would be buffered.
+        let throwaway = Identity::from_keypair(&Keypair::generate_ed25519()).unwrap();
+        let msg = DirectMessage::new(&throwaway, id(), xid, 5, now(), format!("spam {i}")).unwrap();
+        assert_refused(&h, &x, msg.encode().unwrap(), budget::REFUSED_AUTHOR).await;
+    }
+    assert_eq!(x.net.admission().count(budget::REFUSED_AUTHOR), 20);
+    // h's own messages still go through, in order.
+    let hello = DirectMessage::new(&h.identity, id(), xid, 0, now(), "hello".into()).unwrap();
+    assert!(matches!(
+        direct(&h, &x, hello.encode().unwrap()).await,
+        DirectReply::Delivered(_)
+    ));
+    assert_eq!(inbox(chat).await, ["hello"]);
+}
+
+#[tokio::test]
+async fn a_peer_past_its_message_rate_is_refused_and_its_conversation_table_is_bounded() {
+    let config = Config {
+        direct_rate: agora_net::admission::Rate::new(0.001, 3.0),
+        max_conversations: 2,
+        ..Config::default()
+    };
+    let x = peer(vec![], Some(config)).await;
+    let chat = x.chat.as_ref().unwrap();
+    let xid = x.net.local_peer_id();
+    let h = peer(vec![x.addr.clone()], None).await;
+    connect(&h, &x).await;
+    for seq in 0..3 {
+        let m = DirectMessage::new(&h.identity, id(), xid, seq, now(), format!("m{seq}")).unwrap();
+        assert!(matches!(
+            direct(&h, &x, m.encode().unwrap()).await,
+            DirectReply::Delivered(_)
+        ));
+    }
+    let fourth = DirectMessage::new(&h.identity, id(), xid, 3, now(), "m3".into()).unwrap();
+    assert_refused(
+        &h,
+        &x,
+        fourth.encode().unwrap(),
+        budget::REFUSED_DIRECT_RATE,
+    )
+    .await;
+    assert_eq!(inbox(chat).await, ["m0", "m1", "m2"]);
+
+    // Two more peers: the table holds two conversations, but idle ones (nothing buffered)
+    // make room and resume from their counters, so a third author is still served.
+    let g = peer(vec![x.addr.clone()], None).await;
+    connect(&g, &x).await;
+    let gm = DirectMessage::new(&g.identity, id(), xid, 0, now(), "from g".into()).unwrap();
+    assert!(matches!(
+        direct(&g, &x, gm.encode().unwrap()).await,
+        DirectReply::Delivered(_)
+    ));
+    // g buffers a message (seq 2 before 1): its conversation cannot be dropped now.
+    let g2 = DirectMessage::new(&g.identity, id(), xid, 2, now(), "g two".into()).unwrap();
+    assert!(matches!(
+        direct(&g, &x, g2.encode().unwrap()).await,
+        DirectReply::Delivered(_)
+    ));
+    let k = peer(vec![x.addr.clone()], None).await;
+    connect(&k, &x).await;
+    let km = DirectMessage::new(&k.identity, id(), xid, 0, now(), "from k".into()).unwrap();
+    assert!(matches!(
+        direct(&k, &x, km.encode().unwrap()).await,
+        DirectReply::Delivered(_)
+    ));
+    // Now g (buffering) and k (just written) hold the table... h's conversation was dropped;
+    // its counter is resumed, so a replay of m2 is not shown twice.
+    let replay = DirectMessage::new(&h.identity, id(), xid, 2, now(), "m2 again".into()).unwrap();
+    let _ = h
+        .net
+        .request(xid, CHAT_PROTOCOL, replay.encode().unwrap(), WAIT)
+        .await;
+    // A fourth author finds the table full of buffering or fresh conversations only if they
+    // all buffer: make k buffer too, then a new peer is refused.
+    let k2 = DirectMessage::new(&k.identity, id(), xid, 2, now(), "k two".into()).unwrap();
+    assert!(matches!(
+        direct(&k, &x, k2.encode().unwrap()).await,
+        DirectReply::Delivered(_)
+    ));
+    let z = peer(vec![x.addr.clone()], None).await;
+    connect(&z, &x).await;
+    let zm = DirectMessage::new(&z.identity, id(), xid, 0, now(), "from z".into()).unwrap();
+    assert_eq!(
+        direct(&z, &x, zm.encode().unwrap()).await,
+        DirectReply::Rejected(Rejection::TryLater)
+    );
+    assert_eq!(x.net.admission().count(budget::REFUSED_CONVERSATIONS), 1);
+    let mut shown = inbox(chat).await;
+    shown.sort();
+    assert_eq!(shown, ["from g", "from k", "m0", "m1", "m2"]);
 }
 
 #[tokio::test]

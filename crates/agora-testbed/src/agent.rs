@@ -155,13 +155,18 @@ pub fn hostile(targets: &[Multiaddr], room: &str) -> Result<()> {
                 format!("forged {i}"),
             )?;
             m.from = peers[1 % peers.len()];
-            if let Ok(reply) = net.request(peers[0], CHAT_PROTOCOL, m.encode()?, t).await
-                && matches!(
-                    agora_chat::wire::DirectReply::decode(&reply),
-                    Ok(agora_chat::wire::DirectReply::Rejected(_))
-                )
-            {
-                forged_refused += 1;
+            // Refused by the author check (a refusal on the wire) or as a bad signature.
+            match net.request(peers[0], CHAT_PROTOCOL, m.encode()?, t).await {
+                Err(agora_net::Error::Refused(_)) => forged_refused += 1,
+                Ok(reply)
+                    if matches!(
+                        agora_chat::wire::DirectReply::decode(&reply),
+                        Ok(agora_chat::wire::DirectReply::Rejected(_))
+                    ) =>
+                {
+                    forged_refused += 1
+                }
+                _ => {}
             }
         }
 

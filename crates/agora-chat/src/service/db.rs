@@ -191,6 +191,15 @@ impl ChatDb {
         Ok(out)
     }
 
+    /// The next expected seq of messages from `peer` (0 for a peer never heard from).
+    pub fn in_counter(&self, peer: &PeerId) -> Result<u64, DbError> {
+        let tx = self.read()?;
+        let t = tx.open_table(COUNTERS).map_err(e)?;
+        Ok(t.get(in_key(peer).as_str())
+            .map_err(e)?
+            .map_or(0, |v| v.value()))
+    }
+
     // ---- direct messages ----
 
     fn insert_record(

@@ -24,7 +24,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use agora_net::{Handle, InboundRequest};
+use agora_net::{
+    Handle, InboundRequest,
+    admission::{Rate, RateRefusal, SharedRateLimiter},
+};
 use libp2p::{StreamProtocol, gossipsub::MessageAcceptance, kad::KBucketKey};
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
@@ -56,6 +59,8 @@ pub const PRESENCE_PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/presen
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests of one protocol waiting for its handler.
+const REQUEST_QUEUE: usize = 64;
 /// How long a DHT lookup for mailbox holders or room members may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Mailbox holders asked when collecting (more than are written to, to survive churn).
@@ -77,6 +82,72 @@ pub const MAX_LIST: usize = 1000;
 /// Longest a long-poll listing waits for something new.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// Admission budgets of the messaging service: what one peer (or one author key) may make
+/// this node hold or do. Every refusal is counted on `agora_refusals_total` under the name in
+/// the matching `REFUSED_*` constant and answered with a reason.
+pub mod budget {
+    use agora_net::admission::Rate;
+
+    /// Direct messages one peer may send us: 20 a second, in bursts of up to 200.
+    pub const DIRECT_MESSAGES: Rate = Rate::new(20.0, 200.0);
+    /// Bytes of direct messages one peer may send us: 1 MiB a second, bursts of 8 MiB.
+    pub const DIRECT_BYTES: Rate = Rate::new(1024.0 * 1024.0, 8.0 * 1024.0 * 1024.0);
+    /// Mailbox requests (store, fetch, ack) one peer may make: 50 a second, bursts of 500.
+    pub const MAILBOX_REQUESTS: Rate = Rate::new(50.0, 500.0);
+    /// Presence exchanges one peer may start: one every 2 s, bursts of 10.
+    pub const PRESENCE_EXCHANGES: Rate = Rate::new(0.5, 10.0);
+    /// History requests one peer may make: 2 a second, bursts of 20.
+    pub const HISTORY_REQUESTS: Rate = Rate::new(2.0, 20.0);
+    /// Peers each of the rate budgets above tracks at once (idle peers are forgotten first).
+    pub const MAX_RATE_PEERS: usize = 4096;
+    /// Conversations (one per author key) held in memory. An idle one (nothing buffered)
+    /// is dropped to make room and resumed from its persisted counter when it writes again.
+    pub const MAX_CONVERSATIONS: usize = 4096;
+    /// Out-of-order messages held per author until the gap before them fills.
+    pub const MAX_BUFFERED_PER_AUTHOR: usize = 32;
+    /// Out-of-order messages held for all authors together (each at most 64 KiB).
+    pub const MAX_BUFFERED_TOTAL: usize = 1024;
+    /// Peers whose last-seen time is remembered; the oldest non-contact is forgotten first.
+    pub const MAX_LAST_SEEN: usize = 4096;
+
+    pub const REFUSED_AUTHOR: &str = "chat.direct.author";
+    pub const REFUSED_DIRECT_RATE: &str = "chat.direct.peer_rate";
+    pub const REFUSED_CONVERSATIONS: &str = "chat.direct.conversations";
+    pub const REFUSED_BUFFERED: &str = "chat.direct.buffered";
+    pub const REFUSED_MAILBOX_RATE: &str = "chat.mailbox.peer_rate";
+    pub const REFUSED_PRESENCE_PEER: &str = "chat.presence.peer";
+    pub const REFUSED_PRESENCE_RATE: &str = "chat.presence.peer_rate";
+    pub const REFUSED_HISTORY_RATE: &str = "chat.history.peer_rate";
+}
+
+/// A request as the chat handlers see it (the reply is sent by [`Chat::serve`]).
+struct Request {
+    peer: PeerId,
+    data: Vec<u8>,
+}
+
+/// The per-peer rate budgets of [`budget`].
+struct Limits {
+    direct: SharedRateLimiter<PeerId>,
+    direct_bytes: SharedRateLimiter<PeerId>,
+    mailbox: SharedRateLimiter<PeerId>,
+    presence: SharedRateLimiter<PeerId>,
+    history: SharedRateLimiter<PeerId>,
+}
+
+impl Limits {
+    fn new(config: &Config) -> Self {
+        let limiter = |rate: Rate| SharedRateLimiter::new(rate, budget::MAX_RATE_PEERS);
+        Limits {
+            direct: limiter(config.direct_rate),
+            direct_bytes: limiter(budget::DIRECT_BYTES),
+            mailbox: limiter(budget::MAILBOX_REQUESTS),
+            presence: limiter(budget::PRESENCE_EXCHANGES),
+            history: limiter(budget::HISTORY_REQUESTS),
+        }
+    }
+}
+
 /// Settings of the messaging service.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,6 +161,10 @@ pub struct Config {
     pub mailbox_replicas: usize,
     /// Limits of the envelopes this node holds for others.
     pub mailbox: mailbox::Config,
+    /// Direct messages one peer may send us ([`budget::DIRECT_MESSAGES`]).
+    pub direct_rate: Rate,
+    /// Conversations held in memory ([`budget::MAX_CONVERSATIONS`]).
+    pub max_conversations: usize,
 }
 
 impl Default for Config {
@@ -100,6 +175,8 @@ impl Default for Config {
             retry_interval: Duration::from_secs(15),
             mailbox_replicas: 3,
             mailbox: mailbox::Config::default(),
+            direct_rate: budget::DIRECT_MESSAGES,
+            max_conversations: budget::MAX_CONVERSATIONS,
         }
     }
 }
@@ -302,6 +379,7 @@ pub struct Chat {
     receipted: Mutex<HashSet<[u8; 16]>>,
     /// When we last asked a peer that wrote to us for its profile.
     profile_asked: Mutex<HashMap<PeerId, std::time::Instant>>,
+    limits: Limits,
 }
 
 impl Chat {
@@ -332,15 +410,9 @@ impl Chat {
                 tracing::warn!("cannot requeue a stored outgoing message: {e}");
             }
         }
-        let mut receivers = HashMap::new();
-        for (peer, seq) in db.counters("in/")? {
-            if let Ok(peer) = peer.parse::<PeerId>() {
-                receivers.insert(
-                    peer,
-                    Receiver::resume(identity.clone(), peer, seq, direct::Config::default()),
-                );
-            }
-        }
+        // Conversations are resumed from their persisted counters when their author writes
+        // (see `accept_message`), so memory holds only the active ones.
+        let receivers = HashMap::new();
         let mut mailbox = MailboxStore::new(me, config.mailbox.clone());
         for env in db.held()? {
             if let Err(e) = mailbox.store(env, t) {
@@ -375,6 +447,7 @@ impl Chat {
             rooms.insert(room, RoomState { history, next_seq });
         }
 
+        let limits = Limits::new(&config);
         let chat = Arc::new(Self {
             net: net.clone(),
             identity: identity.clone(),
@@ -400,6 +473,7 @@ impl Chat {
             inflight: tokio_util::task::TaskTracker::new(),
             receipted: Mutex::new(HashSet::new()),
             profile_asked: Mutex::new(HashMap::new()),
+            limits,
         });
         // Held messages from before the restart still need delivering, and their buffered
         // successors re-checking.
@@ -446,22 +520,48 @@ impl Chat {
         (nick, short_peer_id(&peer))
     }
 
+    /// Serves `protocol`: requests are handled one at a time per protocol, each on a
+    /// blocking thread (handlers take the state lock and commit to redb with fsync, which must
+    /// not stall the async workers). A handler's `Err` is a refusal, sent with its reason.
     fn serve(
         self: &Arc<Self>,
         protocol: StreamProtocol,
-        handle: fn(&Arc<Self>, &InboundRequest) -> Vec<u8>,
+        handle: fn(&Arc<Self>, &Request) -> Result<Vec<u8>, String>,
     ) -> Result<(), ChatError> {
-        let (tx, mut rx) = mpsc::channel::<InboundRequest>(64);
+        let (tx, mut rx) = mpsc::channel::<InboundRequest>(REQUEST_QUEUE);
         self.net.serve(protocol, tx)?;
         let chat = Arc::downgrade(self);
         tokio::spawn(async move {
-            while let Some(req) = rx.recv().await {
+            while let Some(InboundRequest { peer, data, reply }) = rx.recv().await {
                 let Some(chat) = chat.upgrade() else { return };
-                let response = handle(&chat, &req);
-                let _ = req.reply.send(response);
+                let request = Request { peer, data };
+                match tokio::task::spawn_blocking(move || handle(&chat, &request)).await {
+                    Ok(Ok(response)) => {
+                        let _ = reply.send(response);
+                    }
+                    Ok(Err(reason)) => reply.refuse(reason),
+                    Err(e) => tracing::error!("a chat request handler failed: {e}"),
+                }
             }
         });
         Ok(())
+    }
+
+    /// Takes `cost` from `peer`'s budget in `limiter`, counting a refusal as `name`.
+    fn admit(
+        &self,
+        limiter: &SharedRateLimiter<PeerId>,
+        peer: PeerId,
+        cost: f64,
+        name: &'static str,
+    ) -> Result<(), String> {
+        limiter.check(&peer, cost).map_err(|refusal| {
+            self.net.admission().refuse(name);
+            match refusal {
+                RateRefusal::Exhausted => format!("{name}: too many requests; retry later"),
+                RateRefusal::TooManyKeys => format!("{name}: too many peers at once; retry later"),
+            }
+        })
     }
 
     fn spawn_tasks(self: &Arc<Self>) {
@@ -773,8 +873,30 @@ impl Chat {
         }
     }
 
-    fn on_direct(self: &Arc<Self>, req: &InboundRequest) -> Vec<u8> {
+    fn on_direct(self: &Arc<Self>, req: &Request) -> Result<Vec<u8>, String> {
+        self.admit(
+            &self.limits.direct,
+            req.peer,
+            1.0,
+            budget::REFUSED_DIRECT_RATE,
+        )?;
+        self.admit(
+            &self.limits.direct_bytes,
+            req.peer,
+            req.data.len() as f64,
+            budget::REFUSED_DIRECT_RATE,
+        )?;
         let reply = match DirectMessage::decode(&req.data) {
+            // The direct protocol carries only the sender's own messages (relayed ones come
+            // through mailboxes): a message from any other author would let one connection
+            // open conversations for any number of throwaway keys.
+            Ok(msg) if msg.from != req.peer => {
+                self.net.admission().refuse(budget::REFUSED_AUTHOR);
+                return Err(format!(
+                    "{}: a direct message must be written by the peer that sends it",
+                    budget::REFUSED_AUTHOR
+                ));
+            }
             Ok(msg) => match self.accept_message(msg, "direct") {
                 Ok(receipt) => {
                     self.learn_profile(receipt.sender);
@@ -787,7 +909,7 @@ impl Chat {
                 DirectReply::Rejected(Rejection::Invalid)
             }
         };
-        reply.encode().unwrap_or_default()
+        Ok(reply.encode().unwrap_or_default())
     }
 
     /// Runs a received message through its conversation; stores what becomes deliverable
@@ -799,11 +921,34 @@ impl Chat {
             return Err(Rejection::NotForUs);
         }
         let from = msg.from;
-        let identity = self.identity.clone();
-        let rx = st
-            .receivers
-            .entry(from)
-            .or_insert_with(|| Receiver::new(identity, from, direct::Config::default()));
+        if !st.receivers.contains_key(&from) {
+            let max = self.config.max_conversations;
+            if st.receivers.len() >= max {
+                // Idle conversations resume from their persisted counter when they write again.
+                st.receivers.retain(|_, rx| rx.buffered() > 0);
+            }
+            if st.receivers.len() >= max {
+                self.net.admission().refuse(budget::REFUSED_CONVERSATIONS);
+                return Err(Rejection::TryLater);
+            }
+            let next = self.db.in_counter(&from).map_err(|e| {
+                tracing::warn!("{e}");
+                Rejection::TryLater
+            })?;
+            let config =
+                direct::Config::default().with_max_buffered(budget::MAX_BUFFERED_PER_AUTHOR);
+            let rx = Receiver::resume(self.identity.clone(), from, next, config);
+            st.receivers.insert(from, rx);
+        }
+        let would_buffer = st.receivers[&from].next_seq() < msg.seq;
+        if would_buffer {
+            let held: usize = st.receivers.values().map(Receiver::buffered).sum();
+            if held >= budget::MAX_BUFFERED_TOTAL {
+                self.net.admission().refuse(budget::REFUSED_BUFFERED);
+                return Err(Rejection::TryLater);
+            }
+        }
+        let rx = st.receivers.get_mut(&from).expect("inserted above");
         let result = rx.handle_message(msg.clone(), t).map_err(|e| {
             tracing::debug!(%from, "dropped a direct message: {e}");
             e.rejection()
@@ -1018,7 +1163,13 @@ impl Chat {
         }
     }
 
-    fn on_mailbox(self: &Arc<Self>, req: &InboundRequest) -> Vec<u8> {
+    fn on_mailbox(self: &Arc<Self>, req: &Request) -> Result<Vec<u8>, String> {
+        self.admit(
+            &self.limits.mailbox,
+            req.peer,
+            1.0,
+            budget::REFUSED_MAILBOX_RATE,
+        )?;
         let t = now();
         let response = match MailboxRequest::decode(&req.data) {
             Err(e) => {
@@ -1026,9 +1177,10 @@ impl Chat {
                 MailboxResponse::Refused(Refusal::Invalid)
             }
             Ok(MailboxRequest::Store(env)) => {
-                let mut st = self.state.lock().unwrap();
                 let copy = env.clone();
-                match st.mailbox.store(env, t) {
+                // The lock is released before the fsync of the write below.
+                let stored = self.state.lock().unwrap().mailbox.store(env, t);
+                match stored {
                     Ok(mailbox::Stored::New) => match self.db.hold(&copy) {
                         Ok(()) => MailboxResponse::Stored,
                         Err(e) => {
@@ -1054,8 +1206,8 @@ impl Chat {
                 }
             }
             Ok(MailboxRequest::Ack(a)) => {
-                let mut st = self.state.lock().unwrap();
-                match st.mailbox.ack(&a, t) {
+                let acked = self.state.lock().unwrap().mailbox.ack(&a, t);
+                match acked {
                     Ok(deleted) => {
                         if let Err(e) = self.db.release(&a.recipient, &a.ids) {
                             tracing::warn!("{e}");
@@ -1068,7 +1220,7 @@ impl Chat {
                 }
             }
         };
-        response.encode().unwrap_or_default()
+        Ok(response.encode().unwrap_or_default())
     }
 
     /// Collects this node's offline mailbox from its holders; returns the number of new
@@ -1378,7 +1530,13 @@ impl Chat {
         .await;
     }
 
-    fn on_history(self: &Arc<Self>, req: &InboundRequest) -> Vec<u8> {
+    fn on_history(self: &Arc<Self>, req: &Request) -> Result<Vec<u8>, String> {
+        self.admit(
+            &self.limits.history,
+            req.peer,
+            1.0,
+            budget::REFUSED_HISTORY_RATE,
+        )?;
         let response = match HistoryRequest::decode(&req.data) {
             Ok(r) => {
                 let st = self.state.lock().unwrap();
@@ -1392,10 +1550,10 @@ impl Chat {
             }
             Err(e) => {
                 tracing::debug!(peer = %req.peer, "malformed history request: {e}");
-                return Vec::new();
+                return Err("malformed history request".into());
             }
         };
-        response.encode().unwrap_or_default()
+        Ok(response.encode().unwrap_or_default())
     }
 
     pub fn parse_room(name: &str) -> Result<RoomId, ChatError> {
@@ -1614,6 +1772,19 @@ impl Chat {
         let mut st = self.state.lock().unwrap();
         if st.presence.handle(ex.presence, t).is_ok() {
             st.down.remove(&peer);
+            if !st.last_seen.contains_key(&peer) && st.last_seen.len() >= budget::MAX_LAST_SEEN {
+                // Forget the peer seen longest ago that is not a contact.
+                let oldest = st
+                    .last_seen
+                    .iter()
+                    .filter(|(p, _)| !st.contacts.contains_key(p))
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(p, _)| *p);
+                if let Some(oldest) = oldest {
+                    st.last_seen.remove(&oldest);
+                    st.last_seen_dirty.remove(&oldest);
+                }
+            }
             st.last_seen.insert(peer, t.as_millis());
             st.last_seen_dirty.insert(peer);
         }
@@ -1625,12 +1796,27 @@ impl Chat {
         }
     }
 
-    fn on_presence(self: &Arc<Self>, req: &InboundRequest) -> Vec<u8> {
+    fn on_presence(self: &Arc<Self>, req: &Request) -> Result<Vec<u8>, String> {
+        self.admit(
+            &self.limits.presence,
+            req.peer,
+            1.0,
+            budget::REFUSED_PRESENCE_RATE,
+        )?;
         let Ok(ex) = PresenceExchange::decode(&req.data) else {
             tracing::debug!(peer = %req.peer, "malformed presence");
-            return Vec::new();
+            return Err("malformed presence exchange".into());
         };
         let peer = ex.presence.peer;
+        // A peer speaks for its own presence only: otherwise one connection could fill the
+        // presence and last-seen tables with any number of keys.
+        if peer != req.peer {
+            self.net.admission().refuse(budget::REFUSED_PRESENCE_PEER);
+            return Err(format!(
+                "{}: a presence must be the sending peer's own",
+                budget::REFUSED_PRESENCE_PEER
+            ));
+        }
         let came_online = ex.presence.status != Status::Offline;
         self.absorb(ex);
         let reply = {
@@ -1652,7 +1838,7 @@ impl Chat {
             let chat = self.clone();
             tokio::spawn(async move { chat.retry_pending(Some(peer)).await });
         }
-        reply.encode().unwrap_or_default()
+        Ok(reply.encode().unwrap_or_default())
     }
 
     /// Peers that care about our presence: contacts and members of our rooms.
