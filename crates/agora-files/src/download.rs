@@ -311,17 +311,33 @@ impl Target {
     }
 }
 
-/// Downloads `hash` from `providers` into `dest` (atomically, by rename, once verified).
-/// The partial outboard goes to `outboard_path`. Returns the blob's size.
+/// Where a download goes.
+pub struct Destination<'a> {
+    /// The file, written as `dest.agora-part` and renamed once verified.
+    pub dest: &'a Path,
+    /// The partial outboard.
+    pub outboard: &'a Path,
+    /// Whether the data file's blocks are allocated up front (faster writes, and a full disk
+    /// is reported before any byte is fetched). Replicas asked for by other peers are not:
+    /// their blocks are taken as verified data arrives, so a claimed size reserves no disk.
+    pub preallocate: bool,
+}
+
+/// Downloads `hash` from `providers` into `to.dest` (atomically, by rename, once verified).
+/// Returns the blob's size.
 pub async fn fetch(
     net: &Handle,
     hash: Hash,
     providers: Vec<PeerId>,
-    dest: &Path,
-    outboard_path: &Path,
+    to: Destination<'_>,
     progress: Arc<Progress>,
     partials: &crate::protocol::Partials,
 ) -> Result<u64, FetchError> {
+    let Destination {
+        dest,
+        outboard: outboard_path,
+        preallocate,
+    } = to;
     let hex = hash.to_hex().to_string();
     if providers.is_empty() {
         return Err(FetchError::NotFound(hex));
@@ -422,7 +438,12 @@ pub async fn fetch(
     // writes into allocated blocks skip the file system's per-page delayed allocation (a
     // quarter of the downloader's CPU went to page-cache writes). A file system without
     // fallocate just goes on.
-    match rustix::fs::fallocate(&data, rustix::fs::FallocateFlags::empty(), 0, size) {
+    let allocated = if preallocate {
+        rustix::fs::fallocate(&data, rustix::fs::FallocateFlags::empty(), 0, size)
+    } else {
+        Ok(())
+    };
+    match allocated {
         Ok(()) => {}
         Err(e) if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::DQUOT => {
             drop(data);
@@ -734,6 +755,9 @@ async fn open_request(
         .map_err(unanswered)?;
     let response = serde_json::from_slice(&frame)
         .map_err(|e| RequestError::Failed(format!("bad response: {e}")))?;
+    if let Response::Busy(why) = response {
+        return Err(RequestError::Refused(why));
+    }
     Ok((stream, response))
 }
 
@@ -779,6 +803,7 @@ async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, SizeE
         Response::NotFound => return Err(SizeError::Failed("does not have it".into())),
         Response::Unavailable(why) => return Err(SizeError::Failed(why)),
         Response::Partial { .. } => return Err(SizeError::Partial),
+        Response::Busy(why) => return Err(SizeError::Refused(why)),
     };
     let mut decoder = response_decoder(hash, ranges, BaoTree::new(size, BLOCK_SIZE), stream);
     loop {
@@ -832,6 +857,7 @@ async fn fetch_ranges(
         Response::Partial { have, .. } => {
             return Outcome::Partial(crate::protocol::pairs_to_ranges(&have));
         }
+        Response::Busy(why) => return Outcome::Refused(why),
     }
     // Decoded and verified here, on the runtime (BLAKE3 of a 16 KiB group is a few
     // microseconds); each run of verified leaves, with the parent hashes that came with it,

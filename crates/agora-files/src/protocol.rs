@@ -28,6 +28,12 @@ pub const MAX_REQUEST_LEN: usize = 16 * 1024;
 pub const MAX_RANGES: usize = 256;
 /// Streams served at once; more are refused.
 pub const MAX_CONCURRENT_SERVES: usize = 32;
+/// How long one chunk of a response may wait for the reader: a reader that stalls longer
+/// loses its stream (and its serving slot).
+pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(20);
+/// Stale blobs reported and not yet handled; more reports are dropped (each blob is
+/// reported again by its next request).
+pub const STALE_QUEUE: usize = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Request {
@@ -48,6 +54,8 @@ pub enum Response {
         size: u64,
         have: Vec<(u64, Option<u64>)>,
     },
+    /// Refused by an admission budget (named in the reason): ask again later.
+    Busy(String),
 }
 
 /// Blobs being downloaded, whose verified parts are served to other downloaders.
@@ -121,7 +129,7 @@ pub async fn serve_stream(
     partials: Partials,
     peer: PeerId,
     mut stream: libp2p::Stream,
-    stale: tokio::sync::mpsc::UnboundedSender<Hash>,
+    stale: tokio::sync::mpsc::Sender<Hash>,
 ) -> io::Result<()> {
     let frame = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -170,7 +178,7 @@ pub async fn serve_stream(
         }
         Err(e) => {
             if matches!(e, crate::store::StoreError::Stale(_)) {
-                let _ = stale.send(hash);
+                let _ = stale.try_send(hash);
             }
             write_frame(&mut stream, &Response::Unavailable(e.to_string())).await?;
             return Ok(());
@@ -195,7 +203,15 @@ pub async fn serve_stream(
     });
     let mut sent = Ok(());
     while let Some(chunk) = received.recv().await {
-        if let Err(e) = stream.write_all(&chunk).await {
+        let written = tokio::time::timeout(WRITE_STALL, stream.write_all(&chunk))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the reader stalled; stream dropped",
+                ))
+            });
+        if let Err(e) = written {
             // Dropping the receiver stops the encoder at its next chunk.
             sent = Err(e);
             break;
@@ -206,6 +222,17 @@ pub async fn serve_stream(
     sent?;
     encoded?;
     stream.close().await
+}
+
+/// Answers a stream that an admission budget refused with [`Response::Busy`], bounded in
+/// time (the request itself is not read).
+pub async fn refuse_stream(mut stream: libp2p::Stream, budget: &'static str) {
+    let busy = Response::Busy(format!("{budget}: too many requests at once; retry later"));
+    let _ = tokio::time::timeout(WRITE_STALL, async {
+        write_frame(&mut stream, &busy).await?;
+        stream.close().await
+    })
+    .await;
 }
 
 /// Bytes handed from the encoder thread to the task that writes the stream, per chunk.

@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use agora_net::Handle;
+use agora_net::{
+    Handle,
+    admission::{PeerSlots, SharedRateLimiter},
+};
 use futures::StreamExt;
 use libp2p::PeerId;
 use serde::Serialize;
@@ -158,12 +161,73 @@ pub enum FilesError {
 /// Files of a collection fetched at the same time.
 const ENTRIES_AT_ONCE: usize = 8;
 
+/// Admission budgets of file sharing: what one peer may make this node hold or do. Each
+/// refusal is counted on `agora_refusals_total` under the matching `REFUSED_*` name.
+pub mod budget {
+    use agora_net::admission::Rate;
+
+    /// Replica requests one peer may make: 2 a second, bursts of 128 (a new share asks each
+    /// of its closest peers once per file; refused ones are asked again by repair rounds).
+    pub const REPLICATE_REQUESTS: Rate = Rate::new(2.0, 128.0);
+    /// Replicas asked for by one peer that are being fetched at once.
+    pub const MAX_REPLICAS_IN_FLIGHT_PER_PEER: usize = 16;
+    /// Replicas being fetched at once, for all peers together.
+    pub const MAX_REPLICAS_IN_FLIGHT: usize = 64;
+    /// Index requests (publish, query) one peer may make: 20 a second, bursts of 400.
+    pub const SEARCH_REQUESTS: Rate = Rate::new(20.0, 400.0);
+    /// Blob streams served to one peer at once (of [`MAX_CONCURRENT_SERVES`](crate::protocol::MAX_CONCURRENT_SERVES) in all).
+    pub const MAX_SERVES_PER_PEER: usize = 8;
+    /// Peers each rate budget tracks at once.
+    pub const MAX_RATE_PEERS: usize = 4096;
+
+    pub const REFUSED_REPLICATE_RATE: &str = "files.replicate.peer_rate";
+    pub const REFUSED_REPLICATE_PEER: &str = "files.replicate.peer_in_flight";
+    pub const REFUSED_REPLICATE_TOTAL: &str = "files.replicate.in_flight";
+    pub const REFUSED_REPLICATE_QUOTA: &str = "files.replicate.quota";
+    pub const REFUSED_SEARCH_RATE: &str = "search.peer_rate";
+    pub const REFUSED_SERVE_PEER: &str = "files.serve.peer";
+    pub const REFUSED_SERVE_TOTAL: &str = "files.serve.total";
+}
+
+/// How often a replica being fetched makes room under the quota for what it has verified.
+const ROOM_CHECK: Duration = Duration::from_millis(200);
+
+/// A replica being fetched.
+#[derive(Clone)]
+struct ReplicaFetch {
+    /// Its progress (a `get` of the same blob follows it).
+    progress: Arc<Progress>,
+    /// The peer that asked for it (none when resumed after a restart).
+    requester: Option<PeerId>,
+}
+
+impl ReplicaFetch {
+    fn new(requester: Option<PeerId>) -> Self {
+        ReplicaFetch {
+            progress: Arc::new(Progress::default()),
+            requester,
+        }
+    }
+
+    /// Bytes under the quota (data and outboard) backed by verified data so far: nothing
+    /// until the size is proven, then in proportion to the verified part.
+    fn verified(&self) -> u64 {
+        let total = self.progress.total.load(Ordering::Relaxed);
+        let done = self.progress.done.load(Ordering::Relaxed).min(total);
+        if total == 0 {
+            return 0;
+        }
+        let needed = total + bao_tree::BaoTree::new(total, crate::BLOCK_SIZE).outboard_size();
+        (u128::from(needed) * u128::from(done) / u128::from(total)) as u64
+    }
+}
+
 /// What this node is fetching, under one lock, so that a replica and a `get` of the same blob
 /// never both start.
 #[derive(Default)]
 struct Fetching {
-    /// Replicas being fetched, with their progress (a `get` of the same blob follows it).
-    replicas: HashMap<Hash, Arc<Progress>>,
+    /// Replicas being fetched.
+    replicas: HashMap<Hash, ReplicaFetch>,
     /// Blobs that `get`s are fetching, and how many gets each: a request to hold a replica of
     /// one is answered "already fetching" (the get's result is kept and announced).
     gets: HashMap<Hash, usize>,
@@ -196,6 +260,8 @@ pub struct Files {
     fetching: Mutex<Fetching>,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     next_job: AtomicU64,
+    replicate_rate: SharedRateLimiter<PeerId>,
+    search_rate: SharedRateLimiter<PeerId>,
 }
 
 impl Files {
@@ -216,16 +282,22 @@ impl Files {
             fetching: Mutex::new(Fetching::default()),
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
+            replicate_rate: SharedRateLimiter::new(
+                budget::REPLICATE_REQUESTS,
+                budget::MAX_RATE_PEERS,
+            ),
+            search_rate: SharedRateLimiter::new(budget::SEARCH_REQUESTS, budget::MAX_RATE_PEERS),
         });
         let mut incoming = net
             .stream_control()
             .accept(protocol::PROTOCOL)
             .map_err(|e| FilesError::BadTarget(e.to_string()))?;
         let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
+        let peer_slots = PeerSlots::new(budget::MAX_SERVES_PER_PEER);
         let partials = files.partials.clone();
         // Blobs whose in-place file went away or changed: stop announcing them, or downloaders
         // keep finding this node in the DHT and keep being refused.
-        let (stale_tx, mut stale_rx) = tokio::sync::mpsc::unbounded_channel::<Hash>();
+        let (stale_tx, mut stale_rx) = tokio::sync::mpsc::channel::<Hash>(protocol::STALE_QUEUE);
         tokio::spawn({
             let net = net.clone();
             async move {
@@ -235,15 +307,32 @@ impl Files {
                 }
             }
         });
+        let serve_net = net.clone();
         tokio::spawn(async move {
+            let net = serve_net;
             while let Some((peer, stream)) = incoming.next().await {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "too many blob requests; dropping one");
-                    continue;
+                // One peer holds at most MAX_SERVES_PER_PEER of the slots, so a slow reader
+                // cannot take them all (each write also has a stall timeout).
+                let admitted = match peer_slots.try_acquire(peer) {
+                    None => Err(budget::REFUSED_SERVE_PEER),
+                    Some(peer_slot) => slots
+                        .clone()
+                        .try_acquire_owned()
+                        .map(|permit| (peer_slot, permit))
+                        .map_err(|_| budget::REFUSED_SERVE_TOTAL),
+                };
+                let slots = match admitted {
+                    Ok(slots) => slots,
+                    Err(name) => {
+                        net.admission().refuse(name);
+                        tracing::debug!(%peer, budget = name, "blob request refused");
+                        tokio::spawn(protocol::refuse_stream(stream, name));
+                        continue;
+                    }
                 };
                 let (store, partials, stale) = (store.clone(), partials.clone(), stale_tx.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _slots = slots;
                     if let Err(e) =
                         protocol::serve_stream(store, partials, peer, stream, stale).await
                     {
@@ -257,20 +346,42 @@ impl Files {
             .map_err(|e| FilesError::BadTarget(e.to_string()))?;
         tokio::spawn({
             let files = Arc::downgrade(&files);
+            let net = net.clone();
             async move {
                 while let Some(req) = requests.recv().await {
                     let Some(files) = files.upgrade() else { return };
-                    let response = match serde_json::from_slice::<search::Request>(&req.data) {
-                        Ok(request) => files.index.lock().unwrap().handle(
-                            req.peer,
-                            request,
-                            std::time::Instant::now(),
-                        ),
-                        Err(e) => search::Response::Refused(format!("malformed request: {e}")),
-                    };
-                    let _ = req
-                        .reply
-                        .send(serde_json::to_vec(&response).expect("serialises"));
+                    if files.search_rate.check(&req.peer, 1.0).is_err() {
+                        files.net.admission().refuse(budget::REFUSED_SEARCH_RATE);
+                        req.reply.refuse(format!(
+                            "{}: too many index requests; retry later",
+                            budget::REFUSED_SEARCH_RATE
+                        ));
+                        continue;
+                    }
+                    let agora_net::InboundRequest { peer, data, reply } = req;
+                    // Index work holds the index lock: off the async workers.
+                    let handled =
+                        tokio::task::spawn_blocking(move || {
+                            match serde_json::from_slice::<search::Request>(&data) {
+                                Ok(request) => files.index.lock().unwrap().handle(
+                                    peer,
+                                    request,
+                                    std::time::Instant::now(),
+                                ),
+                                Err(e) => search::Handled {
+                                    response: search::Response::Refused(format!(
+                                        "malformed request: {e}"
+                                    )),
+                                    refused: vec![search::Refused::Malformed],
+                                },
+                            }
+                        })
+                        .await;
+                    let Ok(handled) = handled else { continue };
+                    for refused in &handled.refused {
+                        net.admission().refuse(refused.budget());
+                    }
+                    let _ = reply.send(serde_json::to_vec(&handled.response).expect("serialises"));
                 }
             }
         });
@@ -335,10 +446,10 @@ impl Files {
                 let _ = self.store.replica_settled(&hash);
                 continue;
             }
-            let progress = Arc::new(Progress::default());
-            if self.start_replicating(hash, &progress) {
+            let fetch = ReplicaFetch::new(None);
+            if self.start_replicating(hash, &fetch) {
                 tracing::info!(hash = %hash.to_hex(), "resuming a replica");
-                self.fetch_replica(hash, replica.name, Vec::new(), progress);
+                self.fetch_replica(hash, replica.name, Vec::new(), fetch.progress);
             }
         }
     }
@@ -354,8 +465,10 @@ impl Files {
         }
     }
 
-    /// A peer asks us to hold a replica: accept if it fits the quota (evicting old cached
-    /// replicas), then fetch it in the background from that peer and other providers.
+    /// A peer asks us to hold a replica. Its claim (a hash and a size) costs it nothing, so it
+    /// reserves and evicts nothing: the request passes the peer's budgets and is accepted if
+    /// the blob *could* fit (counting what eviction could free), and room is made only as
+    /// verified data arrives ([`Self::fetch_replica`]).
     fn on_replicate(self: &Arc<Self>, from: PeerId, data: &[u8]) -> ReplicateResponse {
         let refuse = |reason: String| ReplicateResponse {
             accepted: false,
@@ -381,26 +494,76 @@ impl Files {
         }
         // Fetching it already, as a replica or for a user's `get` (whose result is kept and
         // announced like a replica): once is enough.
-        let progress = Arc::new(Progress::default());
-        let fetching = self.partials.lock().unwrap().contains_key(&hash)
-            || !self.start_replicating(hash, &progress);
-        if fetching {
+        {
+            let fetching = self.fetching.lock().unwrap();
+            if self.partials.lock().unwrap().contains_key(&hash)
+                || fetching.replicas.contains_key(&hash)
+                || fetching.gets.contains_key(&hash)
+            {
+                return ReplicateResponse {
+                    accepted: true,
+                    reason: "already fetching".into(),
+                };
+            }
+        }
+        let refused = |name: &'static str, why: String| {
+            self.net.admission().refuse(name);
+            refuse(format!("{name}: {why}"))
+        };
+        if self.replicate_rate.check(&from, 1.0).is_err() {
+            return refused(
+                budget::REFUSED_REPLICATE_RATE,
+                "too many replica requests; retry later".into(),
+            );
+        }
+        let needed = req.size + bao_tree::BaoTree::new(req.size, crate::BLOCK_SIZE).outboard_size();
+        let (in_flight, of_peer, verified) = {
+            let fetching = self.fetching.lock().unwrap();
+            let of_peer = fetching
+                .replicas
+                .values()
+                .filter(|r| r.requester == Some(from))
+                .count();
+            let verified: u64 = fetching.replicas.values().map(ReplicaFetch::verified).sum();
+            (fetching.replicas.len(), of_peer, verified)
+        };
+        if of_peer >= budget::MAX_REPLICAS_IN_FLIGHT_PER_PEER {
+            return refused(
+                budget::REFUSED_REPLICATE_PEER,
+                format!(
+                    "{} of your replicas are being fetched already",
+                    budget::MAX_REPLICAS_IN_FLIGHT_PER_PEER
+                ),
+            );
+        }
+        if in_flight >= budget::MAX_REPLICAS_IN_FLIGHT {
+            return refused(
+                budget::REFUSED_REPLICATE_TOTAL,
+                "too many replicas are being fetched; retry later".into(),
+            );
+        }
+        match self
+            .store
+            .could_fit(verified + needed, self.config.storage_quota)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return refused(
+                    budget::REFUSED_REPLICATE_QUOTA,
+                    format!(
+                        "no room for {needed} bytes under the quota of {}",
+                        self.config.storage_quota
+                    ),
+                );
+            }
+            Err(e) => return refuse(e.to_string()),
+        }
+        let fetch = ReplicaFetch::new(Some(from));
+        if !self.start_replicating(hash, &fetch) {
             return ReplicateResponse {
                 accepted: true,
                 reason: "already fetching".into(),
             };
-        }
-        let needed = req.size + bao_tree::BaoTree::new(req.size, crate::BLOCK_SIZE).outboard_size();
-        match self.store.make_room(needed, self.config.storage_quota) {
-            Ok(evicted) => {
-                for h in evicted {
-                    tracing::info!(hash = %h.to_hex(), "evicted a cached replica to stay under the storage quota");
-                }
-            }
-            Err(e) => {
-                self.fetching.lock().unwrap().replicas.remove(&hash);
-                return refuse(e.to_string());
-            }
         }
         let pending = crate::store::PendingReplica {
             name: req.name,
@@ -409,7 +572,7 @@ impl Files {
         if let Err(e) = self.store.replica_pending(&hash, &pending) {
             tracing::warn!("cannot record the replica of {}: {e}", hash.to_hex());
         }
-        self.fetch_replica(hash, pending.name, vec![from], progress);
+        self.fetch_replica(hash, pending.name, vec![from], fetch.progress);
         ReplicateResponse {
             accepted: true,
             reason: "fetching".into(),
@@ -418,7 +581,7 @@ impl Files {
 
     /// Records that a replica of `hash` is being fetched; false if one already is, or a `get`
     /// is fetching it.
-    fn start_replicating(&self, hash: Hash, progress: &Arc<Progress>) -> bool {
+    fn start_replicating(&self, hash: Hash, fetch: &ReplicaFetch) -> bool {
         let mut fetching = self.fetching.lock().unwrap();
         if fetching.gets.contains_key(&hash) {
             return false;
@@ -426,9 +589,27 @@ impl Files {
         match fetching.replicas.entry(hash) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(progress.clone());
+                v.insert(fetch.clone());
                 true
             }
+        }
+    }
+
+    /// Makes room under the quota for the verified part of every replica being fetched,
+    /// evicting old cached replicas if needed. Errors when even eviction cannot make it fit.
+    fn make_room_for_verified(&self) -> Result<(), String> {
+        let verified: u64 = {
+            let fetching = self.fetching.lock().unwrap();
+            fetching.replicas.values().map(ReplicaFetch::verified).sum()
+        };
+        match self.store.make_room(verified, self.config.storage_quota) {
+            Ok(evicted) => {
+                for h in evicted {
+                    tracing::info!(hash = %h.to_hex(), "evicted a cached replica to stay under the storage quota");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -466,16 +647,35 @@ impl Files {
                     .filter(|p| !known.contains(p)),
             );
             let dest = this.store.data_path(&hash);
-            let result = download::fetch(
-                &this.net,
-                hash,
-                providers,
-                &dest,
-                &this.store.partial_outboard_path(&hash, &dest),
-                progress,
-                &this.partials,
-            )
-            .await;
+            let outboard = this.store.partial_outboard_path(&hash, &dest);
+            let to = download::Destination {
+                dest: &dest,
+                outboard: &outboard,
+                preallocate: false,
+            };
+            let fetch = download::fetch(&this.net, hash, providers, to, progress, &this.partials);
+            tokio::pin!(fetch);
+            // Room under the quota is made as verified data arrives, never for a claim.
+            let mut room_check = tokio::time::interval(ROOM_CHECK);
+            let result = loop {
+                tokio::select! {
+                    result = &mut fetch => break result.map_err(|e| e.to_string()),
+                    _ = room_check.tick() => {
+                        let this = this.clone();
+                        let room = tokio::task::spawn_blocking(move || this.make_room_for_verified())
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()));
+                        if let Err(e) = room {
+                            break Err(format!("no room under the storage quota: {e}"));
+                        }
+                    }
+                }
+            };
+            if result.is_ok()
+                && let Err(e) = this.make_room_for_verified()
+            {
+                tracing::warn!("replica of {} is over the quota: {e}", hash.to_hex());
+            }
             match result {
                 Ok(size) => {
                     if let Err(e) = this.store.adopt_download(&hash, size, &dest, &name, false) {
@@ -590,7 +790,8 @@ impl Files {
                 keyword: keyword.clone(),
                 entries: vec![entry.clone()],
             };
-            self.index
+            let _ = self
+                .index
                 .lock()
                 .unwrap()
                 .handle(me, request, std::time::Instant::now());
@@ -873,17 +1074,23 @@ impl Files {
         if !download::partial_path(&dest).exists() {
             return;
         }
-        let progress = Arc::new(Progress::default());
-        if self.start_replicating(hash, &progress) {
+        let fetch = ReplicaFetch::new(None);
+        if self.start_replicating(hash, &fetch) {
             let known = ticket.map(|t| vec![t.peer]).unwrap_or_default();
-            self.fetch_replica(hash, name.to_owned(), known, progress);
+            self.fetch_replica(hash, name.to_owned(), known, fetch.progress);
         }
     }
 
     /// Waits while a replica of `hash` is being fetched, showing its progress as this job's.
     async fn follow_replica(&self, hash: &Hash, progress: &Progress) {
         loop {
-            let replica = self.fetching.lock().unwrap().replicas.get(hash).cloned();
+            let replica = self
+                .fetching
+                .lock()
+                .unwrap()
+                .replicas
+                .get(hash)
+                .map(|r| r.progress.clone());
             let Some(replica) = replica else { return };
             for (to, from) in [
                 (&progress.total, &replica.total),
@@ -1125,12 +1332,17 @@ impl Files {
         let mut tried: Vec<PeerId> = Vec::new();
         let mut lookups = 0;
         loop {
+            let outboard = self.store.partial_outboard_path(&hash, dest);
+            let to = download::Destination {
+                dest,
+                outboard: &outboard,
+                preallocate: true,
+            };
             let result = download::fetch(
                 &self.net,
                 hash,
                 current.clone(),
-                dest,
-                &self.store.partial_outboard_path(&hash, dest),
+                to,
                 progress.clone(),
                 &self.partials,
             )
@@ -1197,6 +1409,11 @@ impl Files {
             })?;
         let _ = self.net.provide(hash.as_bytes().to_vec()).await;
         Ok(())
+    }
+
+    /// Replicas being fetched now (asked for by peers, or resumed after a restart).
+    pub fn replicas_in_flight(&self) -> usize {
+        self.fetching.lock().unwrap().replicas.len()
     }
 
     pub fn list(&self) -> Result<Vec<FileView>, FilesError> {

@@ -445,6 +445,19 @@ impl Store {
             .sum())
     }
 
+    /// Whether `needed` more bytes could fit under `quota`, counting what evicting every
+    /// cached replica would free. Evicts nothing.
+    pub fn could_fit(&self, needed: u64, quota: u64) -> Result<bool, StoreError> {
+        let list = self.list()?;
+        let usage = self.usage()?;
+        let evictable: u64 = list
+            .iter()
+            .filter(|(_, m)| m.kind == Kind::Cached && m.source.is_none())
+            .map(|(_, m)| m.size + BaoTree::new(m.size, BLOCK_SIZE).outboard_size())
+            .sum();
+        Ok(usage.saturating_sub(evictable) + needed <= quota)
+    }
+
     /// Makes room for `needed` more bytes under `quota` by evicting cached blobs whose data the
     /// store owns, least recently added first. Own shares and pins are never evicted. Returns
     /// the evicted hashes, or an error if even evicting every candidate would not be enough

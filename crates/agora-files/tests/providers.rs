@@ -561,3 +561,93 @@ async fn a_lie_about_the_size_is_caught_before_any_space_is_reserved() {
         );
     }
 }
+
+/// Asks `holder` (through `from`) to hold a replica of `hash`, claimed to be `size` bytes.
+async fn ask_replica(
+    from: &Handle,
+    holder: &Handle,
+    hash: &blake3::Hash,
+    size: u64,
+) -> serde_json::Value {
+    let request =
+        serde_json::json!({"hash": hash.to_hex().to_string(), "size": size, "name": "r.bin"});
+    let answer = from
+        .request(
+            holder.local_peer_id(),
+            agora_files::service::REPLICATE_PROTOCOL,
+            request.to_string().into_bytes(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    serde_json::from_slice(&answer).unwrap()
+}
+
+/// Waits until `files` holds `hash` complete.
+async fn until_held(files: &Files, hash: &blake3::Hash) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while files.store().get(hash).unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "replica never held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Hardening item 3: a replica request used to make room under the quota at once, for its
+/// claimed size, evicting cached replicas before a single byte was verified. Hashes cost
+/// nothing, so any peer could flush every replica a node held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_claims_evict_nothing_and_verified_replicas_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mib = 1024 * 1024;
+    // Room for one 2 MiB replica (and its outboard), not two.
+    let config = agora_files::service::Config {
+        replicas: 0,
+        storage_quota: 3 * mib,
+        ..Default::default()
+    };
+    let (holder_net, holder_addr) = node(vec![]).await;
+    let holder_addr = holder_addr.with_p2p(holder_net.local_peer_id()).unwrap();
+    let holder = files_with(&holder_net, &dir.path().join("holder"), config);
+    let (pub_net, _) = node(vec![holder_addr.clone()]).await;
+    let publisher = files(&pub_net, &dir.path().join("publisher"));
+    let (first, first_hash, first_src) = source_file(dir.path(), 2);
+    done(&publisher, publisher.share(first_src, false, false).id).await;
+    let answer = ask_replica(&pub_net, &holder_net, &first_hash, first.len() as u64).await;
+    assert_eq!(answer["accepted"], true, "{answer}");
+    until_held(&holder, &first_hash).await;
+
+    // The attack: replicas of blobs nobody can serve, each claiming the whole quota's worth.
+    let (attacker, _) = node(vec![holder_addr]).await;
+    for i in 0..10u32 {
+        let fake = blake3::hash(&i.to_be_bytes());
+        let _ = ask_replica(&attacker, &holder_net, &fake, 2 * mib).await;
+    }
+    // Every claim is given up (no provider delivers a byte) and the real replica is kept.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while holder.replicas_in_flight() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "claims still being fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        holder.store().get(&first_hash).unwrap().is_some(),
+        "a claim evicted a verified replica"
+    );
+
+    // A second real replica that does not fit beside the first makes room as it arrives.
+    let mut second = first.clone();
+    second[0] ^= 0xff;
+    let second_hash = blake3::hash(&second);
+    let second_src = dir.path().join("second.bin");
+    std::fs::write(&second_src, &second).unwrap();
+    done(&publisher, publisher.share(second_src, false, false).id).await;
+    let answer = ask_replica(&pub_net, &holder_net, &second_hash, 2 * mib).await;
+    assert_eq!(answer["accepted"], true, "{answer}");
+    until_held(&holder, &second_hash).await;
+    assert!(
+        holder.store().get(&first_hash).unwrap().is_none(),
+        "the older cached replica made room for verified data"
+    );
+}
