@@ -357,3 +357,145 @@ async fn a_validator_down_for_hundreds_of_blocks_catches_up_and_votes_again() {
         .collect();
     assert!(digests.iter().all(|d| *d == digests[0]));
 }
+
+/// A peer that answers the ledger protocol with a fixed chain and claimed height.
+fn serve_chain(net: &Handle, chain: Hash, height: u64, blocks: Vec<StoredBlock>) {
+    let (tx, mut requests) = mpsc::channel::<InboundRequest>(16);
+    net.serve(PROTOCOL, tx).unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = requests.recv().await {
+            let answer = match wire::decode::<Request>(&req.data) {
+                Some(Request::Status) => Response::Status {
+                    chain,
+                    height,
+                    digest: Hash([9; 32]),
+                    validator: false,
+                },
+                Some(Request::Blocks { from, max }) => Response::Blocks(
+                    blocks
+                        .iter()
+                        .filter(|b| Block::decode(&b.block).unwrap().height >= from)
+                        .take(max as usize)
+                        .cloned()
+                        .collect(),
+                ),
+                _ => Response::Error("no".into()),
+            };
+            let _ = req.reply.send(wire::encode(&answer));
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_junk_peer_claiming_a_long_chain_never_blocks_an_honest_one() {
+    let (validator_key, follower_key, junk_key, relay_key) = (
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+        Keypair::generate_ed25519(),
+    );
+    let genesis = Genesis {
+        chain: "junk-sync".into(),
+        validators: vec![account(&validator_key)],
+        balances: vec![(account(&validator_key), 1_000_000)],
+        min_fee: 1,
+        epoch_length: 1_000_000,
+    };
+    let chain = genesis.chain_id();
+
+    // The real chain: a validator runs alone to height 10; an honest relay fetches its blocks
+    // and serves them to the follower, the way a follower that holds blocks finalized
+    // implicitly does: only the top block carries its certificate, the ones below it are
+    // proven by their hash links to it. The validator then stops (no gossip reaches the
+    // follower: all it learns comes through sync).
+    let validator = node(&validator_key, &genesis, true, vec![]).await;
+    wait_for("ten blocks", || async { validator.ledger.height() >= 10 }).await;
+    let (relay, relay_addr) =
+        agora_net::start_loopback(relay_key.clone(), vec![validator.addr.clone()])
+            .await
+            .unwrap();
+    let answer = relay
+        .request(
+            validator.net.local_peer_id(),
+            PROTOCOL,
+            wire::encode(&Request::Blocks { from: 1, max: 10 }),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let Some(Response::Blocks(mut real)) = wire::decode::<Response>(&answer) else {
+        panic!("no blocks from the validator");
+    };
+    let top = real
+        .iter()
+        .rposition(|b| b.certificate.is_some())
+        .expect("the validator holds certificates");
+    real.truncate(top + 1);
+    for stored in &mut real[..top] {
+        stored.certificate = None;
+    }
+    let real_height = top as u64 + 1;
+    assert!(real_height >= 2, "a chain to catch up on");
+    let real_digests: Vec<Hash> = real
+        .iter()
+        .map(|b| Block::decode(&b.block).unwrap().digest())
+        .collect();
+    validator.stop().await;
+
+    // The junk peer: claims a huge height and serves a long, well-formed, uncertified chain
+    // (garbage certificates on some blocks).
+    let forged = forged_chain(&genesis, 300);
+    let (junk, junk_addr) = agora_net::start_loopback(junk_key.clone(), vec![])
+        .await
+        .unwrap();
+    serve_chain(
+        &junk,
+        chain,
+        u64::MAX / 2,
+        forged
+            .iter()
+            .map(|b| StoredBlock {
+                block: b.encode(),
+                certificate: (b.height % 7 == 0).then(|| vec![0xAB; 200]),
+            })
+            .collect(),
+    );
+
+    // The follower meets the junk peer first and syncs with it for a while.
+    let follower = node(&follower_key, &genesis, false, vec![junk_addr]).await;
+    wait_for("the follower to see the junk peer", || async {
+        follower
+            .net
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.peer_id == junk.local_peer_id().to_string())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(follower.ledger.height(), 0, "a junk block was applied");
+    assert_eq!(follower.ledger.pending_blocks(), 0, "junk blocks are held");
+    assert!(
+        follower
+            .net
+            .admission()
+            .count(agora_ledger::service::BUDGET_SYNC_JUNK)
+            > 0,
+        "the junk peer was left"
+    );
+
+    // Then the honest relay: the follower must catch up with the real chain.
+    serve_chain(&relay, chain, real_height, real);
+    follower.net.dial(relay_addr).await.unwrap();
+    wait_for("the follower to catch up with the honest peer", || async {
+        follower.ledger.height() >= real_height
+    })
+    .await;
+    for (i, digest) in real_digests.iter().enumerate() {
+        let (_, d, _) = follower.ledger.block(i as u64 + 1).unwrap().unwrap();
+        assert_eq!(d, *digest, "height {} is not the real block", i + 1);
+    }
+    // And nothing of the junk peer's is held (its claims reserved nothing).
+    assert_eq!(follower.ledger.pending_blocks(), 0);
+}

@@ -52,8 +52,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FINALITY_WAIT: Duration = Duration::from_secs(30);
 /// How often a node compares its height with a peer's when nothing new arrived.
 const SYNC_INTERVAL: Duration = Duration::from_secs(2);
-/// Unapplied blocks held at most this far above the tip.
-const MAX_PENDING_AHEAD: u64 = 4_096;
+/// Certified blocks (gossip announcements, certificate verified) held above the tip while the
+/// blocks below them are fetched. Nothing uncertified is ever held here. When full, a lower
+/// block displaces the highest one (it is closer to applying); a higher one is refused.
+pub const MAX_CERTIFIED_PENDING: usize = 256;
+/// Uncertified blocks one sync session holds while it looks for the certificate that proves
+/// them (an honest peer serves blocks finalized implicitly, proven by a later certified block
+/// they link to by hash). Local to the session with one peer, dropped when it ends: another
+/// peer's blocks never wait behind them. A peer that goes past it without a certificate is
+/// left for this round.
+pub const MAX_SYNC_RUN_BLOCKS: usize = 1_024;
+/// Bytes of the uncertified blocks one sync session holds (a few maximal blocks more than
+/// one `Blocks` answer).
+pub const MAX_SYNC_RUN_BYTES: usize = 32 << 20;
+/// Refusal counters (`agora_refusals_total{budget}`).
+pub const BUDGET_CERTIFIED_PENDING: &str = "ledger.certified_pending";
+pub const BUDGET_SYNC_RUN: &str = "ledger.sync_uncertified_run";
+/// A sync peer served a bad certificate, an unlinked or undecodable block: it is left.
+pub const BUDGET_SYNC_JUNK: &str = "ledger.sync_junk";
 /// How often a validator's copy of the engine's metrics is refreshed.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -154,18 +170,45 @@ pub struct Payment {
     pub fee: u64,
 }
 
+/// A block above the tip whose finalization certificate was verified.
 struct Pending {
-    block: Option<Block>,
+    block: Block,
     digest: Hash,
-    certified: bool,
-    certificate: Option<Vec<u8>>,
+    certificate: Vec<u8>,
+}
+
+/// One sync session's blocks not yet proven: linked by hash from the tip, in height order.
+#[derive(Default)]
+struct SyncRun {
+    /// (block, digest, certificate as served, encoded size)
+    blocks: Vec<(Block, Hash, Option<Vec<u8>>, usize)>,
+    bytes: usize,
+}
+
+impl SyncRun {
+    /// Takes the first `n` blocks out of the run.
+    fn take(&mut self, n: usize) -> Vec<(Block, Hash, Option<Vec<u8>>)> {
+        self.blocks
+            .drain(..n)
+            .map(|(block, digest, certificate, size)| {
+                self.bytes -= size;
+                (block, digest, certificate)
+            })
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.bytes = 0;
+    }
 }
 
 struct Inner {
     state: State,
     digest: Hash,
     timestamp_ms: u64,
-    /// Blocks above the tip not applied yet (a gap or no certificate yet), by height.
+    /// Certified blocks above the tip waiting for the blocks below them, by height (at most
+    /// [`MAX_CERTIFIED_PENDING`]).
     pending: BTreeMap<u64, Pending>,
     /// Own next sequence number, counting submitted transactions not final yet.
     next_seq: u64,
@@ -635,82 +678,148 @@ impl Ledger {
         verify_finalization(&verifier, certificate, digest)
     }
 
-    /// Takes blocks from peers (gossip or fetch) into the pending set and applies every run
-    /// from the tip up to a block with a valid certificate. Returns whether a gap remains.
-    fn receive(&self, blocks: Vec<(Option<Block>, Hash, Option<Vec<u8>>)>) -> bool {
-        let mut ready = Vec::new();
-        let gap = {
+    /// Holds a block whose certificate the caller verified ([`Self::verify_certificate`]) and
+    /// applies every run from the tip that is now complete. Returns whether blocks remain
+    /// above a gap.
+    fn receive_certified(&self, block: Block, digest: Hash, certificate: Vec<u8>) -> bool {
+        {
             let mut inner = self.inner.lock().unwrap();
-            let tip = inner.state.height;
-            for (block, digest, certificate) in blocks {
-                // An announcement without its block (too large to gossip): the block comes
-                // with the next fetch.
-                let Some(height) = block.as_ref().map(|b| b.height) else {
-                    continue;
-                };
-                if height <= tip || height > tip + MAX_PENDING_AHEAD {
-                    continue;
-                }
-                // Only blocks of the tip's next epoch are held: the committee of a later epoch
-                // is known once the blocks before it are applied (they are fetched again).
-                if inner.state.epoch_of(height) != inner.state.epoch_of(tip + 1) {
-                    continue;
-                }
-                let certified = certificate
-                    .as_deref()
-                    .is_some_and(|c| verify_finalization(&inner.verifier, c, &digest));
-                let entry = inner.pending.entry(height).or_insert(Pending {
-                    block: None,
-                    digest,
-                    certified: false,
-                    certificate: None,
-                });
-                if entry.digest != digest {
-                    // Another block for the same height: only a certified one may replace.
-                    if !certified || entry.certified {
-                        continue;
+            let height = block.height;
+            if height > inner.state.height && !inner.pending.contains_key(&height) {
+                if inner.pending.len() >= MAX_CERTIFIED_PENDING {
+                    let highest = *inner.pending.keys().next_back().expect("full");
+                    if height > highest {
+                        drop(inner);
+                        self.net.admission().refuse(BUDGET_CERTIFIED_PENDING);
+                        return true;
                     }
-                    entry.digest = digest;
-                    entry.block = None;
+                    inner.pending.remove(&highest);
+                    self.net.admission().refuse(BUDGET_CERTIFIED_PENDING);
                 }
-                if entry.block.is_none() {
-                    entry.block = block;
-                }
-                if certified && !entry.certified {
-                    entry.certified = true;
-                    entry.certificate = certificate;
-                }
+                inner.pending.insert(
+                    height,
+                    Pending {
+                        block,
+                        digest,
+                        certificate,
+                    },
+                );
             }
-            // Find the longest linked run from the tip ending in a certified block.
+        }
+        self.apply_pending()
+    }
+
+    /// Applies the certified pending blocks that follow the tip. Returns whether blocks remain
+    /// above a gap.
+    fn apply_pending(&self) -> bool {
+        let (ready, gap) = {
+            let mut inner = self.inner.lock().unwrap();
             let mut parent = inner.digest;
-            let mut height = tip + 1;
-            let mut last_certified = None;
+            let mut height = inner.state.height + 1;
+            let mut ready = Vec::new();
             while let Some(p) = inner.pending.get(&height) {
-                match &p.block {
-                    Some(b) if b.parent == parent => {}
-                    _ => break,
+                if p.block.parent != parent {
+                    // A certified block that does not link: not our chain (or a fork of more
+                    // than f faulty validators); drop it rather than wait on it.
+                    warn!(height, "certified block does not link to the tip; dropped");
+                    inner.pending.remove(&height);
+                    break;
                 }
-                if p.certified {
-                    last_certified = Some(height);
-                }
+                let p = inner.pending.remove(&height).expect("just seen");
                 parent = p.digest;
                 height += 1;
+                ready.push((p.block, p.digest, Some(p.certificate)));
             }
-            if let Some(end) = last_certified {
-                for h in tip + 1..=end {
-                    let p = inner.pending.remove(&h).expect("walked above");
-                    ready.push((p.block.expect("walked above"), p.digest, p.certificate));
-                }
-            }
-            // Anything left above the tip waits for a missing block or a certificate.
-            !inner.pending.is_empty()
+            (ready, !inner.pending.is_empty())
         };
         if !ready.is_empty()
             && let Err(e) = self.apply(ready, true)
         {
-            warn!("cannot apply fetched blocks: {e}");
+            warn!("cannot apply certified blocks: {e}");
         }
         gap
+    }
+
+    /// Adds a peer's `Blocks` answer to its session's run and applies the run up to its highest
+    /// block with a valid certificate (the blocks below are proven by their hash links to it).
+    /// `Err(budget)` when the peer must be left: junk (undecodable, unlinked, a certificate
+    /// that does not verify) or a run past its budget without a certificate. `Ok(false)` when
+    /// the run reached the end of the tip's epoch (the next epoch's certificates can be checked
+    /// once it is applied). Runs on a blocking thread.
+    fn extend_run(&self, run: &mut SyncRun, batch: Vec<StoredBlock>) -> Result<bool, &'static str> {
+        let (tip, tip_digest, epoch_end) = {
+            let inner = self.inner.lock().unwrap();
+            let tip = inner.state.height;
+            let epoch = inner.state.epoch_of(tip + 1);
+            (tip, inner.digest, inner.state.epoch_end(epoch))
+        };
+        // Blocks applied meanwhile by another path (gossip): the run continues from the tip.
+        let applied = run
+            .blocks
+            .iter()
+            .take_while(|(b, ..)| b.height <= tip)
+            .count();
+        run.take(applied);
+        if run
+            .blocks
+            .first()
+            .is_some_and(|(b, ..)| b.parent != tip_digest || b.height != tip + 1)
+        {
+            run.clear();
+        }
+        let mut more = true;
+        for stored in batch {
+            let Ok(block) = Block::decode(&stored.block) else {
+                return Err(BUDGET_SYNC_JUNK);
+            };
+            let (height, parent) = match run.blocks.last() {
+                Some((b, d, ..)) => (b.height, *d),
+                None => (tip, tip_digest),
+            };
+            if block.height <= height {
+                continue;
+            }
+            if block.height != height + 1 || block.parent != parent {
+                return Err(BUDGET_SYNC_JUNK);
+            }
+            if block.height > epoch_end {
+                more = false;
+                break;
+            }
+            // The digest certificates sign: of the canonical encoding.
+            let encoded = block.encode();
+            run.bytes += encoded.len();
+            run.blocks
+                .push((block, Hash::of(&encoded), stored.certificate, encoded.len()));
+            if run.blocks.len() > MAX_SYNC_RUN_BLOCKS || run.bytes > MAX_SYNC_RUN_BYTES {
+                return Err(BUDGET_SYNC_RUN);
+            }
+        }
+        // The highest certificate proves everything below it; checked from the top, so each
+        // is checked once and the first bad one ends the session.
+        let proven = {
+            let mut proven = None;
+            for (i, (block, digest, certificate, _)) in run.blocks.iter().enumerate().rev() {
+                let Some(certificate) = certificate else {
+                    continue;
+                };
+                if !self.verify_certificate(certificate, digest, block.height) {
+                    return Err(BUDGET_SYNC_JUNK);
+                }
+                proven = Some(i);
+                break;
+            }
+            proven
+        };
+        if let Some(last) = proven {
+            let ready = run.take(last + 1);
+            if let Err(e) = self.apply(ready, true) {
+                warn!("cannot apply fetched blocks: {e}");
+                return Err(BUDGET_SYNC_JUNK);
+            }
+            self.apply_pending();
+        }
+        Ok(more)
     }
 
     async fn gossip_loop(ledger: std::sync::Weak<Self>, mut rx: mpsc::Receiver<GossipMessage>) {
@@ -742,7 +851,11 @@ impl Ledger {
             if !ledger.verify_certificate(&a.certificate, &a.digest, a.height) {
                 return MessageAcceptance::Reject;
             }
-            if ledger.receive(vec![(block, a.digest, Some(a.certificate))]) {
+            // An announcement without its block (too large to gossip): the block comes with
+            // the next fetch.
+            if let Some(block) = block
+                && ledger.receive_certified(block, a.digest, a.certificate)
+            {
                 ledger.sync_now.notify_one();
             }
             MessageAcceptance::Accept
@@ -776,6 +889,10 @@ impl Ledger {
         }
     }
 
+    /// Asks peers for their height and fetches what this node lacks. A claimed height only
+    /// says whom to ask: nothing is reserved for it, and a peer's blocks are kept (in its own
+    /// session, within [`MAX_SYNC_RUN_BLOCKS`]) only until a verified certificate proves them
+    /// or the session ends.
     async fn sync_once(self: &Arc<Self>) -> Result<(), String> {
         let peers = self.net.peers().await.map_err(|e| e.to_string())?;
         // Validators first: they have every block.
@@ -793,46 +910,62 @@ impl Ledger {
             if chain != self.chain || height <= self.height() {
                 continue;
             }
-            // Fetch until caught up with this peer (bounded by its height).
-            let mut rounds = 0;
-            while self.height() < height && rounds < 1_000 {
-                rounds += 1;
-                let from = self.height() + 1;
-                let Ok(Response::Blocks(blocks)) = self
-                    .ask(
-                        peer,
-                        &Request::Blocks {
-                            from,
-                            max: MAX_BLOCKS_PER_REQUEST,
-                        },
-                    )
-                    .await
-                else {
-                    break;
-                };
-                if blocks.is_empty() {
-                    break;
+            if let Err(e) = self.sync_from(peer, height).await {
+                debug!("ledger sync with {peer}: {e}");
+            }
+            if self.height() >= height {
+                return Ok(());
+            }
+            // Not caught up with what it claimed: try the next peer.
+        }
+        Ok(())
+    }
+
+    /// Fetches from one peer until caught up with the height it claimed, it has nothing more,
+    /// or it is left (junk, or too long a run without a certificate).
+    async fn sync_from(self: &Arc<Self>, peer: PeerId, claimed: u64) -> Result<(), String> {
+        // Dropped when this returns: nothing of the session outlives it.
+        let run = Arc::new(Mutex::new(SyncRun::default()));
+        let mut rounds = 0;
+        while self.height() < claimed && rounds < 1_000 {
+            rounds += 1;
+            let from = {
+                let run = run.lock().unwrap();
+                match run.blocks.last() {
+                    Some((b, ..)) => b.height + 1,
+                    None => self.height() + 1,
                 }
-                let mut batch = Vec::new();
-                for stored in blocks {
-                    let Ok(block) = Block::decode(&stored.block) else {
-                        return Err(format!("{peer} sent an undecodable block"));
-                    };
-                    let digest = block.digest();
-                    batch.push((Some(block), digest, stored.certificate));
-                }
-                let ledger = self.clone();
-                let before = self.height();
-                tokio::task::spawn_blocking(move || ledger.receive(batch))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if self.height() == before
-                    && self.inner.lock().unwrap().pending.len() as u64 > MAX_PENDING_AHEAD / 2
-                {
-                    return Err(format!("{peer} sent blocks that do not apply"));
+            };
+            let Ok(Response::Blocks(blocks)) = self
+                .ask(
+                    peer,
+                    &Request::Blocks {
+                        from,
+                        max: MAX_BLOCKS_PER_REQUEST,
+                    },
+                )
+                .await
+            else {
+                break;
+            };
+            if blocks.is_empty() {
+                break;
+            }
+            let ledger = self.clone();
+            let session = run.clone();
+            let step = tokio::task::spawn_blocking(move || {
+                ledger.extend_run(&mut session.lock().unwrap(), blocks)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            match step {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(budget) => {
+                    self.net.admission().refuse(budget);
+                    return Err(format!("left: {budget}"));
                 }
             }
-            return Ok(());
         }
         Ok(())
     }
@@ -931,6 +1064,11 @@ impl Ledger {
 
     pub fn height(&self) -> u64 {
         self.inner.lock().unwrap().state.height
+    }
+
+    /// Blocks held above the tip, waiting for the blocks below them.
+    pub fn pending_blocks(&self) -> usize {
+        self.inner.lock().unwrap().pending.len()
     }
 
     pub fn balance(&self, account: &Account) -> AccountState {
