@@ -499,3 +499,67 @@ async fn a_junk_peer_claiming_a_long_chain_never_blocks_an_honest_one() {
     // And nothing of the junk peer's is held (its claims reserved nothing).
     assert_eq!(follower.ledger.pending_blocks(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_submissions_is_refused_by_its_budget() {
+    use agora_ledger::service::{BUDGET_SUBMIT_TXS, SUBMIT_TXS_PER_PEER};
+    let (validator_key, flooder_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let genesis = Genesis {
+        chain: "submit-flood".into(),
+        validators: vec![account(&validator_key)],
+        balances: vec![(account(&validator_key), 1_000_000)],
+        min_fee: 1,
+        epoch_length: 1_000_000,
+    };
+    let validator = node(&validator_key, &genesis, true, vec![]).await;
+    wait_for("the validator to validate", || async {
+        validator.ledger.is_validator()
+    })
+    .await;
+    let (flooder, _) = agora_net::start_loopback(flooder_key.clone(), vec![validator.addr.clone()])
+        .await
+        .unwrap();
+    // Full batches of (undecodable) transactions, back to back. Within the budget a peer gets
+    // its burst plus the rate for the time spent; past that it must be refused, without the
+    // validator decoding anything.
+    let batch = wire::encode(&Request::SubmitMany(vec![vec![0u8; 16]; 1_000]));
+    let started = std::time::Instant::now();
+    let mut sent = 0f64;
+    let refusal = loop {
+        let allowed = SUBMIT_TXS_PER_PEER.burst
+            + SUBMIT_TXS_PER_PEER.per_sec * started.elapsed().as_secs_f64();
+        assert!(
+            sent <= allowed + 1_000.0,
+            "{sent} transactions submitted within a budget of {allowed}, none refused"
+        );
+        match flooder
+            .request(
+                validator.net.local_peer_id(),
+                PROTOCOL,
+                batch.clone(),
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok(answer) => match wire::decode::<Response>(&answer) {
+                Some(Response::SubmittedMany(results)) => {
+                    assert_eq!(results.len(), 1_000);
+                    assert!(results.iter().all(|r| r.is_err()));
+                    sent += 1_000.0;
+                }
+                other => panic!("unexpected answer {other:?}"),
+            },
+            Err(agora_net::Error::Refused(reason)) => break reason,
+            Err(e) => panic!("request failed: {e}"),
+        }
+    };
+    assert_eq!(refusal, BUDGET_SUBMIT_TXS);
+    assert!(validator.net.admission().count(BUDGET_SUBMIT_TXS) > 0);
+    // The budget is the flooder's alone: the validator's own payments still go through.
+    let paid = validator
+        .ledger
+        .pay(account(&flooder_key), 5, None, None)
+        .await
+        .unwrap();
+    assert!(paid.height > 0);
+}

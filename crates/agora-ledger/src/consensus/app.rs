@@ -81,6 +81,8 @@ pub enum Message {
     Finalized(Finalization),
     Submit {
         txs: Vec<Tx>,
+        /// The transfers' signatures were verified by the caller, off this thread.
+        verified: bool,
         response: oneshot::Sender<Vec<Submitted>>,
     },
     /// What the application holds now (for tests and metrics).
@@ -152,9 +154,24 @@ impl Mailbox {
     /// Submits transactions at once (their signatures are checked in one batch): one answer
     /// each, in order.
     pub async fn submit_many(&self, txs: Vec<Tx>) -> Option<Vec<Submitted>> {
+        self.submit_inner(txs, false).await
+    }
+
+    /// [`Self::submit_many`] for transactions whose transfer signatures the caller verified
+    /// (`crate::tx::signatures_valid`), so the consensus thread does not: only the node's
+    /// service calls it, after verifying on a blocking thread.
+    pub(crate) async fn submit_verified(&self, txs: Vec<Tx>) -> Option<Vec<Submitted>> {
+        self.submit_inner(txs, true).await
+    }
+
+    async fn submit_inner(&self, txs: Vec<Tx>, verified: bool) -> Option<Vec<Submitted>> {
         let (response, receiver) = oneshot::channel();
         self.node
-            .send(Message::Submit { txs, response })
+            .send(Message::Submit {
+                txs,
+                verified,
+                response,
+            })
             .await
             .ok()?;
         receiver.await.ok()
@@ -511,8 +528,16 @@ where
                 self.pending_finalizations.push(finalization);
                 self.progress(context);
             }
-            Message::Submit { txs, response } => {
-                let results = self.mempool.admit_batch(txs.clone(), &self.finalized);
+            Message::Submit {
+                txs,
+                verified,
+                response,
+            } => {
+                let results = if verified {
+                    self.mempool.admit_verified(txs.clone(), &self.finalized)
+                } else {
+                    self.mempool.admit_batch(txs.clone(), &self.finalized)
+                };
                 let mut admitted = false;
                 for (tx, result) in txs.into_iter().zip(&results) {
                     if let Ok((_, true)) = result {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agora_net::admission::{Rate, SharedRateLimiter};
 use agora_net::{GossipMessage, Handle, InboundRequest};
 use commonware_codec::{Copying, Decode as _, Encode as _};
 use commonware_cryptography::certificate::Verifier as _;
@@ -65,6 +66,19 @@ pub const MAX_SYNC_RUN_BLOCKS: usize = 1_024;
 /// Bytes of the uncertified blocks one sync session holds (a few maximal blocks more than
 /// one `Blocks` answer).
 pub const MAX_SYNC_RUN_BYTES: usize = 32 << 20;
+/// Transactions one peer may submit (`Submit`, `SubmitMany`) per second, with a burst of a few
+/// full batches. Checked before any decoding of the transactions or signature work; a
+/// follower forwarding its users' payments is one peer here.
+pub const SUBMIT_TXS_PER_PEER: Rate = Rate::new(5_000.0, 4.0 * MAX_SUBMIT_BATCH as f64);
+/// Request bytes of submissions one peer may send per second (the burst fits the largest
+/// frame, so one maximal request always can pass).
+pub const SUBMIT_BYTES_PER_PEER: Rate =
+    Rate::new(8.0 * 1024.0 * 1024.0, agora_net::MAX_FRAME_LEN as f64 * 2.0);
+/// Peers whose submission budgets are tracked at once (see `RateLimiter`: full buckets are
+/// forgotten first; with all spending, a new peer is refused).
+pub const MAX_SUBMIT_PEERS: usize = 4_096;
+pub const BUDGET_SUBMIT_TXS: &str = "ledger.submit_peer_txs";
+pub const BUDGET_SUBMIT_BYTES: &str = "ledger.submit_peer_bytes";
 /// Refusal counters (`agora_refusals_total{budget}`).
 pub const BUDGET_CERTIFIED_PENDING: &str = "ledger.certified_pending";
 pub const BUDGET_SYNC_RUN: &str = "ledger.sync_uncertified_run";
@@ -245,6 +259,9 @@ pub struct Ledger {
     validator: Mutex<Option<ValidatorHandle>>,
     /// The consensus engine's metrics (Prometheus text), refreshed by its runtime thread.
     consensus_metrics: Arc<Mutex<String>>,
+    /// Per-peer submission budgets ([`SUBMIT_TXS_PER_PEER`], [`SUBMIT_BYTES_PER_PEER`]).
+    submit_txs: SharedRateLimiter<PeerId>,
+    submit_bytes: SharedRateLimiter<PeerId>,
     stop: CancellationToken,
 }
 
@@ -298,6 +315,8 @@ impl Ledger {
             sync_now: tokio::sync::Notify::new(),
             validator: Mutex::new(None),
             consensus_metrics: Arc::new(Mutex::new(String::new())),
+            submit_txs: SharedRateLimiter::new(SUBMIT_TXS_PER_PEER, MAX_SUBMIT_PEERS),
+            submit_bytes: SharedRateLimiter::new(SUBMIT_BYTES_PER_PEER, MAX_SUBMIT_PEERS),
             stop,
         });
         ledger.serve()?;
@@ -991,19 +1010,43 @@ impl Ledger {
                     return;
                 };
                 tokio::spawn(async move {
-                    let response = ledger.on_request(&req.data).await;
-                    let _ = req.reply.send(wire::encode(&response));
+                    match ledger.on_request(req.peer, &req.data).await {
+                        Ok(response) => {
+                            let _ = req.reply.send(wire::encode(&response));
+                        }
+                        Err(budget) => {
+                            ledger.net.admission().refuse(budget);
+                            req.reply.refuse(budget);
+                        }
+                    }
                 });
             }
         });
         Ok(())
     }
 
-    async fn on_request(self: &Arc<Self>, data: &[u8]) -> Response {
+    /// Checks a peer's submission of `txs` transactions in `bytes` request bytes against its
+    /// budgets, spending them if it fits.
+    fn admit_submission(&self, peer: PeerId, bytes: usize, txs: usize) -> Result<(), &'static str> {
+        self.submit_bytes
+            .check(&peer, bytes as f64)
+            .map_err(|_| BUDGET_SUBMIT_BYTES)?;
+        self.submit_txs
+            .check(&peer, txs as f64)
+            .map_err(|_| BUDGET_SUBMIT_TXS)
+    }
+
+    /// Answers a request, or `Err(budget)` when an admission budget refuses it (the requester
+    /// gets the budget's name as the refusal reason).
+    async fn on_request(
+        self: &Arc<Self>,
+        peer: PeerId,
+        data: &[u8],
+    ) -> Result<Response, &'static str> {
         let Some(request) = wire::decode::<Request>(data) else {
-            return Response::Error("malformed request".into());
+            return Ok(Response::Error("malformed request".into()));
         };
-        match request {
+        Ok(match request {
             Request::Status => {
                 let validator = self.is_validator();
                 let inner = self.inner.lock().unwrap();
@@ -1029,12 +1072,14 @@ impl Ledger {
             }
             Request::SubmitMany(txs) => {
                 if txs.len() > MAX_SUBMIT_BATCH {
-                    return Response::Error(format!(
+                    return Ok(Response::Error(format!(
                         "at most {MAX_SUBMIT_BATCH} transactions per request"
-                    ));
+                    )));
                 }
+                // Before any decoding or signature work.
+                self.admit_submission(peer, data.len(), txs.len())?;
                 if self.mailbox().is_none() {
-                    return Response::Error("this node is not a validator".into());
+                    return Ok(Response::Error("this node is not a validator".into()));
                 }
                 Response::SubmittedMany(
                     self.submit_signed_many(&txs)
@@ -1045,19 +1090,25 @@ impl Ledger {
                 )
             }
             Request::Submit(bytes) => {
-                let tx = match Tx::decode(&bytes) {
-                    Ok(tx) => tx,
-                    Err(e) => return Response::Submitted(Err(e.to_string())),
-                };
-                match self.mailbox() {
-                    None => Response::Submitted(Err("this node is not a validator".into())),
-                    Some(mailbox) => match mailbox.submit(tx).await {
-                        Some(result) => Response::Submitted(result.map_err(|e| e.to_string())),
-                        None => Response::Submitted(Err("consensus is not running".into())),
-                    },
+                if let Err(budget) = self.admit_submission(peer, data.len(), 1) {
+                    return Err(budget);
                 }
+                if let Err(e) = Tx::decode(&bytes) {
+                    return Ok(Response::Submitted(Err(e.to_string())));
+                }
+                if self.mailbox().is_none() {
+                    return Ok(Response::Submitted(Err(
+                        "this node is not a validator".into()
+                    )));
+                }
+                let result = self
+                    .submit_signed_many(&[bytes])
+                    .await
+                    .pop()
+                    .expect("one answer per transaction");
+                Response::Submitted(result.map_err(|e| e.to_string()))
             }
-        }
+        })
     }
 
     // ---- queries ----
@@ -1327,18 +1378,28 @@ impl Ledger {
         let Some(mailbox) = self.mailbox() else {
             return self.forward_many(txs).await;
         };
+        // Decoding and the batch signature check run on a blocking thread, never on the
+        // consensus application's: it is handed only transactions that passed.
+        let checked = {
+            let chain = self.chain;
+            let owned = txs.to_vec();
+            match tokio::task::spawn_blocking(move || decode_and_verify(&owned, &chain)).await {
+                Ok(checked) => checked,
+                Err(_) => return txs_stopped(txs.len()),
+            }
+        };
         let mut answers: Vec<Option<Result<Hash, LedgerError>>> = Vec::with_capacity(txs.len());
         let mut decoded = Vec::new();
-        for bytes in txs {
-            match Tx::decode(bytes) {
+        for result in checked {
+            match result {
                 Ok(tx) => {
                     decoded.push(tx);
                     answers.push(None);
                 }
-                Err(e) => answers.push(Some(Err(LedgerError::Rejected(e.to_string())))),
+                Err(e) => answers.push(Some(Err(e))),
             }
         }
-        let mut results = match mailbox.submit_many(decoded).await {
+        let mut results = match mailbox.submit_verified(decoded).await {
             Some(results) => results.into_iter(),
             None => Vec::new().into_iter(),
         };
@@ -1472,6 +1533,47 @@ impl Ledger {
         }
         Err(LedgerError::NoValidator(last_error))
     }
+}
+
+/// Decodes submitted transactions and checks the transfers' signatures in one batch (ZIP-215,
+/// the same rule as the mempool's): one answer each, in order. CPU-heavy: call it on a
+/// blocking thread. Committee changes are passed through (the mempool checks their approvals
+/// against the committee; at most `MAX_COMMITTEE_TXS` are held).
+fn decode_and_verify(txs: &[Vec<u8>], chain: &Hash) -> Vec<Result<Tx, LedgerError>> {
+    let decoded: Vec<Result<Tx, LedgerError>> = txs
+        .iter()
+        .map(|bytes| Tx::decode(bytes).map_err(|e| LedgerError::Rejected(e.to_string())))
+        .collect();
+    let signed: Vec<&crate::tx::SignedAccountTx> = decoded
+        .iter()
+        .filter_map(|tx| match tx {
+            Ok(Tx::Account(signed)) => Some(signed),
+            _ => None,
+        })
+        .collect();
+    let valid = crate::tx::signatures_valid(&signed, chain);
+    drop(signed);
+    let mut valid = valid.into_iter();
+    decoded
+        .into_iter()
+        .map(|tx| match tx {
+            Ok(Tx::Account(signed)) => {
+                if valid.next().unwrap_or(false) {
+                    Ok(Tx::Account(signed))
+                } else {
+                    Err(LedgerError::Rejected(
+                        crate::consensus::Rejected::Invalid(TxError::BadSignature).to_string(),
+                    ))
+                }
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// One `Stopped` answer per transaction.
+fn txs_stopped(n: usize) -> Vec<Result<Hash, LedgerError>> {
+    (0..n).map(|_| Err(LedgerError::Stopped)).collect()
 }
 
 /// Whether `certificate` is a finalization of `digest` by the committee of `verifier`'s epoch.
