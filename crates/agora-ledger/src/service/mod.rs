@@ -1090,9 +1090,8 @@ impl Ledger {
                 )
             }
             Request::Submit(bytes) => {
-                if let Err(budget) = self.admit_submission(peer, data.len(), 1) {
-                    return Err(budget);
-                }
+                // Before any decoding or signature work.
+                self.admit_submission(peer, data.len(), 1)?;
                 if let Err(e) = Tx::decode(&bytes) {
                     return Ok(Response::Submitted(Err(e.to_string())));
                 }
