@@ -394,10 +394,14 @@ impl Files {
             async move {
                 while let Some(req) = replicate_requests.recv().await {
                     let Some(files) = files.upgrade() else { return };
-                    let response = files.on_replicate(req.peer, &req.data);
-                    let _ = req
-                        .reply
-                        .send(serde_json::to_vec(&response).expect("serialises"));
+                    let agora_net::InboundRequest { peer, data, reply } = req;
+                    // The store's database and the quota check read the disk: off the async
+                    // workers.
+                    let response =
+                        tokio::task::spawn_blocking(move || files.on_replicate(peer, &data)).await;
+                    if let Ok(response) = response {
+                        let _ = reply.send(serde_json::to_vec(&response).expect("serialises"));
+                    }
                 }
             }
         });

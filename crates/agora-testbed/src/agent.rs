@@ -15,6 +15,7 @@ use agora_chat::{
         RoomMessage, Timestamp,
     },
 };
+use agora_files::search;
 use agora_net::{KadMode, Multiaddr, PeerId};
 use anyhow::{Context, Result};
 use futures::StreamExt;
@@ -90,7 +91,16 @@ fn raw_abuse(tcp: SocketAddr, udp: SocketAddr) -> serde_json::Value {
     json!({"garbage_connections": garbage, "storm_connections": held, "udp_garbage": datagrams})
 }
 
-pub fn hostile(targets: &[Multiaddr], room: &str) -> Result<()> {
+/// What the attacker aims at besides the room: a real blob (for slow readers) and a keyword of
+/// a real file's name (for the index flood), and how long it holds its slow streams after it
+/// printed its summary (the scenario checks honest traffic meanwhile).
+pub struct Aims {
+    pub blob: Option<String>,
+    pub keyword: Option<String>,
+    pub hold: Duration,
+}
+
+pub fn hostile(targets: &[Multiaddr], room: &str, aims: &Aims) -> Result<()> {
     let peers: Vec<PeerId> = targets
         .iter()
         .map(|a| {
@@ -107,7 +117,7 @@ pub fn hostile(targets: &[Multiaddr], room: &str) -> Result<()> {
     let raw = raw_abuse(tcp, udp);
 
     let rt = tokio::runtime::Runtime::new()?;
-    let protocol = rt.block_on(async {
+    rt.block_on(async {
         let keypair = libp2p::identity::Keypair::generate_ed25519();
         let me = Identity::from_keypair(&keypair)?;
         let config = agora_net::Config::new(vec!["/ip4/0.0.0.0/tcp/0".parse()?])
@@ -225,16 +235,138 @@ pub fn hostile(targets: &[Multiaddr], room: &str) -> Result<()> {
             let _ = net.publish(&room.topic(), noise(300, i)).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let _ = net.shutdown().await;
-        anyhow::Ok(json!({
+
+        // 1. Direct messages validly signed by throwaway keys, over one connection.
+        let mut throwaway_refused = 0;
+        for i in 0..100u8 {
+            let key = Identity::from_keypair(&libp2p::identity::Keypair::generate_ed25519())?;
+            let m = DirectMessage::new(
+                &key,
+                MessageId([i; 16]),
+                peers[0],
+                5,
+                now(),
+                format!("forged throwaway {i}"),
+            )?;
+            if let Err(agora_net::Error::Refused(_)) =
+                net.request(peers[0], CHAT_PROTOCOL, m.encode()?, t).await
+            {
+                throwaway_refused += 1;
+            }
+        }
+
+        // 2. The search index of every target flooded under a real file's keyword.
+        let mut index_stored = 0;
+        if let Some(keyword) = &aims.keyword {
+            let me_id = net.local_peer_id().to_string();
+            for peer in &peers {
+                for batch in 0..10u64 {
+                    let entries = (0..200u64)
+                        .map(|i| search::Entry {
+                            name: format!("{keyword} fake {batch} {i}"),
+                            size: 1,
+                            hash: blake3::hash(&[batch.to_be_bytes(), i.to_be_bytes()].concat())
+                                .to_hex()
+                                .to_string(),
+                            provider: me_id.clone(),
+                        })
+                        .collect();
+                    let req = search::Request::Publish {
+                        keyword: keyword.clone(),
+                        entries,
+                    };
+                    let bytes = serde_json::to_vec(&req)?;
+                    if let Ok(answer) = net.request(*peer, search::PROTOCOL, bytes, t).await
+                        && let Ok(search::Response::Stored(n)) = serde_json::from_slice(&answer)
+                    {
+                        index_stored += n;
+                    }
+                }
+            }
+        }
+
+        // 3. Replica claims for blobs nobody serves, each too big to fit beside what the
+        // targets hold (the scenario gives them 48 MiB of quota).
+        let (mut claims_accepted, mut claims_refused) = (0, 0);
+        for peer in &peers {
+            for i in 0..40u64 {
+                let request = json!({
+                    "hash": blake3::hash(&(7000 + i).to_be_bytes()).to_hex().to_string(),
+                    "size": 46u64 << 20,
+                    "name": "claim.bin",
+                });
+                let answer = net
+                    .request(
+                        *peer,
+                        agora_files::service::REPLICATE_PROTOCOL,
+                        request.to_string().into_bytes(),
+                        t,
+                    )
+                    .await;
+                match answer.map(|a| serde_json::from_slice::<serde_json::Value>(&a)) {
+                    Ok(Ok(v)) if v["accepted"] == true => claims_accepted += 1,
+                    Ok(Ok(_)) => claims_refused += 1,
+                    _ => {}
+                }
+            }
+        }
+
+        // 6. Slow readers: streams opened and never read, on the chat protocol and for a
+        // real blob, at the first target. They are held after the summary is printed.
+        let mut control = net.stream_control();
+        let (mut held, mut slots_refused) = (Vec::new(), 0);
+        for _ in 0..64 {
+            if let Ok(s) = control.open_stream(peers[0], CHAT_PROTOCOL).await {
+                held.push(s);
+            }
+        }
+        if let Some(blob) = &aims.blob {
+            let request = agora_files::protocol::Request {
+                hash: blob.clone(),
+                ranges: vec![(0, None)],
+            };
+            for _ in 0..48 {
+                if let Ok(mut s) = control
+                    .open_stream(peers[0], agora_files::protocol::PROTOCOL)
+                    .await
+                {
+                    let _ = agora_files::protocol::write_frame(&mut s, &request).await;
+                    held.push(s);
+                }
+            }
+        }
+        for s in held.iter_mut() {
+            use futures::AsyncReadExt;
+            let mut first = [0u8; 1];
+            if let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_millis(200), s.read_exact(&mut first)).await
+            {
+                // A refusal frame (chat) or an answer frame (blobs: Busy, or the start of a
+                // Size frame that we then never read past).
+                slots_refused += 1;
+            }
+        }
+
+        let summary = json!({
             "garbage_requests_answered": flood,
             "forged_dms_refused": forged_refused,
             "oversized_frame_answered": oversized,
             "mailbox_stored": stored,
             "mailbox_refused": refused,
             "forged_posts_published": published,
-        }))
+            "throwaway_dms_refused": throwaway_refused,
+            "index_entries_stored": index_stored,
+            "replica_claims_accepted": claims_accepted,
+            "replica_claims_refused": claims_refused,
+            "slow_streams_opened": held.len(),
+            "slow_streams_answered": slots_refused,
+        });
+        println!("{}", json!({"raw": raw, "protocol": summary}));
+        std::io::stdout().flush()?;
+        tokio::time::sleep(aims.hold).await;
+        drop(held);
+        let _ = net.shutdown().await;
+        anyhow::Ok(())
     })?;
-    println!("{}", json!({"raw": raw, "protocol": protocol}));
     Ok(())
 }

@@ -136,6 +136,15 @@ enum Command {
         target: Vec<agora_net::Multiaddr>,
         #[arg(long)]
         room: String,
+        /// A real blob to hold slow streams for.
+        #[arg(long)]
+        blob: Option<String>,
+        /// A keyword of a real file's name, to flood the index under.
+        #[arg(long)]
+        keyword: Option<String>,
+        /// Seconds to hold the slow streams after printing the summary.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
     },
 }
 
@@ -181,7 +190,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::AgentHostile { target, room } => match agent::hostile(&target, &room) {
+        Command::AgentHostile {
+            target,
+            room,
+            blob,
+            keyword,
+            hold,
+        } => match agent::hostile(
+            &target,
+            &room,
+            &agent::Aims {
+                blob,
+                keyword,
+                hold: std::time::Duration::from_secs(hold),
+            },
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

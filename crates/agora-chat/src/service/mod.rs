@@ -1290,35 +1290,14 @@ impl Chat {
             if envelopes.is_empty() {
                 break;
             }
-            let mut ack = Vec::new();
-            for env in envelopes {
-                let id = env.id;
-                match env.open(&self.identity) {
-                    Ok(Letter::Message(m)) => {
-                        let from = m.from;
-                        match self.accept_message(m, "mailbox") {
-                            Ok(receipt) => {
-                                count += 1;
-                                ack.push(id);
-                                self.learn_profile(from);
-                                receipts.push(receipt);
-                            }
-                            // Buffer full: leave it with the holder for next time.
-                            Err(Rejection::TryLater) => {}
-                            Err(_) => ack.push(id),
-                        }
-                    }
-                    Ok(Letter::Receipt(r)) => {
-                        count += 1;
-                        self.on_receipt(&r);
-                        ack.push(id);
-                    }
-                    Err(e) => {
-                        tracing::warn!(holder = %holder, "rejected an envelope from the mailbox: {e}");
-                        ack.push(id);
-                    }
-                }
-            }
+            // Opening (HPKE) and storing (redb, fsync) a page runs on a blocking thread.
+            let chat = self.clone();
+            let opened = tokio::task::spawn_blocking(move || chat.open_page(holder, envelopes));
+            let Ok((ack, new, page_receipts)) = opened.await else {
+                break;
+            };
+            count += new;
+            receipts.extend(page_receipts);
             if !ack.is_empty() {
                 for chunk in ack.chunks(crate::wire::MAX_ACK_IDS) {
                     let Ok(req) =
@@ -1340,6 +1319,48 @@ impl Chat {
             }
         }
         count
+    }
+
+    /// Opens one page of envelopes collected from `holder`: delivers messages, applies
+    /// receipts. Returns the ids to acknowledge, the number of new letters and the receipts
+    /// to send back. Blocking (decryption and database writes).
+    fn open_page(
+        self: &Arc<Self>,
+        holder: PeerId,
+        envelopes: Vec<Envelope>,
+    ) -> (Vec<MessageId>, usize, Vec<Receipt>) {
+        let mut count = 0;
+        let mut receipts = Vec::new();
+        let mut ack = Vec::new();
+        for env in envelopes {
+            let id = env.id;
+            match env.open(&self.identity) {
+                Ok(Letter::Message(m)) => {
+                    let from = m.from;
+                    match self.accept_message(m, "mailbox") {
+                        Ok(receipt) => {
+                            count += 1;
+                            ack.push(id);
+                            self.learn_profile(from);
+                            receipts.push(receipt);
+                        }
+                        // Buffer full: leave it with the holder for next time.
+                        Err(Rejection::TryLater) => {}
+                        Err(_) => ack.push(id),
+                    }
+                }
+                Ok(Letter::Receipt(r)) => {
+                    count += 1;
+                    self.on_receipt(&r);
+                    ack.push(id);
+                }
+                Err(e) => {
+                    tracing::warn!(holder = %holder, "rejected an envelope from the mailbox: {e}");
+                    ack.push(id);
+                }
+            }
+        }
+        (ack, count, receipts)
     }
 
     // ---------------------------------------------------------------- rooms
@@ -1788,7 +1809,9 @@ impl Chat {
             st.last_seen.insert(peer, t.as_millis());
             st.last_seen_dirty.insert(peer);
         }
+        // Only the peer's own profile: otherwise one exchange could fill the profile book.
         if let Some(profile) = ex.profile
+            && profile.peer == peer
             && st.profiles.handle(profile.clone()).is_ok()
             && let Err(e) = self.db.put_profile(&profile)
         {
@@ -1918,6 +1941,11 @@ impl Chat {
 
     fn mark_down(&self, peer: PeerId) {
         let mut st = self.state.lock().unwrap();
+        if st.down.len() >= budget::MAX_LAST_SEEN {
+            // Peers that went down more than a day ago are offline by their expiry anyway.
+            let cutoff = now().saturating_sub(Duration::from_secs(24 * 3600));
+            st.down.retain(|_, at| *at > cutoff);
+        }
         st.down.insert(peer, now());
     }
 
