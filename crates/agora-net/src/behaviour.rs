@@ -3,7 +3,7 @@
 use libp2p::{
     autonat, connection_limits, dcutr, gossipsub, identify,
     identity::Keypair,
-    kad, mdns, memory_connection_limits, ping, relay,
+    kad, mdns, memory_connection_limits, ping, relay, request_response,
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
     upnp,
 };
@@ -27,6 +27,9 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub autonat: autonat::Behaviour,
     pub dcutr: dcutr::Behaviour,
+    /// Every application protocol's requests ([`crate::rpc`]).
+    pub rpc: request_response::Behaviour<crate::rpc::Codec>,
+    /// Raw streams: blob bodies and consensus.
     pub stream: libp2p_stream::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub upnp: Toggle<upnp::tokio::Behaviour>,
@@ -101,6 +104,7 @@ impl Behaviour {
             gossipsub,
             autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
             dcutr: dcutr::Behaviour::new(peer_id),
+            rpc: crate::rpc::behaviour(),
             stream: libp2p_stream::Behaviour::new(),
             mdns: mdns.into(),
             upnp: config.upnp.then(upnp::tokio::Behaviour::default).into(),

@@ -32,6 +32,7 @@ use crate::{
     NatState, NodeInfo, PROTOCOL_VERSION, PeerInfo, Stats,
     behaviour::{Behaviour, BehaviourEvent},
     handle::Command,
+    rpc::Rpc,
 };
 
 /// How long a clean shutdown waits for connections to close.
@@ -97,6 +98,8 @@ pub struct EventLoop {
     redials: HashMap<PeerId, Redial>,
     /// Peers we are disconnecting on purpose (never redialed).
     closing: HashSet<PeerId>,
+    /// Application requests, inbound and outbound.
+    rpc: Rpc,
 }
 
 /// A lost peer to dial again: when, how many tries so far, and the addresses it listened on
@@ -255,11 +258,14 @@ pub(crate) fn build(
     let streams = swarm.behaviour().stream.new_control();
     let refusals = crate::Refusals::default();
     refusals.register(registry);
+    let services = crate::rpc::Services::default();
+    let rpc = Rpc::new(services.clone(), refusals.clone());
     let handle = Handle {
         commands: command_tx,
         events: events.clone(),
         local_peer_id,
         streams,
+        services,
         refusals,
     };
     let event_loop = EventLoop {
@@ -279,6 +285,7 @@ pub(crate) fn build(
         shutdown: None,
         redials: HashMap::new(),
         closing: HashSet::new(),
+        rpc,
     };
     Ok((handle, event_loop))
 }
@@ -330,6 +337,13 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => return,
                 },
+                (channel, response) = self.rpc.next_reply() => {
+                    // No response (the handler dropped the request): dropping the channel
+                    // closes the stream.
+                    if let Some(response) = response {
+                        let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
+                    }
+                }
                 () = grace => {}
                 () = redial => self.redial_due(),
             }
@@ -522,6 +536,10 @@ impl EventLoop {
             Command::ClosestPeers(key, reply) => {
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(key);
                 self.queries.insert(id, PendingQuery::ClosestPeers(reply));
+            }
+            Command::Request(outbound) => {
+                self.rpc
+                    .request(&mut self.swarm.behaviour_mut().rpc, outbound);
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
@@ -832,6 +850,10 @@ impl EventLoop {
                 self.emit(Event::NatStatusChanged { status: self.nat });
             }
             BehaviourEvent::Relay(event) => self.metrics.record(&event),
+            BehaviourEvent::Rpc(event) => {
+                self.rpc
+                    .on_event(&mut self.swarm.behaviour_mut().rpc, event);
+            }
             BehaviourEvent::Dcutr(event) => {
                 self.metrics.record(&event);
                 let dcutr::Event {

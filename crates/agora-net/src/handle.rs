@@ -57,6 +57,8 @@ pub(crate) enum Command {
     StopProviding(Vec<u8>),
     FindProviders(Vec<u8>, usize, oneshot::Sender<Result<Vec<PeerId>, Error>>),
     ClosestPeers(Vec<u8>, oneshot::Sender<Result<Vec<PeerId>, Error>>),
+    /// A request on an application protocol; the reply comes on its `reply`.
+    Request(crate::rpc::Outbound),
     /// Close all connections and stop; replies with the peers to remember.
     Shutdown(oneshot::Sender<Vec<KnownPeerAddrs>>),
 }
@@ -69,6 +71,7 @@ pub struct Handle {
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) local_peer_id: PeerId,
     pub(crate) streams: libp2p_stream::Control,
+    pub(crate) services: crate::rpc::Services,
     pub(crate) refusals: crate::Refusals,
 }
 
@@ -225,22 +228,22 @@ impl Handle {
     /// [`InboundRequest`] whose `reply` carries the response back. At most
     /// [`MAX_INBOUND_PER_PROTOCOL`](crate::MAX_INBOUND_PER_PROTOCOL) are in flight, and at most
     /// [`MAX_INBOUND_PER_PEER`](crate::MAX_INBOUND_PER_PEER) of one peer; more are refused with
-    /// a reason, as are requests arriving while `requests` is full.
+    /// a reason, as are requests arriving while `requests` is full. Fails if the protocol is
+    /// served already (and its receiver still open).
     pub fn serve(
         &self,
         protocol: StreamProtocol,
         requests: mpsc::Sender<InboundRequest>,
     ) -> Result<(), Error> {
-        crate::rpc::serve(
-            self.streams.clone(),
-            protocol,
-            requests,
-            self.refusals.clone(),
-        )
+        self.services.serve(protocol, requests)
     }
 
     /// Sends a request on an application protocol and waits up to `timeout` for the response.
-    /// Dials the peer if needed.
+    /// Dials the peer if needed. A refusal by the peer is [`Error::Refused`] with its reason.
+    ///
+    /// At most [`MAX_OUTBOUND_PER_PEER`](crate::MAX_OUTBOUND_PER_PEER) requests per peer and
+    /// protocol are on the wire at once; more wait their turn, within their own `timeout`.
+    /// Cancel-safe: a request whose caller is gone is not sent, or its answer is dropped.
     pub async fn request(
         &self,
         peer: PeerId,
@@ -248,7 +251,27 @@ impl Handle {
         data: Vec<u8>,
         timeout: std::time::Duration,
     ) -> Result<Vec<u8>, Error> {
-        crate::rpc::request(self.streams.clone(), peer, protocol, data, timeout).await
+        if data.len() > crate::MAX_FRAME_LEN {
+            return Err(Error::Request(format!(
+                "request of {} bytes exceeds the limit of {}",
+                data.len(),
+                crate::MAX_FRAME_LEN
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let call = self.call(|reply| {
+            Command::Request(crate::rpc::Outbound {
+                peer,
+                protocol,
+                data,
+                deadline,
+                reply,
+            })
+        });
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(result) => result?,
+            Err(_) => Err(Error::Request(format!("no response within {timeout:?}"))),
+        }
     }
 
     /// The node's refusal counters (`agora_refusals_total{budget}`): every admission budget of

@@ -10,9 +10,12 @@
 //! TCP and QUIC transports, Noise, Yamux (with data frames of up to 63 KiB: [`Yamux`]); identify (`/ipfs/id/1.0.0`), ping (`/ipfs/ping/1.0.0`),
 //! Kademlia on [`KAD_PROTOCOL`], gossipsub (`/meshsub/1.1.0`, signed messages, every message goes
 //! through the application's validation before it is forwarded), AutoNAT, circuit relay v2 (server
-//! and client), DCUtR hole punching, connection and memory limits, and request-response for
-//! application protocols ([`Handle::request`], [`Handle::serve`]: length-prefixed byte frames with a
-//! size limit checked before allocation) carried on libp2p streams. mDNS and UPnP exist but are off unless enabled.
+//! and client), DCUtR hole punching, connection and memory limits, and one request layer for
+//! every application protocol ([`Handle::request`], [`Handle::serve`]: libp2p request-response
+//! on [`RPC_PROTOCOL`], length-prefixed byte frames with a size limit checked before
+//! allocation, per-peer admission, request ids; see the `rpc` module). Raw libp2p streams
+//! ([`Handle::stream_control`]) carry only blob bodies and consensus. mDNS and UPnP exist but
+//! are off unless enabled.
 //!
 //! # Kademlia mode
 //! With [`KadMode::Auto`], a node that listens only on loopback, private or link-local addresses
@@ -58,8 +61,9 @@ pub use libp2p::{
 };
 pub use muxer::{Muxer, SPLIT_SEND_SIZE, Yamux};
 pub use rpc::{
-    MAX_FRAME_LEN, MAX_INBOUND_PER_PEER, MAX_INBOUND_PER_PROTOCOL, MAX_REFUSAL_LEN, budget,
-    read_frame, read_frame_with_limit, write_frame,
+    MAX_FRAME_LEN, MAX_INBOUND_PER_PEER, MAX_INBOUND_PER_PROTOCOL, MAX_OUTBOUND_PER_PEER,
+    MAX_QUEUED_PER_PEER, MAX_REFUSAL_LEN, RPC_PROTOCOL, budget, read_frame, read_frame_with_limit,
+    write_frame,
 };
 
 /// The Kademlia protocol id of Agora's DHT.

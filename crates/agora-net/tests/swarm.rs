@@ -52,6 +52,19 @@ async fn connected(a: &Handle, b: PeerId) -> bool {
     a.peers().await.unwrap().iter().any(|p| p.peer_id == b)
 }
 
+/// The bytes of a request as `/agora/rpc/1.0.0` carries it: the protocol name frame, then
+/// the data frame's length (the data itself is left to the caller when `data` is empty).
+fn raw_request(protocol: &StreamProtocol, data: &[u8]) -> Vec<u8> {
+    let name = protocol.as_ref().as_bytes();
+    let mut bytes = (name.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(name);
+    if !data.is_empty() {
+        bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(data);
+    }
+    bytes
+}
+
 #[tokio::test]
 async fn dial_identify_and_ping() {
     let (a, a_addr) = node(vec![]).await;
@@ -180,12 +193,16 @@ async fn request_response_with_limits() {
     );
 
     // A raw stream announcing a huge frame is dropped by the server, which keeps serving.
+    use futures::{AsyncReadExt, AsyncWriteExt};
     let mut control = b.stream_control();
     let mut stream = control
-        .open_stream(a.local_peer_id(), protocol.clone())
+        .open_stream(a.local_peer_id(), agora_net::RPC_PROTOCOL)
         .await
         .unwrap();
-    use futures::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(&raw_request(&protocol, &[])[..])
+        .await
+        .unwrap();
     stream.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     let _ = stream.close().await;
     let mut buf = Vec::new();
@@ -267,34 +284,47 @@ async fn providers_are_announced_and_found() {
 /// honest peers' requests were dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_peer_cannot_hold_every_request_slot() {
-    use futures::AsyncReadExt;
+    use futures::{AsyncReadExt, AsyncWriteExt};
 
     let protocol = StreamProtocol::new("/agora/test-slots/1.0.0");
     let (server, addr) = node(vec![]).await;
     let (hostile, _) = node(vec![]).await;
     let (honest, _) = node(vec![]).await;
-    // The handler answers at once, but only the honest peer's stream reads its answer: the
-    // hostile peer opens streams and never sends its request, holding each slot.
+    // The handler answers the honest peer at once but keeps every request of the hostile peer
+    // waiting, so each one it sends holds a slot.
     let (tx, mut rx) = mpsc::channel::<agora_net::InboundRequest>(64);
     server.serve(protocol.clone(), tx).unwrap();
+    let hostile_id = hostile.local_peer_id();
     tokio::spawn(async move {
+        let mut parked = Vec::new();
         while let Some(req) = rx.recv().await {
-            let _ = req.reply.send(req.data);
+            if req.peer == hostile_id {
+                parked.push(req);
+            } else {
+                let _ = req.reply.send(req.data);
+            }
         }
     });
     hostile.dial(addr.clone()).await.unwrap();
     honest.dial(addr).await.unwrap();
+    // The hostile peer bypasses its own request layer (which would pace it to its share) and
+    // sends every request it can at once, on raw streams.
     let mut streams = Vec::new();
     let mut control = hostile.stream_control();
-    for _ in 0..agora_net::MAX_INBOUND_PER_PROTOCOL {
-        let stream = control
-            .open_stream(server.local_peer_id(), protocol.clone())
+    for i in 0..agora_net::MAX_INBOUND_PER_PROTOCOL {
+        let mut stream = control
+            .open_stream(server.local_peer_id(), agora_net::RPC_PROTOCOL)
             .await
             .unwrap();
+        stream
+            .write_all(&raw_request(&protocol, format!("request {i}").as_bytes()))
+            .await
+            .unwrap();
+        stream.close().await.unwrap();
         streams.push(stream);
     }
-    // Streams past the per-peer budget are answered at once with a refusal frame; the rest
-    // stay open, waiting for a request that never comes.
+    // Requests past the per-peer budget are answered at once with a refusal frame; the rest
+    // wait for the handler, which never answers them.
     let (mut held, mut refused) = (0, 0);
     for stream in streams.iter_mut() {
         let mut len = [0u8; 4];
@@ -304,14 +334,14 @@ async fn one_peer_cannot_hold_every_request_slot() {
                 assert_ne!(u32::from_be_bytes(len) & (1 << 31), 0, "a refusal frame");
                 refused += 1;
             }
-            Ok(Err(_)) => {} // dropped before it was accepted
+            Ok(Err(e)) => panic!("a request was dropped: {e}"),
         }
     }
-    assert!(
-        held <= agora_net::MAX_INBOUND_PER_PEER,
+    assert_eq!(
+        held,
+        agora_net::MAX_INBOUND_PER_PEER,
         "one peer holds {held} slots"
     );
-    assert!(refused > 0, "no stream was refused");
     assert_eq!(
         server.admission().count(agora_net::budget::PER_PEER),
         refused as u64
@@ -336,4 +366,138 @@ async fn one_peer_cannot_hold_every_request_slot() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     drop(streams);
+}
+
+/// Answers every request of `protocol` on `server` with its own bytes, after a millisecond of
+/// "work" each, one at a time.
+fn echo(server: &Handle, protocol: &StreamProtocol) {
+    let (tx, mut rx) = mpsc::channel::<agora_net::InboundRequest>(64);
+    server.serve(protocol.clone(), tx).unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let _ = req.reply.send(req.data);
+        }
+    });
+}
+
+/// Sends `n` requests at once from `client` and sorts the outcomes: answered (with the right
+/// echo), refused with a reason, failed otherwise (dropped, timed out, reset).
+async fn burst(
+    client: &Handle,
+    server: PeerId,
+    protocol: &StreamProtocol,
+    n: u32,
+) -> (usize, usize, Vec<agora_net::Error>) {
+    let results = futures::future::join_all((0..n).map(|i| async move {
+        let data = i.to_be_bytes().to_vec();
+        let result = client
+            .request(server, protocol.clone(), data.clone(), WAIT)
+            .await;
+        (data, result)
+    }))
+    .await;
+    let (mut answered, mut refused, mut failed) = (0, 0, Vec::new());
+    for (data, result) in results {
+        match result {
+            Ok(response) => {
+                assert_eq!(response, data, "a response to another request");
+                answered += 1;
+            }
+            Err(agora_net::Error::Refused(reason)) if !reason.is_empty() => refused += 1,
+            Err(e) => failed.push(e),
+        }
+    }
+    (answered, refused, failed)
+}
+
+/// Hardening issue 20: libp2p-stream keeps one inbound stream waiting per protocol and drops
+/// the rest of a burst, which the requester saw as a stream closed before any response (a
+/// retry loop papered over it). Every request of a burst must now be answered or refused with
+/// a reason; none may vanish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_is_answered_or_refused_never_dropped() {
+    let protocol = StreamProtocol::new("/agora/test-burst/1.0.0");
+    let (server, addr) = node(vec![]).await;
+    echo(&server, &protocol);
+    let (client, _) = node(vec![]).await;
+    client.dial(addr.clone()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (answered, refused, failed) = burst(&client, server.local_peer_id(), &protocol, 200).await;
+    println!(
+        "burst of 200 from one peer: {answered} answered, {refused} refused, {} failed in {:?}",
+        failed.len(),
+        started.elapsed()
+    );
+    assert!(failed.is_empty(), "requests failed silently: {failed:?}");
+    assert_eq!(answered + refused, 200);
+
+    // The same burst on raw streams, past the requester's pacing (as a peer that is not Agora
+    // may send it): the server answers or refuses every one.
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let control = client.stream_control();
+    let raw = futures::future::join_all((0..200u32).map(|i| {
+        let mut control = control.clone();
+        let server = server.local_peer_id();
+        let protocol = protocol.clone();
+        async move {
+            let mut stream = control
+                .open_stream(server, agora_net::RPC_PROTOCOL)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream
+                .write_all(&raw_request(&protocol, &i.to_be_bytes()))
+                .await
+                .map_err(|e| e.to_string())?;
+            stream.close().await.map_err(|e| e.to_string())?;
+            let mut response = Vec::new();
+            tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+                .await
+                .map_err(|_| "no response in time".to_owned())?
+                .map_err(|e| e.to_string())?;
+            let len =
+                u32::from_be_bytes(response.get(..4).ok_or("no response")?.try_into().unwrap());
+            Ok::<bool, String>(len & (1 << 31) == 0)
+        }
+    }))
+    .await;
+    let raw_answered = raw.iter().filter(|r| matches!(r, Ok(true))).count();
+    let raw_refused = raw.iter().filter(|r| matches!(r, Ok(false))).count();
+    let raw_failed: Vec<_> = raw.iter().filter_map(|r| r.as_ref().err()).collect();
+    println!(
+        "raw burst of 200 from one peer: {raw_answered} answered, {raw_refused} refused, {} failed",
+        raw_failed.len()
+    );
+    assert!(
+        raw_failed.is_empty(),
+        "raw requests dropped: {raw_failed:?}"
+    );
+
+    // Three peers, fifty requests each at once: each stays within its own budget, so all are
+    // answered.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (c, _) = node(vec![]).await;
+        c.dial(addr.clone()).await.unwrap();
+        clients.push(c);
+    }
+    let started = std::time::Instant::now();
+    let outcomes = futures::future::join_all(
+        clients
+            .iter()
+            .map(|c| burst(c, server.local_peer_id(), &protocol, 50)),
+    )
+    .await;
+    println!(
+        "3 peers x 50: {:?} in {:?}",
+        outcomes
+            .iter()
+            .map(|(a, r, f)| (*a, *r, f.len()))
+            .collect::<Vec<_>>(),
+        started.elapsed()
+    );
+    for (answered, refused, failed) in outcomes {
+        assert!(failed.is_empty(), "requests failed: {failed:?}");
+        assert_eq!((answered, refused), (50, 0));
+    }
 }
