@@ -311,12 +311,13 @@ pub fn hostile(targets: &[Multiaddr], room: &str, aims: &Aims) -> Result<()> {
             }
         }
 
-        // 6. Slow readers: streams opened and never read, on the chat protocol and for a
-        // real blob, at the first target. They are held after the summary is printed.
+        // 6. Slow streams: request streams opened and never written (they hold no request
+        // slot: a request is admitted once it has arrived) and blob streams for a real blob
+        // never read, at the first target. They are held after the summary is printed.
         let mut control = net.stream_control();
         let (mut held, mut slots_refused) = (Vec::new(), 0);
         for _ in 0..64 {
-            if let Ok(s) = control.open_stream(peers[0], CHAT_PROTOCOL).await {
+            if let Ok(s) = control.open_stream(peers[0], agora_net::RPC_PROTOCOL).await {
                 held.push(s);
             }
         }
