@@ -44,6 +44,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::{
     BLOCK_SIZE, Hash,
+    proto::picker::Picker,
     protocol::{PROTOCOL, Request, Response, read_limited_frame, write_frame},
 };
 
@@ -93,98 +94,6 @@ pub enum FetchError {
     AllFailed { hash: String, reasons: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum PieceState {
-    Pending,
-    InFlight,
-    Done,
-}
-
-struct Work {
-    pieces: Vec<(ChunkRanges, PieceState)>,
-    /// For each piece, the providers it is being fetched from.
-    asked: Vec<Vec<PeerId>>,
-    /// Everything the partial providers said they have: what complete providers should
-    /// not be asked for first (rarest first, as in BitTorrent).
-    others_have: ChunkRanges,
-}
-
-impl Work {
-    fn new(ranges: Vec<ChunkRanges>) -> Self {
-        Work {
-            asked: vec![Vec::new(); ranges.len()],
-            pieces: ranges
-                .into_iter()
-                .map(|r| (r, PieceState::Pending))
-                .collect(),
-            others_have: ChunkRanges::empty(),
-        }
-    }
-
-    /// Up to `n` pending pieces for `peer`; in the end game, one piece in flight from another
-    /// provider instead (a second request to the same provider would only race the first: for
-    /// a blob of one piece, every worker of the one provider used to fetch it at once).
-    /// Only pieces inside `within` (what a partial provider has), when given.
-    fn take(
-        &mut self,
-        n: usize,
-        within: Option<&ChunkRanges>,
-        peer: PeerId,
-    ) -> Option<(Vec<usize>, ChunkRanges)> {
-        let fits = |r: &ChunkRanges| within.is_none_or(|w| (r.clone() - w.clone()).is_empty());
-        let pending = |i: &usize| {
-            let (r, s) = &self.pieces[*i];
-            *s == PieceState::Pending && fits(r)
-        };
-        // A complete provider first gets pieces no partial provider has.
-        let rare = |i: &usize| {
-            within.is_some() || !(self.pieces[*i].0.clone() - self.others_have.clone()).is_empty()
-        };
-        let mut idx: Vec<usize> = (0..self.pieces.len())
-            .filter(|i| pending(i) && rare(i))
-            .take(n)
-            .collect();
-        if idx.is_empty() {
-            idx = (0..self.pieces.len()).filter(pending).take(n).collect();
-        }
-        if idx.is_empty() {
-            idx = (0..self.pieces.len())
-                .find(|&i| {
-                    let (r, s) = &self.pieces[i];
-                    *s == PieceState::InFlight && fits(r) && !self.asked[i].contains(&peer)
-                })
-                .into_iter()
-                .collect();
-        }
-        if idx.is_empty() {
-            return None;
-        }
-        let mut ranges = ChunkRanges::empty();
-        for &i in &idx {
-            self.pieces[i].1 = PieceState::InFlight;
-            self.asked[i].push(peer);
-            ranges |= self.pieces[i].0.clone();
-        }
-        Some((idx, ranges))
-    }
-
-    fn finish(&mut self, idx: &[usize], ok: bool, peer: PeerId) {
-        for &i in idx {
-            self.asked[i].retain(|p| *p != peer);
-            let state = &mut self.pieces[i].1;
-            if ok {
-                *state = PieceState::Done;
-            } else if *state == PieceState::InFlight && self.asked[i].is_empty() {
-                *state = PieceState::Pending;
-            }
-        }
-    }
-
-    fn complete(&self) -> bool {
-        self.pieces.iter().all(|(_, s)| *s == PieceState::Done)
-    }
 }
 
 /// What one request to one provider ended with.
@@ -526,7 +435,7 @@ pub async fn fetch(
         *h.finalize().as_bytes()
     });
     *target.have.lock().unwrap() = Some(partial.clone());
-    let work = Arc::new(Mutex::new(Work::new(pieces)));
+    let work = Arc::new(Mutex::new(Picker::new(pieces)));
     let reasons = Arc::new(Mutex::new(Vec::<String>::new()));
     let local_error = Arc::new(Mutex::new(None::<io::Error>));
     let mut workers = tokio::task::JoinSet::new();
@@ -1132,69 +1041,6 @@ pub fn read_file_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pieces(bounds: &[(u64, u64)]) -> Vec<ChunkRanges> {
-        bounds
-            .iter()
-            .map(|&(a, b)| ChunkRanges::from(ChunkNum(a)..ChunkNum(b)))
-            .collect()
-    }
-
-    #[test]
-    fn work_queue_hands_out_pending_then_end_game() {
-        let (p, q) = (PeerId::random(), PeerId::random());
-        let mut w = Work::new(pieces(&[(0, 16), (16, 32), (32, 48)]));
-        let (a, _) = w.take(2, None, p).unwrap();
-        assert_eq!(a, vec![0, 1]);
-        let (b, _) = w.take(2, None, p).unwrap();
-        assert_eq!(b, vec![2]);
-        // End game: everything is in flight, so an idle worker of another provider duplicates
-        // a piece; one of the same provider has nothing to do.
-        assert!(w.take(2, None, p).is_none());
-        let (c, _) = w.take(2, None, q).unwrap();
-        assert_eq!(c, vec![0]);
-        w.finish(&a, true, p);
-        w.finish(&b, false, p);
-        assert!(!w.complete());
-        let (d, _) = w.take(2, None, q).unwrap();
-        assert_eq!(d, vec![2], "a failed piece is pending again");
-        w.finish(&d, true, q);
-        w.finish(&c, false, q); // a duplicate failing does not undo the piece done elsewhere
-        assert!(w.complete());
-        assert!(w.take(1, None, p).is_none());
-    }
-
-    #[test]
-    fn a_piece_failing_at_one_provider_stays_in_flight_at_another() {
-        let (p, q) = (PeerId::random(), PeerId::random());
-        let mut w = Work::new(pieces(&[(0, 16)]));
-        let (a, _) = w.take(1, None, p).unwrap();
-        let (b, _) = w.take(1, None, q).unwrap();
-        w.finish(&a, false, p);
-        assert!(
-            w.take(1, None, q).is_none(),
-            "still in flight from q: not handed out again"
-        );
-        let (c, _) = w.take(1, None, p).unwrap();
-        assert_eq!(c, vec![0], "p may duplicate q's request again");
-        w.finish(&b, true, q);
-        w.finish(&c, false, p);
-        assert!(w.complete());
-    }
-
-    #[test]
-    fn complete_providers_get_the_rarest_pieces_first() {
-        let p = PeerId::random();
-        let mut w = Work::new(pieces(&[(0, 16), (16, 32), (32, 48)]));
-        w.others_have = ChunkRanges::from(ChunkNum(0)..ChunkNum(32));
-        let (a, _) = w.take(1, None, p).unwrap();
-        assert_eq!(a, vec![2], "the piece nobody else has");
-        let within = ChunkRanges::from(ChunkNum(0)..ChunkNum(16));
-        let (b, _) = w.take(2, Some(&within), p).unwrap();
-        assert_eq!(b, vec![0], "a partial provider only for what it has");
-        let (c, _) = w.take(1, None, p).unwrap();
-        assert_eq!(c, vec![1], "then common pieces");
-    }
 
     #[test]
     fn partial_path_sits_beside_the_destination() {

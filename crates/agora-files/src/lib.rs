@@ -23,6 +23,7 @@
 
 pub mod collection;
 pub mod download;
+pub mod proto;
 pub mod protocol;
 pub mod search;
 pub mod service;

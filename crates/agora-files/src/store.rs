@@ -32,7 +32,7 @@ use bao_tree::{
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::{BLOCK_SIZE, Hash};
+use crate::{BLOCK_SIZE, Hash, proto::eviction};
 
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 /// Replicas accepted and not yet held: hex hash -> JSON [`PendingReplica`].
@@ -448,43 +448,45 @@ impl Store {
     /// Whether `needed` more bytes could fit under `quota`, counting what evicting every
     /// cached replica would free. Evicts nothing.
     pub fn could_fit(&self, needed: u64, quota: u64) -> Result<bool, StoreError> {
-        let list = self.list()?;
-        let usage = self.usage()?;
-        let evictable: u64 = list
-            .iter()
+        let candidates = self.eviction_candidates()?;
+        Ok(eviction::could_fit(
+            self.usage()?,
+            &candidates,
+            needed,
+            quota,
+        ))
+    }
+
+    /// Cached blobs whose data the store owns: the only ones ever evicted.
+    fn eviction_candidates(&self) -> Result<Vec<eviction::Candidate<Hash>>, StoreError> {
+        Ok(self
+            .list()?
+            .into_iter()
             .filter(|(_, m)| m.kind == Kind::Cached && m.source.is_none())
-            .map(|(_, m)| m.size + BaoTree::new(m.size, BLOCK_SIZE).outboard_size())
-            .sum();
-        Ok(usage.saturating_sub(evictable) + needed <= quota)
+            .map(|(id, m)| eviction::Candidate {
+                id,
+                bytes: m.size + BaoTree::new(m.size, BLOCK_SIZE).outboard_size(),
+                added: m.added,
+            })
+            .collect())
     }
 
     /// Makes room for `needed` more bytes under `quota` by evicting cached blobs whose data the
-    /// store owns, least recently added first. Own shares and pins are never evicted. Returns
-    /// the evicted hashes, or an error if even evicting every candidate would not be enough
-    /// (then nothing is evicted).
+    /// store owns, least recently added first ([`eviction::plan`]). Own shares and pins are
+    /// never evicted. Returns the evicted hashes, or an error if even evicting every candidate
+    /// would not be enough (then nothing is evicted).
     pub fn make_room(&self, needed: u64, quota: u64) -> Result<Vec<Hash>, StoreError> {
         let usage = self.usage()?;
         if usage + needed <= quota {
             return Ok(Vec::new());
         }
-        let mut candidates: Vec<(Hash, BlobMeta)> = self
-            .list()?
-            .into_iter()
-            .filter(|(_, m)| m.kind == Kind::Cached && m.source.is_none())
-            .collect();
-        candidates.sort_by_key(|(_, m)| m.added);
-        let mut freed = 0;
-        let mut chosen = Vec::new();
-        for (hash, meta) in candidates {
-            if usage + needed - freed <= quota {
-                break;
-            }
-            freed += meta.size + BaoTree::new(meta.size, BLOCK_SIZE).outboard_size();
-            chosen.push(hash);
-        }
-        if usage + needed - freed.min(usage + needed) > quota {
-            return Err(StoreError::QuotaFull { needed, quota });
-        }
+        let chosen =
+            eviction::plan(usage, self.eviction_candidates()?, needed, quota).map_err(|e| {
+                StoreError::QuotaFull {
+                    needed: e.needed,
+                    quota: e.quota,
+                }
+            })?;
         for hash in &chosen {
             self.remove(hash)?;
         }

@@ -1,0 +1,11 @@
+//! The pure core of file sharing: decisions with no I/O, no clock and no randomness of their
+//! own, each unit- and property-tested (the service in [`crate::service`] drives them).
+//!
+//! - [`picker`]: which pieces of a download to ask which provider for.
+//! - [`index`]: the keyword index held for others, and its budgets.
+//! - [`eviction`]: whether a blob could fit under the storage quota, and which cached
+//!   replicas to evict to make room for verified data.
+
+pub mod eviction;
+pub mod index;
+pub mod picker;

@@ -1,0 +1,227 @@
+//! The piece picker of a download: which pieces (ranges of chunk groups) to ask which
+//! provider for. Pure: no I/O, no clock; the download drives it under a lock.
+//!
+//! Rules, as in BitTorrent: a complete provider is first asked for the pieces no partial
+//! provider has (rarest first); a partial provider only for pieces inside what it has; once
+//! every piece is in flight (the end game), an idle provider duplicates a piece in flight
+//! elsewhere, never one it is already fetching itself; a piece that failed everywhere is
+//! pending again; a piece done is never handed out again.
+
+use bao_tree::ChunkRanges;
+use libp2p::PeerId;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PieceState {
+    Pending,
+    InFlight,
+    Done,
+}
+
+/// The pieces of one download and who is fetching each.
+pub struct Picker {
+    pieces: Vec<(ChunkRanges, PieceState)>,
+    /// For each piece, the providers it is being fetched from.
+    asked: Vec<Vec<PeerId>>,
+    /// Everything the partial providers said they have: what complete providers should
+    /// not be asked for first (rarest first, as in BitTorrent).
+    pub others_have: ChunkRanges,
+}
+
+impl Picker {
+    pub fn new(ranges: Vec<ChunkRanges>) -> Self {
+        Picker {
+            asked: vec![Vec::new(); ranges.len()],
+            pieces: ranges
+                .into_iter()
+                .map(|r| (r, PieceState::Pending))
+                .collect(),
+            others_have: ChunkRanges::empty(),
+        }
+    }
+
+    /// Up to `n` pending pieces for `peer`; in the end game, one piece in flight from another
+    /// provider instead (a second request to the same provider would only race the first: for
+    /// a blob of one piece, every worker of the one provider used to fetch it at once).
+    /// Only pieces inside `within` (what a partial provider has), when given.
+    pub fn take(
+        &mut self,
+        n: usize,
+        within: Option<&ChunkRanges>,
+        peer: PeerId,
+    ) -> Option<(Vec<usize>, ChunkRanges)> {
+        let fits = |r: &ChunkRanges| within.is_none_or(|w| (r.clone() - w.clone()).is_empty());
+        let pending = |i: &usize| {
+            let (r, s) = &self.pieces[*i];
+            *s == PieceState::Pending && fits(r)
+        };
+        // A complete provider first gets pieces no partial provider has.
+        let rare = |i: &usize| {
+            within.is_some() || !(self.pieces[*i].0.clone() - self.others_have.clone()).is_empty()
+        };
+        let mut idx: Vec<usize> = (0..self.pieces.len())
+            .filter(|i| pending(i) && rare(i))
+            .take(n)
+            .collect();
+        if idx.is_empty() {
+            idx = (0..self.pieces.len()).filter(pending).take(n).collect();
+        }
+        if idx.is_empty() {
+            idx = (0..self.pieces.len())
+                .find(|&i| {
+                    let (r, s) = &self.pieces[i];
+                    *s == PieceState::InFlight && fits(r) && !self.asked[i].contains(&peer)
+                })
+                .into_iter()
+                .collect();
+        }
+        if idx.is_empty() {
+            return None;
+        }
+        let mut ranges = ChunkRanges::empty();
+        for &i in &idx {
+            self.pieces[i].1 = PieceState::InFlight;
+            self.asked[i].push(peer);
+            ranges |= self.pieces[i].0.clone();
+        }
+        Some((idx, ranges))
+    }
+
+    pub fn finish(&mut self, idx: &[usize], ok: bool, peer: PeerId) {
+        for &i in idx {
+            self.asked[i].retain(|p| *p != peer);
+            let state = &mut self.pieces[i].1;
+            if ok {
+                *state = PieceState::Done;
+            } else if *state == PieceState::InFlight && self.asked[i].is_empty() {
+                *state = PieceState::Pending;
+            }
+        }
+    }
+
+    pub fn complete(&self) -> bool {
+        self.pieces.iter().all(|(_, s)| *s == PieceState::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bao_tree::ChunkNum;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pieces(bounds: &[(u64, u64)]) -> Vec<ChunkRanges> {
+        bounds
+            .iter()
+            .map(|&(a, b)| ChunkRanges::from(ChunkNum(a)..ChunkNum(b)))
+            .collect()
+    }
+
+    #[test]
+    fn work_queue_hands_out_pending_then_end_game() {
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let mut w = Picker::new(pieces(&[(0, 16), (16, 32), (32, 48)]));
+        let (a, _) = w.take(2, None, p).unwrap();
+        assert_eq!(a, vec![0, 1]);
+        let (b, _) = w.take(2, None, p).unwrap();
+        assert_eq!(b, vec![2]);
+        // End game: everything is in flight, so an idle worker of another provider duplicates
+        // a piece; one of the same provider has nothing to do.
+        assert!(w.take(2, None, p).is_none());
+        let (c, _) = w.take(2, None, q).unwrap();
+        assert_eq!(c, vec![0]);
+        w.finish(&a, true, p);
+        w.finish(&b, false, p);
+        assert!(!w.complete());
+        let (d, _) = w.take(2, None, q).unwrap();
+        assert_eq!(d, vec![2], "a failed piece is pending again");
+        w.finish(&d, true, q);
+        w.finish(&c, false, q); // a duplicate failing does not undo the piece done elsewhere
+        assert!(w.complete());
+        assert!(w.take(1, None, p).is_none());
+    }
+
+    #[test]
+    fn a_piece_failing_at_one_provider_stays_in_flight_at_another() {
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let mut w = Picker::new(pieces(&[(0, 16)]));
+        let (a, _) = w.take(1, None, p).unwrap();
+        let (b, _) = w.take(1, None, q).unwrap();
+        w.finish(&a, false, p);
+        assert!(
+            w.take(1, None, q).is_none(),
+            "still in flight from q: not handed out again"
+        );
+        let (c, _) = w.take(1, None, p).unwrap();
+        assert_eq!(c, vec![0], "p may duplicate q's request again");
+        w.finish(&b, true, q);
+        w.finish(&c, false, p);
+        assert!(w.complete());
+    }
+
+    #[test]
+    fn complete_providers_get_the_rarest_pieces_first() {
+        let p = PeerId::random();
+        let mut w = Picker::new(pieces(&[(0, 16), (16, 32), (32, 48)]));
+        w.others_have = ChunkRanges::from(ChunkNum(0)..ChunkNum(32));
+        let (a, _) = w.take(1, None, p).unwrap();
+        assert_eq!(a, vec![2], "the piece nobody else has");
+        let within = ChunkRanges::from(ChunkNum(0)..ChunkNum(16));
+        let (b, _) = w.take(2, Some(&within), p).unwrap();
+        assert_eq!(b, vec![0], "a partial provider only for what it has");
+        let (c, _) = w.take(1, None, p).unwrap();
+        assert_eq!(c, vec![1], "then common pieces");
+    }
+
+    proptest! {
+        /// Any interleaving of takes and finishes by a few providers keeps the picker's
+        /// promises: a piece is never handed twice to the same provider at once, a piece done
+        /// is never handed out again, and once every piece has succeeded the download is
+        /// complete and nothing more is handed out.
+        #[test]
+        fn any_schedule_keeps_the_picker_consistent(
+            n in 1usize..12,
+            ops in prop::collection::vec((0usize..3, 1usize..4, any::<bool>(), any::<bool>()), 1..200),
+        ) {
+            let peers = [PeerId::random(), PeerId::random(), PeerId::random()];
+            let bounds: Vec<(u64, u64)> = (0..n as u64).map(|i| (i * 16, i * 16 + 16)).collect();
+            let mut w = Picker::new(pieces(&bounds));
+            // What each provider holds in flight, as handed out.
+            let mut inflight: Vec<Vec<Vec<usize>>> = vec![Vec::new(); 3];
+            let mut done = vec![false; n];
+            for (p, k, finish, ok) in ops {
+                if finish && !inflight[p].is_empty() {
+                    let idx = inflight[p].remove(0);
+                    w.finish(&idx, ok, peers[p]);
+                    if ok {
+                        for i in idx { done[i] = true; }
+                    }
+                } else if let Some((idx, _)) = w.take(k, None, peers[p]) {
+                    prop_assert!(idx.len() <= k);
+                    for i in &idx {
+                        prop_assert!(!done[*i], "piece {} was done and handed out again", i);
+                        prop_assert!(
+                            !inflight[p].iter().flatten().any(|j| j == i),
+                            "piece {} handed twice to the same provider", i
+                        );
+                    }
+                    inflight[p].push(idx);
+                }
+            }
+            // Finish everything in flight successfully, then the rest piece by piece.
+            for (p, batches) in inflight.iter_mut().enumerate() {
+                for idx in batches.drain(..) {
+                    w.finish(&idx, true, peers[p]);
+                    for i in idx { done[i] = true; }
+                }
+            }
+            while let Some((idx, _)) = w.take(1, None, peers[0]) {
+                w.finish(&idx, true, peers[0]);
+                for i in idx { done[i] = true; }
+            }
+            prop_assert!(done.iter().all(|d| *d));
+            prop_assert!(w.complete());
+            prop_assert!(w.take(1, None, peers[1]).is_none());
+        }
+    }
+}
