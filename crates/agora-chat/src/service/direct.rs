@@ -2,7 +2,11 @@
 //! recipient's mailbox, else queued), receiving and ordering them per conversation, receipts,
 //! retries of the outbox and the inbox listing.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use libp2p::StreamProtocol;
 use libp2p_identity::PeerId;
@@ -14,7 +18,7 @@ use super::{
     now,
 };
 use crate::{
-    proto::direct::{self, Received, Receiver},
+    proto::direct::{self, Received, Receiver, Sender},
     wire::{DirectMessage, DirectReply, Envelope, Frame, Letter, MessageId, Receipt, Rejection},
 };
 
@@ -22,6 +26,14 @@ pub const CHAT_PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/chat/1.0.0
 
 /// How long finding and dialing a peer may take before a message goes to its mailbox.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// What direct messaging keeps in memory (`Chat::direct`): the sending side of every
+/// conversation (counters and the outbox of unacknowledged messages) and the receiving side of
+/// the active ones.
+pub(super) struct DirectState {
+    pub(super) sender: Sender,
+    pub(super) receivers: HashMap<PeerId, Receiver>,
+}
 
 /// What `send` did with a message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,7 +78,7 @@ impl Chat {
     pub async fn send(&self, to: PeerId, text: String) -> Result<SendOutcome, ChatError> {
         let t = now();
         let msg = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.direct.lock().unwrap();
             let id = MessageId::random(&mut rand::rng());
             let msg = st.sender.send(to, id, text, t).map_err(|e| match e {
                 direct::SendError::UnknownPeer(e) => ChatError::BadInput(format!(
@@ -145,7 +157,7 @@ impl Chat {
     }
 
     pub(super) fn on_receipt(&self, receipt: &Receipt) {
-        let resolved = self.state.lock().unwrap().sender.handle_receipt(receipt);
+        let resolved = self.direct.lock().unwrap().sender.handle_receipt(receipt);
         match resolved {
             Ok(msg) => {
                 let at = receipt.received_at.as_millis();
@@ -169,7 +181,7 @@ impl Chat {
             Err(_) => return,
         };
         let work: Vec<(PeerId, Vec<DirectMessage>)> = {
-            let st = self.state.lock().unwrap();
+            let st = self.direct.lock().unwrap();
             let peers: Vec<PeerId> = st.sender.peers_with_pending().copied().collect();
             peers
                 .into_iter()
@@ -237,7 +249,7 @@ impl Chat {
         via: &str,
     ) -> Result<Receipt, Rejection> {
         let t = now();
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.direct.lock().unwrap();
         if msg.to != self.me {
             return Err(Rejection::NotForUs);
         }

@@ -110,7 +110,7 @@ impl Chat {
             Ok(MailboxRequest::Store(env)) => {
                 let copy = env.clone();
                 // The lock is released before the fsync of the write below.
-                let stored = self.state.lock().unwrap().mailbox.store(env, t);
+                let stored = self.mailbox.lock().unwrap().store(env, t);
                 match stored {
                     Ok(mailbox::Stored::New) => match self.db.hold(&copy) {
                         Ok(()) => MailboxResponse::Stored,
@@ -127,8 +127,8 @@ impl Chat {
                 }
             }
             Ok(MailboxRequest::Fetch(f)) => {
-                let mut st = self.state.lock().unwrap();
-                match st.mailbox.fetch(&f, t) {
+                let mut held = self.mailbox.lock().unwrap();
+                match held.fetch(&f, t) {
                     Ok(page) => MailboxResponse::Envelopes {
                         envelopes: page.envelopes,
                         remaining: page.remaining,
@@ -137,7 +137,7 @@ impl Chat {
                 }
             }
             Ok(MailboxRequest::Ack(a)) => {
-                let acked = self.state.lock().unwrap().mailbox.ack(&a, t);
+                let acked = self.mailbox.lock().unwrap().ack(&a, t);
                 match acked {
                     Ok(deleted) => {
                         if let Err(e) = self.db.release(&a.recipient, &a.ids) {

@@ -23,6 +23,26 @@
 //! This module holds what they share: [`Config`], [`budget`], [`ChatError`], the [`Chat`]
 //! struct, [`Chat::start`], the request loop ([`Chat::serve`]), admission and the background
 //! tasks.
+//!
+//! # State and locks
+//!
+//! Each sub-protocol owns its state behind its own lock, so that, say, a flood of mailbox
+//! stores does not contend with presence or direct messages:
+//!
+//! | lock             | owner        | holds                                                  |
+//! |------------------|--------------|--------------------------------------------------------|
+//! | `Chat::direct`   | [`direct`]   | the sender (counters, outbox) and the receivers        |
+//! | `Chat::mailbox`  | [`mailbox`]  | the envelopes held for others                          |
+//! | `Chat::rooms`    | [`rooms`]    | the joined rooms' histories and own sequence numbers   |
+//! | `Chat::presence` | [`presence`] | presence table, profiles, heartbeat, status, contacts, |
+//! |                  |              | peers down, last seen                                  |
+//!
+//! No code path holds two of them at once today: what needs two parts (`members`, `who`,
+//! presence targets, housekeeping) takes them one after the other and works on copies. Should
+//! two ever be needed together, take them in the order of the table — `direct`, `mailbox`,
+//! `rooms`, `presence` — with the leaf locks `receipted` and `profile_asked` last. None is a
+//! tokio lock: never hold one across an `.await`. Handlers may write to redb while holding
+//! their part's lock (a conversation's counter and its stored messages must move together).
 
 pub mod db;
 mod direct;
@@ -48,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     crypto::Identity,
     proto::{
-        direct::{self as direct_proto, Receiver, Sender},
+        direct::{self as direct_proto, Sender},
         mailbox::{self as mailbox_proto, MailboxStore},
         presence::{Heartbeat, PresenceTable, ProfileBook},
         room::{self, RoomHistory},
@@ -56,8 +76,10 @@ use crate::{
     wire::{DirectMessage, Frame, RoomId, Status, Timestamp},
 };
 pub use db::{ChatDb, Contact, DbError, Direction, MessageRecord, MessageState};
+use direct::DirectState;
 pub use direct::{CHAT_PROTOCOL, MessageFilter, SendOutcome};
 pub use mailbox::MAILBOX_PROTOCOL;
+use presence::PresenceState;
 pub use presence::{PRESENCE_PROTOCOL, PeerView, ProfileView};
 pub use rooms::{HISTORY_PROTOCOL, JoinOutcome, PostOutcome, RoomPost, RoomView};
 use rooms::{MAX_STORED_POSTS, ROOM_SYNC_INTERVAL, RoomState};
@@ -202,23 +224,6 @@ fn by_distance(mut peers: Vec<PeerId>, key: &[u8]) -> Vec<PeerId> {
     peers
 }
 
-struct State {
-    sender: Sender,
-    receivers: HashMap<PeerId, Receiver>,
-    mailbox: MailboxStore,
-    rooms: BTreeMap<RoomId, RoomState>,
-    presence: PresenceTable,
-    profiles: ProfileBook,
-    heartbeat: Heartbeat,
-    status: Status,
-    contacts: BTreeMap<PeerId, Contact>,
-    /// Peers whose connection dropped and that could not be reached since, with when.
-    down: HashMap<PeerId, Timestamp>,
-    /// When we last heard from each peer (persisted every minute and at shutdown).
-    last_seen: HashMap<PeerId, u64>,
-    last_seen_dirty: HashSet<PeerId>,
-}
-
 /// The messaging service of a node.
 pub struct Chat {
     net: Handle,
@@ -226,7 +231,16 @@ pub struct Chat {
     me: PeerId,
     db: ChatDb,
     config: Config,
-    state: Mutex<State>,
+    // The sub-protocols' state, one lock each; lock order: direct, mailbox, rooms, presence
+    // (see the module docs).
+    /// Direct messages: sender and receivers ([`direct`]).
+    direct: Mutex<DirectState>,
+    /// Envelopes held for others ([`mailbox`]).
+    mailbox: Mutex<MailboxStore>,
+    /// Joined rooms ([`rooms`]).
+    rooms: Mutex<BTreeMap<RoomId, RoomState>>,
+    /// Presence, profiles, contacts, last seen ([`presence`]).
+    presence: Mutex<PresenceState>,
     /// Woken whenever a message or post is stored (long-polling listings wait on it).
     changed: Notify,
     stop: CancellationToken,
@@ -311,12 +325,11 @@ impl Chat {
             me,
             db,
             config,
-            state: Mutex::new(State {
-                sender,
-                receivers,
-                mailbox,
-                rooms,
-                presence: PresenceTable::default(),
+            direct: Mutex::new(DirectState { sender, receivers }),
+            mailbox: Mutex::new(mailbox),
+            rooms: Mutex::new(rooms),
+            presence: Mutex::new(PresenceState {
+                table: PresenceTable::default(),
                 profiles,
                 heartbeat: Heartbeat::new(identity),
                 status,
@@ -345,7 +358,7 @@ impl Chat {
         chat.serve(HISTORY_PROTOCOL, |chat, req| chat.on_history(req))?;
         chat.serve(PRESENCE_PROTOCOL, |chat, req| chat.on_presence(req))?;
 
-        let rooms: Vec<RoomId> = chat.state.lock().unwrap().rooms.keys().cloned().collect();
+        let rooms: Vec<RoomId> = chat.rooms.lock().unwrap().keys().cloned().collect();
         for room in rooms {
             chat.subscribe_room(&room).await?;
             let chat = chat.clone();
@@ -473,8 +486,8 @@ impl Chat {
                             continue;
                         };
                         let online = {
-                            let st = chat.state.lock().unwrap();
-                            st.status_of(&peer, now()) != Status::Offline
+                            let presence = chat.presence.lock().unwrap();
+                            presence.status_of(&peer, now()) != Status::Offline
                         };
                         if online {
                             let chat = chat.clone();
@@ -489,7 +502,7 @@ impl Chat {
                         let syncer = chat.clone();
                         tokio::spawn(async move { syncer.sync_with(peer).await });
                         let pending = chat
-                            .state
+                            .direct
                             .lock()
                             .unwrap()
                             .sender
@@ -518,32 +531,38 @@ impl Chat {
         }
     }
 
+    /// Expires what each sub-protocol holds, one lock at a time.
     fn housekeeping(&self) {
         let t = now();
-        let mut st = self.state.lock().unwrap();
-        st.presence.expire(t);
-        let mut late = Vec::new();
-        for rx in st.receivers.values_mut() {
-            if rx.poll_timeout().is_some_and(|at| at <= t) {
-                late.extend(rx.handle_timeout(t));
+        self.presence.lock().unwrap().table.expire(t);
+        {
+            let mut direct = self.direct.lock().unwrap();
+            let mut late = Vec::new();
+            for rx in direct.receivers.values_mut() {
+                if rx.poll_timeout().is_some_and(|at| at <= t) {
+                    late.extend(rx.handle_timeout(t));
+                }
+            }
+            // Messages whose gap timed out are shown now, in order.
+            let mut by_peer: BTreeMap<PeerId, Vec<DirectMessage>> = BTreeMap::new();
+            for m in late {
+                by_peer.entry(m.from).or_default().push(m);
+            }
+            for (peer, msgs) in by_peer {
+                let next = direct.receivers.get(&peer).map_or(0, |r| r.next_seq());
+                self.store_received(peer, next, msgs, "direct");
             }
         }
-        if st.mailbox.expire(t) > 0
-            && let Err(e) = self.db.retain_held_by(&st.mailbox)
         {
-            tracing::warn!("{e}");
+            let mut held = self.mailbox.lock().unwrap();
+            if held.expire(t) > 0
+                && let Err(e) = self.db.retain_held_by(&held)
+            {
+                tracing::warn!("{e}");
+            }
         }
-        for room in st.rooms.values_mut() {
+        for room in self.rooms.lock().unwrap().values_mut() {
             room.history.expire(t);
-        }
-        // Messages whose gap timed out are shown now, in order.
-        let mut by_peer: BTreeMap<PeerId, Vec<DirectMessage>> = BTreeMap::new();
-        for m in late {
-            by_peer.entry(m.from).or_default().push(m);
-        }
-        for (peer, msgs) in by_peer {
-            let next = st.receivers.get(&peer).map_or(0, |r| r.next_seq());
-            self.store_received(peer, next, msgs, "direct");
         }
     }
 
@@ -581,8 +600,8 @@ impl Chat {
         }
         let targets = self.presence_targets().await;
         let ex = {
-            let mut st = self.state.lock().unwrap();
-            self.exchange(&mut st, Status::Offline)
+            let mut presence = self.presence.lock().unwrap();
+            self.exchange(&mut presence, Status::Offline)
         };
         let Ok(bytes) = ex.encode() else { return };
         let sends = targets.into_iter().map(|p| {

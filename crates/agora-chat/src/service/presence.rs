@@ -2,16 +2,20 @@
 //! room members, absorbing peers' presence and profiles, last-seen times, marking peers down
 //! and probing them, our own profile, contacts and `who`.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use libp2p::StreamProtocol;
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
-use super::{Chat, ChatError, Request, State, budget, db::Contact, now};
+use super::{Chat, ChatError, Request, budget, db::Contact, now};
 use crate::{
     crypto,
-    proto::presence::short_peer_id,
+    proto::presence::{Heartbeat, PresenceTable, ProfileBook, short_peer_id},
     wire::{Frame, PresenceExchange, Profile, RoomId, Status, Timestamp},
 };
 
@@ -61,12 +65,29 @@ impl From<&Profile> for ProfileView {
     }
 }
 
-impl State {
+/// What presence keeps (`Chat::presence`): what peers told us, our own heartbeat and status,
+/// contacts, and what we concluded about peers (down, last seen).
+pub(super) struct PresenceState {
+    /// Peers' latest heartbeats.
+    pub(super) table: PresenceTable,
+    pub(super) profiles: ProfileBook,
+    pub(super) heartbeat: Heartbeat,
+    /// Our own status.
+    pub(super) status: Status,
+    pub(super) contacts: BTreeMap<PeerId, Contact>,
+    /// Peers whose connection dropped and that could not be reached since, with when.
+    pub(super) down: HashMap<PeerId, Timestamp>,
+    /// When we last heard from each peer (persisted every minute and at shutdown).
+    pub(super) last_seen: HashMap<PeerId, u64>,
+    pub(super) last_seen_dirty: HashSet<PeerId>,
+}
+
+impl PresenceState {
     pub(super) fn status_of(&self, peer: &PeerId, now: Timestamp) -> Status {
-        let seen = self.presence.last_seen(peer);
+        let seen = self.table.last_seen(peer);
         match self.down.get(peer) {
             Some(down) if seen.is_none_or(|s| s <= *down) => Status::Offline,
-            _ => self.presence.status(peer, now),
+            _ => self.table.status(peer, now),
         }
     }
 
@@ -91,7 +112,7 @@ impl Chat {
             return (None, peer.to_owned());
         };
         let nick = self
-            .state
+            .presence
             .lock()
             .unwrap()
             .profiles
@@ -105,7 +126,7 @@ impl Chat {
         if let Ok(peer) = target.parse::<PeerId>() {
             return Ok(peer);
         }
-        let st = self.state.lock().unwrap();
+        let st = self.presence.lock().unwrap();
         let matches: Vec<PeerId> = st
             .contacts
             .iter()
@@ -125,7 +146,7 @@ impl Chat {
 
     pub fn profile(&self, peer: Option<PeerId>) -> Result<ProfileView, ChatError> {
         let peer = peer.unwrap_or(self.me);
-        let st = self.state.lock().unwrap();
+        let st = self.presence.lock().unwrap();
         match st.profiles.get(&peer) {
             Some(p) => {
                 let mut v = ProfileView::from(p);
@@ -161,7 +182,7 @@ impl Chat {
         about: Option<String>,
     ) -> Result<ProfileView, ChatError> {
         let profile = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.presence.lock().unwrap();
             let old = st.profiles.get(&self.me).cloned();
             let nick = match (nick, &old) {
                 (Some(n), _) => n,
@@ -230,21 +251,21 @@ impl Chat {
             added_at: now().as_millis(),
         };
         self.db.put_contact(&contact)?;
-        self.state.lock().unwrap().contacts.insert(peer, contact);
+        self.presence.lock().unwrap().contacts.insert(peer, contact);
         // Learn its presence and profile now rather than at the next heartbeat.
         let _ = tokio::time::timeout(Duration::from_secs(6), self.exchange_one(peer)).await;
-        let st = self.state.lock().unwrap();
+        let st = self.presence.lock().unwrap();
         Ok(st.view(&peer, now()))
     }
 
     pub fn remove_contact(&self, peer: PeerId) -> Result<bool, ChatError> {
         let removed = self.db.remove_contact(&peer)?;
-        self.state.lock().unwrap().contacts.remove(&peer);
+        self.presence.lock().unwrap().contacts.remove(&peer);
         Ok(removed)
     }
 
     pub fn contacts(&self) -> Vec<PeerView> {
-        let st = self.state.lock().unwrap();
+        let st = self.presence.lock().unwrap();
         let t = now();
         st.contacts.keys().map(|p| st.view(p, t)).collect()
     }
@@ -252,19 +273,19 @@ impl Chat {
     /// Everyone we know: contacts, room members, peers that sent us presence.
     pub async fn who(&self) -> Vec<PeerView> {
         let targets = self.presence_targets().await;
-        let st = self.state.lock().unwrap();
-        let t = now();
         let mut peers: BTreeSet<PeerId> = targets.into_iter().collect();
-        peers.extend(st.contacts.keys().copied());
-        peers.extend(st.presence.seen(t).map(|s| s.peer));
-        for rs in st.rooms.values() {
+        for rs in self.rooms.lock().unwrap().values() {
             peers.extend(rs.history.messages().map(|m| m.from));
         }
+        let st = self.presence.lock().unwrap();
+        let t = now();
+        peers.extend(st.contacts.keys().copied());
+        peers.extend(st.table.seen(t).map(|s| s.peer));
         peers.remove(&self.me);
         peers.iter().map(|p| st.view(p, t)).collect()
     }
 
-    pub(super) fn own_view(&self, st: &State) -> PeerView {
+    pub(super) fn own_view(&self, st: &PresenceState) -> PeerView {
         PeerView {
             peer_id: self.me.to_string(),
             short_id: short_peer_id(&self.me),
@@ -276,7 +297,7 @@ impl Chat {
         }
     }
 
-    pub(super) fn exchange(&self, st: &mut State, status: Status) -> PresenceExchange {
+    pub(super) fn exchange(&self, st: &mut PresenceState, status: Status) -> PresenceExchange {
         PresenceExchange {
             presence: st.heartbeat.beat(status, now()),
             profile: st.profiles.get(&self.me).cloned(),
@@ -293,8 +314,8 @@ impl Chat {
             return;
         }
         let t = now();
-        let mut st = self.state.lock().unwrap();
-        if st.presence.handle(ex.presence, t).is_ok() {
+        let mut st = self.presence.lock().unwrap();
+        if st.table.handle(ex.presence, t).is_ok() {
             st.down.remove(&peer);
             if !st.last_seen.contains_key(&peer) && st.last_seen.len() >= budget::MAX_LAST_SEEN {
                 // Forget the peer seen longest ago that is not a contact.
@@ -346,14 +367,14 @@ impl Chat {
         let came_online = ex.presence.status != Status::Offline;
         self.absorb(ex);
         let reply = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.presence.lock().unwrap();
             let status = st.status;
             self.exchange(&mut st, status)
         };
         // A peer that just came online may be owed messages.
         if came_online
             && self
-                .state
+                .direct
                 .lock()
                 .unwrap()
                 .sender
@@ -369,13 +390,15 @@ impl Chat {
 
     /// Peers that care about our presence: contacts and members of our rooms.
     pub(super) async fn presence_targets(&self) -> Vec<PeerId> {
-        let (mut peers, rooms): (BTreeSet<PeerId>, Vec<RoomId>) = {
-            let st = self.state.lock().unwrap();
-            (
-                st.contacts.keys().copied().collect(),
-                st.rooms.keys().cloned().collect(),
-            )
-        };
+        let mut peers: BTreeSet<PeerId> = self
+            .presence
+            .lock()
+            .unwrap()
+            .contacts
+            .keys()
+            .copied()
+            .collect();
+        let rooms: Vec<RoomId> = self.rooms.lock().unwrap().keys().cloned().collect();
         for room in rooms {
             peers.extend(
                 self.net
@@ -410,7 +433,7 @@ impl Chat {
 
     async fn exchange_one(&self, peer: PeerId) -> Result<(), String> {
         let ex = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.presence.lock().unwrap();
             let status = st.status;
             self.exchange(&mut st, status)
         };
@@ -443,7 +466,7 @@ impl Chat {
     }
 
     fn mark_down(&self, peer: PeerId) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.presence.lock().unwrap();
         if st.down.len() >= budget::MAX_LAST_SEEN {
             // Peers that went down more than a day ago are offline by their expiry anyway.
             let cutoff = now().saturating_sub(Duration::from_secs(24 * 3600));
@@ -463,7 +486,7 @@ impl Chat {
     /// Asks a peer that wrote to us for its profile if we do not know it, so that listings
     /// can show its nickname.
     pub(super) fn learn_profile(self: &Arc<Self>, peer: PeerId) {
-        if self.state.lock().unwrap().profiles.get(&peer).is_some() {
+        if self.presence.lock().unwrap().profiles.get(&peer).is_some() {
             return;
         }
         // At most one attempt per peer every PROFILE_RETRY (a peer may have no profile).
@@ -495,7 +518,7 @@ impl Chat {
 
     pub(super) fn flush_last_seen(&self) {
         let seen: Vec<(PeerId, u64)> = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.presence.lock().unwrap();
             let dirty: Vec<PeerId> = st.last_seen_dirty.drain().collect();
             dirty
                 .into_iter()

@@ -99,12 +99,12 @@ impl Chat {
     /// Joins a room: subscribes, announces membership, finds members and fetches history.
     pub async fn join(self: &Arc<Self>, room: &RoomId) -> Result<JoinOutcome, ChatError> {
         let fresh = {
-            let mut st = self.state.lock().unwrap();
-            if st.rooms.contains_key(room) {
+            let mut joined = self.rooms.lock().unwrap();
+            if joined.contains_key(room) {
                 false
             } else {
                 self.db.join_room(room, now().as_millis())?;
-                st.rooms.insert(
+                joined.insert(
                     room.clone(),
                     RoomState {
                         history: RoomHistory::new(room.clone(), room::Config::default()),
@@ -121,7 +121,7 @@ impl Chat {
     }
 
     pub async fn leave(&self, room: &RoomId) -> Result<bool, ChatError> {
-        let was = self.state.lock().unwrap().rooms.remove(room).is_some();
+        let was = self.rooms.lock().unwrap().remove(room).is_some();
         if was {
             self.net.unsubscribe(&room.topic()).await?;
             self.net.stop_providing(room_dht_key(room)).await?;
@@ -136,13 +136,12 @@ impl Chat {
         room: &RoomId,
         text: String,
     ) -> Result<PostOutcome, ChatError> {
-        if !self.state.lock().unwrap().rooms.contains_key(room) {
+        if !self.rooms.lock().unwrap().contains_key(room) {
             self.join(room).await?;
         }
         let msg = {
-            let mut st = self.state.lock().unwrap();
-            let rs = st
-                .rooms
+            let mut joined = self.rooms.lock().unwrap();
+            let rs = joined
                 .get_mut(room)
                 .ok_or_else(|| ChatError::NotFound(format!("left room {room} meanwhile")))?;
             let msg = RoomMessage::new(&self.identity, room.clone(), rs.next_seq, now(), text)
@@ -187,7 +186,7 @@ impl Chat {
         limit: usize,
         wait: Duration,
     ) -> Result<Vec<RoomPost>, ChatError> {
-        if !self.state.lock().unwrap().rooms.contains_key(room) {
+        if !self.rooms.lock().unwrap().contains_key(room) {
             return Err(ChatError::NotFound(format!(
                 "not in room {room} (join it with `agora room join {room}`)"
             )));
@@ -202,7 +201,7 @@ impl Chat {
                 })
             })
             .await?;
-        let st = self.state.lock().unwrap();
+        let presence = self.presence.lock().unwrap();
         Ok(posts
             .into_iter()
             .map(|(n, m)| RoomPost {
@@ -210,7 +209,7 @@ impl Chat {
                 room: room.to_string(),
                 peer_id: m.from.to_string(),
                 short_id: short_peer_id(&m.from),
-                nick: st.profiles.get(&m.from).map(|p| p.nick.clone()),
+                nick: presence.profiles.get(&m.from).map(|p| p.nick.clone()),
                 seq: m.seq,
                 sent_at: m.sent_at.as_millis(),
                 mine: m.from == self.me,
@@ -221,8 +220,8 @@ impl Chat {
 
     pub async fn rooms(&self) -> Vec<RoomView> {
         let rooms: Vec<(RoomId, usize)> = {
-            let st = self.state.lock().unwrap();
-            st.rooms
+            let joined = self.rooms.lock().unwrap();
+            joined
                 .iter()
                 .map(|(r, rs)| (r.clone(), rs.history.len()))
                 .collect()
@@ -247,17 +246,21 @@ impl Chat {
     /// Members of a room: peers in its gossip topic and recent authors, with presence.
     pub async fn members(&self, room: &RoomId) -> Result<Vec<PeerView>, ChatError> {
         let topic_peers = self.net.topic_peers(&room.topic()).await?;
-        let st = self.state.lock().unwrap();
-        let rs = st.rooms.get(room).ok_or_else(|| {
-            ChatError::NotFound(format!(
-                "not in room {room} (join it with `agora room join {room}`)"
-            ))
-        })?;
+        let authors: Vec<PeerId> = {
+            let joined = self.rooms.lock().unwrap();
+            let rs = joined.get(room).ok_or_else(|| {
+                ChatError::NotFound(format!(
+                    "not in room {room} (join it with `agora room join {room}`)"
+                ))
+            })?;
+            rs.history.messages().map(|m| m.from).collect()
+        };
         let connected: HashSet<PeerId> = topic_peers.iter().copied().collect();
         let mut peers: BTreeSet<PeerId> = topic_peers.into_iter().collect();
-        peers.extend(rs.history.messages().map(|m| m.from));
+        peers.extend(authors);
         peers.remove(&self.me);
         let t = now();
+        let st = self.presence.lock().unwrap();
         let mut out = vec![self.own_view(&st)];
         out.extend(peers.iter().map(|p| {
             let mut v = st.view(p, t);
@@ -305,8 +308,8 @@ impl Chat {
             Ok(m) if &m.room == room => m,
             Ok(_) | Err(_) => return (MessageAcceptance::Reject, None),
         };
-        let mut st = self.state.lock().unwrap();
-        let Some(rs) = st.rooms.get_mut(room) else {
+        let mut joined = self.rooms.lock().unwrap();
+        let Some(rs) = joined.get_mut(room) else {
             return (MessageAcceptance::Ignore, None);
         };
         match rs.history.insert(msg.clone(), now()) {
@@ -369,8 +372,8 @@ impl Chat {
     /// number of posts added and of forged ones dropped.
     async fn fetch_history(&self, room: &RoomId, peers: &[PeerId]) -> (usize, usize) {
         let request = {
-            let st = self.state.lock().unwrap();
-            st.rooms.get(room).map(|rs| rs.history.request(now()))
+            let joined = self.rooms.lock().unwrap();
+            joined.get(room).map(|rs| rs.history.request(now()))
         };
         let Some(Ok(bytes)) = request.map(|r| r.encode()) else {
             return (0, 0);
@@ -388,8 +391,8 @@ impl Chat {
             if &resp.room != room {
                 continue;
             }
-            let mut st = self.state.lock().unwrap();
-            let Some(rs) = st.rooms.get_mut(room) else {
+            let mut joined = self.rooms.lock().unwrap();
+            let Some(rs) = joined.get_mut(room) else {
                 break;
             };
             let report = rs.history.merge(resp, now());
@@ -411,7 +414,7 @@ impl Chat {
     /// connected members for recent history, so posts missed while disconnected or
     /// partitioned are filled in.
     async fn sync_rooms(&self, pick: impl Fn(&[PeerId]) -> Vec<PeerId>) {
-        let rooms: Vec<RoomId> = self.state.lock().unwrap().rooms.keys().cloned().collect();
+        let rooms: Vec<RoomId> = self.rooms.lock().unwrap().keys().cloned().collect();
         for room in rooms {
             let members = self
                 .net
@@ -465,8 +468,8 @@ impl Chat {
         )?;
         let response = match HistoryRequest::decode(&req.data) {
             Ok(r) => {
-                let st = self.state.lock().unwrap();
-                match st.rooms.get(&r.room) {
+                let joined = self.rooms.lock().unwrap();
+                match joined.get(&r.room) {
                     Some(rs) => rs.history.answer(&r, now()),
                     None => HistoryResponse {
                         room: r.room,
