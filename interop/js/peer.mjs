@@ -194,14 +194,67 @@ async function gossipSend (node, remote, identified, [topic, text]) {
   return { ok: true }
 }
 
-// Asks an Agora node for a whole blob over /agora/blobs/1.0.0 (a u32-BE length-prefixed JSON
-// request, answered by a length-prefixed JSON response and the bao-encoded stream) and reports
-// what came back: the response, how many encoded bytes followed, and the last 64 of them (the
-// end of the blob's last leaf). The node sends this in yamux data frames of up to 63 KiB.
+// Postcard, the encoding of Agora's frames: unsigned integers are LEB128 varints, a string is
+// its byte length then its UTF-8 bytes, a sequence its length then its items, an Option a 0/1
+// tag, an enum its variant index then its fields.
+function varint (n) {
+  const out = []
+  let v = BigInt(n)
+  do {
+    let byte = Number(v & 0x7fn)
+    v >>= 7n
+    if (v > 0n) byte |= 0x80
+    out.push(byte)
+  } while (v > 0n)
+  return out
+}
+
+function readVarint (bytes, at) {
+  let v = 0n
+  let shift = 0n
+  for (;;) {
+    const byte = bytes[at++]
+    if (byte === undefined) throw new Error('truncated varint')
+    v |= BigInt(byte & 0x7f) << shift
+    if ((byte & 0x80) === 0) return [v, at]
+    shift += 7n
+  }
+}
+
+function readString (bytes, at) {
+  const [len, next] = readVarint(bytes, at)
+  const end = next + Number(len)
+  return [new TextDecoder().decode(bytes.subarray(next, end)), end]
+}
+
+// The blob request {hash, ranges: [(start, Option<end>)]} asking for the whole blob.
+function blobRequest (hash) {
+  const text = new TextEncoder().encode(hash)
+  return Uint8Array.from([...varint(text.length), ...text, ...varint(1), ...varint(0), 0])
+}
+
+// The blob response enum, as a JSON-like object (the shape Agora's logs use).
+function blobResponse (bytes) {
+  const [variant, at] = readVarint(bytes, 0)
+  switch (Number(variant)) {
+    case 0: return { size: Number(readVarint(bytes, at)[0]) }
+    case 1: return 'not_found'
+    case 2: return { unavailable: readString(bytes, at)[0] }
+    case 3: return { partial: { size: Number(readVarint(bytes, at)[0]) } }
+    case 4: return { busy: readString(bytes, at)[0] }
+    default: throw new Error(`unknown blob response variant ${variant}`)
+  }
+}
+
+// Asks an Agora node for a whole blob over /agora/blobs/1.0.0 (a u32-BE length-prefixed
+// postcard request, answered by a length-prefixed postcard response and the bao-encoded
+// stream) and reports what came back: the response, how many encoded bytes followed, and the
+// last 64 of them (the end of the blob's last leaf). The node sends this in yamux data frames
+// of up to 63 KiB.
 async function blobGet (node, remote, identified, [hash]) {
   step('opening a blob stream')
   const stream = await node.dialProtocol(remote, BLOBS_PROTOCOL)
-  const request = new TextEncoder().encode(JSON.stringify({ hash, ranges: [[0, null]] }))
+  const request = blobRequest(hash)
   const head = new Uint8Array(4)
   new DataView(head.buffer).setUint32(0, request.length)
   step('sending the request')
@@ -218,7 +271,7 @@ async function blobGet (node, remote, identified, [hash]) {
   let at = 0
   for (const c of chunks) { all.set(c, at); at += c.length }
   const len = new DataView(all.buffer).getUint32(0)
-  const response = JSON.parse(new TextDecoder().decode(all.subarray(4, 4 + len)))
+  const response = blobResponse(all.subarray(4, 4 + len))
   const encoded = all.subarray(4 + len)
   const tail = Buffer.from(encoded.subarray(Math.max(0, encoded.length - 64))).toString('hex')
   return { ok: true, response, encoded_bytes: encoded.length, tail_hex: tail }

@@ -662,7 +662,7 @@ async fn open_request(
         .await
         .map_err(|_| RequestError::Failed("no response within the timeout".into()))?
         .map_err(unanswered)?;
-    let response = serde_json::from_slice(&frame)
+    let response = crate::wire::decode(&frame)
         .map_err(|e| RequestError::Failed(format!("bad response: {e}")))?;
     if let Response::Busy(why) = response {
         return Err(RequestError::Refused(why));

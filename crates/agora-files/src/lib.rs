@@ -29,6 +29,7 @@ pub mod search;
 pub mod service;
 pub mod store;
 pub mod ticket;
+pub mod wire;
 
 pub use bao_tree::BlockSize;
 pub use blake3::Hash;

@@ -1,6 +1,6 @@
 //! `/agora/blobs/1.0.0`: fetch byte ranges of a blob, verified as they stream.
 //!
-//! One request per stream. The requester writes one length-prefixed JSON frame
+//! One request per stream. The requester writes one length-prefixed postcard frame
 //! ([`Request`], at most [`MAX_REQUEST_LEN`] bytes) and closes its side. The provider answers
 //! with one frame ([`Response`]): the blob's size, or why it cannot serve it; then, after a
 //! size, the BLAKE3 verified stream (bao encoding with 16 KiB chunk groups) of the requested
@@ -137,8 +137,8 @@ pub async fn serve_stream(
     )
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request not sent in time"))??;
-    let request: Request = serde_json::from_slice(&frame)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let request: Request =
+        crate::wire::decode(&frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let ranges = request
         .chunk_ranges()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -276,7 +276,7 @@ pub async fn write_frame<W: futures::AsyncWrite + Unpin, T: Serialize>(
     io: &mut W,
     value: &T,
 ) -> io::Result<()> {
-    let bytes = serde_json::to_vec(value).expect("serialisable");
+    let bytes = crate::wire::encode(value);
     io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     io.write_all(&bytes).await?;
     io.flush().await

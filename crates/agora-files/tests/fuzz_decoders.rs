@@ -1,6 +1,6 @@
 //! Fuzzing of agora-files' decoders of network input (hardening issue 20), as proptest runs
-//! over mutated valid frames: blob `Request`/`Response` (JSON, then `Request::chunk_ranges` and
-//! `pairs_to_ranges`), search `Request`/`Response` (JSON, then `Index::handle`, `keywords`,
+//! over mutated valid frames: blob `Request`/`Response` (postcard, then `Request::chunk_ranges` and
+//! `pairs_to_ranges`), search `Request`/`Response` (postcard, then `Index::handle`, `keywords`,
 //! `merge`), collection listings (`Collection::parse`) and tickets (`Ticket::decode`, mutated
 //! both as text and inside their base64).
 //!
@@ -250,11 +250,13 @@ fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
     ]
 }
 
-/// The most a decoder may hold for `len` input bytes. JSON has no length prefixes to believe:
-/// what a decoder holds is the values it read, a small multiple of the text (a one-byte
-/// string `""` becomes a 24-byte `String`, `[]` a 24-byte `Vec`, a range pair 24 bytes).
+/// The most a decoder may hold for `len` input bytes. Postcard (blob and search frames)
+/// believes a sequence's claimed length only up to the bytes that remain (at least one byte
+/// per element), so it holds at most one element per input byte: the largest element here is
+/// a search `Entry` (three `String`s and a `u64`, 80 bytes). JSON (collections, tickets) has no
+/// lengths to believe: what it holds is a small multiple of the text.
 fn alloc_bound(len: usize) -> usize {
-    32 * len + 16 * 1024
+    96 * len + 16 * 1024
 }
 
 /// Runs `decode` on `bytes` under the allocation bound.
@@ -451,10 +453,10 @@ fn ticket_of_json(json: &[u8]) -> String {
 impl Msg {
     fn encode(&self) -> Vec<u8> {
         match self {
-            Msg::BlobRequest(m) => serde_json::to_vec(m).unwrap(),
-            Msg::BlobResponse(m) => serde_json::to_vec(m).unwrap(),
-            Msg::SearchRequest(m) => serde_json::to_vec(m).unwrap(),
-            Msg::SearchResponse(m) => serde_json::to_vec(m).unwrap(),
+            Msg::BlobRequest(m) => agora_files::wire::encode(m),
+            Msg::BlobResponse(m) => agora_files::wire::encode(m),
+            Msg::SearchRequest(m) => agora_files::wire::encode(m),
+            Msg::SearchResponse(m) => agora_files::wire::encode(m),
             Msg::Collection(c) => c.to_bytes(),
             Msg::Ticket(t) => ticket_json(t),
         }
@@ -465,7 +467,7 @@ impl Msg {
         match self {
             Msg::BlobRequest(m) => {
                 assert!(bytes.len() <= MAX_REQUEST_LEN);
-                let got: protocol::Request = serde_json::from_slice(bytes).unwrap();
+                let got: protocol::Request = agora_files::wire::decode(bytes).unwrap();
                 assert_eq!(&got, m);
                 let ranges = got.chunk_ranges().expect("a requester's ranges are valid");
                 assert!(
@@ -474,7 +476,7 @@ impl Msg {
                 );
             }
             Msg::BlobResponse(m) => {
-                let got: protocol::Response = serde_json::from_slice(bytes).unwrap();
+                let got: protocol::Response = agora_files::wire::decode(bytes).unwrap();
                 assert_eq!(&got, m);
             }
             Msg::SearchRequest(_) | Msg::SearchResponse(_) => {
@@ -488,12 +490,12 @@ impl Msg {
 
 /// Decodes `bytes` as a search request or response and encodes it again (they are not `Eq`).
 fn reencode_search(bytes: &[u8]) -> Option<Vec<u8>> {
-    if let Ok(r) = serde_json::from_slice::<search::Request>(bytes) {
-        return Some(serde_json::to_vec(&r).unwrap());
+    if let Ok(r) = agora_files::wire::decode::<search::Request>(bytes) {
+        return Some(agora_files::wire::encode(&r));
     }
-    serde_json::from_slice::<search::Response>(bytes)
+    agora_files::wire::decode::<search::Response>(bytes)
         .ok()
-        .map(|r| serde_json::to_vec(&r).unwrap())
+        .map(|r| agora_files::wire::encode(&r))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -503,11 +505,11 @@ fn reencode_search(bytes: &[u8]) -> Option<Vec<u8>> {
 fn decode_all(bytes: &[u8]) {
     // Blob request, as `serve_stream` reads it (frames over MAX_REQUEST_LEN are not read).
     if bytes.len() <= MAX_REQUEST_LEN
-        && let Ok(req) = bounded(bytes, |b| serde_json::from_slice::<protocol::Request>(b))
+        && let Ok(req) = bounded(bytes, agora_files::wire::decode::<protocol::Request>)
     {
-        let again = serde_json::to_vec(&req).unwrap();
+        let again = agora_files::wire::encode(&req);
         assert_eq!(
-            serde_json::from_slice::<protocol::Request>(&again).unwrap(),
+            agora_files::wire::decode::<protocol::Request>(&again).unwrap(),
             req
         );
         if let Ok(ranges) = req.chunk_ranges() {
@@ -523,11 +525,13 @@ fn decode_all(bytes: &[u8]) {
     }
     // Blob response, as a downloader reads it (4096-byte frames).
     if bytes.len() <= 4096
-        && let Ok(resp) = bounded(bytes, |b| serde_json::from_slice::<protocol::Response>(b))
+        && let Ok(resp) = bounded(bytes, |b| {
+            agora_files::wire::decode::<protocol::Response>(b)
+        })
     {
-        let again = serde_json::to_vec(&resp).unwrap();
+        let again = agora_files::wire::encode(&resp);
         assert_eq!(
-            serde_json::from_slice::<protocol::Response>(&again).unwrap(),
+            agora_files::wire::decode::<protocol::Response>(&again).unwrap(),
             resp
         );
         if let protocol::Response::Partial { have, .. } = &resp {
@@ -540,21 +544,21 @@ fn decode_all(bytes: &[u8]) {
         .unwrap()
         .public()
         .to_peer_id();
-    if let Ok(req) = bounded(bytes, |b| serde_json::from_slice::<search::Request>(b)) {
-        let again = serde_json::to_vec(&req).unwrap();
+    if let Ok(req) = bounded(bytes, agora_files::wire::decode::<search::Request>) {
+        let again = agora_files::wire::encode(&req);
         assert_eq!(reencode_search(&again), Some(again.clone()));
         let mut index = search::Index::default();
         let now = Instant::now();
         let _ = index.handle(me, req, now);
         let _ = index.handle(
             me,
-            serde_json::from_slice::<search::Request>(&again).unwrap(),
+            agora_files::wire::decode::<search::Request>(&again).unwrap(),
             now,
         );
         index.expire(now);
     }
-    if let Ok(resp) = bounded(bytes, |b| serde_json::from_slice::<search::Response>(b)) {
-        let again = serde_json::to_vec(&resp).unwrap();
+    if let Ok(resp) = bounded(bytes, agora_files::wire::decode::<search::Response>) {
+        let again = agora_files::wire::encode(&resp);
         assert_eq!(reencode_search(&again), Some(again.clone()));
         if let search::Response::Results(found) = resp {
             let kept = found

@@ -144,7 +144,7 @@ fn liar(net: &Handle, data: Vec<u8>) {
             let (corrupt, honest) = (corrupt.clone(), honest.clone());
             tokio::spawn(async move {
                 let frame = read_limited_frame(&mut stream, 16 * 1024).await.unwrap();
-                let req: Request = serde_json::from_slice(&frame).unwrap();
+                let req: Request = agora_files::wire::decode(&frame).unwrap();
                 let ranges = req.chunk_ranges().unwrap();
                 let mut encoded = Vec::new();
                 bao_tree::io::sync::encode_ranges(&corrupt[..], &*honest, &ranges, &mut encoded)
@@ -424,20 +424,9 @@ async fn a_replica_request_while_a_get_looks_for_the_size_is_not_a_second_fetch(
     assert!(matches!(down.job(job.id).unwrap().state, JobState::Running));
 
     let (publisher, _) = node(vec![down_addr.with_p2p(down_net.local_peer_id()).unwrap()]).await;
-    let request =
-        serde_json::json!({"hash": hash.to_hex().to_string(), "size": data.len(), "name": "x"});
-    let answer = publisher
-        .request(
-            down_net.local_peer_id(),
-            agora_files::service::REPLICATE_PROTOCOL,
-            request.to_string().into_bytes(),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
-    assert_eq!(answer["accepted"], true, "{answer}");
-    assert_eq!(answer["reason"], "already fetching", "{answer}");
+    let answer = ask_replica(&publisher, &down_net, &hash, data.len() as u64).await;
+    assert!(answer.accepted, "{answer:?}");
+    assert_eq!(answer.reason, "already fetching", "{answer:?}");
 }
 
 /// A provider's stream layer keeps one inbound stream waiting per protocol and drops the rest
@@ -568,19 +557,22 @@ async fn ask_replica(
     holder: &Handle,
     hash: &blake3::Hash,
     size: u64,
-) -> serde_json::Value {
-    let request =
-        serde_json::json!({"hash": hash.to_hex().to_string(), "size": size, "name": "r.bin"});
+) -> agora_files::service::ReplicateResponse {
+    let request = agora_files::service::ReplicateRequest {
+        hash: hash.to_hex().to_string(),
+        size,
+        name: "r.bin".into(),
+    };
     let answer = from
         .request(
             holder.local_peer_id(),
             agora_files::service::REPLICATE_PROTOCOL,
-            request.to_string().into_bytes(),
+            agora_files::wire::encode(&request),
             Duration::from_secs(10),
         )
         .await
         .unwrap();
-    serde_json::from_slice(&answer).unwrap()
+    agora_files::wire::decode(&answer).unwrap()
 }
 
 /// Waits until `files` holds `hash` complete.
@@ -613,7 +605,7 @@ async fn replica_claims_evict_nothing_and_verified_replicas_make_room() {
     let (first, first_hash, first_src) = source_file(dir.path(), 2);
     done(&publisher, publisher.share(first_src, false, false).id).await;
     let answer = ask_replica(&pub_net, &holder_net, &first_hash, first.len() as u64).await;
-    assert_eq!(answer["accepted"], true, "{answer}");
+    assert!(answer.accepted, "{answer:?}");
     until_held(&holder, &first_hash).await;
 
     // The attack: replicas of blobs nobody can serve, each claiming the whole quota's worth.
@@ -644,7 +636,7 @@ async fn replica_claims_evict_nothing_and_verified_replicas_make_room() {
     std::fs::write(&second_src, &second).unwrap();
     done(&publisher, publisher.share(second_src, false, false).id).await;
     let answer = ask_replica(&pub_net, &holder_net, &second_hash, 2 * mib).await;
-    assert_eq!(answer["accepted"], true, "{answer}");
+    assert!(answer.accepted, "{answer:?}");
     until_held(&holder, &second_hash).await;
     assert!(
         holder.store().get(&first_hash).unwrap().is_none(),

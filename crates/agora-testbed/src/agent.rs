@@ -275,9 +275,9 @@ pub fn hostile(targets: &[Multiaddr], room: &str, aims: &Aims) -> Result<()> {
                         keyword: keyword.clone(),
                         entries,
                     };
-                    let bytes = serde_json::to_vec(&req)?;
+                    let bytes = agora_files::wire::encode(&req);
                     if let Ok(answer) = net.request(*peer, search::PROTOCOL, bytes, t).await
-                        && let Ok(search::Response::Stored(n)) = serde_json::from_slice(&answer)
+                        && let Ok(search::Response::Stored(n)) = agora_files::wire::decode(&answer)
                     {
                         index_stored += n;
                     }
@@ -290,21 +290,23 @@ pub fn hostile(targets: &[Multiaddr], room: &str, aims: &Aims) -> Result<()> {
         let (mut claims_accepted, mut claims_refused) = (0, 0);
         for peer in &peers {
             for i in 0..40u64 {
-                let request = json!({
-                    "hash": blake3::hash(&(7000 + i).to_be_bytes()).to_hex().to_string(),
-                    "size": 46u64 << 20,
-                    "name": "claim.bin",
-                });
+                let request = agora_files::service::ReplicateRequest {
+                    hash: blake3::hash(&(7000 + i).to_be_bytes()).to_hex().to_string(),
+                    size: 46 << 20,
+                    name: "claim.bin".into(),
+                };
                 let answer = net
                     .request(
                         *peer,
                         agora_files::service::REPLICATE_PROTOCOL,
-                        request.to_string().into_bytes(),
+                        agora_files::wire::encode(&request),
                         t,
                     )
                     .await;
-                match answer.map(|a| serde_json::from_slice::<serde_json::Value>(&a)) {
-                    Ok(Ok(v)) if v["accepted"] == true => claims_accepted += 1,
+                match answer.map(|a| {
+                    agora_files::wire::decode::<agora_files::service::ReplicateResponse>(&a)
+                }) {
+                    Ok(Ok(r)) if r.accepted => claims_accepted += 1,
                     Ok(Ok(_)) => claims_refused += 1,
                     _ => {}
                 }

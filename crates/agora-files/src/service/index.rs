@@ -27,7 +27,7 @@ pub(super) fn serve_index(files: &Arc<Files>) -> Result<(), FilesError> {
                 let agora_net::InboundRequest { peer, data, reply } = req;
                 // Index work holds the index lock: off the async workers.
                 let handled = tokio::task::spawn_blocking(move || {
-                    match serde_json::from_slice::<search::Request>(&data) {
+                    match crate::wire::decode::<search::Request>(&data) {
                         Ok(request) => files.index.lock().unwrap().handle(
                             peer,
                             request,
@@ -44,7 +44,7 @@ pub(super) fn serve_index(files: &Arc<Files>) -> Result<(), FilesError> {
                 for refused in &handled.refused {
                     net.admission().refuse(refused.budget());
                 }
-                let _ = reply.send(serde_json::to_vec(&handled.response).expect("serialises"));
+                let _ = reply.send(crate::wire::encode(&handled.response));
             }
         }
     });
@@ -88,11 +88,10 @@ impl Files {
                 .closest_peers(search::keyword_key(&keyword))
                 .await
                 .unwrap_or_default();
-            let bytes = serde_json::to_vec(&search::Request::Publish {
+            let bytes = crate::wire::encode(&search::Request::Publish {
                 keyword,
                 entries: vec![entry.clone()],
-            })
-            .expect("serialises");
+            });
             let sends = peers.into_iter().take(search::REPLICAS).map(|peer| {
                 self.net.request(
                     peer,
@@ -128,11 +127,10 @@ impl Files {
             .closest_peers(search::keyword_key(&keyword))
             .await
             .unwrap_or_default();
-        let bytes = serde_json::to_vec(&search::Request::Query {
+        let bytes = crate::wire::encode(&search::Request::Query {
             keyword,
             all: all.clone(),
-        })
-        .expect("serialises");
+        });
         let asks = peers
             .into_iter()
             .filter(|p| *p != me)
@@ -147,7 +145,7 @@ impl Files {
             });
         for answer in futures::future::join_all(asks).await {
             if let Ok(Ok(search::Response::Results(found))) =
-                answer.map(|b| serde_json::from_slice::<search::Response>(&b))
+                answer.map(|b| crate::wire::decode::<search::Response>(&b))
             {
                 // An answer is untrusted: keep only entries that really match.
                 entries.extend(

@@ -27,7 +27,7 @@ mod serve;
 mod share;
 
 use replicate::Fetching;
-pub use replicate::REPLICATE_PROTOCOL;
+pub use replicate::{REPLICATE_PROTOCOL, ReplicateRequest, ReplicateResponse};
 
 use crate::{
     Hash,

@@ -4,22 +4,24 @@
 
 use super::*;
 
-/// `/agora/replicate/1.0.0`: "please hold a replica of this blob" (JSON `{hash, size, name}`,
-/// answered `{accepted, reason}`); the holder then fetches it like any download.
+/// `/agora/replicate/1.0.0`: "please hold a replica of this blob" ([`ReplicateRequest`],
+/// answered by a [`ReplicateResponse`], postcard); the holder then fetches it like any download.
 pub const REPLICATE_PROTOCOL: libp2p::StreamProtocol =
     libp2p::StreamProtocol::new("/agora/replicate/1.0.0");
 
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub(super) struct ReplicateRequest {
-    hash: String,
-    size: u64,
-    name: String,
+/// A request to hold a replica: the blob's hash (hex), its claimed size and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ReplicateRequest {
+    pub hash: String,
+    pub size: u64,
+    pub name: String,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub(super) struct ReplicateResponse {
-    accepted: bool,
-    reason: String,
+/// The answer: accepted or not, and why (a refusal names the budget that refused it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ReplicateResponse {
+    pub accepted: bool,
+    pub reason: String,
 }
 
 /// How often a replica being fetched makes room under the quota for what it has verified.
@@ -102,7 +104,7 @@ pub(super) fn serve_replicate(files: &Arc<Files>) -> Result<(), FilesError> {
                 let response =
                     tokio::task::spawn_blocking(move || files.on_replicate(peer, &data)).await;
                 if let Ok(response) = response {
-                    let _ = reply.send(serde_json::to_vec(&response).expect("serialises"));
+                    let _ = reply.send(crate::wire::encode(&response));
                 }
             }
         }
@@ -145,7 +147,7 @@ impl Files {
             accepted: false,
             reason,
         };
-        let Ok(req) = serde_json::from_slice::<ReplicateRequest>(data) else {
+        let Ok(req) = crate::wire::decode::<ReplicateRequest>(data) else {
             return refuse("malformed request".into());
         };
         let Ok(hash) = Hash::from_hex(&req.hash) else {
@@ -388,12 +390,11 @@ impl Files {
             .closest_peers(hash.as_bytes().to_vec())
             .await
             .unwrap_or_default();
-        let request = serde_json::to_vec(&ReplicateRequest {
+        let request = crate::wire::encode(&ReplicateRequest {
             hash: hash.to_hex().to_string(),
             size,
             name: name.to_owned(),
-        })
-        .expect("serialises");
+        });
         let mut accepted = 0;
         for peer in peers.into_iter().filter(|p| *p != me && !skip.contains(p)) {
             let answer = self
@@ -406,7 +407,7 @@ impl Files {
                 )
                 .await
                 .ok()
-                .and_then(|b| serde_json::from_slice::<ReplicateResponse>(&b).ok());
+                .and_then(|b| crate::wire::decode::<ReplicateResponse>(&b).ok());
             match answer {
                 Some(r) if r.accepted => accepted += 1,
                 Some(r) => tracing::debug!(%peer, "replica refused: {}", r.reason),
