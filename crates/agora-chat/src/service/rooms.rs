@@ -30,6 +30,8 @@ pub const HISTORY_PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/room-hi
 
 /// Room members asked for history on join.
 const HISTORY_PEERS: usize = 3;
+/// Posts of one room from gossip waiting to be validated (gossipsub awaits the verdict).
+const ROOM_GOSSIP_QUEUE: usize = 256;
 /// Posts kept on disk per room.
 pub(super) const MAX_STORED_POSTS: usize = 10_000;
 /// How often each room's history is compared with one member's.
@@ -274,7 +276,7 @@ impl Chat {
     }
 
     pub(super) async fn subscribe_room(self: &Arc<Self>, room: &RoomId) -> Result<(), ChatError> {
-        let (tx, mut rx) = mpsc::channel::<agora_net::GossipMessage>(256);
+        let (tx, mut rx) = mpsc::channel::<agora_net::GossipMessage>(ROOM_GOSSIP_QUEUE);
         self.net.subscribe(&room.topic(), tx).await?;
         if let Err(e) = self.net.provide(room_dht_key(room)).await {
             tracing::debug!(%room, "cannot announce room membership: {e}");

@@ -3,11 +3,14 @@
 
 use super::*;
 
+/// Index requests waiting for the handler; more are refused.
+const SEARCH_QUEUE: usize = 64;
+
 /// Answers `/agora/search/1.0.0`: index requests within each peer's rate, handled on a
 /// blocking thread (the index is behind a lock).
 pub(super) fn serve_index(files: &Arc<Files>) -> Result<(), FilesError> {
     let net = files.net.clone();
-    let (tx, mut requests) = tokio::sync::mpsc::channel::<agora_net::InboundRequest>(64);
+    let (tx, mut requests) = tokio::sync::mpsc::channel::<agora_net::InboundRequest>(SEARCH_QUEUE);
     net.serve(search::PROTOCOL, tx)
         .map_err(|e| FilesError::BadTarget(e.to_string()))?;
     tokio::spawn({

@@ -26,6 +26,8 @@ pub struct ReplicateResponse {
 
 /// How often a replica being fetched makes room under the quota for what it has verified.
 pub(super) const ROOM_CHECK: Duration = Duration::from_millis(200);
+/// Replica requests waiting for the handler; more are refused.
+const REPLICATE_QUEUE: usize = 16;
 
 /// A replica being fetched.
 #[derive(Clone)]
@@ -90,7 +92,8 @@ impl Drop for GetClaim {
 /// database and the quota check read the disk).
 pub(super) fn serve_replicate(files: &Arc<Files>) -> Result<(), FilesError> {
     let net = files.net.clone();
-    let (tx, mut replicate_requests) = tokio::sync::mpsc::channel::<agora_net::InboundRequest>(16);
+    let (tx, mut replicate_requests) =
+        tokio::sync::mpsc::channel::<agora_net::InboundRequest>(REPLICATE_QUEUE);
     net.serve(REPLICATE_PROTOCOL, tx)
         .map_err(|e| FilesError::BadTarget(e.to_string()))?;
     tokio::spawn({

@@ -66,6 +66,13 @@ pub fn identity_in(
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/ledger/1.0.0");
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests of `/agora/ledger/1.0.0` waiting for the handler; more are refused.
+pub(super) const REQUEST_QUEUE: usize = 64;
+/// Finalized-block announcements from gossip waiting to be checked; gossipsub waits for the
+/// verdict, so a full queue slows the topic instead of growing.
+const GOSSIP_QUEUE: usize = 256;
+/// Tip updates buffered per subscriber (a slow one skips to the newest).
+const TIP_CAP: usize = 64;
 /// Certified blocks (gossip announcements, certificate verified) held above the tip while the
 /// blocks below them are fetched. Nothing uncertified is ever held here. When full, a lower
 /// block displaces the highest one (it is closer to applying); a higher one is refused.
@@ -269,7 +276,7 @@ impl Ledger {
                 epoch_start: loaded.epoch_start,
                 verifier,
             }),
-            tip: broadcast::channel(64).0,
+            tip: broadcast::channel(TIP_CAP).0,
             sync_now: tokio::sync::Notify::new(),
             validator: Mutex::new(None),
             consensus_metrics: Arc::new(Mutex::new(String::new())),
@@ -278,7 +285,7 @@ impl Ledger {
             stop,
         });
         ledger.serve()?;
-        let (gossip_tx, gossip_rx) = mpsc::channel(256);
+        let (gossip_tx, gossip_rx) = mpsc::channel(GOSSIP_QUEUE);
         net.subscribe(&ledger.topic, gossip_tx)
             .await
             .map_err(|e| LedgerError::Validator(format!("cannot subscribe to blocks: {e}")))?;

@@ -13,13 +13,13 @@ use tokio::sync::mpsc;
 use super::wire::{
     self, MAX_BLOCKS_BYTES, MAX_BLOCKS_PER_REQUEST, MAX_SUBMIT_BATCH, Request, Response,
 };
-use super::{BUDGET_SUBMIT_BYTES, BUDGET_SUBMIT_TXS, Ledger, LedgerError, PROTOCOL};
+use super::{BUDGET_SUBMIT_BYTES, BUDGET_SUBMIT_TXS, Ledger, LedgerError, PROTOCOL, REQUEST_QUEUE};
 use crate::state::TxError;
 use crate::tx::{Hash, Tx};
 
 impl Ledger {
     pub(super) fn serve(self: &Arc<Self>) -> Result<(), LedgerError> {
-        let (tx, mut rx) = mpsc::channel::<InboundRequest>(64);
+        let (tx, mut rx) = mpsc::channel::<InboundRequest>(REQUEST_QUEUE);
         self.net
             .serve(PROTOCOL, tx)
             .map_err(|e| LedgerError::Validator(format!("cannot serve {PROTOCOL}: {e}")))?;
