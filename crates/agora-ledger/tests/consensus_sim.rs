@@ -828,3 +828,41 @@ fn a_validator_flooding_blocks_cannot_crowd_out_honest_proposals() {
         }
     });
 }
+
+#[test]
+fn relayed_transactions_are_verified_off_the_consensus_thread_and_forged_ones_dropped() {
+    use agora_ledger::consensus::BlockMsg;
+    use commonware_p2p::{Recipients, Sender as _};
+    use commonware_runtime::IoBuf;
+
+    deterministic::Runner::timed(Duration::from_secs(120)).start(|context| async move {
+        let mut sim = Sim::new(context.child("sim"), link(10, 2, 1.0)).await;
+        for i in 1..N {
+            sim.start(i).await;
+        }
+        // Validator 0 runs no engine; it only relays a batch, as validators do with what
+        // their users submit: one good transfer and one with a forged signature.
+        let chain = sim.genesis.chain_id();
+        let good = pay(&chain, 2, 1, 7, 0);
+        let mut forged = pay(&chain, 3, 0, 1_000, 0);
+        if let Tx::Account(signed) = &mut forged {
+            signed.signature[5] ^= 1;
+        }
+        let (good_hash, forged_hash) = (good.hash(), forged.hash());
+        let mut blocks = sim.channels(0).await.blocks.0;
+        let batch = BlockMsg::Txs(vec![forged, good]).encode();
+        blocks.send(Recipients::All, IoBuf::from(batch), false);
+        sim.wait_for(
+            Duration::from_secs(60),
+            "the relayed good transfer to be final",
+            |s| (1..N).all(|i| s.applied(i).txs.contains(&good_hash)),
+        )
+        .await;
+        // A few more blocks, then: the forged one never made it into any.
+        context.sleep(Duration::from_secs(3)).await;
+        for i in 1..N {
+            assert!(!sim.applied(i).txs.contains(&forged_hash), "validator {i}");
+        }
+        sim.assert_agreement(&[1, 2, 3]);
+    });
+}

@@ -51,6 +51,10 @@ pub const FINALIZED_OUTPUT: usize = 256;
 /// dropped for a newer one, and a wanted block refused at [`MAX_CLAIMED_BLOCKS`].
 pub const BUDGET_UNSOLICITED_BLOCKS: &str = "ledger.unsolicited_blocks";
 pub const BUDGET_CLAIMED_BLOCKS: &str = "ledger.claimed_blocks";
+/// Batches of relayed transactions waiting for the relay verifier; a batch arriving when it is
+/// full is dropped (its transactions are in their relayer's mempool, which proposes them).
+pub const RELAY_VERIFY_QUEUE: usize = 16;
+pub const BUDGET_RELAY_VERIFY: &str = "ledger.relay_verify_queue";
 /// Unfinalized blocks further than this above the finalized height are not taken.
 const MAX_BLOCKS_AHEAD: u64 = 1_024;
 /// A proposal's timestamp may run this far ahead of a verifier's clock.
@@ -85,6 +89,9 @@ pub enum Message {
         verified: bool,
         response: oneshot::Sender<Vec<Submitted>>,
     },
+    /// Transactions another validator relayed, their signatures verified by the relay
+    /// verifier task (off this thread); admitted but not relayed again.
+    Relayed(Vec<Tx>),
     /// What the application holds now (for tests and metrics).
     Held {
         response: oneshot::Sender<HeldBlocks>,
@@ -366,6 +373,10 @@ pub(crate) struct App<S, R> {
     mempool: Mempool,
     /// Admitted transactions not yet relayed to the other validators.
     relay_queue: Vec<Tx>,
+    /// Relayed batches to the verifier task, which checks their signatures off this thread.
+    relay_verify: mpsc::Sender<Vec<Tx>>,
+    /// The verifier's end, until [`Self::start`] spawns it.
+    relay_verifier: Option<(mpsc::Receiver<Vec<Tx>>, mpsc::Sender<Message>)>,
     wants: HashMap<Hash, SystemTime>,
     output: mpsc::Sender<Finalized>,
     config: AppConfig,
@@ -390,6 +401,7 @@ where
     ) {
         let (engine_tx, mailbox) = mpsc::channel(ENGINE_MAILBOX);
         let (node_tx, node_mailbox) = mpsc::channel(NODE_MAILBOX);
+        let (relay_verify, relay_rx) = mpsc::channel(RELAY_VERIFY_QUEUE);
         let (output, finalized) = mpsc::channel(FINALIZED_OUTPUT);
         let (epochs, epoch_starts) = watch::channel(None);
         let advanced = Arc::new(Mutex::new(None));
@@ -420,6 +432,8 @@ where
             pending_finalizations: Vec::new(),
             mempool: Mempool::new(config.mempool),
             relay_queue: Vec::new(),
+            relay_verify,
+            relay_verifier: Some((relay_rx, node_tx.clone())),
             wants: HashMap::new(),
             output,
             config: AppConfig {
@@ -460,7 +474,23 @@ where
         self.block(digest).map(|b| b.height)
     }
 
-    pub fn start<E: Clock + Spawner>(self, context: E) -> Handle<()> {
+    pub fn start<E: Clock + Spawner>(mut self, context: E) -> Handle<()> {
+        if let Some((mut batches, node)) = self.relay_verifier.take() {
+            let chain = self.finalized.chain;
+            // Signature checks of relayed batches run on the runtime's blocking-friendly pool;
+            // the task ends when the application (holding the sending side) does.
+            context
+                .child("relay_verify")
+                .shared(true)
+                .spawn(move |_| async move {
+                    while let Some(txs) = batches.recv().await {
+                        let verified = verify_relayed(txs, &chain);
+                        if node.send(Message::Relayed(verified)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+        }
         context.spawn(move |context| self.run(context))
     }
 
@@ -527,6 +557,11 @@ where
             Message::Finalized(finalization) => {
                 self.pending_finalizations.push(finalization);
                 self.progress(context);
+            }
+            Message::Relayed(txs) => {
+                // Errors are expected (duplicates, races with finality); nothing to answer.
+                let _ = self.mempool.admit_verified(txs, &self.finalized);
+                self.propose_if_due(context);
             }
             Message::Submit {
                 txs,
@@ -1134,10 +1169,32 @@ where
                 }
             }
             BlockMsg::Txs(txs) => {
-                // Errors are expected (duplicates, races with finality); nothing to answer.
-                let _ = self.mempool.admit_batch(txs, &self.finalized);
-                self.propose_if_due(context);
+                // Verified off this thread; back as `Message::Relayed`.
+                if let Err(mpsc::error::TrySendError::Full(_)) = self.relay_verify.try_send(txs) {
+                    debug!(?peer, "relay verifier busy; dropping a relayed batch");
+                    self.refuse(BUDGET_RELAY_VERIFY);
+                }
             }
         }
     }
+}
+
+/// The transactions of a relayed batch whose signatures hold (committee transactions pass:
+/// the mempool checks their approvals in full).
+fn verify_relayed(txs: Vec<Tx>, chain: &Hash) -> Vec<Tx> {
+    let signed: Vec<&crate::tx::SignedAccountTx> = txs
+        .iter()
+        .filter_map(|tx| match tx {
+            Tx::Account(signed) => Some(signed),
+            Tx::Committee(_) => None,
+        })
+        .collect();
+    let mut valid = crate::tx::signatures_valid(&signed, chain).into_iter();
+    drop(signed);
+    txs.into_iter()
+        .filter(|tx| match tx {
+            Tx::Account(_) => valid.next().unwrap_or(false),
+            Tx::Committee(_) => true,
+        })
+        .collect()
 }
