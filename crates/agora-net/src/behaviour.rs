@@ -40,6 +40,7 @@ impl Behaviour {
         key: &Keypair,
         relay_client: relay::client::Behaviour,
         config: &Config,
+        refusals: &crate::Refusals,
     ) -> Result<Self, BuildError> {
         let peer_id = key.public().to_peer_id();
 
@@ -104,7 +105,7 @@ impl Behaviour {
             gossipsub,
             autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
             dcutr: dcutr::Behaviour::new(peer_id),
-            rpc: crate::rpc::behaviour(),
+            rpc: crate::rpc::behaviour(refusals.clone()),
             stream: libp2p_stream::Behaviour::new(),
             mdns: mdns.into(),
             upnp: config.upnp.then(upnp::tokio::Behaviour::default).into(),

@@ -133,6 +133,8 @@ pub(crate) fn build(
     registry: &mut Registry,
 ) -> Result<(Handle, EventLoop), BuildError> {
     let local_peer_id = keypair.public().to_peer_id();
+    let refusals = crate::Refusals::default();
+    refusals.register(registry);
     let mut bandwidth_registry = Registry::default();
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -147,7 +149,7 @@ pub(crate) fn build(
         .map_err(|e| BuildError::Transport(e.to_string()))?
         .with_bandwidth_metrics(&mut bandwidth_registry)
         .with_behaviour(|key, relay_client| {
-            Behaviour::new(key, relay_client, &config)
+            Behaviour::new(key, relay_client, &config, &refusals)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(|e| BuildError::Behaviour(e.to_string()))?
@@ -256,8 +258,6 @@ pub(crate) fn build(
     let (command_tx, commands) = mpsc::channel(COMMAND_CAP);
     let (events, _) = broadcast::channel(EVENT_CAP);
     let streams = swarm.behaviour().stream.new_control();
-    let refusals = crate::Refusals::default();
-    refusals.register(registry);
     let services = crate::rpc::Services::default();
     let rpc = Rpc::new(services.clone(), refusals.clone());
     let handle = Handle {

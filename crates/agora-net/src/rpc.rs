@@ -36,7 +36,10 @@
 use std::{
     collections::{HashMap, VecDeque},
     io,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -96,6 +99,11 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(120);
 const REFUSAL_FLAG: u32 = 1 << 31;
 /// A frame's buffer is first allocated at most this large, then grows as bytes arrive.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes of inbound requests being read at once, from all peers together (the sum of their
+/// claimed lengths). A request is read before its peer's admission is checked (the request
+/// layer hands over only whole requests), so without this one peer could have
+/// [`MAX_STREAMS_PER_CONNECTION`] requests of [`MAX_FRAME_LEN`] each in memory at once.
+pub const MAX_READING_BYTES: usize = 64 * 1024 * 1024;
 
 /// Budget names counted on `agora_refusals_total` by the request layer.
 pub mod budget {
@@ -107,6 +115,9 @@ pub mod budget {
     pub const TOTAL: &str = "rpc.inbound_per_protocol";
     /// The application's queue of requests was full.
     pub const QUEUE: &str = "rpc.handler_queue";
+    /// [`MAX_READING_BYTES`](super::MAX_READING_BYTES) of requests were being read already
+    /// (the stream is reset: the request was not read).
+    pub const READING: &str = "rpc.reading_bytes";
 }
 
 /// Reads one frame, refusing lengths above [`MAX_FRAME_LEN`] before allocating.
@@ -220,6 +231,32 @@ pub type Response = Result<Vec<u8>, String>;
 #[derive(Debug, Clone, Default)]
 pub struct Codec {
     deadline: Option<Instant>,
+    /// Bytes of inbound requests being read, shared by every stream's codec.
+    reading: Arc<AtomicUsize>,
+    refusals: Refusals,
+}
+
+/// A reservation of [`MAX_READING_BYTES`]; released when dropped.
+struct Reading<'a> {
+    reading: &'a AtomicUsize,
+    len: usize,
+}
+
+impl<'a> Reading<'a> {
+    fn reserve(reading: &'a AtomicUsize, len: usize) -> Option<Self> {
+        reading
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + len <= MAX_READING_BYTES).then_some(held + len)
+            })
+            .ok()
+            .map(|_| Reading { reading, len })
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.reading.fetch_sub(self.len, Ordering::AcqRel);
+    }
 }
 
 impl request_response::Codec for Codec {
@@ -240,7 +277,15 @@ impl request_response::Codec for Codec {
                 .ok_or_else(|| {
                     io::Error::new(io::ErrorKind::InvalidData, "invalid protocol name")
                 })?;
-            let data = read_frame(io).await?;
+            let len = read_frame_len(io, MAX_FRAME_LEN).await?;
+            let Some(_reading) = Reading::reserve(&self.reading, len) else {
+                self.refusals.refuse(budget::READING);
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    "too many request bytes being read at once",
+                ));
+            };
+            let data = read_body(io, len).await?;
             Ok(Request {
                 protocol,
                 data,
@@ -323,9 +368,12 @@ impl request_response::Codec for Codec {
 }
 
 /// The `request_response` behaviour of [`RPC_PROTOCOL`].
-pub(crate) fn behaviour() -> request_response::Behaviour<Codec> {
+pub(crate) fn behaviour(refusals: Refusals) -> request_response::Behaviour<Codec> {
     request_response::Behaviour::with_codec(
-        Codec::default(),
+        Codec {
+            refusals,
+            ..Codec::default()
+        },
         [(RPC_PROTOCOL, request_response::ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(RPC_TIMEOUT)
@@ -744,6 +792,38 @@ mod tests {
             let read = codec.read_response(&RPC_PROTOCOL, &mut rd).await.unwrap();
             assert_eq!(read, response);
         }
+    }
+
+    /// What one peer can make this node hold while reading requests is bounded: requests are
+    /// read before admission, so the bytes being read at once have a budget of their own.
+    #[tokio::test]
+    async fn requests_past_the_reading_budget_are_not_read() {
+        let codec = Codec::default();
+        let request = |len: usize| {
+            let mut bytes = 17u32.to_be_bytes().to_vec();
+            bytes.extend_from_slice(b"/agora/test/1.0.0");
+            bytes.extend_from_slice(&(len as u32).to_be_bytes());
+            bytes.extend(std::iter::repeat_n(7u8, len));
+            bytes
+        };
+        // Others' requests hold all but 1 MiB of the budget while they are read.
+        let held = Reading::reserve(&codec.reading, MAX_READING_BYTES - (1 << 20)).unwrap();
+        let err = codec
+            .clone()
+            .read_request(&RPC_PROTOCOL, &mut Cursor::new(request(2 << 20)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::OutOfMemory);
+        assert_eq!(codec.refusals.count(budget::READING), 1);
+        // One that fits is read, and gives its share back once read.
+        let read = codec
+            .clone()
+            .read_request(&RPC_PROTOCOL, &mut Cursor::new(request(1 << 20)))
+            .await
+            .unwrap();
+        assert_eq!(read.data.len(), 1 << 20);
+        drop(held);
+        assert_eq!(codec.reading.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
