@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use serde_json::json;
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -98,6 +98,18 @@ pub struct Aims {
     pub blob: Option<String>,
     pub keyword: Option<String>,
     pub hold: Duration,
+    /// The ledger attacks, when the attacker's key is a committee member.
+    pub ledger: Option<LedgerPlan>,
+}
+
+/// The ledger part: the attacker's identity (its committee key), how many unsolicited
+/// proposals it floods over how long, and how long at most its lying sync server waits for
+/// the scenario to close the agent's stdin once everything else is done.
+pub struct LedgerPlan {
+    pub secret: [u8; 32],
+    pub proposals: u64,
+    pub flood: Duration,
+    pub max_serve: Duration,
 }
 
 pub fn hostile(targets: &[Multiaddr], room: &str, aims: &Aims) -> Result<()> {
@@ -118,9 +130,13 @@ pub fn hostile(targets: &[Multiaddr], room: &str, aims: &Aims) -> Result<()> {
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let keypair = match &aims.ledger {
+            Some(plan) => libp2p::identity::Keypair::ed25519_from_bytes(plan.secret)?,
+            None => libp2p::identity::Keypair::generate_ed25519(),
+        };
         let me = Identity::from_keypair(&keypair)?;
-        let config = agora_net::Config::new(vec!["/ip4/0.0.0.0/tcp/0".parse()?])
+        // A fixed port, so that a node started later can be bootstrapped from the attacker.
+        let config = agora_net::Config::new(vec!["/ip4/0.0.0.0/tcp/4001".parse()?])
             .with_bootstrap(targets.to_vec())
             .with_kad_mode(KadMode::Client);
         let (net, event_loop) = agora_net::new(
@@ -129,6 +145,10 @@ pub fn hostile(targets: &[Multiaddr], room: &str, aims: &Aims) -> Result<()> {
             &mut prometheus_client::registry::Registry::default(),
         )?;
         tokio::spawn(event_loop.run());
+        let ledger = match aims.ledger {
+            Some(_) => Some(crate::agent_ledger::LedgerAttack::start(&net, &peers)?),
+            None => None,
+        };
         for _ in 0..100 {
             if net.peers().await.map(|p| p.len()).unwrap_or(0) >= peers.len() {
                 break;
@@ -366,10 +386,61 @@ pub fn hostile(targets: &[Multiaddr], room: &str, aims: &Aims) -> Result<()> {
         });
         println!("{}", json!({"raw": raw, "protocol": summary}));
         std::io::stdout().flush()?;
-        tokio::time::sleep(aims.hold).await;
+        // The ledger attacks run while the slow streams are held.
+        let ledger_phase = async {
+            let (Some(attack), Some(plan)) = (&ledger, &aims.ledger) else {
+                return anyhow::Ok(());
+            };
+            let (flood, submissions) = tokio::join!(
+                attack.flood_proposals(plan.proposals, plan.flood),
+                attack.flood_submissions()
+            );
+            println!(
+                "{}",
+                json!({"ledger": {"flood": flood, "submit": submissions}})
+            );
+            std::io::stdout().flush()?;
+            anyhow::Ok(())
+        };
+        let (_, phase) = tokio::join!(tokio::time::sleep(aims.hold), ledger_phase);
+        phase?;
         drop(held);
+        if let (Some(attack), Some(plan)) = (&ledger, &aims.ledger) {
+            // The lying sync server keeps serving until the scenario closes our stdin.
+            let stdin_closed = tokio::task::spawn_blocking(|| {
+                let mut sink = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            });
+            let _ = tokio::time::timeout(plan.max_serve, stdin_closed).await;
+            println!("{}", json!({"sync_liar": attack.liar_summary()}));
+            std::io::stdout().flush()?;
+            attack.shutdown();
+        }
         let _ = net.shutdown().await;
         anyhow::Ok(())
     })?;
     Ok(())
+}
+
+/// The ledger plan of `agent-hostile`, if a committee key file was given.
+pub fn ledger_plan(
+    key_file: Option<&std::path::Path>,
+    proposals: u64,
+    flood_secs: u64,
+    max_serve: u64,
+) -> Result<Option<LedgerPlan>> {
+    let Some(path) = key_file else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let secret: [u8; 32] = hex::decode(text.trim())?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{}: not a 32-byte secret", path.display()))?;
+    Ok(Some(LedgerPlan {
+        secret,
+        proposals,
+        flood: Duration::from_secs(flood_secs),
+        max_serve: Duration::from_secs(max_serve),
+    }))
 }

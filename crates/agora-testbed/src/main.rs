@@ -5,6 +5,7 @@
 //! the testbed (not root, no `ip`/`nft`, namespaces not allowed) — never a silent pass.
 
 mod agent;
+mod agent_ledger;
 mod bench;
 mod ledger_bench;
 mod link;
@@ -145,6 +146,19 @@ enum Command {
         /// Seconds to hold the slow streams after printing the summary.
         #[arg(long, default_value_t = 0)]
         hold: u64,
+        /// A file holding the hex ed25519 secret of the attacker's identity, a member of the
+        /// ledger committee: enables the ledger attacks.
+        #[arg(long)]
+        ledger_key: Option<PathBuf>,
+        /// Unsolicited block proposals to flood.
+        #[arg(long, default_value_t = 2000)]
+        proposals: u64,
+        /// Seconds the proposal flood lasts.
+        #[arg(long, default_value_t = 10)]
+        flood_secs: u64,
+        /// Seconds at most the lying sync server waits for stdin to close.
+        #[arg(long, default_value_t = 90)]
+        max_serve: u64,
     },
 }
 
@@ -196,15 +210,23 @@ fn main() -> ExitCode {
             blob,
             keyword,
             hold,
-        } => match agent::hostile(
-            &target,
-            &room,
-            &agent::Aims {
-                blob,
-                keyword,
-                hold: std::time::Duration::from_secs(hold),
-            },
-        ) {
+            ledger_key,
+            proposals,
+            flood_secs,
+            max_serve,
+        } => match agent::ledger_plan(ledger_key.as_deref(), proposals, flood_secs, max_serve)
+            .and_then(|ledger| {
+                agent::hostile(
+                    &target,
+                    &room,
+                    &agent::Aims {
+                        blob,
+                        keyword,
+                        hold: std::time::Duration::from_secs(hold),
+                        ledger,
+                    },
+                )
+            }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -31,7 +31,7 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "hostile",
-        about: "an attacker beside four honest nodes sends garbage, storms, floods, forged messages and oversized frames; the honest nodes stay up, bounded, and keep talking",
+        about: "an attacker beside four honest nodes sends garbage, storms, floods, forged messages and oversized frames, and as a Byzantine ledger validator floods proposals and submissions and lies to syncing nodes; the honest nodes stay up, bounded, keep talking and finalizing, and a new follower catches up",
         run: hostile::run,
     },
     Scenario {
