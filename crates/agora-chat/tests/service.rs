@@ -541,3 +541,96 @@ async fn a_recipient_drops_tampered_mail_from_a_lying_holder_and_keeps_the_rest(
     assert_eq!(all[0].via.as_deref(), Some("mailbox"));
     assert_eq!(all[0].state, MessageState::Unread);
 }
+
+/// Hardening item 7: a chat handler used to commit to redb (with fsync) on the task serving
+/// the protocol. Here the database is held by another writer, so a direct message's handler
+/// waits for it; on a runtime with one worker thread, the node must still answer other
+/// requests meanwhile (a handler blocking that worker would stall the whole node). A std
+/// channel with a timeout observes it, so a stalled runtime fails the test instead of hanging.
+#[test]
+fn a_handler_waiting_on_the_database_does_not_stall_the_node() {
+    use agora_chat::{
+        service::HISTORY_PROTOCOL,
+        wire::{HistoryRequest, RoomId},
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(agora_store::Db::open(&dir.path().join("agora.redb")).unwrap());
+    let (_x_net, h, xid, _chat, stop) = rt.block_on(async {
+        let keypair = Keypair::generate_ed25519();
+        let (net, addr) = agora_net::start_loopback(keypair.clone(), vec![])
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let chat = Chat::start(
+            net.clone(),
+            &keypair,
+            db.clone(),
+            Config::default(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let h = peer(vec![addr.clone()], None).await;
+        let xid = net.local_peer_id();
+        let _ = h.net.dial(addr).await;
+        let x = xid.to_string();
+        wait_for(|| async {
+            h.net
+                .peers()
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.peer_id == x)
+                .then_some(())
+        })
+        .await;
+        (net, h, xid, chat, stop)
+    });
+    // Another writer holds the database.
+    let writer = db.redb().begin_write().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let msg = DirectMessage::new(&h.identity, id(), xid, 0, now(), "waits".into()).unwrap();
+    let (net, done) = (h.net.clone(), tx.clone());
+    rt.spawn(async move {
+        let answer = net
+            .request(xid, CHAT_PROTOCOL, msg.encode().unwrap(), WAIT)
+            .await;
+        if matches!(
+            answer.map(|a| DirectReply::decode(&a)),
+            Ok(Ok(DirectReply::Delivered(_)))
+        ) {
+            let _ = done.send("direct delivered");
+        }
+    });
+    let net = h.net.clone();
+    rt.spawn(async move {
+        // Give the direct message a head start to its handler.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ask = HistoryRequest {
+            room: RoomId::new("elsewhere").unwrap(),
+            since: now(),
+            limit: 10,
+        };
+        if net
+            .request(xid, HISTORY_PROTOCOL, ask.encode().unwrap(), WAIT)
+            .await
+            .is_ok()
+        {
+            let _ = tx.send("history answered");
+        }
+    });
+    assert_eq!(
+        rx.recv_timeout(WAIT),
+        Ok("history answered"),
+        "the node stalled while a handler waited for the database"
+    );
+    drop(writer);
+    assert_eq!(rx.recv_timeout(WAIT), Ok("direct delivered"));
+    stop.cancel();
+    drop(h);
+}
