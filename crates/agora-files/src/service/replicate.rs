@@ -24,8 +24,9 @@ pub struct ReplicateResponse {
     pub reason: String,
 }
 
-/// How often a replica being fetched makes room under the quota for what it has verified.
-pub(super) const ROOM_CHECK: Duration = Duration::from_millis(200);
+/// How often a replica being fetched makes room under the quota for what it has verified (if
+/// it verified more since the last time: each check reads the store's table of blobs).
+pub(super) const ROOM_CHECK: Duration = Duration::from_secs(1);
 /// Replica requests waiting for the handler; more are refused.
 const REPLICATE_QUEUE: usize = 16;
 
@@ -329,14 +330,21 @@ impl Files {
                 outboard: &outboard,
                 preallocate: false,
             };
+            let watched = progress.clone();
             let fetch = download::fetch(&this.net, hash, providers, to, progress, &this.partials);
             tokio::pin!(fetch);
             // Room under the quota is made as verified data arrives, never for a claim.
             let mut room_check = tokio::time::interval(ROOM_CHECK);
+            let mut checked = 0;
             let result = loop {
                 tokio::select! {
                     result = &mut fetch => break result.map_err(|e| e.to_string()),
                     _ = room_check.tick() => {
+                        let done = watched.done.load(Ordering::Relaxed);
+                        if done == checked {
+                            continue;
+                        }
+                        checked = done;
                         let this = this.clone();
                         let room = tokio::task::spawn_blocking(move || this.make_room_for_verified())
                             .await
