@@ -1,6 +1,8 @@
 //! The finalized-block gossip topic: validators announce the blocks their engine finalized
 //! (taking turns by height), every node validates announcements by their certificate and
-//! applies the blocks that follow its tip.
+//! applies the blocks that follow its tip. Gossip keeps no state of its own: the certified
+//! blocks it receives go to sync ([`Ledger::receive_certified`]), which holds those above the
+//! tip.
 
 use std::sync::Arc;
 
@@ -9,12 +11,28 @@ use libp2p::gossipsub::MessageAcceptance;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::Ledger;
 use super::wire::{self, Announcement, MAX_ANNOUNCED_BLOCK};
+use super::{Ledger, LedgerError};
 use crate::block::Block;
 use crate::tx::Hash;
 
+/// Finalized-block announcements from gossip waiting to be checked; gossipsub waits for the
+/// verdict, so a full queue slows the topic instead of growing.
+const GOSSIP_QUEUE: usize = 256;
+
 impl Ledger {
+    /// Subscribes to the finalized-block topic and checks its announcements on a task of
+    /// their own (at most [`GOSSIP_QUEUE`] waiting).
+    pub(super) async fn follow_topic(self: &Arc<Self>) -> Result<(), LedgerError> {
+        let (gossip_tx, gossip_rx) = mpsc::channel(GOSSIP_QUEUE);
+        self.net
+            .subscribe(&self.topic, gossip_tx)
+            .await
+            .map_err(|e| LedgerError::Validator(format!("cannot subscribe to blocks: {e}")))?;
+        tokio::spawn(Self::gossip_loop(Arc::downgrade(self), gossip_rx));
+        Ok(())
+    }
+
     /// Whether this validator announces the block at `height`: one validator announces each
     /// block (they take turns by height).
     pub(super) fn announces(&self, height: u64) -> bool {
@@ -49,10 +67,7 @@ impl Ledger {
         }
     }
 
-    pub(super) async fn gossip_loop(
-        ledger: std::sync::Weak<Self>,
-        mut rx: mpsc::Receiver<GossipMessage>,
-    ) {
+    async fn gossip_loop(ledger: std::sync::Weak<Self>, mut rx: mpsc::Receiver<GossipMessage>) {
         while let Some(message) = rx.recv().await {
             let Some(ledger) = ledger.upgrade() else {
                 return;

@@ -17,6 +17,35 @@
 //!
 //! This module keeps the configuration, errors, the [`Ledger`] itself, its start, the queries,
 //! applying finalized blocks (every path ends there) and the admission budgets.
+//!
+//! # State and locks
+//!
+//! Each part owns its state behind its own `std::sync::Mutex`, and each inbound queue is
+//! bounded by a constant in the module that owns it (`serve::REQUEST_QUEUE`,
+//! `gossip::GOSSIP_QUEUE`, [`MAX_CERTIFIED_PENDING`] in `sync`):
+//! - `inner` (here, `Tip`): the chain tip (state, digest, timestamp, state root, epoch start,
+//!   certificate verifier). Every module reads it; only `Ledger::apply` writes it.
+//! - `sync` (`sync::SyncState`): the certified blocks held above the tip. Gossip hands its
+//!   certified blocks to `receive_certified` and never touches the map; `apply` drops those
+//!   the tip passed (`Ledger::drop_pending_through`).
+//! - `pay` (`pay::PayState`): this node's own next sequence number; `apply` raises it to the
+//!   tip's (`Ledger::own_seq_applied`).
+//! - `rates` (here, `Rates`): applied blocks and transactions, for the rates in [`Status`].
+//! - `validator` and `consensus_metrics` (committee): the engine's handle and its metrics.
+//!
+//! Lock order: a lock is only taken while holding locks that come before it.
+//!
+//! ```text
+//! sync session's run (sync::SyncRun) -> sync -> inner -> rates
+//!                                       pay  -> inner
+//! ```
+//!
+//! `sync` and `pay` are never held together; `validator` and `consensus_metrics` are taken with
+//! none of these held (only a sync session's run, around `apply`). `apply` holds `inner` (and
+//! `rates` under it) while it moves the tip, releases it, then takes `sync`, `pay` and
+//! `validator` one at a time. agora-net's own locks (budgets, refusal counters) are leaves. No
+//! std `Mutex` guard is ever held across an `.await`: copy out what is needed and drop the guard
+//! first.
 
 mod committee;
 mod gossip;
@@ -26,7 +55,7 @@ mod store;
 mod sync;
 pub mod wire;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,15 +66,17 @@ use commonware_codec::{Copying, Decode as _};
 use commonware_cryptography::certificate::Verifier as _;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use committee::CommitteeChanged;
+use pay::PayState;
 pub use pay::{FINALITY_WAIT, Payment};
 use store::ChainStore;
 pub use store::{SNAPSHOT_EVERY, StoreError, StoredBlock};
-use sync::Pending;
+pub use sync::MAX_CERTIFIED_PENDING;
+use sync::SyncState;
 use wire::{MAX_SUBMIT_BATCH, Request, Response};
 
 use crate::account::{Account, identity_signing_key};
@@ -66,17 +97,10 @@ pub fn identity_in(
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/ledger/1.0.0");
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Requests of `/agora/ledger/1.0.0` waiting for the handler; more are refused.
-pub(super) const REQUEST_QUEUE: usize = 64;
-/// Finalized-block announcements from gossip waiting to be checked; gossipsub waits for the
-/// verdict, so a full queue slows the topic instead of growing.
-const GOSSIP_QUEUE: usize = 256;
 /// Tip updates buffered per subscriber (a slow one skips to the newest).
 const TIP_CAP: usize = 64;
-/// Certified blocks (gossip announcements, certificate verified) held above the tip while the
-/// blocks below them are fetched. Nothing uncertified is ever held here. When full, a lower
-/// block displaces the highest one (it is closer to applying); a higher one is refused.
-pub const MAX_CERTIFIED_PENDING: usize = 256;
+/// How far back the rates in [`Status`] look.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Uncertified blocks one sync session holds while it looks for the certificate that proves
 /// them (an honest peer serves blocks finalized implicitly, proven by a later certified block
 /// they link to by hash). Local to the session with one peer, dropped when it ends: another
@@ -182,25 +206,57 @@ pub struct Status {
     pub min_fee: u64,
 }
 
-struct Inner {
+/// The chain tip: read by every module, written only by `Ledger::apply`.
+struct Tip {
     state: State,
     digest: Hash,
     timestamp_ms: u64,
-    /// Certified blocks above the tip waiting for the blocks below them, by height (at most
-    /// [`MAX_CERTIFIED_PENDING`]).
-    pending: BTreeMap<u64, Pending>,
-    /// Own next sequence number, counting submitted transactions not final yet.
-    next_seq: u64,
-    /// (when applied, height, transactions) of recent blocks, for rates.
-    recent: VecDeque<(Instant, u64, usize)>,
-    /// Transactions applied since this node started.
-    applied_txs: u64,
     /// The state root after the tip (computed once per applied run of blocks).
     root: Hash,
     /// Digest of the last block before the tip's next epoch (see `Base::epoch_start`).
     epoch_start: Hash,
     /// The certificate verifier for the committee of the next block's epoch: (epoch, scheme).
     verifier: (u64, Scheme),
+}
+
+/// Applied blocks, for the rates in [`Status`] (the status part's own lock, taken under the
+/// tip's by `apply` and `status`).
+#[derive(Default)]
+struct Rates {
+    /// (when applied, height, transactions) of the blocks applied within [`RATE_WINDOW`].
+    recent: VecDeque<(Instant, u64, usize)>,
+    /// Transactions applied since this node started.
+    applied_txs: u64,
+}
+
+impl Rates {
+    /// Records blocks (height, transactions) applied at `now` and forgets those older than
+    /// [`RATE_WINDOW`].
+    fn applied(&mut self, now: Instant, blocks: impl IntoIterator<Item = (u64, usize)>) {
+        for (height, txs) in blocks {
+            self.recent.push_back((now, height, txs));
+            self.applied_txs += txs as u64;
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// (transactions, blocks) per second over the recent blocks.
+    fn per_sec(&self) -> (f64, f64) {
+        match (self.recent.front(), self.recent.back()) {
+            (Some(first), Some(last)) if last.0 > first.0 => {
+                let secs = last.0.duration_since(first.0).as_secs_f64();
+                let txs: usize = self.recent.iter().skip(1).map(|r| r.2).sum();
+                (txs as f64 / secs, (self.recent.len() - 1) as f64 / secs)
+            }
+            _ => (0.0, 0.0),
+        }
+    }
 }
 
 struct ValidatorHandle {
@@ -218,7 +274,13 @@ pub struct Ledger {
     account: Account,
     key: ed25519_dalek::SigningKey,
     store: ChainStore,
-    inner: Mutex<Inner>,
+    /// The chain tip (see the lock order in the module docs).
+    inner: Mutex<Tip>,
+    /// Sync's certified blocks above the tip.
+    sync: Mutex<SyncState>,
+    /// The own next sequence number.
+    pay: Mutex<PayState>,
+    rates: Mutex<Rates>,
     tip: broadcast::Sender<u64>,
     sync_now: tokio::sync::Notify,
     validator: Mutex<Option<ValidatorHandle>>,
@@ -264,18 +326,17 @@ impl Ledger {
             account,
             key,
             store,
-            inner: Mutex::new(Inner {
+            inner: Mutex::new(Tip {
                 state: loaded.state,
                 digest: loaded.digest,
                 timestamp_ms: loaded.timestamp_ms,
-                pending: BTreeMap::new(),
-                next_seq,
-                recent: VecDeque::new(),
-                applied_txs: 0,
                 root,
                 epoch_start: loaded.epoch_start,
                 verifier,
             }),
+            sync: Mutex::new(SyncState::default()),
+            pay: Mutex::new(PayState::new(next_seq)),
+            rates: Mutex::new(Rates::default()),
             tip: broadcast::channel(TIP_CAP).0,
             sync_now: tokio::sync::Notify::new(),
             validator: Mutex::new(None),
@@ -285,11 +346,7 @@ impl Ledger {
             stop,
         });
         ledger.serve()?;
-        let (gossip_tx, gossip_rx) = mpsc::channel(GOSSIP_QUEUE);
-        net.subscribe(&ledger.topic, gossip_tx)
-            .await
-            .map_err(|e| LedgerError::Validator(format!("cannot subscribe to blocks: {e}")))?;
-        tokio::spawn(Self::gossip_loop(Arc::downgrade(&ledger), gossip_rx));
+        ledger.follow_topic().await?;
         tokio::spawn(Self::sync_loop(Arc::downgrade(&ledger)));
         if config.validator {
             ledger.start_validator(&config, &secret).await?;
@@ -322,11 +379,6 @@ impl Ledger {
         self.inner.lock().unwrap().state.height
     }
 
-    /// Blocks held above the tip, waiting for the blocks below them.
-    pub fn pending_blocks(&self) -> usize {
-        self.inner.lock().unwrap().pending.len()
-    }
-
     pub fn balance(&self, account: &Account) -> AccountState {
         self.inner.lock().unwrap().state.account(account)
     }
@@ -334,13 +386,9 @@ impl Ledger {
     pub fn status(&self) -> Status {
         let (validator, runs_consensus) = (self.is_validator(), self.runs_consensus());
         let inner = self.inner.lock().unwrap();
-        let (tx_per_sec, blocks_per_sec) = match (inner.recent.front(), inner.recent.back()) {
-            (Some(first), Some(last)) if last.0 > first.0 => {
-                let secs = last.0.duration_since(first.0).as_secs_f64();
-                let txs: usize = inner.recent.iter().skip(1).map(|r| r.2).sum();
-                (txs as f64 / secs, (inner.recent.len() - 1) as f64 / secs)
-            }
-            _ => (0.0, 0.0),
+        let ((tx_per_sec, blocks_per_sec), applied_txs) = {
+            let rates = self.rates.lock().unwrap();
+            (rates.per_sec(), rates.applied_txs)
         };
         Status {
             chain: self.genesis.chain.clone(),
@@ -358,7 +406,7 @@ impl Ledger {
             runs_consensus,
             tx_per_sec,
             blocks_per_sec,
-            applied_txs: inner.applied_txs,
+            applied_txs,
             supply: inner.state.supply(),
             burned: inner.state.burned,
             min_fee: inner.state.min_fee,
@@ -526,20 +574,13 @@ impl Ledger {
             return Ok(());
         };
         self.store.append(&applied, &state, digest, timestamp)?;
-        let now = Instant::now();
-        for (block, _) in &applied {
-            inner.recent.push_back((now, block.height, block.txs.len()));
-            inner.applied_txs += block.txs.len() as u64;
-        }
-        while inner
-            .recent
-            .front()
-            .is_some_and(|(t, _, _)| now.duration_since(*t) > Duration::from_secs(60))
-        {
-            inner.recent.pop_front();
-        }
+        self.rates.lock().unwrap().applied(
+            Instant::now(),
+            applied
+                .iter()
+                .map(|(block, _)| (block.height, block.txs.len())),
+        );
         let own_seq = state.account(&self.account).seq;
-        inner.next_seq = inner.next_seq.max(own_seq);
         // Execution compared the state's root with the block's, so it need not be recomputed
         // (a pass over every account).
         inner.root = applied
@@ -557,7 +598,6 @@ impl Ledger {
         inner.timestamp_ms = timestamp;
         inner.epoch_start = epoch_start;
         let height = inner.state.height;
-        inner.pending.retain(|h, _| *h > height);
         let base = notify_engine.then(|| Base {
             state: inner.state.clone(),
             digest,
@@ -565,6 +605,9 @@ impl Ledger {
             epoch_start,
         });
         drop(inner);
+        // Sync's and pay's state follow the tip, each under its own lock (never under the tip's).
+        self.drop_pending_through(height);
+        self.own_seq_applied(own_seq);
         if let Some(base) = base
             && let Some(v) = self.validator.lock().unwrap().as_ref()
         {

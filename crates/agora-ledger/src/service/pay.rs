@@ -1,5 +1,8 @@
 //! Payments and submissions from this node: signing, handing a transaction to the own engine
 //! or to a validator (forwarding checked submissions on a follower), and waiting for finality.
+//!
+//! Pay owns this node's next sequence number ([`PayState`], the ledger's `pay` lock, taken
+//! before the tip's and never together with sync's).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +18,18 @@ use crate::tx::{AccountTx, Action, Hash, Tx};
 
 /// How long `pay` waits for finality before giving up.
 pub const FINALITY_WAIT: Duration = Duration::from_secs(30);
+
+/// Pay's own state (the ledger's `pay` lock; lock order: this, then the tip).
+pub(super) struct PayState {
+    /// Own next sequence number, counting submitted transactions not final yet.
+    next_seq: u64,
+}
+
+impl PayState {
+    pub(super) fn new(next_seq: u64) -> Self {
+        PayState { next_seq }
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Payment {
@@ -40,10 +55,11 @@ impl Ledger {
         }
         let mut tips = self.tip.subscribe();
         let (tx, seq, fee) = {
-            let mut inner = self.inner.lock().unwrap();
+            let mut pay = self.pay.lock().unwrap();
+            let inner = self.inner.lock().unwrap();
             let fee = fee.unwrap_or(inner.state.min_fee);
             let state_seq = inner.state.account(&self.account).seq;
-            let seq = inner.next_seq.max(state_seq);
+            let seq = pay.next_seq.max(state_seq);
             let signed = AccountTx {
                 from: self.account,
                 seq,
@@ -52,17 +68,17 @@ impl Ledger {
             }
             .sign(&self.key, &self.chain);
             inner.state.check_queued(&signed)?;
-            inner.next_seq = seq + 1;
+            pay.next_seq = seq + 1;
             (Tx::Account(signed), seq, fee)
         };
         let hash = tx.hash();
         let started = Instant::now();
         if let Err(e) = self.submit(tx).await {
             // Not taken anywhere: the sequence number is free again.
-            let mut inner = self.inner.lock().unwrap();
-            let state_seq = inner.state.account(&self.account).seq;
-            if inner.next_seq == seq + 1 {
-                inner.next_seq = state_seq.max(seq);
+            let mut pay = self.pay.lock().unwrap();
+            let state_seq = self.balance(&self.account).seq;
+            if pay.next_seq == seq + 1 {
+                pay.next_seq = state_seq.max(seq);
             }
             return Err(e);
         }
@@ -82,12 +98,19 @@ impl Ledger {
             }),
             Err(e) => {
                 if matches!(e, LedgerError::NotFinal(_)) {
-                    let mut inner = self.inner.lock().unwrap();
-                    inner.next_seq = inner.state.account(&self.account).seq;
+                    let mut pay = self.pay.lock().unwrap();
+                    pay.next_seq = self.balance(&self.account).seq;
                 }
                 Err(e)
             }
         }
+    }
+
+    /// The tip moved and this account's sequence number there is `own_seq`: those below it are
+    /// used (called by `apply` after it released the tip).
+    pub(super) fn own_seq_applied(&self, own_seq: u64) {
+        let mut pay = self.pay.lock().unwrap();
+        pay.next_seq = pay.next_seq.max(own_seq);
     }
 
     /// Waits until a finalized block holds `hash` and returns its height. `lost` says when the

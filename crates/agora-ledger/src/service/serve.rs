@@ -2,7 +2,8 @@
 //! submissions, admitted within per-peer budgets
 //! ([`SUBMIT_TXS_PER_PEER`](super::SUBMIT_TXS_PER_PEER),
 //! [`SUBMIT_BYTES_PER_PEER`](super::SUBMIT_BYTES_PER_PEER)) before any decoding, their
-//! signatures checked on a blocking thread.
+//! signatures checked on a blocking thread. Serving keeps no state of its own beyond the
+//! budgets (each its own limiter) and [`REQUEST_QUEUE`].
 
 use std::sync::Arc;
 
@@ -13,9 +14,12 @@ use tokio::sync::mpsc;
 use super::wire::{
     self, MAX_BLOCKS_BYTES, MAX_BLOCKS_PER_REQUEST, MAX_SUBMIT_BATCH, Request, Response,
 };
-use super::{BUDGET_SUBMIT_BYTES, BUDGET_SUBMIT_TXS, Ledger, LedgerError, PROTOCOL, REQUEST_QUEUE};
+use super::{BUDGET_SUBMIT_BYTES, BUDGET_SUBMIT_TXS, Ledger, LedgerError, PROTOCOL};
 use crate::state::TxError;
 use crate::tx::{Hash, Tx};
+
+/// Requests of `/agora/ledger/1.0.0` waiting for the handler; more are refused.
+const REQUEST_QUEUE: usize = 64;
 
 impl Ledger {
     pub(super) fn serve(self: &Arc<Self>) -> Result<(), LedgerError> {

@@ -2,7 +2,11 @@
 //! this node lacks, one bounded session per peer ([`MAX_SYNC_RUN_BLOCKS`],
 //! [`MAX_SYNC_RUN_BYTES`]); certified blocks wait above the tip within
 //! [`MAX_CERTIFIED_PENDING`] until the blocks below them arrive.
+//!
+//! Sync owns those blocks ([`SyncState`], the ledger's `sync` lock, taken before the tip's);
+//! gossip hands its certified blocks to [`Ledger::receive_certified`].
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,8 +15,8 @@ use tracing::{debug, warn};
 
 use super::wire::{MAX_BLOCKS_PER_REQUEST, Request, Response};
 use super::{
-    BUDGET_CERTIFIED_PENDING, BUDGET_SYNC_JUNK, BUDGET_SYNC_RUN, Ledger, MAX_CERTIFIED_PENDING,
-    MAX_SYNC_RUN_BLOCKS, MAX_SYNC_RUN_BYTES, StoredBlock,
+    BUDGET_CERTIFIED_PENDING, BUDGET_SYNC_JUNK, BUDGET_SYNC_RUN, Ledger, MAX_SYNC_RUN_BLOCKS,
+    MAX_SYNC_RUN_BYTES, StoredBlock,
 };
 use crate::block::Block;
 use crate::tx::Hash;
@@ -20,8 +24,22 @@ use crate::tx::Hash;
 /// How often a node compares its height with a peer's when nothing new arrived.
 const SYNC_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Certified blocks (gossip announcements, certificate verified) held above the tip while the
+/// blocks below them are fetched. Nothing uncertified is ever held here. When full, a lower
+/// block displaces the highest one (it is closer to applying); a higher one is refused.
+pub const MAX_CERTIFIED_PENDING: usize = 256;
+
+/// Sync's own state (the ledger's `sync` lock; lock order: a session's run, then this, then
+/// the tip).
+#[derive(Default)]
+pub(super) struct SyncState {
+    /// Certified blocks above the tip waiting for the blocks below them, by height (at most
+    /// [`MAX_CERTIFIED_PENDING`]).
+    pending: BTreeMap<u64, Pending>,
+}
+
 /// A block above the tip whose finalization certificate was verified.
-pub(super) struct Pending {
+struct Pending {
     block: Block,
     digest: Hash,
     certificate: Vec<u8>,
@@ -240,6 +258,17 @@ impl Ledger {
 
     // ---- certified blocks above the tip ----
 
+    /// Blocks held above the tip, waiting for the blocks below them.
+    pub fn pending_blocks(&self) -> usize {
+        self.sync.lock().unwrap().pending.len()
+    }
+
+    /// Drops the held blocks at or below `height`, once the tip reached it (called by `apply`
+    /// after it released the tip).
+    pub(super) fn drop_pending_through(&self, height: u64) {
+        self.sync.lock().unwrap().pending.retain(|h, _| *h > height);
+    }
+
     /// Holds a block whose certificate the caller verified ([`Self::verify_certificate`]) and
     /// applies every run from the tip that is now complete. Returns whether blocks remain
     /// above a gap.
@@ -250,20 +279,20 @@ impl Ledger {
         certificate: Vec<u8>,
     ) -> bool {
         {
-            let mut inner = self.inner.lock().unwrap();
+            let mut sync = self.sync.lock().unwrap();
             let height = block.height;
-            if height > inner.state.height && !inner.pending.contains_key(&height) {
-                if inner.pending.len() >= MAX_CERTIFIED_PENDING {
-                    let highest = *inner.pending.keys().next_back().expect("full");
+            if height > self.height() && !sync.pending.contains_key(&height) {
+                if sync.pending.len() >= MAX_CERTIFIED_PENDING {
+                    let highest = *sync.pending.keys().next_back().expect("full");
                     if height > highest {
-                        drop(inner);
+                        drop(sync);
                         self.net.admission().refuse(BUDGET_CERTIFIED_PENDING);
                         return true;
                     }
-                    inner.pending.remove(&highest);
+                    sync.pending.remove(&highest);
                     self.net.admission().refuse(BUDGET_CERTIFIED_PENDING);
                 }
-                inner.pending.insert(
+                sync.pending.insert(
                     height,
                     Pending {
                         block,
@@ -280,24 +309,29 @@ impl Ledger {
     /// above a gap.
     fn apply_pending(&self) -> bool {
         let (ready, gap) = {
-            let mut inner = self.inner.lock().unwrap();
-            let mut parent = inner.digest;
-            let mut height = inner.state.height + 1;
+            let mut sync = self.sync.lock().unwrap();
+            let (tip, mut parent) = {
+                let inner = self.inner.lock().unwrap();
+                (inner.state.height, inner.digest)
+            };
+            // (Normally none: `apply` drops them once it released the tip.)
+            sync.pending.retain(|h, _| *h > tip);
+            let mut height = tip + 1;
             let mut ready = Vec::new();
-            while let Some(p) = inner.pending.get(&height) {
+            while let Some(p) = sync.pending.get(&height) {
                 if p.block.parent != parent {
                     // A certified block that does not link: not our chain (or a fork of more
                     // than f faulty validators); drop it rather than wait on it.
                     warn!(height, "certified block does not link to the tip; dropped");
-                    inner.pending.remove(&height);
+                    sync.pending.remove(&height);
                     break;
                 }
-                let p = inner.pending.remove(&height).expect("just seen");
+                let p = sync.pending.remove(&height).expect("just seen");
                 parent = p.digest;
                 height += 1;
                 ready.push((p.block, p.digest, Some(p.certificate)));
             }
-            (ready, !inner.pending.is_empty())
+            (ready, !sync.pending.is_empty())
         };
         if !ready.is_empty()
             && let Err(e) = self.apply(ready, true)
