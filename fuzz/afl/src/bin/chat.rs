@@ -1,0 +1,4 @@
+//! AFL++ target: see `agora_afl::chat`. Outside afl-fuzz it runs one input from stdin.
+fn main() {
+    afl::fuzz!(|data: &[u8]| agora_afl::chat::run(data));
+}
