@@ -25,7 +25,8 @@
 #
 # Seeds: fuzz/afl/seeds/<target>/ (valid encodings; the build also makes the binary that
 # regenerates them: $AFL_TARGET_DIR/<host triple>/release/seeds). Output:
-# fuzz/afl/out/<target>/ (not committed), replaced each run unless RESUME=1, which goes on from the last run's queue.
+# fuzz/afl/out/<target>/ (not committed), replaced each run unless RESUME=1, which goes on
+# from the last run's queue.
 # A crash is listed with the command that reproduces and minimises it: add the minimal input
 # to crates/<crate>/tests/fuzz_decoders.rs as a named regression test and fix the decoder.
 # Exit status: 1 if any target crashed (or afl-fuzz did not start), 0 otherwise.
