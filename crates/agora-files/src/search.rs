@@ -140,15 +140,7 @@ mod tests {
     use libp2p::PeerId;
 
     use super::*;
-
-    fn entry(name: &str, provider: PeerId) -> Entry {
-        Entry {
-            name: name.into(),
-            size: 10,
-            hash: blake3::hash(name.as_bytes()).to_hex().to_string(),
-            provider: provider.to_string(),
-        }
-    }
+    use crate::proto::index::tests::entry;
 
     #[test]
     fn names_split_into_normalised_keywords() {

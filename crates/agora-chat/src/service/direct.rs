@@ -174,6 +174,22 @@ impl Chat {
         }
     }
 
+    /// Re-sends, in the background, what `peer` is owed (messages without a receipt), if any.
+    pub(super) fn retry_if_owed(self: &Arc<Self>, peer: PeerId) {
+        let owed = self
+            .direct
+            .lock()
+            .unwrap()
+            .sender
+            .pending(&peer)
+            .next()
+            .is_some();
+        if owed {
+            let chat = self.clone();
+            tokio::spawn(async move { chat.retry_pending(Some(peer)).await });
+        }
+    }
+
     /// Re-sends unacknowledged messages to `only` or to every peer we are connected to.
     pub(super) async fn retry_pending(&self, only: Option<PeerId>) {
         let connected: HashSet<PeerId> = match self.net.peers().await {

@@ -501,18 +501,7 @@ impl Chat {
                         // A (re)connected room member may hold posts we missed.
                         let syncer = chat.clone();
                         tokio::spawn(async move { syncer.sync_with(peer).await });
-                        let pending = chat
-                            .direct
-                            .lock()
-                            .unwrap()
-                            .sender
-                            .pending(&peer)
-                            .next()
-                            .is_some();
-                        if pending {
-                            let chat = chat.clone();
-                            tokio::spawn(async move { chat.retry_pending(Some(peer)).await });
-                        }
+                        chat.retry_if_owed(peer);
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -372,18 +372,8 @@ impl Chat {
             self.exchange(&mut st, status)
         };
         // A peer that just came online may be owed messages.
-        if came_online
-            && self
-                .direct
-                .lock()
-                .unwrap()
-                .sender
-                .pending(&peer)
-                .next()
-                .is_some()
-        {
-            let chat = self.clone();
-            tokio::spawn(async move { chat.retry_pending(Some(peer)).await });
+        if came_online {
+            self.retry_if_owed(peer);
         }
         Ok(reply.encode().unwrap_or_default())
     }

@@ -247,14 +247,15 @@ impl Index {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use proptest::prelude::*;
 
     use super::*;
 
-    fn entry(name: &str, provider: PeerId) -> Entry {
+    /// An entry for `name` published by `provider` (its hash is the name's).
+    pub(crate) fn entry(name: &str, provider: PeerId) -> Entry {
         Entry {
             name: name.into(),
             size: 10,

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::{
@@ -56,16 +56,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     wait_routing_tables(tb, &ctx.agora, &nodes, 3, Duration::from_secs(30))?;
 
     // A file on the stable bootstrap node, fetched by random churning nodes during the run.
-    let file = tb.dir.join("churn-file.bin");
-    let data: Vec<u8> = (0..(2u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(&file, &data)?;
-    let shared = nodes[0].cli(tb, &ctx.agora, &["share", file.to_str().unwrap()])?;
-    let hash = shared["hash"]
-        .as_str()
-        .context("share printed no hash")?
-        .to_owned();
+    let (data, hash) = super::share_patterned(ctx, tb, &nodes[0], "churn-file.bin", 2)?;
     let (mut gets, mut gets_ok) = (0u64, 0u64);
 
     // n0 (bootstrap) and n1 (the prober) stay up; the others churn.

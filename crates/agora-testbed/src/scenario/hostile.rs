@@ -85,16 +85,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     }
     // A real file, shared by h0 and replicated to the others, whose keyword the attacker
     // floods and whose replicas its claims must not evict.
-    let file = tb.dir.join("lobbyfile-report.bin");
-    let data: Vec<u8> = (0..(4u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(&file, &data)?;
-    let shared = nodes[0].cli(tb, &ctx.agora, &["share", file.to_str().unwrap()])?;
-    let hash = shared["hash"]
-        .as_str()
-        .context("share printed no hash")?
-        .to_owned();
+    let (data, hash) = super::share_patterned(ctx, tb, &nodes[0], "lobbyfile-report.bin", 4)?;
     let holds = |tb: &Testbed, n: &Node| -> bool {
         n.cli(tb, &ctx.agora, &["files"])
             .ok()

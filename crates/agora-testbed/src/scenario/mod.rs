@@ -7,10 +7,32 @@ pub mod nat;
 pub mod partition;
 pub mod wan;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::{Ctx, net::Testbed};
+use crate::{Ctx, net::Testbed, node::Node};
+
+/// Writes `mib` MiB of patterned bytes to `name` in the testbed's directory and shares the
+/// file from `node`: the bytes and their hash as `share` printed it.
+pub(crate) fn share_patterned(
+    ctx: &Ctx,
+    tb: &Testbed,
+    node: &Node,
+    name: &str,
+    mib: u32,
+) -> Result<(Vec<u8>, String)> {
+    let file = tb.dir.join(name);
+    let data: Vec<u8> = (0..(mib << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &data)?;
+    let shared = node.cli(tb, &ctx.agora, &["share", file.to_str().unwrap()])?;
+    let hash = shared["hash"]
+        .as_str()
+        .context("share printed no hash")?
+        .to_owned();
+    Ok((data, hash))
+}
 
 pub struct Scenario {
     pub name: &'static str,
