@@ -8,11 +8,6 @@
 //! here too), or accepts something that does not re-encode to an equal value. Outside AFL a
 //! target binary reads one input from stdin: `target/release/chat < crash-file` reproduces.
 
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    cell::Cell,
-};
-
 pub mod chat;
 pub mod files;
 pub mod ledger;
@@ -52,67 +47,13 @@ pub(crate) fn tagged(kind: u8, frame: &[u8]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Allocation accounting: the most bytes a closure holds at once on this thread.
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn grew(n: usize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + n as isize;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-fn shrank(n: usize) {
-    let _ = LIVE.try_with(|live| live.set(live.get() - n as isize));
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        shrank(layout.size());
-    }
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let q = unsafe { System.realloc(p, layout, new_size) };
-        if !q.is_null() {
-            shrank(layout.size());
-            grew(new_size);
-        }
-        q
-    }
-}
+// Allocation accounting (agora-fuzz, shared with the proptest files): the most bytes a closure
+// holds at once on this thread, counted by the global allocator of every target binary.
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: agora_fuzz::Counting = agora_fuzz::Counting;
 
-/// Runs `f`; returns its result and the most bytes it held at once (the result included).
-pub(crate) fn peak_of<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(base));
-    let r = f();
-    (r, (PEAK.with(Cell::get) - base) as usize)
-}
+pub(crate) use agora_fuzz::peak_of;
 
 /// Runs `decode` on `bytes`, panicking if it held more than `bound` bytes at once.
 pub(crate) fn bounded<R>(bytes: &[u8], bound: usize, decode: impl FnOnce(&[u8]) -> R) -> R {
