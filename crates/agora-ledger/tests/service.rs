@@ -103,6 +103,15 @@ async fn node_in(
     }
 }
 
+/// Waits until `net` has a connection to `peer`.
+async fn until_connected(net: &Handle, peer: libp2p::PeerId, what: &str) {
+    let peer = peer.to_string();
+    wait_for(what, || async {
+        net.peers().await.unwrap().iter().any(|p| p.peer_id == peer)
+    })
+    .await;
+}
+
 async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f().await {
@@ -196,15 +205,11 @@ async fn a_follower_applies_no_forged_block_and_then_follows_the_real_chain() {
 
     // The follower knows only the liar at first.
     let follower = node(&follower_key, &genesis, false, vec![liar_addr.clone()]).await;
-    wait_for("the follower to see the liar", || async {
-        follower
-            .net
-            .peers()
-            .await
-            .unwrap()
-            .iter()
-            .any(|p| p.peer_id == liar.local_peer_id().to_string())
-    })
+    until_connected(
+        &follower.net,
+        liar.local_peer_id(),
+        "the follower to see the liar",
+    )
     .await;
     // Forged announcements: a valid-looking block with a garbage certificate, garbage bytes.
     wait_for("gossip mesh with the liar", || async {
@@ -463,15 +468,11 @@ async fn a_junk_peer_claiming_a_long_chain_never_blocks_an_honest_one() {
 
     // The follower meets the junk peer first and syncs with it for a while.
     let follower = node(&follower_key, &genesis, false, vec![junk_addr]).await;
-    wait_for("the follower to see the junk peer", || async {
-        follower
-            .net
-            .peers()
-            .await
-            .unwrap()
-            .iter()
-            .any(|p| p.peer_id == junk.local_peer_id().to_string())
-    })
+    until_connected(
+        &follower.net,
+        junk.local_peer_id(),
+        "the follower to see the junk peer",
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(follower.ledger.height(), 0, "a junk block was applied");

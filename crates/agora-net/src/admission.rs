@@ -184,6 +184,26 @@ impl<K: Hash + Eq + Clone> SharedRateLimiter<K> {
             .unwrap_or_else(|e| e.into_inner())
             .check(key, cost, Instant::now())
     }
+
+    /// [`Self::check`] for an inbound request: a refusal is counted on `refusals` as `budget`
+    /// and comes back as the reason to send on the wire, naming the budget.
+    pub fn admit(
+        &self,
+        key: &K,
+        cost: f64,
+        refusals: &Refusals,
+        budget: &'static str,
+    ) -> Result<(), String> {
+        self.check(key, cost).map_err(|refusal| {
+            refusals.refuse(budget);
+            match refusal {
+                RateRefusal::Exhausted => format!("{budget}: too many requests; retry later"),
+                RateRefusal::TooManyKeys => {
+                    format!("{budget}: too many peers at once; retry later")
+                }
+            }
+        })
+    }
 }
 
 /// Requests in flight per peer, at most `per_peer` each. The table holds only peers with a

@@ -19,12 +19,13 @@ pub(super) fn serve_index(files: &Arc<Files>) -> Result<(), FilesError> {
         async move {
             while let Some(req) = requests.recv().await {
                 let Some(files) = files.upgrade() else { return };
-                if files.search_rate.check(&req.peer, 1.0).is_err() {
-                    files.net.admission().refuse(budget::REFUSED_SEARCH_RATE);
-                    req.reply.refuse(format!(
-                        "{}: too many index requests; retry later",
-                        budget::REFUSED_SEARCH_RATE
-                    ));
+                if let Err(reason) = files.search_rate.admit(
+                    &req.peer,
+                    1.0,
+                    files.net.admission(),
+                    budget::REFUSED_SEARCH_RATE,
+                ) {
+                    req.reply.refuse(reason);
                     continue;
                 }
                 let agora_net::InboundRequest { peer, data, reply } = req;

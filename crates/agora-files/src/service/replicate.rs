@@ -187,11 +187,13 @@ impl Files {
             self.net.admission().refuse(name);
             refuse(format!("{name}: {why}"))
         };
-        if self.replicate_rate.check(&from, 1.0).is_err() {
-            return refused(
-                budget::REFUSED_REPLICATE_RATE,
-                "too many replica requests; retry later".into(),
-            );
+        if let Err(reason) = self.replicate_rate.admit(
+            &from,
+            1.0,
+            self.net.admission(),
+            budget::REFUSED_REPLICATE_RATE,
+        ) {
+            return refuse(reason);
         }
         let needed = req.size + bao_tree::BaoTree::new(req.size, crate::BLOCK_SIZE).outboard_size();
         let (in_flight, of_peer, verified) = {

@@ -52,6 +52,30 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Every node is still running and under [`MAX_RSS_KIB`]: their RSS, or which one died or
+/// grew, with the tail of its log.
+fn alive_within_memory<'a>(
+    tb: &Testbed,
+    nodes: impl IntoIterator<Item = &'a Node>,
+    under: &str,
+) -> Result<Vec<u64>> {
+    let mut rss_all = Vec::new();
+    for n in nodes {
+        let Some(rss) = rss_kib(n.pid) else {
+            bail!(
+                "{} died under {under}:\n{}",
+                n.name,
+                tb.log_tail(&n.name, 30)
+            );
+        };
+        if rss > MAX_RSS_KIB {
+            bail!("{} grew to {rss} KiB under {under}", n.name);
+        }
+        rss_all.push(rss);
+    }
+    Ok(rss_all)
+}
+
 pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     tb.add_switch("lan")?;
     for i in 0..HONEST {
@@ -192,20 +216,7 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     let caught_up_s = follower_started.elapsed().as_secs_f64();
 
     // Every honest node is up and within memory bounds.
-    let mut rss_after = Vec::new();
-    for n in &nodes {
-        let Some(rss) = rss_kib(n.pid) else {
-            bail!(
-                "{} died under attack:\n{}",
-                n.name,
-                tb.log_tail(&n.name, 30)
-            );
-        };
-        if rss > MAX_RSS_KIB {
-            bail!("{} grew to {rss} KiB under attack", n.name);
-        }
-        rss_after.push(rss);
-    }
+    let rss_after = alive_within_memory(tb, &nodes, "attack")?;
     if attack["protocol"]["forged_dms_refused"] != 50 {
         bail!("not every forged direct message was refused: {attack}");
     }
@@ -332,20 +343,8 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     if served == 0 {
         bail!("the liar served the follower no junk: {liar}");
     }
-    let mut ledger_rss = Vec::new();
-    for n in nodes.iter().chain([&follower]) {
-        let Some(rss) = rss_kib(n.pid) else {
-            bail!(
-                "{} died under the ledger attacks:\n{}",
-                n.name,
-                tb.log_tail(&n.name, 30)
-            );
-        };
-        if rss > MAX_RSS_KIB {
-            bail!("{} grew to {rss} KiB under the ledger attacks", n.name);
-        }
-        ledger_rss.push(rss);
-    }
+    let with_follower: Vec<&Node> = nodes.iter().chain([&follower]).collect();
+    let ledger_rss = alive_within_memory(tb, with_follower, "the ledger attacks")?;
 
     let agent_out = agent.wait_with_output()?;
     if !agent_out.status.success() {
