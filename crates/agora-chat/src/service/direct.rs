@@ -265,39 +265,60 @@ impl Chat {
         via: &str,
     ) -> Result<Receipt, Rejection> {
         let t = now();
-        let mut st = self.direct.lock().unwrap();
         if msg.to != self.me {
             return Err(Rejection::NotForUs);
         }
+        let _delivering = self.delivering.lock().unwrap();
         let from = msg.from;
-        if !st.receivers.contains_key(&from) {
-            let max = self.config.max_conversations;
-            if st.receivers.len() >= max {
-                // Idle conversations resume from their persisted counter when they write again.
-                st.receivers.retain(|_, rx| rx.buffered() > 0);
+        // The conversation leaves `direct` while its message is applied and stored, so the
+        // lock is not held across the fsync (async tasks take it).
+        let mut rx = {
+            let mut st = self.direct.lock().unwrap();
+            if !st.receivers.contains_key(&from) {
+                let max = self.config.max_conversations;
+                if st.receivers.len() >= max {
+                    // Idle conversations resume from their persisted counter when they write
+                    // again.
+                    st.receivers.retain(|_, rx| rx.buffered() > 0);
+                }
+                if st.receivers.len() >= max {
+                    self.net.admission().refuse(budget::REFUSED_CONVERSATIONS);
+                    return Err(Rejection::TryLater);
+                }
+                let next = self.db.in_counter(&from).map_err(|e| {
+                    tracing::warn!("{e}");
+                    Rejection::TryLater
+                })?;
+                let config =
+                    direct::Config::default().with_max_buffered(budget::MAX_BUFFERED_PER_AUTHOR);
+                let rx = Receiver::resume(self.identity.clone(), from, next, config);
+                st.receivers.insert(from, rx);
             }
-            if st.receivers.len() >= max {
-                self.net.admission().refuse(budget::REFUSED_CONVERSATIONS);
-                return Err(Rejection::TryLater);
+            let would_buffer = st.receivers[&from].next_seq() < msg.seq;
+            if would_buffer {
+                let held: usize = st.receivers.values().map(Receiver::buffered).sum();
+                if held >= budget::MAX_BUFFERED_TOTAL {
+                    self.net.admission().refuse(budget::REFUSED_BUFFERED);
+                    return Err(Rejection::TryLater);
+                }
             }
-            let next = self.db.in_counter(&from).map_err(|e| {
-                tracing::warn!("{e}");
-                Rejection::TryLater
-            })?;
-            let config =
-                direct::Config::default().with_max_buffered(budget::MAX_BUFFERED_PER_AUTHOR);
-            let rx = Receiver::resume(self.identity.clone(), from, next, config);
-            st.receivers.insert(from, rx);
-        }
-        let would_buffer = st.receivers[&from].next_seq() < msg.seq;
-        if would_buffer {
-            let held: usize = st.receivers.values().map(Receiver::buffered).sum();
-            if held >= budget::MAX_BUFFERED_TOTAL {
-                self.net.admission().refuse(budget::REFUSED_BUFFERED);
-                return Err(Rejection::TryLater);
-            }
-        }
-        let rx = st.receivers.get_mut(&from).expect("inserted above");
+            st.receivers.remove(&from).expect("inserted above")
+        };
+        let outcome = self.apply_received(&mut rx, msg, via, t);
+        self.direct.lock().unwrap().receivers.insert(from, rx);
+        outcome
+    }
+
+    /// Runs a received message through its conversation `rx` and stores what becomes
+    /// deliverable (or buffered) before the receipt is handed out.
+    fn apply_received(
+        &self,
+        rx: &mut Receiver,
+        msg: DirectMessage,
+        via: &str,
+        t: crate::wire::Timestamp,
+    ) -> Result<Receipt, Rejection> {
+        let from = msg.from;
         let result = rx.handle_message(msg.clone(), t).map_err(|e| {
             tracing::debug!(%from, "dropped a direct message: {e}");
             e.rejection()
@@ -317,7 +338,6 @@ impl Chat {
             }
             Received::Duplicate { .. } => {}
         }
-        drop(st);
         Ok(result.receipt().clone())
     }
 

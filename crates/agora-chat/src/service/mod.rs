@@ -58,7 +58,7 @@ use std::{
 
 use agora_net::{
     Handle, InboundRequest,
-    admission::{Rate, RateRefusal, SharedRateLimiter},
+    admission::{Rate, SharedRateLimiter},
 };
 use libp2p::{StreamProtocol, kad::KBucketKey};
 use libp2p_identity::PeerId;
@@ -235,6 +235,10 @@ pub struct Chat {
     // (see the module docs).
     /// Direct messages: sender and receivers ([`direct`]).
     direct: Mutex<DirectState>,
+    /// Held while a received message is applied to its conversation and stored (taken only
+    /// on blocking threads, before `direct`): the conversation is out of `direct` meanwhile,
+    /// so async tasks never wait on `direct` across the database's fsync.
+    delivering: Mutex<()>,
     /// Envelopes held for others ([`mailbox`]).
     mailbox: Mutex<MailboxStore>,
     /// Joined rooms ([`rooms`]).
@@ -326,6 +330,7 @@ impl Chat {
             db,
             config,
             direct: Mutex::new(DirectState { sender, receivers }),
+            delivering: Mutex::new(()),
             mailbox: Mutex::new(mailbox),
             rooms: Mutex::new(rooms),
             presence: Mutex::new(PresenceState {
@@ -410,13 +415,7 @@ impl Chat {
         cost: f64,
         name: &'static str,
     ) -> Result<(), String> {
-        limiter.check(&peer, cost).map_err(|refusal| {
-            self.net.admission().refuse(name);
-            match refusal {
-                RateRefusal::Exhausted => format!("{name}: too many requests; retry later"),
-                RateRefusal::TooManyKeys => format!("{name}: too many peers at once; retry later"),
-            }
-        })
+        limiter.admit(&peer, cost, self.net.admission(), name)
     }
 
     fn spawn_tasks(self: &Arc<Self>) {
@@ -464,8 +463,15 @@ impl Chat {
                         turn = turn.wrapping_add(2);
                         chat.sync_rooms_round(turn).await;
                     }
-                    _ = house.tick() => chat.housekeeping(),
-                    _ = flush.tick() => chat.flush_last_seen(),
+                    // Both write the database (fsync): on a blocking thread.
+                    _ = house.tick() => {
+                        let chat = chat.clone();
+                        let _ = tokio::task::spawn_blocking(move || chat.housekeeping()).await;
+                    }
+                    _ = flush.tick() => {
+                        let chat = chat.clone();
+                        let _ = tokio::task::spawn_blocking(move || chat.flush_last_seen()).await;
+                    }
                     () = chat.stop.cancelled() => { chat.flush_last_seen(); return }
                 }
             }
