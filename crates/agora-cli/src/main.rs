@@ -6,6 +6,7 @@ mod chat;
 mod client;
 mod devnet;
 mod files;
+mod grid;
 mod ledger;
 mod output;
 mod up;
@@ -183,6 +184,9 @@ enum Command {
     /// The ledger this node follows: status, history, committee changes (approve, change).
     #[command(subcommand)]
     Ledger(ledger::LedgerCmd),
+    /// Grid computing: run WASI jobs on peers' spare CPU; jobs, results, workers.
+    #[command(subcommand)]
+    Grid(grid::GridCmd),
 }
 
 /// How client commands find the node.
@@ -271,6 +275,7 @@ fn main() -> ExitCode {
         } => ledger::pay(&client, &account, amount, memo, fee),
         Command::Tx { hash, client } => ledger::tx(&client, &hash),
         Command::Ledger(cmd) => ledger::run(cmd),
+        Command::Grid(cmd) => grid::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -70,6 +70,15 @@ pub struct UpArgs {
     /// (until a committee change adds it, the node follows). Needs --genesis.
     #[arg(long, env = "AGORA_VALIDATOR", requires = "genesis")]
     pub validator: bool,
+    /// Grid units this node runs for others at once, each on an idle-priority thread. Default 1.
+    #[arg(long, env = "AGORA_GRID_CPUS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub grid_cpus: Option<u16>,
+    /// Most memory one grid unit may use on this node (e.g. 256MiB, the default).
+    #[arg(long, env = "AGORA_GRID_MEMORY", value_parser = parse_size)]
+    pub grid_memory: Option<u64>,
+    /// Run no grid units for others (this node can still submit jobs).
+    #[arg(long, env = "AGORA_NO_GRID")]
+    pub no_grid: bool,
 }
 
 /// `1048576`, `512KiB`, `10MB`, `10GiB`, `1TB`…
@@ -119,6 +128,9 @@ pub struct FileConfig {
     pub mailbox_sender_quota: Option<usize>,
     pub genesis: Option<PathBuf>,
     pub validator: Option<bool>,
+    pub grid_cpus: Option<u16>,
+    pub grid_memory: Option<String>,
+    pub no_grid: Option<bool>,
 }
 
 /// Reads and checks a genesis file.
@@ -186,7 +198,33 @@ pub fn resolve(args: UpArgs) -> Result<NodeConfig> {
         None if validator => anyhow::bail!("--validator needs --genesis FILE"),
         None => None,
     };
+    let grid = {
+        let mut grid = agora_grid::Config::default();
+        if let Some(n) = args.grid_cpus.or(file.grid_cpus) {
+            anyhow::ensure!(
+                (1..=256).contains(&n),
+                "config.toml: grid_cpus must be between 1 and 256"
+            );
+            grid.cpus = n as usize;
+        }
+        let from_file = match &file.grid_memory {
+            Some(m) => {
+                Some(parse_size(m).map_err(|e| anyhow::anyhow!("config.toml: grid_memory: {e}"))?)
+            }
+            None => None,
+        };
+        if let Some(m) = args.grid_memory.or(from_file) {
+            anyhow::ensure!(
+                (64 * 1024..=4 * 1024 * 1024 * 1024).contains(&m),
+                "--grid-memory must be between 64KiB and 4GiB (wasm32 addresses at most 4 GiB)"
+            );
+            grid.memory = m;
+        }
+        grid.enabled = !(args.no_grid || file.no_grid.unwrap_or(false));
+        grid
+    };
     Ok(NodeConfig {
+        grid,
         ledger,
         data_dir,
         listen,

@@ -62,7 +62,7 @@ impl ApiError {
         self
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 }
@@ -138,6 +138,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/search", get(files_search))
         .merge(crate::chat_api::routes())
         .merge(crate::ledger_api::routes())
+        .merge(crate::grid_api::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -179,7 +180,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").with_hint(
-        "routes live under /v1: id, peers, connect, disconnect, status, events, files, jobs, search, chat/…, ledger/…",
+        "routes live under /v1: id, peers, connect, disconnect, status, events, files, jobs, search, chat/…, ledger/…, grid/…",
     )
 }
 
@@ -333,20 +334,28 @@ async fn events(
     State(node): State<Arc<Node>>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let shutdown = node.shutdown.clone();
-    let stream = BroadcastStream::new(node.net.events())
-        .map(|item| {
-            Ok(match item {
-                Ok(event) => {
-                    let json = serde_json::to_value(&event).unwrap_or_default();
-                    let kind = json["type"].as_str().unwrap_or("event").to_owned();
-                    SseEvent::default().event(kind).data(json.to_string())
-                }
-                Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
-                    .event("lagged")
-                    .data(format!("{{\"skipped\":{n}}}")),
-            })
+    let net = BroadcastStream::new(node.net.events()).map(|item| {
+        Ok(match item {
+            Ok(event) => {
+                let json = serde_json::to_value(&event).unwrap_or_default();
+                let kind = json["type"].as_str().unwrap_or("event").to_owned();
+                SseEvent::default().event(kind).data(json.to_string())
+            }
+            Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
+                .event("lagged")
+                .data(format!("{{\"skipped\":{n}}}")),
         })
-        .take_until(async move { shutdown.cancelled().await });
+    });
+    // Grid events are named `grid.<event>` (`grid.unit_decided`, `grid.job_finished`, …).
+    let grid = BroadcastStream::new(node.grid.events()).filter_map(|item| {
+        futures::future::ready(item.ok().map(|event| {
+            let json = serde_json::to_value(&event).unwrap_or_default();
+            let kind = format!("grid.{}", json["event"].as_str().unwrap_or("event"));
+            Ok(SseEvent::default().event(kind).data(json.to_string()))
+        }))
+    });
+    let stream =
+        futures::stream::select(net, grid).take_until(async move { shutdown.cancelled().await });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -368,6 +377,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
         storage,
         ledger.as_ref(),
         &consensus,
+        &node.grid.metrics_text(),
     );
     Ok((
         [(

@@ -28,9 +28,15 @@
 //! | `GET/POST /v1/chat/profile`, `/v1/chat/contacts`, `/v1/chat/who` | profiles, contacts, presence |
 //! | `POST /v1/chat/send`, `GET /v1/chat/messages` | direct messages (long-poll with `wait`) |
 //! | `/v1/chat/rooms…`      | join, leave, post, read (long-poll), members     |
+//! | `/v1/ledger/…`         | account, balance, pay, history, blocks, committee |
+//! | `POST /v1/grid/run`    | submit a job → its view                          |
+//! | `GET /v1/grid/jobs[/{id}]` | jobs, one job with its units (`?wait=S`)     |
+//! | `POST /v1/grid/jobs/{id}/results`, `/cancel` | export results, cancel     |
+//! | `GET /v1/grid/workers`, `/v1/grid/worker` | known workers; this worker    |
 
 pub mod api;
 mod chat_api;
+mod grid_api;
 mod ledger_api;
 mod metrics;
 
@@ -72,6 +78,8 @@ pub struct NodeConfig {
     pub chat: agora_chat::service::Config,
     /// The ledger to follow (and validate), if any.
     pub ledger: Option<LedgerConfig>,
+    /// What this node gives to grid computing.
+    pub grid: agora_grid::Config,
 }
 
 /// Which ledger a node follows: its genesis, and whether this node is one of its validators.
@@ -98,6 +106,8 @@ pub enum Error {
     Chat(#[from] agora_chat::service::ChatError),
     #[error("ledger: {0}")]
     Ledger(#[from] agora_ledger::service::LedgerError),
+    #[error("grid: {0}")]
+    Grid(#[from] agora_grid::GridError),
     #[error(
         "the network did not report any listen address within {0:?}; check the --listen addresses"
     )]
@@ -110,6 +120,7 @@ pub struct Node {
     pub files: Arc<agora_files::Files>,
     pub chat: Arc<agora_chat::service::Chat>,
     pub ledger: Option<Arc<agora_ledger::service::Ledger>>,
+    pub grid: Arc<agora_grid::Grid>,
     pub data_dir: Arc<DataDir>,
     pub token: String,
     pub started: Instant,
@@ -237,11 +248,23 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         ),
         None => None,
     };
+    let grid_stop = CancellationToken::new();
+    let grid = agora_grid::Grid::start(
+        net.clone(),
+        files.clone(),
+        ledger.clone(),
+        db.clone(),
+        data_dir.path(),
+        config.grid.clone(),
+        grid_stop.clone(),
+    )
+    .await?;
     let node = Arc::new(Node {
         net: net.clone(),
         files,
         chat: chat.clone(),
         ledger: ledger.clone(),
+        grid,
         data_dir: data_dir.clone(),
         token,
         started: Instant::now(),
@@ -314,6 +337,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     // Say goodbye while the network still runs, so peers show us offline at once.
     chat.goodbye().await;
     chat_stop.cancel();
+    grid_stop.cancel();
     ledger_stop.cancel();
     if let Some(ledger) = &ledger {
         ledger.shutdown().await;

@@ -105,6 +105,7 @@ impl Metrics {
         storage_bytes: u64,
         ledger: Option<&agora_ledger::service::Status>,
         consensus: &str,
+        grid: &str,
     ) -> String {
         if let Some(l) = ledger {
             self.ledger_height.set(l.height as i64);
@@ -137,6 +138,7 @@ impl Metrics {
                 None => out.push_str(&format!("consensus_{line}\n")),
             }
         }
+        out.push_str(grid);
         out.push_str(&self.bandwidth.encode());
         out
     }
