@@ -31,6 +31,10 @@ use crate::wire::{Digest, JobSpec, Outcome};
 /// Faults (reveals in a losing minority, reveals that do not open the commitment) after which
 /// a worker gets no more work from this node.
 pub const MAX_FAULTS: u32 = 3;
+/// How long a committed replica may take to reveal once a quorum has committed (or after the
+/// submitter restarted) before it counts as missed and the unit is issued again: a worker that
+/// commits and never reveals cannot hold a unit hostage.
+pub const REVEAL_GRACE_MS: u64 = 30_000;
 /// Missed leases after which a worker gets no more work from this node for this job.
 pub const MAX_MISSES_PER_JOB: u32 = 3;
 
@@ -69,6 +73,9 @@ pub struct Replica {
     pub commitment: Option<Digest>,
     pub digest: Option<Digest>,
     pub outcome: Option<Outcome>,
+    /// When a committed replica must have revealed by (set once a quorum has committed).
+    #[serde(default)]
+    pub reveal_by_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +302,7 @@ impl Job {
                 commitment: None,
                 digest: None,
                 outcome: None,
+                reveal_by_ms: None,
             });
             return Some(i as u32);
         }
@@ -308,6 +316,7 @@ impl Job {
         worker: &PeerId,
         unit: u32,
         commitment: Digest,
+        now_ms: u64,
     ) -> Result<CommitAck, Refusal> {
         if self.status == JobStatus::Cancelled {
             return Err(Refusal::JobOver);
@@ -339,6 +348,13 @@ impl Job {
             .filter(|r| matches!(r.state, ReplicaState::Committed | ReplicaState::Revealed))
             .count();
         let reveal = done >= quorum;
+        if reveal {
+            for r in u.replicas.iter_mut() {
+                if r.state == ReplicaState::Committed && r.reveal_by_ms.is_none() {
+                    r.reveal_by_ms = Some(now_ms.saturating_add(REVEAL_GRACE_MS));
+                }
+            }
+        }
         let ask = if reveal {
             committed.into_iter().filter(|w| w != worker).collect()
         } else {
@@ -390,6 +406,8 @@ impl Job {
         if r.commitment != Some(commitment(&digest, worker)) {
             r.state = ReplicaState::Faulty;
             r.digest = Some(digest);
+            // Its replica no longer counts: the unit may need another.
+            self.cursor = self.cursor.min(unit as usize);
             return Ok(RevealEffect::CommitmentMismatch);
         }
         r.state = ReplicaState::Revealed;
@@ -426,9 +444,9 @@ impl Job {
             let outcome = u
                 .replicas
                 .iter()
-                .find(|r| r.digest == Some(winner))
+                .find(|r| r.state == ReplicaState::Revealed && r.digest == Some(winner))
                 .and_then(|r| r.outcome.clone())
-                .expect("revealed");
+                .expect("a revealed replica of the winning group holds its outcome");
             let mut faulty = Vec::new();
             for r in u.replicas.iter_mut() {
                 if r.state == ReplicaState::Revealed && r.digest != Some(winner) {
@@ -483,8 +501,9 @@ impl Job {
         }
     }
 
-    /// Replicas still running past their lease become [`ReplicaState::Expired`] and their units
-    /// open again. Returns the workers that missed, one entry per replica.
+    /// Replicas still running past their lease, and committed ones that did not reveal within
+    /// [`REVEAL_GRACE_MS`] of being asked, become [`ReplicaState::Expired`] and their units open
+    /// again. Returns the workers that missed, one entry per replica.
     pub fn expire(&mut self, now_ms: u64) -> Vec<(u32, PeerId)> {
         let mut missed = Vec::new();
         for (i, u) in self.units.iter_mut().enumerate() {
@@ -492,7 +511,12 @@ impl Job {
                 continue;
             }
             for r in u.replicas.iter_mut() {
-                if r.state == ReplicaState::Running && r.lease_until_ms <= now_ms {
+                let late = match r.state {
+                    ReplicaState::Running => r.lease_until_ms <= now_ms,
+                    ReplicaState::Committed => r.reveal_by_ms.is_some_and(|t| t <= now_ms),
+                    _ => false,
+                };
+                if late {
                     r.state = ReplicaState::Expired;
                     missed.push((i as u32, r.worker));
                 }
@@ -556,15 +580,37 @@ impl Job {
             .count()
     }
 
-    /// The earliest lease still running (when to call [`Job::expire`] next).
+    /// The earliest lease or reveal deadline still open (when to call [`Job::expire`] next).
     pub fn next_expiry(&self) -> Option<u64> {
         self.units
             .iter()
             .filter(|u| !u.decided())
             .flat_map(|u| &u.replicas)
-            .filter(|r| r.state == ReplicaState::Running)
-            .map(|r| r.lease_until_ms)
+            .filter_map(|r| match r.state {
+                ReplicaState::Running => Some(r.lease_until_ms),
+                ReplicaState::Committed => r.reveal_by_ms,
+                _ => None,
+            })
             .min()
+    }
+
+    /// After the submitter was away (restarted): every running lease and reveal deadline
+    /// restarts from `now_ms`, so workers that held on get the time to come back.
+    pub fn resumed(&mut self, now_ms: u64) {
+        let lease = self.spec.lease_ms;
+        for u in self.units.iter_mut().filter(|u| !u.decided()) {
+            for r in u.replicas.iter_mut() {
+                match r.state {
+                    ReplicaState::Running => {
+                        r.lease_until_ms = r.lease_until_ms.max(now_ms.saturating_add(lease))
+                    }
+                    ReplicaState::Committed if r.reveal_by_ms.is_some() => {
+                        r.reveal_by_ms = Some(now_ms.saturating_add(REVEAL_GRACE_MS))
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }
 

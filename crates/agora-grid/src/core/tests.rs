@@ -42,7 +42,7 @@ fn ok(n: u8) -> Outcome {
 /// Commits and reveals `outcome` honestly for `worker`.
 fn run(job: &mut Job, worker: PeerId, unit: u32, outcome: &Outcome) -> Option<RevealEffect> {
     let ack = job
-        .commit(&worker, unit, commitment(&outcome.digest(), &worker))
+        .commit(&worker, unit, commitment(&outcome.digest(), &worker), 0)
         .unwrap();
     ack.reveal
         .then(|| job.reveal(&worker, unit, outcome.clone()).unwrap())
@@ -71,10 +71,14 @@ fn two_agreeing_replicas_accept_a_unit_and_never_go_to_one_peer() {
         "enough replicas"
     );
     // a commits first: it must wait until a quorum has committed.
-    let ack = job.commit(&a, 0, commitment(&ok(9).digest(), &a)).unwrap();
+    let ack = job
+        .commit(&a, 0, commitment(&ok(9).digest(), &a), 0)
+        .unwrap();
     assert!(!ack.reveal);
     assert_eq!(job.reveal(&a, 0, ok(9)), Err(Refusal::TooEarly(0)));
-    let ack = job.commit(&b, 0, commitment(&ok(9).digest(), &b)).unwrap();
+    let ack = job
+        .commit(&b, 0, commitment(&ok(9).digest(), &b), 0)
+        .unwrap();
     assert!(ack.reveal);
     assert_eq!(ack.ask, vec![a]);
     assert_eq!(job.reveal(&b, 0, ok(9)).unwrap(), RevealEffect::Pending);
@@ -93,7 +97,7 @@ fn two_agreeing_replicas_accept_a_unit_and_never_go_to_one_peer() {
 #[test]
 fn a_copied_answer_does_not_open_the_copiers_commitment() {
     let rep = Reputation::default();
-    let mut job = Job::new(spec(1, 2, 2, 4));
+    let mut job = Job::new(spec(2, 2, 2, 4));
     let (honest, copier) = (peer(1), peer(2));
     job.assign(honest, &peer(0), &rep, 0);
     job.assign(copier, &peer(0), &rep, 0);
@@ -101,8 +105,10 @@ fn a_copied_answer_does_not_open_the_copiers_commitment() {
     // The copier cannot know the answer when it commits; it commits to a guess, or copies the
     // honest worker's commitment.
     let honest_commitment = commitment(&good.digest(), &honest);
-    job.commit(&honest, 0, honest_commitment).unwrap();
-    job.commit(&copier, 0, honest_commitment).unwrap();
+    job.commit(&honest, 0, honest_commitment, 0).unwrap();
+    job.commit(&copier, 0, honest_commitment, 0).unwrap();
+    // Someone else takes unit 1: the scan now starts past unit 0.
+    assert_eq!(job.assign(peer(9), &peer(0), &rep, 0), Some(1));
     assert_eq!(
         job.reveal(&honest, 0, good.clone()).unwrap(),
         RevealEffect::Pending
@@ -117,7 +123,7 @@ fn a_copied_answer_does_not_open_the_copiers_commitment() {
         UnitState::Open,
         "one honest reveal is no quorum"
     );
-    // A third worker decides it.
+    // A third worker decides it (the cursor went back to the unit the copier lost).
     let third = peer(3);
     assert_eq!(job.assign(third, &peer(0), &rep, 0), Some(0));
     let effect = run(&mut job, third, 0, &good).unwrap();
@@ -138,8 +144,9 @@ fn disagreement_adds_replicas_and_the_minority_is_faulty() {
     job.assign(a, &peer(0), &rep, 0);
     job.assign(liar, &peer(0), &rep, 0);
     let lie = ok(66);
-    job.commit(&a, 0, commitment(&ok(1).digest(), &a)).unwrap();
-    job.commit(&liar, 0, commitment(&lie.digest(), &liar))
+    job.commit(&a, 0, commitment(&ok(1).digest(), &a), 0)
+        .unwrap();
+    job.commit(&liar, 0, commitment(&lie.digest(), &liar), 0)
         .unwrap();
     assert_eq!(job.reveal(&a, 0, ok(1)).unwrap(), RevealEffect::Pending);
     assert_eq!(
@@ -197,7 +204,8 @@ fn lost_and_late_replicas_are_reissued_but_committed_ones_stay() {
     let (a, b, c, d) = (peer(1), peer(2), peer(3), peer(4));
     job.assign(a, &peer(0), &rep, 0);
     job.assign(b, &peer(0), &rep, 0);
-    job.commit(&a, 0, commitment(&ok(1).digest(), &a)).unwrap();
+    job.commit(&a, 0, commitment(&ok(1).digest(), &a), 0)
+        .unwrap();
     assert!(job.lost(&a).is_empty(), "a committed: it holds its result");
     assert_eq!(job.lost(&b), vec![0]);
     assert_eq!(
@@ -210,7 +218,9 @@ fn lost_and_late_replicas_are_reissued_but_committed_ones_stay() {
     assert!(job.expire(1009).is_empty());
     assert_eq!(job.expire(1010), vec![(0, c)]);
     assert_eq!(job.assign(d, &peer(0), &rep, 1011), Some(0));
-    let ack = job.commit(&d, 0, commitment(&ok(1).digest(), &d)).unwrap();
+    let ack = job
+        .commit(&d, 0, commitment(&ok(1).digest(), &d), 0)
+        .unwrap();
     assert_eq!(
         ack,
         CommitAck {
@@ -224,7 +234,7 @@ fn lost_and_late_replicas_are_reissued_but_committed_ones_stay() {
         RevealEffect::Decided { .. }
     ));
     assert_eq!(
-        job.commit(&c, 0, [0; 32]),
+        job.commit(&c, 0, [0; 32], 0),
         Err(Refusal::NotRunning(0)),
         "an expired replica cannot commit"
     );
@@ -253,8 +263,10 @@ proptest! {
     fn cheaters_never_get_a_wrong_result_accepted(
         units in 1usize..6,
         replicas in 2u8..4,
-        // per assignment: (is cheater, copy the honest commitment)
-        behaviour in proptest::collection::vec((any::<bool>(), any::<bool>()), 64),
+        // per assignment: (is cheater, how it cheats: 0 lie, 1 copy the honest commitment and
+        // lie, 2 commit to a guess then reveal the honest outcome, 3 copy the honest commitment
+        // and reveal the honest outcome)
+        behaviour in proptest::collection::vec((any::<bool>(), 0u8..4), 64),
         order in proptest::collection::vec(any::<u16>(), 64),
     ) {
         let quorum = replicas / 2 + 1;
@@ -273,15 +285,18 @@ proptest! {
             // A new worker takes a replica (cheaters are at most a minority: every other one).
             let w = peer(n);
             n = n.wrapping_add(1).max(1);
-            let (cheat, copy) = *b.next().unwrap();
+            let (cheat, how) = *b.next().unwrap();
             if let Some(unit) = job.assign(w, &peer(0), &rep, 0) {
-                let outcome = if cheat { cheaters.insert(w); ok(n) } else { truth.clone() };
-                let c = if cheat && copy {
-                    commitment(&truth.digest(), &peer(1))
-                } else {
-                    commitment(&outcome.digest(), &w)
+                let outcome = if !cheat || how >= 2 { truth.clone() } else { ok(n) };
+                if cheat {
+                    cheaters.insert(w);
+                }
+                let c = match (cheat, how) {
+                    (false, _) | (true, 0) => commitment(&outcome.digest(), &w),
+                    (true, 2) => commitment(&ok(n).digest(), &w),
+                    _ => commitment(&truth.digest(), &peer(254)),
                 };
-                job.commit(&w, unit, c).unwrap();
+                job.commit(&w, unit, c, 0).unwrap();
                 pending.push((w, unit, outcome));
             }
             // Some pending reveal goes through, in random order.
@@ -307,4 +322,27 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_replica_that_commits_and_never_reveals_cannot_hold_the_unit() {
+    let rep = Reputation::default();
+    let mut job = Job::new(spec(1, 2, 2, 4));
+    let (silent, a, b) = (peer(1), peer(2), peer(3));
+    job.assign(silent, &peer(0), &rep, 0);
+    job.assign(a, &peer(0), &rep, 0);
+    job.commit(&silent, 0, [7; 32], 0).unwrap();
+    job.commit(&a, 0, commitment(&ok(1).digest(), &a), 100)
+        .unwrap();
+    job.reveal(&a, 0, ok(1)).unwrap();
+    assert_eq!(job.next_expiry(), Some(100 + REVEAL_GRACE_MS));
+    // A restart gives it the grace again from then.
+    job.resumed(5_000);
+    assert!(job.expire(100 + REVEAL_GRACE_MS).is_empty());
+    assert_eq!(job.expire(5_000 + REVEAL_GRACE_MS), vec![(0, silent)]);
+    assert_eq!(job.assign(b, &peer(0), &rep, 0), Some(0));
+    assert!(matches!(
+        run(&mut job, b, 0, &ok(1)).unwrap(),
+        RevealEffect::Decided { .. }
+    ));
 }

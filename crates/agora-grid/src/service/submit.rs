@@ -75,7 +75,16 @@ pub(super) struct SubmitState {
 
 impl SubmitState {
     pub fn load(db: &super::db::GridDb) -> Result<Self, GridError> {
-        let jobs = db.jobs()?.into_iter().collect();
+        let now = now_ms();
+        let jobs = db
+            .jobs()?
+            .into_iter()
+            .map(|(id, mut r)| {
+                // Workers get their full time again after this node was away.
+                r.job.resumed(now);
+                (id, r)
+            })
+            .collect();
         let workers = db.workers()?.into_iter().collect();
         Ok(Self {
             jobs,
@@ -568,7 +577,7 @@ impl Grid {
             let Some(record) = s.jobs.get_mut(&job) else {
                 return Ok(None);
             };
-            let ack = record.job.commit(&worker, unit, commitment);
+            let ack = record.job.commit(&worker, unit, commitment, now_ms());
             if ack.is_ok()
                 && let Err(e) = grid.db.put_job(&job, record)
             {
@@ -634,22 +643,19 @@ impl Grid {
             }
         }
         let grid = self.clone();
+        let worker_bytes_hash = match &outcome {
+            Outcome::Ok { result: h, .. } => Some(*h),
+            Outcome::Err { .. } => None,
+        };
         let (effect, decided_event, finished) = Self::blocking(move || {
             // Spool the verified bytes first: if this reveal wins, they become the result.
             if let Outcome::Ok { result: hash, .. } = &outcome {
-                let path = grid.spool_path(&job, hash);
-                if !path.exists() {
-                    if let Some(dir) = path.parent() {
-                        let _ = std::fs::create_dir_all(dir);
-                    }
-                    if let Err(e) = agora_store::write_atomic(&path, &result, 0o644) {
-                        return Err(format!("cannot keep the result: {e}"));
-                    }
-                }
+                spool(&grid.spool_path(&job, hash), &result, &worker)
+                    .map_err(|e| format!("cannot keep the result: {e}"))?;
             }
             let mut s = grid.submit.lock().unwrap();
             let Some(record) = s.jobs.get_mut(&job) else {
-                return Ok((None, None, false));
+                return Ok::<_, String>((None, None, false));
             };
             let effect = record
                 .job
@@ -675,7 +681,12 @@ impl Grid {
                         if !record.results.iter().any(|(i, _)| *i == unit) {
                             // Into the files store: the result is a blob like any other.
                             let bytes = std::fs::read(grid.spool_path(&job, hash))
-                                .map_err(|e| format!("cannot read the spooled result: {e}"))?;
+                                .ok()
+                                .filter(|b| blake3::hash(b).as_bytes() == hash)
+                                .or_else(|| {
+                                    (worker_bytes_hash == Some(*hash)).then(|| result.clone())
+                                })
+                                .ok_or("the spooled result is gone or damaged")?;
                             let name = format!("{}.out", record.job.spec.units[unit as usize].name);
                             grid.files
                                 .store()
@@ -1130,6 +1141,26 @@ impl Grid {
             let _ = self.net.validate(msg.id, msg.source, verdict).await;
         }
     }
+}
+
+/// Keeps verified result bytes at `path` (durably: a reveal recorded in the job's state must
+/// find its bytes after a crash). Identical bytes may arrive from several workers at once:
+/// each writes its own temporary file and renames it over the same name.
+fn spool(path: &Path, bytes: &[u8], worker: &PeerId) -> std::io::Result<()> {
+    use std::io::Write;
+    if std::fs::read(path).is_ok_and(|b| b == bytes) {
+        return Ok(());
+    }
+    let dir = path.parent().expect("spool paths have a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{worker}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The ledger account of a peer: its ed25519 identity key.
