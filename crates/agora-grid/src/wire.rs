@@ -244,6 +244,8 @@ pub enum Request {
     Pull { job: Digest, unit: u32 },
     /// A worker asks what became of its replica (to drop what it holds).
     Settled { job: Digest, unit: u32 },
+    /// A worker is still working on its replica (every 15 s).
+    Progress { job: Digest, unit: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod devnet;
 mod files;
+mod grid;
 mod hostile;
 mod interop;
 mod ledger;

@@ -35,6 +35,10 @@ pub const MAX_FAULTS: u32 = 3;
 /// submitter restarted) before it counts as missed and the unit is issued again: a worker that
 /// commits and never reveals cannot hold a unit hostage.
 pub const REVEAL_GRACE_MS: u64 = 30_000;
+/// How long a running replica stays assigned without a sign of life from its worker (a
+/// progress message, sent every 15 s while it works): a worker that vanished without closing
+/// its connection, or while this node was away, loses its replica after this.
+pub const LIVENESS_MS: u64 = 60_000;
 /// Missed leases after which a worker gets no more work from this node for this job.
 pub const MAX_MISSES_PER_JOB: u32 = 3;
 
@@ -76,6 +80,9 @@ pub struct Replica {
     /// When a committed replica must have revealed by (set once a quorum has committed).
     #[serde(default)]
     pub reveal_by_ms: Option<u64>,
+    /// When a running replica counts as abandoned unless its worker reports progress.
+    #[serde(default)]
+    pub alive_until_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +310,7 @@ impl Job {
                 digest: None,
                 outcome: None,
                 reveal_by_ms: None,
+                alive_until_ms: Some(now_ms.saturating_add(LIVENESS_MS)),
             });
             return Some(i as u32);
         }
@@ -512,7 +520,9 @@ impl Job {
             }
             for r in u.replicas.iter_mut() {
                 let late = match r.state {
-                    ReplicaState::Running => r.lease_until_ms <= now_ms,
+                    ReplicaState::Running => {
+                        r.lease_until_ms <= now_ms || r.alive_until_ms.is_some_and(|t| t <= now_ms)
+                    }
                     ReplicaState::Committed => r.reveal_by_ms.is_some_and(|t| t <= now_ms),
                     _ => false,
                 };
@@ -587,22 +597,39 @@ impl Job {
             .filter(|u| !u.decided())
             .flat_map(|u| &u.replicas)
             .filter_map(|r| match r.state {
-                ReplicaState::Running => Some(r.lease_until_ms),
+                ReplicaState::Running => Some(
+                    r.alive_until_ms
+                        .map_or(r.lease_until_ms, |a| a.min(r.lease_until_ms)),
+                ),
                 ReplicaState::Committed => r.reveal_by_ms,
                 _ => None,
             })
             .min()
     }
 
-    /// After the submitter was away (restarted): every running lease and reveal deadline
-    /// restarts from `now_ms`, so workers that held on get the time to come back.
+    /// A worker says it is still working on its replica of `unit`.
+    pub fn progress(&mut self, worker: &PeerId, unit: u32, now_ms: u64) -> Result<(), Refusal> {
+        let u = self
+            .units
+            .get_mut(unit as usize)
+            .ok_or(Refusal::NoSuchUnit(unit))?;
+        let r = u.replica_mut(worker).ok_or(Refusal::NotAssigned(unit))?;
+        if r.state != ReplicaState::Running {
+            return Err(Refusal::NotRunning(unit));
+        }
+        r.alive_until_ms = Some(now_ms.saturating_add(LIVENESS_MS));
+        Ok(())
+    }
+
+    /// After the submitter was away (restarted): running replicas get [`LIVENESS_MS`] from
+    /// `now_ms` for their workers to report progress (the time they were away is not held
+    /// against them), and reveal deadlines restart, so workers that held on can come back.
     pub fn resumed(&mut self, now_ms: u64) {
-        let lease = self.spec.lease_ms;
         for u in self.units.iter_mut().filter(|u| !u.decided()) {
             for r in u.replicas.iter_mut() {
                 match r.state {
                     ReplicaState::Running => {
-                        r.lease_until_ms = r.lease_until_ms.max(now_ms.saturating_add(lease))
+                        r.alive_until_ms = Some(now_ms.saturating_add(LIVENESS_MS));
                     }
                     ReplicaState::Committed if r.reveal_by_ms.is_some() => {
                         r.reveal_by_ms = Some(now_ms.saturating_add(REVEAL_GRACE_MS))

@@ -346,3 +346,23 @@ fn a_replica_that_commits_and_never_reveals_cannot_hold_the_unit() {
         RevealEffect::Decided { .. }
     ));
 }
+
+#[test]
+fn a_running_replica_without_signs_of_life_is_issued_again() {
+    let rep = Reputation::default();
+    let mut job = Job::new(spec(1, 1, 1, 2));
+    let (quiet, busy) = (peer(1), peer(2));
+    job.assign(quiet, &peer(0), &rep, 0);
+    assert_eq!(job.next_expiry(), Some(LIVENESS_MS.min(1000)));
+    // spec's lease is 1000 ms; make it long to see liveness alone.
+    job.spec.lease_ms = 10 * LIVENESS_MS;
+    job.units[0].replicas[0].lease_until_ms = 10 * LIVENESS_MS;
+    job.progress(&quiet, 0, 30_000).unwrap();
+    assert!(job.expire(LIVENESS_MS).is_empty(), "progress kept it alive");
+    assert_eq!(job.expire(30_000 + LIVENESS_MS), vec![(0, quiet)]);
+    assert_eq!(job.assign(busy, &peer(0), &rep, 100_000), Some(0));
+    assert_eq!(
+        job.progress(&quiet, 0, 100_000),
+        Err(Refusal::NotRunning(0))
+    );
+}

@@ -338,6 +338,11 @@ impl Grid {
                     .admit(&peer, 1.0, refusals, budget::REFUSED_MESSAGE_RATE)?;
                 Ok(self.on_settled(peer, job, unit))
             }
+            Request::Progress { job, unit } => {
+                self.message_rate
+                    .admit(&peer, 1.0, refusals, budget::REFUSED_MESSAGE_RATE)?;
+                Ok(self.on_progress(peer, job, unit))
+            }
             Request::Pull { job, unit } => {
                 self.message_rate
                     .admit(&peer, 1.0, refusals, budget::REFUSED_MESSAGE_RATE)?;

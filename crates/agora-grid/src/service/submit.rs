@@ -788,6 +788,20 @@ impl Grid {
         })
     }
 
+    /// In memory only: a restart gives every running replica its liveness time anyway.
+    pub(super) fn on_progress(&self, worker: PeerId, job: Digest, unit: u32) -> Response {
+        let mut s = self.submit.lock().unwrap();
+        let alive = s
+            .jobs
+            .get_mut(&job)
+            .is_some_and(|r| r.job.progress(&worker, unit, now_ms()).is_ok());
+        if alive {
+            Response::Pending
+        } else {
+            Response::Gone
+        }
+    }
+
     pub(super) fn on_settled(&self, _worker: PeerId, job: Digest, unit: u32) -> Response {
         let s = self.submit.lock().unwrap();
         match s

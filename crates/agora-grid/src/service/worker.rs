@@ -30,6 +30,8 @@ use crate::{
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long fetching a program or input may take.
 const BLOB_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often a worker reports progress on a unit it works on.
+const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 /// How often held outcomes are offered again.
 const HELD_EVERY: Duration = Duration::from_secs(5);
 /// How often the DHT is asked for submitters.
@@ -48,7 +50,10 @@ struct Source {
 
 pub(super) struct WorkState {
     sources: HashMap<PeerId, Source>,
+    /// Slots taken (fetching inputs or running).
     running: usize,
+    /// Units in the sandbox now.
+    executing: usize,
     /// Measured speed (fuel per second, moving average); 0 until the first unit.
     fuel_per_sec: f64,
     units_run: u64,
@@ -86,6 +91,7 @@ impl WorkState {
         Ok(Self {
             sources: HashMap::new(),
             running: 0,
+            executing: 0,
             fuel_per_sec: 0.0,
             units_run: db.counter("units")?,
             fuel_run: db.counter("fuel")?,
@@ -116,7 +122,10 @@ pub struct WorkerStatus {
     pub enabled: bool,
     pub cpus: usize,
     pub memory: u64,
+    /// Slots taken: units being fetched or run.
     pub running: usize,
+    /// Units in the sandbox now.
+    pub executing: usize,
     pub fuel_per_sec: u64,
     pub units_run: u64,
     pub fuel_run: u64,
@@ -353,6 +362,7 @@ impl Grid {
             cpus: self.config.cpus,
             memory: self.config.memory,
             running: w.running,
+            executing: w.executing,
             fuel_per_sec: w.fuel_per_sec as u64,
             units_run: w.units_run,
             fuel_run: w.fuel_run,
@@ -546,7 +556,23 @@ impl Grid {
     }
 
     async fn execute(self: Arc<Self>, submitter: PeerId, a: Assignment) {
+        // Signs of life while the unit is fetched and run.
+        let progress = tokio::spawn({
+            let grid = self.clone();
+            let (job, unit) = (a.job, a.unit);
+            async move {
+                let mut tick = tokio::time::interval(PROGRESS_EVERY);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let _ = grid
+                        .request(submitter, Request::Progress { job, unit })
+                        .await;
+                }
+            }
+        });
         let result = self.clone().execute_inner(submitter, &a).await;
+        progress.abort();
         if let Err(e) = result {
             tracing::warn!(%submitter, job = %hex::encode(a.job), unit = a.unit, "grid unit not done: {e}");
         }
@@ -564,10 +590,12 @@ impl Grid {
             .await?;
         let input = self.fetch_blob(a.input, a.input_size, submitter).await?;
         let run_input = RunInput::new(input, a.fuel).with_seed(a.seed);
+        self.work.lock().unwrap().executing += 1;
         let (result, took) = self
             .runner
             .run(a.memory, a.program, Arc::new(program), run_input)
             .await;
+        self.work.lock().unwrap().executing -= 1;
         let (outcome, bytes) = outcome_of(result)?;
         let fuel = outcome.fuel();
         {
