@@ -4,7 +4,7 @@
 use std::{
     io::IsTerminal,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -348,7 +348,7 @@ fn follow(ep: &Endpoint, id: &str) -> Result<Value> {
         );
         bar
     });
-    let started = std::time::Instant::now();
+    let mut ended: Option<Instant> = None;
     loop {
         let v: Value = ep.get(&format!("/v1/grid/jobs/{id}?wait=20"))?;
         if let Some(bar) = &bar {
@@ -363,7 +363,10 @@ fn follow(ep: &Endpoint, id: &str) -> Result<Value> {
         }
         // Payments go out in batches every few seconds: wait (a bounded time) for the last.
         let owed = v["owed"].as_u64().unwrap_or(0);
-        if v["status"] != "running" && owed > 0 && started.elapsed() < PAY_WAIT {
+        if v["status"] != "running"
+            && owed > 0
+            && ended.get_or_insert_with(Instant::now).elapsed() < PAY_WAIT
+        {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn start_devnet(dir: &std::path::Path, n: &str) -> (std::process::Child, Value) {
+pub fn start_devnet(dir: &std::path::Path, n: &str) -> (std::process::Child, Value) {
     let mut child = agora()
         .args(["devnet", "--nodes", n, "--json", "--dir"])
         .arg(dir)

@@ -420,3 +420,78 @@ fn grid_cli_refuses_bad_arguments_clearly() {
     let (_, w) = node.get("/v1/grid/worker");
     assert_eq!(w["enabled"], false);
 }
+
+#[test]
+fn a_paid_job_pays_each_agreeing_worker_through_the_ledger() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut devnet, table) = crate::devnet::start_devnet(&root.path().join("net"), "4");
+    let dirs: Vec<String> = table["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["data_dir"].as_str().unwrap().to_owned())
+        .collect();
+    let cli = |i: usize, args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--data-dir", &dirs[i]]);
+        crate::common::agora().args(&all).output().unwrap()
+    };
+    let balance = |i: usize| -> u64 {
+        let o = cli(i, &["balance", "--json"]);
+        let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["balance"].as_u64().unwrap()
+    };
+    let before: Vec<u64> = (0..4).map(balance).collect();
+    let program = slow_echo(root.path(), 1000);
+    let dir = inputs(root.path(), 3);
+    let o = cli(
+        0,
+        &[
+            "grid",
+            "run",
+            program.to_str().unwrap(),
+            "--inputs",
+            dir.to_str().unwrap(),
+            "--pay",
+            "7",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["validated"], 3);
+    assert_eq!(v["paid"], 3 * 2 * 7, "{v}");
+    // Each worker earned 7 per unit it was credited for; the submitter paid that plus fees.
+    let o = cli(0, &["grid", "workers", "--json"]);
+    let workers: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let mut credited = 0;
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        let id = crate::common::agora()
+            .args(["id", "--json", "--data-dir", d])
+            .output()
+            .unwrap();
+        let id: Value = serde_json::from_str(&stdout(&id)).unwrap();
+        let Some(w) = workers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["peer"] == id["peer_id"])
+        else {
+            continue;
+        };
+        let valid = w["valid"].as_u64().unwrap();
+        credited += valid;
+        assert_eq!(w["paid"].as_u64().unwrap(), 7 * valid, "{w}");
+        let o = cli(i, &["grid", "worker", "--json"]);
+        let me: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(me["earned"].as_u64().unwrap(), 7 * valid, "{me}");
+        assert_eq!(balance(i), before[i] + 7 * valid);
+    }
+    assert_eq!(credited, 6);
+    assert!(
+        balance(0) <= before[0] - 42,
+        "the submitter paid 42 and fees"
+    );
+    crate::common::signal(devnet.id(), libc::SIGTERM);
+    wait_for("devnet to exit", WAIT, || devnet.try_wait().unwrap());
+}
