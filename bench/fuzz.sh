@@ -4,7 +4,7 @@
 # hostile length prefixes; no panic, allocation bounded, round trips), with many more cases than
 # CI's 256 per property.
 #
-# Crates: agora-chat, agora-files, agora-ledger, agora-consensus-net, agora-net.
+# Crates: agora-chat, agora-files, agora-ledger, agora-consensus-net, agora-net, agora-grid.
 # Runtime on 2 cores with the default CASES=100000: about 10 minutes after the build
 # (roughly chat 2, files 2, ledger 1, consensus-net 0.5, net 4.5 minutes), never more than
 # TIME_PER_CRATE seconds (default 900) per crate. A crate that runs out of time is reported
@@ -24,7 +24,7 @@ CASES=${CASES:-100000}
 TIME_PER_CRATE=${TIME_PER_CRATE:-900}
 PROFILE=${PROFILE:-dev}
 crates=("$@")
-[ ${#crates[@]} -gt 0 ] || crates=(agora-chat agora-files agora-ledger agora-consensus-net agora-net)
+[ ${#crates[@]} -gt 0 ] || crates=(agora-chat agora-files agora-ledger agora-consensus-net agora-net agora-grid)
 profile_flag=()
 [ "$PROFILE" = release ] && profile_flag=(--release)
 
