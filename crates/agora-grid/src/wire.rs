@@ -28,6 +28,8 @@ pub const MAX_REPLICAS: u8 = 16;
 pub const MAX_PROGRAM: u64 = 64 * 1024 * 1024;
 /// Largest input of one unit.
 pub const MAX_INPUT: u64 = 256 * 1024 * 1024;
+/// Inputs up to this size travel inside the assignment.
+pub const MAX_INLINE_INPUT: u64 = 64 * 1024;
 /// Most units one Fetch may ask for.
 pub const MAX_SLOTS: u8 = 64;
 /// Longest unit name (an input file name).
@@ -216,6 +218,9 @@ pub struct Assignment {
     /// with its measured speed, a worker judges whether it can finish before the lease ends.
     pub expected_fuel: u64,
     pub seed: [u8; 32],
+    /// The input itself when it is at most [`MAX_INLINE_INPUT`] bytes (saves a blob fetch per
+    /// small unit); empty otherwise. The worker checks it against `input` before using it.
+    pub input_inline: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +349,7 @@ mod tests {
             lease_ms: 10,
             expected_fuel: 11,
             seed: [12; 32],
+            input_inline: b"abc".to_vec(),
         }]);
         assert_eq!(decode::<Response>(&encode(&a)).unwrap(), a);
         assert!(decode::<Request>(&[0xff, 0xff]).is_err());

@@ -64,20 +64,24 @@ fn assignment() -> impl Strategy<Value = Assignment> {
         digest(),
         any::<[u64; 6]>(),
         digest(),
+        prop::collection::vec(any::<u8>(), 0..32),
     )
-        .prop_map(|(job, unit, program, input, n, seed)| Assignment {
-            job,
-            unit,
-            program,
-            program_size: n[0],
-            input,
-            input_size: n[1],
-            fuel: n[2],
-            memory: n[3],
-            lease_ms: n[4],
-            expected_fuel: n[5],
-            seed,
-        })
+        .prop_map(
+            |(job, unit, program, input, n, seed, input_inline)| Assignment {
+                job,
+                unit,
+                program,
+                program_size: n[0],
+                input,
+                input_size: n[1],
+                fuel: n[2],
+                memory: n[3],
+                lease_ms: n[4],
+                expected_fuel: n[5],
+                seed,
+                input_inline,
+            },
+        )
 }
 
 fn request() -> impl Strategy<Value = Request> {

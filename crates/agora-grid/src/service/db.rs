@@ -82,8 +82,14 @@ impl GridDb {
         Ok(Self { db })
     }
 
-    pub fn put_job(&self, id: &Digest, record: &JobRecord) -> Result<(), DbError> {
-        let tx = self.db.redb().begin_write().map_err(e)?;
+    /// Stores a job's record. `durable: false` for changes a crash may lose without harm (an
+    /// assignment, a commitment: the worker's later message is refused, or it commits again,
+    /// and the replica is issued again); results, reveals and payments are durable.
+    pub fn put_job(&self, id: &Digest, record: &JobRecord, durable: bool) -> Result<(), DbError> {
+        let mut tx = self.db.redb().begin_write().map_err(e)?;
+        if !durable {
+            tx.set_durability(redb::Durability::None).map_err(e)?;
+        }
         tx.open_table(JOBS)
             .map_err(e)?
             .insert(id.as_slice(), encode(record).as_slice())
@@ -174,12 +180,22 @@ impl GridDb {
         Ok(out)
     }
 
-    pub fn add_counter(&self, name: &str, by: u64) -> Result<(), DbError> {
+    /// Keeps a computed outcome and counts its unit and fuel, in one transaction.
+    pub fn put_held_counted(&self, held: &Held) -> Result<(), DbError> {
         let tx = self.db.redb().begin_write().map_err(e)?;
+        tx.open_table(HELD)
+            .map_err(e)?
+            .insert(
+                held_key(&held.job, held.unit).as_slice(),
+                encode(held).as_slice(),
+            )
+            .map_err(e)?;
         {
             let mut t = tx.open_table(COUNTERS).map_err(e)?;
-            let now = t.get(name).map_err(e)?.map(|v| v.value()).unwrap_or(0);
-            t.insert(name, now.saturating_add(by)).map_err(e)?;
+            for (name, by) in [("units", 1), ("fuel", held.outcome.fuel())] {
+                let now = t.get(name).map_err(e)?.map(|v| v.value()).unwrap_or(0);
+                t.insert(name, now.saturating_add(by)).map_err(e)?;
+            }
         }
         tx.commit().map_err(e)
     }

@@ -358,7 +358,7 @@ impl Grid {
                 max_fuel_seen: 0,
             };
             let mut s = grid.submit.lock().unwrap();
-            grid.db.put_job(&id, &record)?;
+            grid.db.put_job(&id, &record, true)?;
             s.jobs.insert(id, record);
             // Keep at most MAX_JOBS: drop the oldest finished ones.
             while s.jobs.len() > budget::MAX_JOBS {
@@ -433,7 +433,7 @@ impl Grid {
                 .ok_or_else(|| GridError::NoSuchJob(hex::encode(id)))?;
             record.job.cancel();
             record.finished_ms.get_or_insert(now_ms());
-            grid.db.put_job(&id, record)?;
+            grid.db.put_job(&id, record, true)?;
             Ok(view(record, false))
         })
         .await?;
@@ -544,13 +544,25 @@ impl Grid {
                         lease_ms: spec.lease_ms,
                         expected_fuel: expected,
                         seed: spec.seed(unit),
+                        input_inline: Vec::new(),
                     });
                 }
-                if changed && let Err(e) = grid.db.put_job(&id, record) {
+                if changed && let Err(e) = grid.db.put_job(&id, record, false) {
                     tracing::warn!("cannot store grid job: {e}");
                 }
                 if given.len() >= room {
                     break;
+                }
+            }
+            drop(s);
+            // Small inputs travel inside the assignment (read outside the lock).
+            let store = grid.files.store();
+            for a in &mut given {
+                if a.input_size <= wire::MAX_INLINE_INPUT
+                    && let Ok(bytes) =
+                        store.read_small(&blake3::Hash::from_bytes(a.input), a.input_size)
+                {
+                    a.input_inline = bytes;
                 }
             }
             given
@@ -579,7 +591,7 @@ impl Grid {
             };
             let ack = record.job.commit(&worker, unit, commitment, now_ms());
             if ack.is_ok()
-                && let Err(e) = grid.db.put_job(&job, record)
+                && let Err(e) = grid.db.put_job(&job, record, false)
             {
                 tracing::warn!("cannot store grid job: {e}");
             }
@@ -720,7 +732,7 @@ impl Grid {
                 record.finished_ms = Some(now_ms());
                 let _ = std::fs::remove_dir_all(grid.dir.join("spool").join(hex::encode(job)));
             }
-            if let Err(e) = grid.db.put_job(&job, record) {
+            if let Err(e) = grid.db.put_job(&job, record, true) {
                 tracing::warn!("cannot store grid job: {e}");
             }
             for p in &credited {
@@ -958,7 +970,7 @@ impl Grid {
                 let units = record.job.lost(&peer);
                 if !units.is_empty() {
                     lost += units.len();
-                    let _ = grid.db.put_job(id, record);
+                    let _ = grid.db.put_job(id, record, false);
                 }
             }
             if lost > 0
@@ -1000,7 +1012,7 @@ impl Grid {
                 }
                 let m = record.job.expire(now);
                 if !m.is_empty() {
-                    let _ = grid.db.put_job(id, record);
+                    let _ = grid.db.put_job(id, record, false);
                     missed.extend(m.into_iter().map(|(_, w)| w));
                 }
             }
@@ -1072,7 +1084,7 @@ impl Grid {
                         let (_, a) = r.owed.remove(pos);
                         r.paid += a;
                         taken.push((*id, a));
-                        let _ = grid.db.put_job(id, r);
+                        let _ = grid.db.put_job(id, r, true);
                     }
                 }
                 let total: u64 = taken.iter().map(|(_, a)| a).sum();
@@ -1105,7 +1117,7 @@ impl Grid {
                                     Some((_, o)) => *o += a,
                                     None => r.owed.push((peer, a)),
                                 }
-                                let _ = grid.db.put_job(&id, r);
+                                let _ = grid.db.put_job(&id, r, true);
                             }
                         }
                         if let Some(rep) = s.worker_entry(peer) {

@@ -588,7 +588,13 @@ impl Grid {
         let program = self
             .fetch_blob(a.program, a.program_size, submitter)
             .await?;
-        let input = self.fetch_blob(a.input, a.input_size, submitter).await?;
+        let input = if a.input_inline.len() as u64 == a.input_size
+            && blake3::hash(&a.input_inline).as_bytes() == &a.input
+        {
+            a.input_inline.clone()
+        } else {
+            self.fetch_blob(a.input, a.input_size, submitter).await?
+        };
         let run_input = RunInput::new(input, a.fuel).with_seed(a.seed);
         self.work.lock().unwrap().executing += 1;
         let (result, took) = self
@@ -631,12 +637,7 @@ impl Grid {
         // Kept before it is committed: a worker that restarts still has what it committed to.
         let db = self.db.clone();
         let h = held.clone();
-        Self::blocking(move || -> Result<(), String> {
-            db.put_held(&h).map_err(|e| e.to_string())?;
-            db.add_counter("units", 1).map_err(|e| e.to_string())?;
-            db.add_counter("fuel", fuel).map_err(|e| e.to_string())
-        })
-        .await?;
+        Self::blocking(move || db.put_held_counted(&h).map_err(|e| e.to_string())).await?;
         self.work.lock().unwrap().held.insert(
             (a.job, a.unit),
             HeldMeta {
