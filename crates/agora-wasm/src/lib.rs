@@ -18,7 +18,8 @@
 //! # Determinism by construction
 //!
 //! - **Fuel** is the unit of work: every run has a fuel budget and reports the fuel it used.
-//!   Running out is [`RunError::OutOfFuel`], at the same instruction on every machine.
+//!   Running out is [`RunError::OutOfFuel`], at the same instruction on every machine. (Only a
+//!   benchmark turns metering off, with [`Config::with_fuel_metering`].)
 //! - **Floats**: Cranelift NaN canonicalization is on, so NaN bit patterns do not depend on the CPU.
 //! - **No threads, no shared memory, no relaxed SIMD** (engine and validator both refuse them).
 //! - **Memory and tables** are limited by a `ResourceLimiter` on the store; growing past the limit
@@ -131,6 +132,9 @@ pub struct Config {
     pub max_wasm_stack: usize,
     /// Wall-clock safety net per run.
     pub wall_guard: Duration,
+    /// Whether runs are fuel-metered (default on). Benchmarks only: grid jobs and contracts
+    /// always meter, because fuel is what makes a run's length the same on every peer.
+    pub fuel_metering: bool,
 }
 
 impl Config {
@@ -144,6 +148,7 @@ impl Config {
             max_output: 16 << 20,
             max_wasm_stack: 512 << 10,
             wall_guard: Duration::from_secs(60),
+            fuel_metering: true,
         }
     }
 
@@ -169,6 +174,16 @@ impl Config {
 
     pub fn with_wall_guard(mut self, guard: Duration) -> Self {
         self.wall_guard = guard;
+        self
+    }
+
+    /// Turns fuel metering off or on. **Benchmarks only; grid and contracts always meter.**
+    /// Without it [`RunInput::fuel`] is ignored, [`RunOutput::fuel_used`] is 0, a run never ends
+    /// in [`RunError::OutOfFuel`] and only the wall-clock guard stops an endless loop. It exists
+    /// to measure what metering costs. The compile cache keys on it (a module compiled without
+    /// metering is never loaded by a metering sandbox).
+    pub fn with_fuel_metering(mut self, on: bool) -> Self {
+        self.fuel_metering = on;
         self
     }
 }
@@ -343,8 +358,15 @@ impl Sandbox {
             path: config.cache_dir.clone(),
             source,
         })?;
+        // Speed (measured with workloads/genome, `agora-testbed sandbox-bench`): bounds checks
+        // cost nothing, because wasmtime's defaults (signals-based traps, a 4 GiB reservation
+        // with guard pages) elide them; fuel and the epoch check cost a few instructions per
+        // iteration of a wasm loop, which a job amortizes by unrolling its hot loop. The
+        // on-demand instance allocator is kept: the pooling allocator saved about 2 µs of
+        // instantiation (5 µs of a 25 µs empty run), nothing next to a job, and would add a cap
+        // on concurrent instances.
         let mut wc = wasmtime::Config::new();
-        wc.consume_fuel(true)
+        wc.consume_fuel(config.fuel_metering)
             .epoch_interruption(true)
             .cranelift_nan_canonicalization(true)
             // Threads are not even compiled in (wasmtime's `threads` feature is off).
@@ -446,9 +468,11 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store
-            .set_fuel(input.fuel)
-            .expect("fuel is enabled in the engine");
+        if self.config.fuel_metering {
+            store
+                .set_fuel(input.fuel)
+                .expect("fuel is enabled in the engine");
+        }
         let ticks = self.config.wall_guard.as_millis() / EPOCH_TICK.as_millis() + 1;
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
@@ -457,7 +481,10 @@ impl Sandbox {
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call(&mut store, ())
         });
-        let fuel_used = input.fuel - store.get_fuel().unwrap_or(0);
+        let fuel_used = match store.get_fuel() {
+            Ok(left) => input.fuel - left,
+            Err(_) => 0, // metering off
+        };
         let limit_hit = store.data().limiter.hit;
         drop(store);
 

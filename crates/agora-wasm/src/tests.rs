@@ -80,6 +80,49 @@ fn infinite_loop_runs_out_of_fuel() {
 }
 
 #[test]
+fn fuel_metering_off_runs_the_same_and_has_its_own_cache_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let metered = sandbox(dir.path());
+    let unmetered = Sandbox::new(
+        Config::new(dir.path())
+            .with_max_memory(4 << 20)
+            .with_fuel_metering(false),
+    )
+    .unwrap();
+    let bytes = wasm(UPPER);
+    let a = metered
+        .run(
+            &metered.validate(&bytes).unwrap(),
+            RunInput::new(b"abc".to_vec(), FUEL),
+        )
+        .unwrap();
+    let b = unmetered
+        .run(
+            &unmetered.validate(&bytes).unwrap(),
+            RunInput::new(b"abc".to_vec(), 1),
+        )
+        .unwrap();
+    assert_eq!(a.stdout, b.stdout);
+    assert!(a.fuel_used > 1);
+    assert_eq!(b.fuel_used, 0, "no metering, no fuel used, budget ignored");
+    // Each compiled its own code: a module compiled without fuel checks is never loaded by a
+    // metering sandbox.
+    assert_eq!(metered.cache_stats().compiled, 1);
+    assert_eq!(unmetered.cache_stats().compiled, 1);
+    let cached = fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "cwasm")
+        })
+        .count();
+    assert_eq!(cached, 2);
+}
+
+#[test]
 fn wall_guard_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let sb =
