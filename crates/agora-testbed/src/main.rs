@@ -11,6 +11,7 @@ mod ledger_bench;
 mod link;
 mod net;
 mod node;
+mod sandbox_bench;
 mod scenario;
 mod sim;
 mod transport_bench;
@@ -100,6 +101,18 @@ enum Command {
         /// Transfers each account sends.
         #[arg(long, default_value_t = 20)]
         txs: usize,
+    },
+    /// The grid sandbox's cost: the genome workload native against agora-wasm with and without
+    /// fuel metering, and the compile, cache-hit and instantiation costs (build with --release).
+    SandboxBench {
+        /// The agora checkout holding workloads/genome (default: the one this was built from).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// A unit of a tenth of the size and 3 rounds instead of 5.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Simulate the DHT at 100, 1,000 and 10,000 nodes (in one process) and print lookup hops,
     /// success and messages, without and with churn.
@@ -334,6 +347,19 @@ fn main() -> ExitCode {
             match ledger_bench::run(&opts) {
                 Ok(v) => {
                     println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::SandboxBench { repo, quick, json } => {
+            let repo = repo.unwrap_or_else(bench::default_repo);
+            match sandbox_bench::run(&sandbox_bench::Options::new(repo, quick)) {
+                Ok(v) => {
+                    sandbox_bench::print(&v, json);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
