@@ -28,8 +28,10 @@ pub const MAX_REPLICAS: u8 = 16;
 pub const MAX_PROGRAM: u64 = 64 * 1024 * 1024;
 /// Largest input of one unit.
 pub const MAX_INPUT: u64 = 256 * 1024 * 1024;
-/// Inputs up to this size travel inside the assignment.
-pub const MAX_INLINE_INPUT: u64 = 64 * 1024;
+/// Inputs up to this size travel inside the assignment…
+pub const MAX_INLINE_INPUT: u64 = 1024 * 1024;
+/// …as long as one answer carries at most this many input bytes (the frame limit is 4 MiB).
+pub const MAX_INLINE_TOTAL: u64 = 2 * 1024 * 1024;
 /// Most units one Fetch may ask for.
 pub const MAX_SLOTS: u8 = 64;
 /// Longest unit name (an input file name).

@@ -414,7 +414,7 @@ async fn grid_budgets_refuse_floods_and_forged_reveals() {
 
     // Fetches past the per-peer rate are refused with the budget's name.
     let mut refused = None;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if let Err(e) = ask(
             &flooder.net,
             s_id,

@@ -193,7 +193,7 @@ fn a_worker_killed_mid_unit_has_its_unit_issued_again() {
     let job = job["job"].as_str().unwrap().to_owned();
     // Kill -9 the first worker seen running a unit.
     let victim = wait_for("a worker running a unit", WAIT, || {
-        (1..4).find(|&i| worker(&net[i])["running"].as_u64() == Some(1))
+        (1..4).find(|&i| worker(&net[i])["executing"].as_u64() == Some(1))
     });
     let victim_id = net[victim].peer_id.clone();
     net[victim].kill9();

@@ -63,8 +63,8 @@ impl Default for Config {
 pub mod budget {
     use agora_net::admission::Rate;
 
-    /// Fetch requests one worker may make to a submitter: 5 a second, bursts of 50.
-    pub const FETCHES: Rate = Rate::new(5.0, 50.0);
+    /// Fetch requests one worker may make to a submitter: 20 a second, bursts of 200.
+    pub const FETCHES: Rate = Rate::new(20.0, 200.0);
     /// Commits, reveals and settled-queries one peer may send: 100 a second, bursts of 1,000.
     pub const MESSAGES: Rate = Rate::new(100.0, 1000.0);
     /// Bytes of revealed results one worker may send: 8 MiB a second, bursts of 64 MiB.

@@ -557,11 +557,14 @@ impl Grid {
             drop(s);
             // Small inputs travel inside the assignment (read outside the lock).
             let store = grid.files.store();
+            let mut inline = 0;
             for a in &mut given {
                 if a.input_size <= wire::MAX_INLINE_INPUT
+                    && inline + a.input_size <= wire::MAX_INLINE_TOTAL
                     && let Ok(bytes) =
                         store.read_small(&blake3::Hash::from_bytes(a.input), a.input_size)
                 {
+                    inline += a.input_size;
                     a.input_inline = bytes;
                 }
             }

@@ -450,7 +450,8 @@ impl Grid {
             loop {
                 let pick = {
                     let w = self.work.lock().unwrap();
-                    let free = self.config.cpus.saturating_sub(w.running);
+                    // Twice the threads: inputs of the next units arrive while these run.
+                    let free = (2 * self.config.cpus).saturating_sub(w.running);
                     if free == 0 {
                         None
                     } else {
