@@ -253,6 +253,9 @@ pub enum Request {
     Settled { job: Digest, unit: u32 },
     /// A worker is still working on its replica (every 15 s).
     Progress { job: Digest, unit: u32 },
+    /// A submitter tells a peer it just met (or all it is connected to, on a new job) that it
+    /// has open units: gossip needs a mesh first, this does not.
+    Offer(Announce),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

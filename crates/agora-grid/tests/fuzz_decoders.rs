@@ -113,6 +113,10 @@ fn request() -> impl Strategy<Value = Request> {
         (digest(), any::<u32>()).prop_map(|(job, unit)| Request::Pull { job, unit }),
         (digest(), any::<u32>()).prop_map(|(job, unit)| Request::Settled { job, unit }),
         (digest(), any::<u32>()).prop_map(|(job, unit)| Request::Progress { job, unit }),
+        (any::<u32>(), any::<u64>()).prop_map(|(open_units, max_fuel)| Request::Offer(Announce {
+            open_units,
+            max_fuel
+        })),
     ]
 }
 

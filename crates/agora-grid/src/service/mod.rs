@@ -27,6 +27,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::wire::{self, Request, Response};
+use budget::REFUSED_ANNOUNCE_RATE;
 pub use db::{DbError, Held, JobRecord};
 pub use submit::{JobView, RunOptions, UnitView, WorkerView};
 pub use worker::WorkerStatus;
@@ -93,6 +94,7 @@ pub mod budget {
     pub const REFUSED_RESULT: &str = "grid.reveal.result";
     pub const REFUSED_UNASSIGNED: &str = "grid.unassigned";
     pub const REFUSED_PULL: &str = "grid.pull.not_submitter";
+    pub const REFUSED_ANNOUNCE_RATE: &str = "grid.announce.peer_rate";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +344,14 @@ impl Grid {
                 self.message_rate
                     .admit(&peer, 1.0, refusals, budget::REFUSED_MESSAGE_RATE)?;
                 Ok(self.on_progress(peer, job, unit))
+            }
+            Request::Offer(announce) => {
+                self.announce_rate
+                    .admit(&peer, 1.0, refusals, REFUSED_ANNOUNCE_RATE)?;
+                if self.config.enabled && announce.open_units > 0 {
+                    self.add_source(peer);
+                }
+                Ok(Response::Pending)
             }
             Request::Pull { job, unit } => {
                 self.message_rate

@@ -32,6 +32,8 @@ const PULL_EVERY: Duration = Duration::from_secs(5);
 const PAY_EVERY: Duration = Duration::from_secs(2);
 /// How often a submitter with open units announces them.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+/// Connected peers told of a new job directly.
+const MAX_OFFERS: usize = 64;
 /// How long a worker waits before asking again when there is nothing for it.
 const RETRY_MS: u64 = 2_000;
 
@@ -379,6 +381,14 @@ impl Grid {
         .await?;
         tracing::info!(job = %hex::encode(spec.id()), units = spec.units.len(), "grid job submitted");
         self.announce().await;
+        // Peers we are connected to hear of it at once (gossip may have no mesh yet).
+        if let Ok(peers) = self.net.peers().await {
+            for p in peers.into_iter().take(MAX_OFFERS) {
+                if let Ok(peer) = p.peer_id.parse::<PeerId>() {
+                    self.clone().spawn_offer(peer);
+                }
+            }
+        }
         self.job(&hex::encode(spec.id()), true)
     }
 
@@ -878,6 +888,34 @@ impl Grid {
         });
     }
 
+    /// Tells `peer` this node has open units (if it has).
+    fn spawn_offer(self: Arc<Self>, peer: PeerId) {
+        let (open, max_fuel) = {
+            let s = self.submit.lock().unwrap();
+            let max_fuel = s
+                .jobs
+                .values()
+                .filter(|r| r.job.status == JobStatus::Running)
+                .map(|r| r.job.spec.fuel)
+                .max()
+                .unwrap_or(0);
+            (s.open_units(), max_fuel)
+        };
+        if open == 0 || peer == self.me {
+            return;
+        }
+        tokio::spawn(async move {
+            let offer = Request::Offer(Announce {
+                open_units: open.min(u32::MAX as usize) as u32,
+                max_fuel,
+            });
+            let _ = self
+                .net
+                .request(peer, wire::PROTOCOL, wire::encode(&offer), PULL_TIMEOUT)
+                .await;
+        });
+    }
+
     /// Publishes an announcement if there are open units, and provides the grid key in the DHT
     /// while there are.
     pub(super) async fn announce(&self) {
@@ -926,10 +964,18 @@ impl Grid {
             tokio::select! {
                 _ = tick.tick() => {}
                 event = events.recv() => {
-                    if let Ok(agora_net::Event::PeerDisconnected { peer_id }) = event
-                        && let Ok(peer) = peer_id.parse::<PeerId>()
-                    {
-                        self.worker_lost(peer).await;
+                    match event {
+                        Ok(agora_net::Event::PeerDisconnected { peer_id }) => {
+                            if let Ok(peer) = peer_id.parse::<PeerId>() {
+                                self.worker_lost(peer).await;
+                            }
+                        }
+                        Ok(agora_net::Event::PeerIdentified { peer_id, .. }) => {
+                            if let Ok(peer) = peer_id.parse::<PeerId>() {
+                                self.clone().spawn_offer(peer);
+                            }
+                        }
+                        _ => {}
                     }
                     continue;
                 }
