@@ -4,12 +4,12 @@
 //! node coordinates it itself — there is no project server. Workers with free capacity ask it
 //! for units on `/agora/grid/1.0.0`, run them in the deterministic sandbox of [`agora_wasm`],
 //! commit to their outcome, then reveal it; a unit is accepted when a quorum of independent
-//! workers agree ([`core`]). Accepted work can be paid in ledger credits.
+//! workers agree ([`proto`]). Accepted work can be paid in ledger credits.
 //!
-//! Layers, as in every application crate: [`core`] (the pure state machine of a job),
+//! Layers, as in every application crate: [`proto`] (the pure state machine of a job),
 //! [`wire`] (messages and limits), [`service`] (the async part: network, sandbox, redb).
 
-pub mod core;
+pub mod proto;
 pub mod service;
 pub mod wire;
 

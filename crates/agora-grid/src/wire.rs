@@ -234,7 +234,7 @@ pub enum Request {
         fuel_per_sec: u64,
         memory: u64,
     },
-    /// A worker commits to an outcome ([`crate::core::commitment`]).
+    /// A worker commits to an outcome ([`crate::proto::commitment`]).
     Commit {
         job: Digest,
         unit: u32,

@@ -5,7 +5,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use agora_grid::{
     Grid,
-    core::{JobStatus, commitment},
+    proto::{JobStatus, commitment},
     service::{Config, JobView, RunOptions},
     wire::{self, Assignment, Outcome, PROTOCOL, Request, Response},
 };

@@ -123,7 +123,7 @@ async fn job(
         if node
             .grid
             .job(&id, false)
-            .is_ok_and(|j| j.status == agora_grid::core::JobStatus::Running)
+            .is_ok_and(|j| j.status == agora_grid::proto::JobStatus::Running)
         {
             node.grid.wait_change(Duration::from_secs(w.min(60))).await;
         }

@@ -9,7 +9,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    core::{Job, Reputation},
+    proto::{Job, Reputation},
     wire::{Digest, Outcome, decode, encode},
 };
 

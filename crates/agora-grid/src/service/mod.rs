@@ -375,7 +375,7 @@ impl Grid {
             let s = self.submit.lock().unwrap();
             let mut t = (0, 0, 0, 0, s.workers.len(), 0);
             for r in s.jobs.values() {
-                if r.job.status == crate::core::JobStatus::Running {
+                if r.job.status == crate::proto::JobStatus::Running {
                     t.0 += 1;
                 }
                 let (v, f, o) = r.job.counts();

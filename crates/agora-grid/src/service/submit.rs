@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Grid, GridError, GridEvent, budget, db::JobRecord, now_ms};
 use crate::{
-    core::{Job, JobStatus, ReplicaState, Reputation, RevealEffect, UnitState},
+    proto::{Job, JobStatus, Refusal, ReplicaState, Reputation, RevealEffect, UnitState},
     wire::{
         self, Announce, Assignment, Digest, JobSpec, MAX_INPUT, MAX_PROGRAM, MAX_RESULT, Outcome,
         Request, Response, UnitSpec,
@@ -34,8 +34,10 @@ const PAY_EVERY: Duration = Duration::from_secs(2);
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// Connected peers told of a new job directly.
 const MAX_OFFERS: usize = 64;
-/// How long a worker waits before asking again when there is nothing for it.
+/// How long a worker waits before asking again when there is nothing for it now…
 const RETRY_MS: u64 = 2_000;
+/// …and when this node has no open unit at all.
+const IDLE_RETRY_MS: u64 = 30_000;
 
 /// What `agora grid run` asks for.
 #[derive(Clone, Debug)]
@@ -582,7 +584,12 @@ impl Grid {
         })
         .await;
         if given.is_empty() {
-            Response::NoWork { retry_ms: RETRY_MS }
+            // With nothing open anywhere, workers hear of new work by announcement or offer:
+            // they need not ask often.
+            let open = self.submit.lock().unwrap().open_units();
+            Response::NoWork {
+                retry_ms: if open == 0 { IDLE_RETRY_MS } else { RETRY_MS },
+            }
         } else {
             tracing::debug!(%worker, units = given.len(), "grid units assigned");
             Response::Assign(given)
@@ -658,13 +665,17 @@ impl Grid {
             let s = self.submit.lock().unwrap();
             match s.jobs.get(&job) {
                 None => return Ok(Response::Gone),
-                Some(r) => {
-                    if let Err(refusal) = r.job.may_reveal(&worker, unit) {
+                Some(r) => match r.job.may_reveal(&worker, unit) {
+                    Ok(()) => {}
+                    // Its answer is fixed; a quorum of commitments is not (a replica dropped
+                    // out): it keeps holding and is asked again.
+                    Err(Refusal::TooEarly(_)) => return Ok(Response::Pending),
+                    Err(refusal) => {
                         drop(s);
                         self.net.admission().refuse(budget::REFUSED_UNASSIGNED);
                         return Err(refusal.to_string());
                     }
-                }
+                },
             }
         }
         let grid = self.clone();

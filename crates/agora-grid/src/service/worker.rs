@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Grid, GridError, GridEvent, budget, db::Held, now_ms};
 use crate::{
-    core::commitment,
+    proto::commitment,
     wire::{
         self, Assignment, Digest, MAX_INPUT, MAX_PROGRAM, MAX_RESULT, Outcome, Request, Response,
         RunFailure,

@@ -366,3 +366,50 @@ fn a_running_replica_without_signs_of_life_is_issued_again() {
         Err(Refusal::NotRunning(0))
     );
 }
+
+#[test]
+fn an_honest_reveal_is_not_penalised_when_a_copier_drops_out() {
+    let (honest, copier, third) = (peer(1), peer(2), peer(3));
+    let mut job = Job::new(spec(1, 2, 2, 5));
+    let rep = Reputation::default();
+    job.assign(honest, &peer(0), &rep, 0);
+    job.assign(copier, &peer(0), &rep, 0);
+    job.commit(&honest, 0, commitment(&ok(5).digest(), &honest), 1_000)
+        .unwrap();
+    job.commit(&copier, 0, commitment(&ok(6).digest(), &copier), 2_000)
+        .unwrap();
+    assert_eq!(
+        job.reveal(&copier, 0, ok(5)).unwrap(),
+        RevealEffect::CommitmentMismatch
+    );
+    // Below quorum again: the honest worker waits, and is not counted late for it.
+    assert_eq!(job.reveal(&honest, 0, ok(5)), Err(Refusal::TooEarly(0)));
+    assert!(job.expire(2_000 + REVEAL_GRACE_MS).is_empty());
+    assert_eq!(job.assign(third, &peer(0), &rep, 3_000), Some(0));
+    let ack = job
+        .commit(&third, 0, commitment(&ok(5).digest(), &third), 4_000)
+        .unwrap();
+    assert_eq!(
+        ack,
+        CommitAck {
+            reveal: true,
+            ask: vec![honest]
+        }
+    );
+    assert_eq!(job.reveal(&third, 0, ok(5)).unwrap(), RevealEffect::Pending);
+    assert!(matches!(
+        job.reveal(&honest, 0, ok(5)).unwrap(),
+        RevealEffect::Decided { .. }
+    ));
+}
+
+#[test]
+fn a_worker_that_vanishes_with_two_units_misses_once() {
+    let rep = Reputation::default();
+    let mut job = Job::new(spec(2, 1, 1, 2));
+    let w = peer(1);
+    job.assign(w, &peer(0), &rep, 0);
+    job.assign(w, &peer(0), &rep, 0);
+    assert_eq!(job.lost(&w).len(), 2);
+    assert_eq!(job.misses.get(&w), Some(&1));
+}

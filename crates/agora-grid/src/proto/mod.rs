@@ -130,6 +130,23 @@ impl Unit {
     pub fn decided(&self) -> bool {
         !matches!(self.state, UnitState::Open)
     }
+
+    /// Below a quorum of fixed answers (a replica dropped out), the committed replicas are no
+    /// longer due to reveal: their deadline is set again when the quorum is back.
+    fn requorum(&mut self, quorum: usize) {
+        let fixed = self
+            .replicas
+            .iter()
+            .filter(|r| matches!(r.state, ReplicaState::Committed | ReplicaState::Revealed))
+            .count();
+        if fixed < quorum {
+            for r in self.replicas.iter_mut() {
+                if r.state == ReplicaState::Committed {
+                    r.reveal_by_ms = None;
+                }
+            }
+        }
+    }
 }
 
 /// A worker's record at this node, over all jobs.
@@ -414,8 +431,10 @@ impl Job {
         if r.commitment != Some(commitment(&digest, worker)) {
             r.state = ReplicaState::Faulty;
             r.digest = Some(digest);
-            // Its replica no longer counts: the unit may need another.
+            // Its replica no longer counts: the unit may need another, and those still
+            // holding an answer wait for a quorum of commitments again.
             self.cursor = self.cursor.min(unit as usize);
+            u.requorum(quorum);
             return Ok(RevealEffect::CommitmentMismatch);
         }
         r.state = ReplicaState::Revealed;
@@ -514,6 +533,7 @@ impl Job {
     /// again. Returns the workers that missed, one entry per replica.
     pub fn expire(&mut self, now_ms: u64) -> Vec<(u32, PeerId)> {
         let mut missed = Vec::new();
+        let quorum = self.spec.quorum as usize;
         for (i, u) in self.units.iter_mut().enumerate() {
             if u.decided() {
                 continue;
@@ -530,6 +550,9 @@ impl Job {
                     r.state = ReplicaState::Expired;
                     missed.push((i as u32, r.worker));
                 }
+            }
+            if missed.last().is_some_and(|(unit, _)| *unit == i as u32) {
+                u.requorum(quorum);
             }
         }
         self.note_misses(&missed);
@@ -556,12 +579,15 @@ impl Job {
         lost
     }
 
+    /// One miss per worker per event: a worker that vanishes with a unit running and the next
+    /// one waiting missed once, not twice.
     fn note_misses(&mut self, missed: &[(u32, PeerId)]) {
         if let Some(first) = missed.iter().map(|(u, _)| *u as usize).min() {
             self.cursor = self.cursor.min(first);
         }
-        for (_, w) in missed {
-            *self.misses.entry(*w).or_default() += 1;
+        let workers: std::collections::BTreeSet<PeerId> = missed.iter().map(|(_, w)| *w).collect();
+        for w in workers {
+            *self.misses.entry(w).or_default() += 1;
         }
     }
 
