@@ -143,7 +143,22 @@ pub fn run(
         accounts: 1000,
         txs_per_account: if quick { 10 } else { 30 },
     })?;
-    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger});
+    eprintln!("running the sandbox benchmark");
+    let sandbox = crate::sandbox_bench::run(&crate::sandbox_bench::Options::new(
+        repo.to_owned(),
+        quick,
+    ))?;
+    let grid = run_script(
+        repo,
+        "bash",
+        &[
+            bench.join("grid.sh").display().to_string(),
+            agora.display().to_string(),
+            if quick { "8" } else { "16" }.into(),
+        ],
+        &[],
+    )?;
+    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger, "sandbox": sandbox, "grid": grid});
     if json_out {
         println!("{all}");
         return Ok(());
@@ -302,6 +317,33 @@ pub fn run(
             l["cores"],
             f(&l["batch_verify_per_s_one_core"]),
             f(&l["ed25519_verify_per_s_one_core"])
+        ),
+    );
+    for (a, b, c) in crate::sandbox_bench::rows(&all["sandbox"]) {
+        row(&a, b, c);
+    }
+    let g = &all["grid"];
+    row(
+        "grid: genome job on 4 nodes (3 workers), R = 2",
+        format!(
+            "{:.2} units/s ({} units)",
+            f(&g["grid_units_per_s"]),
+            g["units"]
+        ),
+        format!(
+            "{:.2} × ideal ({:.2} units/s = native {:.2}/s × {} cores ÷ R); target ≥ 0.7",
+            f(&g["ratio_to_ideal"]),
+            f(&g["ideal_units_per_s"]),
+            f(&g["native_units_per_s"]),
+            g["cores"]
+        ),
+    );
+    row(
+        "grid: scheduling overhead, tiny units",
+        format!("{:.1} ms per unit", f(&g["tiny_ms_per_unit"])),
+        format!(
+            "{} echo units, R = 2: fetch, run, commit, reveal, quorum",
+            g["tiny_units"]
         ),
     );
     let mut table = String::from("| figure | value | ratio |\n|---|---|---|\n");
