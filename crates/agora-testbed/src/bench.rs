@@ -144,10 +144,8 @@ pub fn run(
         txs_per_account: if quick { 10 } else { 30 },
     })?;
     eprintln!("running the sandbox benchmark");
-    let sandbox = crate::sandbox_bench::run(&crate::sandbox_bench::Options::new(
-        repo.to_owned(),
-        quick,
-    ))?;
+    let sandbox =
+        crate::sandbox_bench::run(&crate::sandbox_bench::Options::new(repo.to_owned(), quick))?;
     let grid = run_script(
         repo,
         "bash",
