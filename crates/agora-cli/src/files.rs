@@ -16,7 +16,8 @@ use crate::{
     output::{self, bytes, short_id},
 };
 
-fn absolute(path: &Path) -> Result<PathBuf> {
+/// `path` made absolute against the current directory (the node resolves paths on its own).
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
     Ok(if path.is_absolute() {
         path.to_owned()
     } else {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::{
     ClientArgs,
     client::Endpoint,
+    files::absolute,
     output::{self, short_id},
     up::parse_size,
 };
@@ -85,16 +86,6 @@ pub enum GridCmd {
     Workers(ClientArgs),
     /// This node as a worker: threads, speed, units run, outcomes held, earned.
     Worker(ClientArgs),
-}
-
-fn absolute(path: &Path) -> Result<PathBuf> {
-    Ok(if path.is_absolute() {
-        path.to_owned()
-    } else {
-        std::env::current_dir()
-            .context("cannot read the current directory")?
-            .join(path)
-    })
 }
 
 pub fn run(cmd: GridCmd) -> Result<()> {

@@ -32,6 +32,8 @@ pub const MAX_INPUT: u64 = 256 * 1024 * 1024;
 pub const MAX_INLINE_INPUT: u64 = 1024 * 1024;
 /// …as long as one answer carries at most this many input bytes (the frame limit is 4 MiB).
 pub const MAX_INLINE_TOTAL: u64 = 2 * 1024 * 1024;
+/// Longest deadline of a unit (the sandbox's wall-clock guard is set above it).
+pub const MAX_LEASE_MS: u64 = 2 * 3600 * 1000;
 /// Most units one Fetch may ask for.
 pub const MAX_SLOTS: u8 = 64;
 /// Longest unit name (an input file name).
@@ -112,6 +114,12 @@ impl JobSpec {
         }
         if self.fuel == 0 {
             return Err("fuel must be positive".into());
+        }
+        if self.lease_ms == 0 || self.lease_ms > MAX_LEASE_MS {
+            return Err(format!(
+                "a unit's deadline must be between 1 s and {} s",
+                MAX_LEASE_MS / 1000
+            ));
         }
         for u in &self.units {
             if u.size > MAX_INPUT {

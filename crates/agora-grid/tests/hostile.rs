@@ -237,7 +237,11 @@ async fn a_lying_worker_never_gets_a_wrong_result_accepted_and_is_excluded() {
     let liar_id = liar.net.local_peer_id();
     liar.net.dial(submitter.addr.clone()).await.unwrap();
     let taken = fetch(&liar.net, s_id, 6).await;
-    assert_eq!(taken.len(), 6, "the liar got a replica of each unit");
+    assert_eq!(
+        taken.len(),
+        agora_grid::service::budget::MAX_RUNNING_UNPROVEN,
+        "an unproven identity gets only a few replicas"
+    );
     let lie_bytes = b"forged result".to_vec();
     let lie = Outcome::Ok {
         result: *blake3::hash(&lie_bytes).as_bytes(),
@@ -377,12 +381,13 @@ async fn grid_budgets_refuse_floods_and_forged_reveals() {
     let flooder = node(false, vec![submitter.addr.clone()]).await;
     flooder.net.dial(submitter.addr.clone()).await.unwrap();
 
-    // At most MAX_RUNNING_PER_WORKER replicas at once, however much it asks.
+    // An identity with no accepted unit holds at most MAX_RUNNING_UNPROVEN replicas at once,
+    // however much it asks.
     let mut got = 0;
     for _ in 0..4 {
         got += fetch(&flooder.net, s_id, 64).await.len();
     }
-    assert_eq!(got, agora_grid::service::budget::MAX_RUNNING_PER_WORKER);
+    assert_eq!(got, agora_grid::service::budget::MAX_RUNNING_UNPROVEN);
 
     // A reveal whose bytes do not match its claim, and one for a unit it does not hold, are
     // refused before anything is kept.

@@ -119,14 +119,10 @@ async fn job(
     Query(q): Query<JobQuery>,
 ) -> Result<Json<agora_grid::service::JobView>, ApiError> {
     if let Some(w) = q.wait {
-        // Only wait while the job is running.
-        if node
-            .grid
-            .job(&id, false)
-            .is_ok_and(|j| j.status == agora_grid::proto::JobStatus::Running)
-        {
-            node.grid.wait_change(Duration::from_secs(w.min(60))).await;
-        }
+        // Only while the job runs; a change just before the wait is not missed.
+        node.grid
+            .wait_job(&id, Duration::from_secs(w.min(60)))
+            .await;
     }
     Ok(Json(node.grid.job(&id, true)?))
 }

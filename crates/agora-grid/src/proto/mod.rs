@@ -39,6 +39,10 @@ pub const REVEAL_GRACE_MS: u64 = 30_000;
 /// progress message, sent every 15 s while it works): a worker that vanished without closing
 /// its connection, or while this node was away, loses its replica after this.
 pub const LIVENESS_MS: u64 = 60_000;
+/// A unit is issued at most this many times its `max_replicas` (expired and lost replicas
+/// count) before it fails as "no worker finished it": a unit nobody can finish in time, or
+/// that throwaway identities keep taking and abandoning, cannot keep a job open forever.
+pub const MAX_ISSUES_PER_REPLICA: usize = 3;
 /// Missed leases after which a worker gets no more work from this node for this job.
 pub const MAX_MISSES_PER_JOB: u32 = 3;
 
@@ -94,11 +98,14 @@ pub enum UnitState {
         outcome: Outcome,
         peers: Vec<PeerId>,
     },
-    /// A quorum agreed on an error, or no quorum was reached within `max_replicas`, or the job
-    /// was cancelled.
+    /// A quorum agreed on an error (`digest` is that outcome's), or no quorum was reached
+    /// within `max_replicas`, no worker finished it in [`MAX_ISSUES_PER_REPLICA`] × that many
+    /// tries, or the job was cancelled (no `digest`).
     Failed {
         error: String,
         peers: Vec<PeerId>,
+        #[serde(default)]
+        digest: Option<Digest>,
     },
 }
 
@@ -212,6 +219,8 @@ pub struct CommitAck {
     pub reveal: bool,
     /// Workers that committed earlier and can now be asked to reveal.
     pub ask: Vec<PeerId>,
+    /// The commitment is new (not a worker asking again): the state changed.
+    pub new: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,11 +320,28 @@ impl Job {
             }
         }
         let lease = self.spec.lease_ms;
+        let max_issues = MAX_ISSUES_PER_REPLICA * self.spec.max_replicas as usize;
+        let mut failed_now = false;
+        let mut found = None;
         for (i, unit) in self.units.iter_mut().enumerate().skip(self.cursor) {
             if unit.decided()
                 || unit.live() >= unit.wanted as usize
                 || unit.replicas.iter().any(|r| r.worker == worker)
             {
+                continue;
+            }
+            if unit.replicas.len() >= max_issues {
+                if unit.live() == 0 {
+                    unit.state = UnitState::Failed {
+                        error: format!(
+                            "no worker finished it: issued {} times (lost, late or abandoned)",
+                            unit.replicas.len()
+                        ),
+                        peers: vec![],
+                        digest: None,
+                    };
+                    failed_now = true;
+                }
                 continue;
             }
             unit.replicas.push(Replica {
@@ -329,9 +355,13 @@ impl Job {
                 reveal_by_ms: None,
                 alive_until_ms: Some(now_ms.saturating_add(LIVENESS_MS)),
             });
-            return Some(i as u32);
+            found = Some(i as u32);
+            break;
         }
-        None
+        if failed_now {
+            self.finish_if_done();
+        }
+        found
     }
 
     /// A worker commits to the outcome of its replica of `unit`. Idempotent for the same
@@ -353,14 +383,15 @@ impl Job {
             .ok_or(Refusal::NoSuchUnit(unit))?;
         let decided = u.decided();
         let r = u.replica_mut(worker).ok_or(Refusal::NotAssigned(unit))?;
-        match r.state {
+        let mut new = match r.state {
             ReplicaState::Running if !decided => {
                 r.state = ReplicaState::Committed;
                 r.commitment = Some(commitment);
+                true
             }
-            ReplicaState::Committed if r.commitment == Some(commitment) => {}
+            ReplicaState::Committed if r.commitment == Some(commitment) => false,
             _ => return Err(Refusal::NotRunning(unit)),
-        }
+        };
         let committed: Vec<PeerId> = u
             .replicas
             .iter()
@@ -377,6 +408,7 @@ impl Job {
             for r in u.replicas.iter_mut() {
                 if r.state == ReplicaState::Committed && r.reveal_by_ms.is_none() {
                     r.reveal_by_ms = Some(now_ms.saturating_add(REVEAL_GRACE_MS));
+                    new = true;
                 }
             }
         }
@@ -385,7 +417,16 @@ impl Job {
         } else {
             Vec::new()
         };
-        Ok(CommitAck { reveal, ask })
+        Ok(CommitAck { reveal, ask, new })
+    }
+
+    /// Whether `digest` opens `worker`'s commitment for `unit` (checked before its result bytes
+    /// are kept anywhere).
+    pub fn opens(&self, worker: &PeerId, unit: u32, digest: &Digest) -> bool {
+        self.units
+            .get(unit as usize)
+            .and_then(|u| u.replicas.iter().find(|r| &r.worker == worker))
+            .is_some_and(|r| r.commitment == Some(commitment(digest, worker)))
     }
 
     /// Whether `worker` may reveal its replica of `unit` now.
@@ -441,19 +482,31 @@ impl Job {
         r.digest = Some(digest);
         r.outcome = Some(outcome);
         if u.decided() {
-            // A late replica of a decided unit: credited if it agrees, a fault if not.
-            return Ok(match &u.state {
-                UnitState::Accepted { digest: d, .. } if *d == digest => RevealEffect::Decided {
+            // A late replica of a decided unit: credited if it agrees with the agreed outcome,
+            // a fault if it contradicts one; nothing if nothing was agreed (no quorum, cancel).
+            let agreed = match &u.state {
+                UnitState::Accepted { digest: d, .. } => Some(*d),
+                UnitState::Failed { digest: d, .. } => *d,
+                UnitState::Open => None,
+            };
+            return Ok(match agreed {
+                Some(d) if d == digest => RevealEffect::Decided {
                     credited: vec![*worker],
                     faulty: vec![],
                 },
-                _ => {
-                    u.replica_mut(worker).expect("present").state = ReplicaState::Faulty;
+                Some(_) => {
+                    let r = u.replica_mut(worker).expect("present");
+                    r.state = ReplicaState::Faulty;
+                    r.outcome = None;
                     RevealEffect::Decided {
                         credited: vec![],
                         faulty: vec![*worker],
                     }
                 }
+                None => RevealEffect::Decided {
+                    credited: vec![],
+                    faulty: vec![],
+                },
             });
         }
         let mut groups: BTreeMap<Digest, Vec<PeerId>> = BTreeMap::new();
@@ -478,6 +531,8 @@ impl Job {
             for r in u.replicas.iter_mut() {
                 if r.state == ReplicaState::Revealed && r.digest != Some(winner) {
                     r.state = ReplicaState::Faulty;
+                    // What it claimed is not kept (an error text can be large).
+                    r.outcome = None;
                     faulty.push(r.worker);
                 }
             }
@@ -490,6 +545,7 @@ impl Job {
                 Outcome::Err { error, .. } => UnitState::Failed {
                     error: error.to_string(),
                     peers: peers.clone(),
+                    digest: Some(winner),
                 },
             };
             self.finish_if_done();
@@ -518,6 +574,7 @@ impl Job {
                     "no {quorum} of {revealed} replicas agreed (up to {max_replicas} were tried)"
                 ),
                 peers: vec![],
+                digest: None,
             };
             // Nobody is credited and nobody can be told apart: no fault either.
             self.finish_if_done();
@@ -601,6 +658,7 @@ impl Job {
                 u.state = UnitState::Failed {
                     error: "cancelled".into(),
                     peers: vec![],
+                    digest: None,
                 };
             }
         }
@@ -609,8 +667,12 @@ impl Job {
 
     /// Running replicas per worker (for the per-worker lease budget).
     pub fn running_of(&self, worker: &PeerId) -> usize {
+        if self.status != JobStatus::Running {
+            return 0;
+        }
         self.units
             .iter()
+            .filter(|u| !u.decided())
             .flat_map(|u| &u.replicas)
             .filter(|r| &r.worker == worker && r.state == ReplicaState::Running)
             .count()

@@ -225,7 +225,8 @@ fn lost_and_late_replicas_are_reissued_but_committed_ones_stay() {
         ack,
         CommitAck {
             reveal: true,
-            ask: vec![a]
+            ask: vec![a],
+            new: true
         }
     );
     assert_eq!(job.reveal(&a, 0, ok(1)).unwrap(), RevealEffect::Pending);
@@ -393,7 +394,8 @@ fn an_honest_reveal_is_not_penalised_when_a_copier_drops_out() {
         ack,
         CommitAck {
             reveal: true,
-            ask: vec![honest]
+            ask: vec![honest],
+            new: true
         }
     );
     assert_eq!(job.reveal(&third, 0, ok(5)).unwrap(), RevealEffect::Pending);
@@ -412,4 +414,54 @@ fn a_worker_that_vanishes_with_two_units_misses_once() {
     job.assign(w, &peer(0), &rep, 0);
     assert_eq!(job.lost(&w).len(), 2);
     assert_eq!(job.misses.get(&w), Some(&1));
+}
+
+#[test]
+fn a_late_replica_that_agrees_with_an_agreed_error_is_not_faulty_and_units_nobody_finishes_fail() {
+    let rep = Reputation::default();
+    let mut job = Job::new(spec(2, 3, 2, 3));
+    let (a, b, c) = (peer(1), peer(2), peer(3));
+    let fuel = Outcome::Err {
+        error: RunFailure::OutOfFuel,
+        fuel: 1000,
+    };
+    for w in [a, b, c] {
+        job.assign(w, &peer(0), &rep, 0);
+    }
+    for w in [a, b, c] {
+        job.commit(&w, 0, commitment(&fuel.digest(), &w), 0)
+            .unwrap();
+    }
+    job.reveal(&a, 0, fuel.clone()).unwrap();
+    assert!(matches!(
+        job.reveal(&b, 0, fuel.clone()).unwrap(),
+        RevealEffect::Decided { .. }
+    ));
+    assert_eq!(
+        job.reveal(&c, 0, fuel.clone()).unwrap(),
+        RevealEffect::Decided {
+            credited: vec![c],
+            faulty: vec![]
+        }
+    );
+    // Unit 1: issued and lost over and over, it fails instead of keeping the job open.
+    let mut n = 10u8;
+    loop {
+        let w = peer(n);
+        n += 1;
+        match job.assign(w, &peer(0), &rep, 0) {
+            Some(1) => {
+                job.lost(&w);
+            }
+            None => break,
+            Some(u) => panic!("unexpected unit {u}"),
+        }
+        assert!(n < 100);
+    }
+    assert!(
+        matches!(&job.units[1].state, UnitState::Failed { error, .. } if error.contains("no worker finished"))
+    );
+    assert_eq!(job.units[1].replicas.len(), MAX_ISSUES_PER_REPLICA * 3);
+    assert_eq!(job.status, JobStatus::Done);
+    assert_eq!(job.running_of(&peer(10)), 0);
 }

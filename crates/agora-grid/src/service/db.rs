@@ -44,6 +44,9 @@ pub struct JobRecord {
     pub finished_ms: Option<u64>,
     /// The most fuel an accepted unit used (what the next units probably need).
     pub max_fuel_seen: u64,
+    /// Payments submitted to the ledger and not yet final.
+    #[serde(default)]
+    pub paying: u64,
 }
 
 /// An outcome this node computed as a worker and holds until the submitter has it.
@@ -165,6 +168,15 @@ impl GridDb {
             .remove(held_key(job, unit).as_slice())
             .map_err(e)?;
         tx.commit().map_err(e)
+    }
+
+    pub fn get_held(&self, job: &Digest, unit: u32) -> Result<Option<Held>, DbError> {
+        let tx = self.db.redb().begin_read().map_err(e)?;
+        let table = tx.open_table(HELD).map_err(e)?;
+        Ok(table
+            .get(held_key(job, unit).as_slice())
+            .map_err(e)?
+            .and_then(|v| decode(v.value()).ok()))
     }
 
     pub fn held(&self) -> Result<Vec<Held>, DbError> {

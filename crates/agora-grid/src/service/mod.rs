@@ -70,8 +70,12 @@ pub mod budget {
     pub const MESSAGES: Rate = Rate::new(100.0, 1000.0);
     /// Bytes of revealed results one worker may send: 8 MiB a second, bursts of 64 MiB.
     pub const RESULT_BYTES: Rate = Rate::new(8.0 * 1024.0 * 1024.0, 64.0 * 1024.0 * 1024.0);
-    /// Replicas one worker may have running (uncommitted) at a submitter, all jobs together.
+    /// Replicas one worker may have running (uncommitted) at a submitter, all jobs together…
     pub const MAX_RUNNING_PER_WORKER: usize = 16;
+    /// …and one that has no accepted unit here yet (identities cost nothing).
+    pub const MAX_RUNNING_UNPROVEN: usize = 4;
+    /// Error text an outcome may carry (a trap message); the worker truncates to it.
+    pub const MAX_ERROR_TEXT: usize = 512;
     /// Workers whose reputation a submitter keeps (the least useful are forgotten first).
     pub const MAX_WORKERS: usize = 10_000;
     /// Submitters a worker remembers as sources of work (announced or found in the DHT).
@@ -83,6 +87,7 @@ pub mod budget {
     pub const MAX_HELD_BYTES: u64 = 512 * 1024 * 1024;
     /// Held outcomes for one submitter.
     pub const MAX_HELD_PER_SUBMITTER: usize = 1024;
+    pub const MAX_HELD_BYTES_PER_SUBMITTER: u64 = MAX_HELD_BYTES / 8;
     /// Jobs a node keeps (finished ones are dropped oldest first beyond it).
     pub const MAX_JOBS: usize = 1024;
     /// Peers each rate budget tracks at once.
@@ -165,6 +170,8 @@ pub struct Grid {
     bytes_rate: SharedRateLimiter<PeerId>,
     announce_rate: SharedRateLimiter<PeerId>,
     runner: worker::Runner,
+    /// A payment round is running.
+    paying: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -229,6 +236,7 @@ impl Grid {
             bytes_rate: SharedRateLimiter::new(budget::RESULT_BYTES, budget::MAX_RATE_PEERS),
             announce_rate: SharedRateLimiter::new(budget::ANNOUNCES, budget::MAX_RATE_PEERS),
             runner,
+            paying: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(64);
         net.serve(wire::PROTOCOL, tx)
@@ -263,6 +271,20 @@ impl Grid {
     /// Waits until something changes in a job (or `timeout`).
     pub async fn wait_change(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
+    }
+
+    /// Waits up to `timeout` for a change while job `id` runs (a change between the check and
+    /// the wait is not missed).
+    pub async fn wait_job(&self, id: &str, timeout: Duration) {
+        let notified = self.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self
+            .job(id, false)
+            .is_ok_and(|j| j.status == crate::proto::JobStatus::Running)
+        {
+            let _ = tokio::time::timeout(timeout, notified).await;
+        }
     }
 
     async fn serve(
@@ -356,7 +378,8 @@ impl Grid {
             Request::Pull { job, unit } => {
                 self.message_rate
                     .admit(&peer, 1.0, refusals, budget::REFUSED_MESSAGE_RATE)?;
-                self.on_pull(peer, job, unit)
+                let grid = self.clone();
+                Self::blocking(move || grid.on_pull(peer, job, unit)).await
             }
         }
     }

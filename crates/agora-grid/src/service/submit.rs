@@ -20,9 +20,10 @@ use crate::{
     proto::{Job, JobStatus, Refusal, ReplicaState, Reputation, RevealEffect, UnitState},
     wire::{
         self, Announce, Assignment, Digest, JobSpec, MAX_INPUT, MAX_PROGRAM, MAX_RESULT, Outcome,
-        Request, Response, UnitSpec,
+        Request, Response, RunFailure, UnitSpec,
     },
 };
+use agora_ledger::service::LedgerError;
 
 /// How long a pull of a held outcome may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,6 +103,20 @@ impl SubmitState {
         self.jobs.values().map(|r| r.job.open_units()).sum()
     }
 
+    /// What this node says about its open units (gossip and offers).
+    fn announcement(&self) -> Announce {
+        Announce {
+            open_units: self.open_units().min(u32::MAX as usize) as u32,
+            max_fuel: self
+                .jobs
+                .values()
+                .filter(|r| r.job.status == JobStatus::Running)
+                .map(|r| r.job.spec.fuel)
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
     /// The reputation of `peer`, made room for if it is new (the least proven worker without
     /// faults or debts is forgotten). `None` if the table is full of workers that must stay.
     fn worker_entry(&mut self, peer: PeerId) -> Option<&mut Reputation> {
@@ -109,7 +124,7 @@ impl SubmitState {
             let victim = self
                 .workers
                 .iter()
-                .filter(|(_, r)| r.faults == 0 && r.owed == 0)
+                .filter(|(_, r)| r.owed == 0)
                 .min_by_key(|(_, r)| (r.valid, r.fuel))
                 .map(|(p, _)| *p)?;
             self.workers.remove(&victim);
@@ -191,7 +206,7 @@ fn view(record: &JobRecord, detail: bool) -> JobView {
                     ),
                     Outcome::Err { .. } => ("failed", None, peers.clone(), None, None),
                 },
-                UnitState::Failed { error, peers } => {
+                UnitState::Failed { error, peers, .. } => {
                     let fuel = u
                         .replicas
                         .iter()
@@ -228,7 +243,7 @@ fn view(record: &JobRecord, detail: bool) -> JobView {
         memory: job.spec.memory,
         pay: job.spec.pay,
         paid: record.paid,
-        owed: record.owed.iter().map(|(_, a)| a).sum(),
+        owed: record.owed.iter().map(|(_, a)| a).sum::<u64>() + record.paying,
         created_ms: job.spec.created_ms,
         finished_ms: record.finished_ms,
         results,
@@ -360,6 +375,7 @@ impl Grid {
                 results: Vec::new(),
                 finished_ms: None,
                 max_fuel_seen: 0,
+                paying: 0,
             };
             let mut s = grid.submit.lock().unwrap();
             grid.db.put_job(&id, &record, true)?;
@@ -369,13 +385,16 @@ impl Grid {
                 let Some(old) = s
                     .jobs
                     .iter()
-                    .filter(|(_, r)| r.job.status != JobStatus::Running)
+                    .filter(|(_, r)| {
+                        r.job.status != JobStatus::Running && r.owed.is_empty() && r.paying == 0
+                    })
                     .min_by_key(|(_, r)| r.job.spec.created_ms)
                     .map(|(id, _)| *id)
                 else {
                     break;
                 };
                 s.jobs.remove(&old);
+                let _ = std::fs::remove_dir_all(grid.dir.join("spool").join(hex::encode(old)));
                 grid.db.remove_job(&old)?;
             }
             Ok(spec)
@@ -444,6 +463,7 @@ impl Grid {
                 .get_mut(&id)
                 .ok_or_else(|| GridError::NoSuchJob(hex::encode(id)))?;
             record.job.cancel();
+            let _ = std::fs::remove_dir_all(grid.dir.join("spool").join(hex::encode(id)));
             record.finished_ms.get_or_insert(now_ms());
             grid.db.put_job(&id, record, true)?;
             Ok(view(record, false))
@@ -507,13 +527,20 @@ impl Grid {
             let mut s = grid.submit.lock().unwrap();
             let now = now_ms();
             let running: usize = s.jobs.values().map(|j| j.job.running_of(&worker)).sum();
-            let room = slots.min(budget::MAX_RUNNING_PER_WORKER.saturating_sub(running));
-            if room == 0 {
-                return Vec::new();
-            }
             let Some(rep) = s.worker_entry(worker).cloned() else {
                 return Vec::new();
             };
+            // A new identity costs nothing: until one of its results is accepted here it may
+            // hold only a few replicas.
+            let cap = if rep.valid == 0 {
+                budget::MAX_RUNNING_UNPROVEN
+            } else {
+                budget::MAX_RUNNING_PER_WORKER
+            };
+            let room = slots.min(cap.saturating_sub(running));
+            if room == 0 {
+                return Vec::new();
+            }
             let mut order: Vec<(u64, Digest)> = s
                 .jobs
                 .iter()
@@ -610,7 +637,7 @@ impl Grid {
                 return Ok(None);
             };
             let ack = record.job.commit(&worker, unit, commitment, now_ms());
-            if ack.is_ok()
+            if ack.as_ref().is_ok_and(|a| a.new)
                 && let Err(e) = grid.db.put_job(&job, record, false)
             {
                 tracing::warn!("cannot store grid job: {e}");
@@ -654,19 +681,31 @@ impl Grid {
                     return Err("the result bytes do not match the revealed hash and size".into());
                 }
             }
-            Outcome::Err { .. } => {
+            Outcome::Err { error, .. } => {
                 if !result.is_empty() {
                     self.net.admission().refuse(budget::REFUSED_RESULT);
                     return Err("an error outcome carries no result bytes".into());
                 }
+                if let RunFailure::Trap { message } = error
+                    && message.len() > budget::MAX_ERROR_TEXT
+                {
+                    self.net.admission().refuse(budget::REFUSED_RESULT);
+                    return Err(format!(
+                        "an error text over {} bytes (workers truncate to it)",
+                        budget::MAX_ERROR_TEXT
+                    ));
+                }
             }
         }
-        {
+        let opens = {
             let s = self.submit.lock().unwrap();
             match s.jobs.get(&job) {
                 None => return Ok(Response::Gone),
                 Some(r) => match r.job.may_reveal(&worker, unit) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        r.job.status == JobStatus::Running
+                            && r.job.opens(&worker, unit, &outcome.digest())
+                    }
                     // Its answer is fixed; a quorum of commitments is not (a replica dropped
                     // out): it keeps holding and is asked again.
                     Err(Refusal::TooEarly(_)) => return Ok(Response::Pending),
@@ -677,17 +716,31 @@ impl Grid {
                     }
                 },
             }
-        }
+        };
         let grid = self.clone();
         let worker_bytes_hash = match &outcome {
             Outcome::Ok { result: h, .. } => Some(*h),
             Outcome::Err { .. } => None,
         };
         let (effect, decided_event, finished) = Self::blocking(move || {
-            // Spool the verified bytes first: if this reveal wins, they become the result.
-            if let Outcome::Ok { result: hash, .. } = &outcome {
-                spool(&grid.spool_path(&job, hash), &result, &worker)
-                    .map_err(|e| format!("cannot keep the result: {e}"))?;
+            // Spool the verified bytes first (only a reveal that opens its commitment, of a
+            // running job): if this reveal wins, they become the result.
+            if opens
+                && let Outcome::Ok { result: hash, .. } = &outcome
+                && let Err(e) = spool(&grid.spool_path(&job, hash), &result, &worker)
+            {
+                // The job may have ended meanwhile (its spool removed): then nothing needs
+                // these bytes.
+                let running = grid
+                    .submit
+                    .lock()
+                    .unwrap()
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|r| r.job.status == JobStatus::Running);
+                if running {
+                    return Err(format!("cannot keep the result: {e}"));
+                }
             }
             let mut s = grid.submit.lock().unwrap();
             let Some(record) = s.jobs.get_mut(&job) else {
@@ -901,25 +954,12 @@ impl Grid {
 
     /// Tells `peer` this node has open units (if it has).
     fn spawn_offer(self: Arc<Self>, peer: PeerId) {
-        let (open, max_fuel) = {
-            let s = self.submit.lock().unwrap();
-            let max_fuel = s
-                .jobs
-                .values()
-                .filter(|r| r.job.status == JobStatus::Running)
-                .map(|r| r.job.spec.fuel)
-                .max()
-                .unwrap_or(0);
-            (s.open_units(), max_fuel)
-        };
-        if open == 0 || peer == self.me {
+        let announce = self.submit.lock().unwrap().announcement();
+        if announce.open_units == 0 || peer == self.me {
             return;
         }
         tokio::spawn(async move {
-            let offer = Request::Offer(Announce {
-                open_units: open.min(u32::MAX as usize) as u32,
-                max_fuel,
-            });
+            let offer = Request::Offer(announce);
             let _ = self
                 .net
                 .request(peer, wire::PROTOCOL, wire::encode(&offer), PULL_TIMEOUT)
@@ -930,20 +970,14 @@ impl Grid {
     /// Publishes an announcement if there are open units, and provides the grid key in the DHT
     /// while there are.
     pub(super) async fn announce(&self) {
-        let (open, max_fuel, start, stop) = {
+        let (announce, start, stop) = {
             let mut s = self.submit.lock().unwrap();
-            let open = s.open_units();
-            let max_fuel = s
-                .jobs
-                .values()
-                .filter(|r| r.job.status == JobStatus::Running)
-                .map(|r| r.job.spec.fuel)
-                .max()
-                .unwrap_or(0);
+            let announce = s.announcement();
+            let open = announce.open_units;
             let start = open > 0 && !s.providing;
             let stop = open == 0 && s.providing;
             s.providing = open > 0;
-            (open, max_fuel, start, stop)
+            (announce, start, stop)
         };
         if start {
             let _ = self.net.provide(wire::grid_key()).await;
@@ -951,11 +985,7 @@ impl Grid {
         if stop {
             let _ = self.net.stop_providing(wire::grid_key()).await;
         }
-        if open > 0 {
-            let announce = Announce {
-                open_units: open.min(u32::MAX as usize) as u32,
-                max_fuel,
-            };
+        if announce.open_units > 0 {
             // No peers in the mesh yet is normal on a fresh network: the next tick retries.
             let _ = self
                 .net
@@ -1003,7 +1033,15 @@ impl Grid {
             }
             if last_pay.elapsed() >= PAY_EVERY {
                 last_pay = Instant::now();
-                self.clone().pay_owed().await;
+                // On a task of its own: a slow ledger must not hold up leases and pulls.
+                if !self.paying.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let grid = self.clone();
+                    tokio::spawn(async move {
+                        grid.clone().pay_owed().await;
+                        grid.paying
+                            .store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
             }
         }
     }
@@ -1128,13 +1166,13 @@ impl Grid {
             }
             by_worker.into_iter().filter(|(_, a)| *a > 0).collect()
         };
-        for (peer, amount) in owed {
+        for (peer, _) in owed {
             let Some(account) = account_of(&peer) else {
                 tracing::warn!(%peer, "cannot pay a worker whose id is not an ed25519 key");
                 continue;
             };
-            // Recorded as paid before the transfer is submitted: a crash in between under-pays
-            // (visible as `owed` vanishing without a transfer) rather than paying twice.
+            // Moved from owed to paying before the transfer is submitted: a crash in between
+            // under-pays (the amount stays in `paying`) rather than paying twice.
             let grid = self.clone();
             let taken = Self::blocking(move || {
                 let mut s = grid.submit.lock().unwrap();
@@ -1142,54 +1180,62 @@ impl Grid {
                 for (id, r) in s.jobs.iter_mut() {
                     if let Some(pos) = r.owed.iter().position(|(p, _)| *p == peer) {
                         let (_, a) = r.owed.remove(pos);
-                        r.paid += a;
-                        taken.push((*id, a));
+                        r.paying += a;
+                        taken.push((*id, a, a / r.job.spec.pay.max(1)));
                         let _ = grid.db.put_job(id, r, true);
                     }
                 }
-                let total: u64 = taken.iter().map(|(_, a)| a).sum();
-                if let Some(rep) = s.worker_entry(peer) {
+                taken
+            })
+            .await;
+            let total: u64 = taken.iter().map(|(_, a, _)| a).sum();
+            if total == 0 {
+                continue;
+            }
+            let units: u64 = taken.iter().map(|(_, _, u)| u).sum();
+            let memo = format!("agora grid: {units} unit(s)");
+            let result = ledger.pay(account, total, Some(memo), None).await;
+            // Final, or perhaps final (no answer in time: paying again could pay twice): paid.
+            // Refused before it reached a block: owed again.
+            let paid = match &result {
+                Ok(p) => {
+                    tracing::info!(%peer, amount = total, tx = %p.hash, "paid grid worker");
+                    true
+                }
+                Err(e @ LedgerError::NotFinal(_)) => {
+                    tracing::warn!(%peer, amount = total, "grid payment not final in time; counted as paid, not sent again: {e}");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, amount = total, "grid payment failed, owed again: {e}");
+                    false
+                }
+            };
+            let grid = self.clone();
+            Self::blocking(move || {
+                let mut s = grid.submit.lock().unwrap();
+                for (id, a, _) in taken {
+                    if let Some(r) = s.jobs.get_mut(&id) {
+                        r.paying = r.paying.saturating_sub(a);
+                        if paid {
+                            r.paid += a;
+                        } else {
+                            match r.owed.iter_mut().find(|(p, _)| *p == peer) {
+                                Some((_, o)) => *o += a,
+                                None => r.owed.push((peer, a)),
+                            }
+                        }
+                        let _ = grid.db.put_job(&id, r, true);
+                    }
+                }
+                if paid && let Some(rep) = s.worker_entry(peer) {
                     rep.owed = rep.owed.saturating_sub(total);
                     rep.paid += total;
                     let rep = rep.clone();
                     let _ = grid.db.put_worker(&peer, &rep);
                 }
-                taken
             })
             .await;
-            let total: u64 = taken.iter().map(|(_, a)| a).sum();
-            if total == 0 {
-                continue;
-            }
-            let units = total / amount.max(1);
-            let memo = format!("agora grid: {} unit payment(s)", units.max(1));
-            match ledger.pay(account, total, Some(memo), None).await {
-                Ok(p) => tracing::info!(%peer, amount = total, tx = %p.hash, "paid grid worker"),
-                Err(e) => {
-                    tracing::warn!(%peer, amount = total, "grid payment failed, owed again: {e}");
-                    let grid = self.clone();
-                    Self::blocking(move || {
-                        let mut s = grid.submit.lock().unwrap();
-                        for (id, a) in taken {
-                            if let Some(r) = s.jobs.get_mut(&id) {
-                                r.paid = r.paid.saturating_sub(a);
-                                match r.owed.iter_mut().find(|(p, _)| *p == peer) {
-                                    Some((_, o)) => *o += a,
-                                    None => r.owed.push((peer, a)),
-                                }
-                                let _ = grid.db.put_job(&id, r, true);
-                            }
-                        }
-                        if let Some(rep) = s.worker_entry(peer) {
-                            rep.owed += total;
-                            rep.paid = rep.paid.saturating_sub(total);
-                            let rep = rep.clone();
-                            let _ = grid.db.put_worker(&peer, &rep);
-                        }
-                    })
-                    .await;
-                }
-            }
         }
     }
 
@@ -1230,7 +1276,7 @@ impl Grid {
 }
 
 /// Keeps verified result bytes at `path` (durably: a reveal recorded in the job's state must
-/// find its bytes after a crash). Identical bytes may arrive from several workers at once:
+/// find its bytes after a crash). Identical bytes may arrive from several reveals at once:
 /// each writes its own temporary file and renames it over the same name.
 fn spool(path: &Path, bytes: &[u8], worker: &PeerId) -> std::io::Result<()> {
     use std::io::Write;
@@ -1239,8 +1285,11 @@ fn spool(path: &Path, bytes: &[u8], worker: &PeerId) -> std::io::Result<()> {
     }
     let dir = path.parent().expect("spool paths have a parent");
     std::fs::create_dir_all(dir)?;
+    // Unique per write: the same worker may reveal the same bytes for several units at once.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(
-        ".{}.{worker}.tmp",
+        ".{}.{worker}.{n}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy()
     ));
     let mut f = std::fs::File::create(&tmp)?;

@@ -30,6 +30,17 @@ use crate::{
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long fetching a program or input may take.
 const BLOB_TIMEOUT: Duration = Duration::from_secs(300);
+/// Refusals after which a held outcome is of no use to its submitter (the texts of
+/// [`crate::proto::Refusal`]).
+const FINAL_REFUSALS: [&str; 5] = [
+    "no replica of unit",
+    "no longer running",
+    "have not committed",
+    "does not exist",
+    "the job is over",
+];
+/// Bytes of compiled modules kept in `grid/modules`.
+const MAX_MODULE_CACHE: u64 = 1024 * 1024 * 1024;
 /// How often a worker reports progress on a unit it works on.
 const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 /// How often held outcomes are offered again.
@@ -103,16 +114,18 @@ impl WorkState {
         self.held.values().map(|h| h.bytes).sum()
     }
 
-    /// Whether this node may take more work from `submitter` (its held outcomes are bounded).
+    /// Whether this node may take more work from `submitter` (its held outcomes are bounded,
+    /// in all and per submitter, so one submitter that never takes them blocks only itself).
     fn may_hold_for(&self, submitter: &PeerId) -> bool {
+        let (count, bytes) = self
+            .held
+            .values()
+            .filter(|h| &h.submitter == submitter)
+            .fold((0, 0), |(c, b), h| (c + 1, b + h.bytes));
         self.held.len() < budget::MAX_HELD
             && self.held_bytes() < budget::MAX_HELD_BYTES
-            && self
-                .held
-                .values()
-                .filter(|h| &h.submitter == submitter)
-                .count()
-                < budget::MAX_HELD_PER_SUBMITTER
+            && count < budget::MAX_HELD_PER_SUBMITTER
+            && bytes < budget::MAX_HELD_BYTES_PER_SUBMITTER
     }
 }
 
@@ -169,7 +182,9 @@ impl RunnerShared {
             Sandbox::new(
                 agora_wasm::Config::new(&self.cache)
                     .with_max_memory(memory as usize)
-                    .with_max_output(MAX_RESULT),
+                    .with_max_output(MAX_RESULT)
+                    // Above any deadline: the lease decides when a unit is late.
+                    .with_wall_guard(Duration::from_millis(wire::MAX_LEASE_MS + 60_000)),
             )
             .map_err(|e| e.to_string())?,
         );
@@ -335,7 +350,18 @@ fn outcome_of(
                     },
                     0,
                 ),
-                RunError::Trap { message, fuel_used } if !message.starts_with("host: ") => {
+                RunError::Trap {
+                    mut message,
+                    fuel_used,
+                } if !message.starts_with("host: ") => {
+                    // Deterministic truncation: every honest peer cuts the same text.
+                    if message.len() > budget::MAX_ERROR_TEXT {
+                        let mut end = budget::MAX_ERROR_TEXT;
+                        while !message.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        message.truncate(end);
+                    }
                     (RunFailure::Trap { message }, fuel_used)
                 }
                 RunError::Exit {
@@ -491,6 +517,11 @@ impl Grid {
                     Ok(Response::Assign(list)) => {
                         let mut took = 0;
                         for a in list.into_iter().take(free) {
+                            if w.held.contains_key(&(a.job, a.unit)) {
+                                // (Job ids are chosen by submitters: one cannot replace
+                                // what this node holds for another.)
+                                continue;
+                            }
                             if let Err(why) = self.acceptable(&a, fuel_per_sec) {
                                 tracing::debug!(%source, "declining a grid unit: {why}");
                                 continue;
@@ -694,8 +725,9 @@ impl Grid {
         let drop_it = match &outcome {
             Ok(Response::Revealed { .. }) | Ok(Response::Gone) => true,
             Ok(_) => false,
-            // A refusal means the submitter will never take it (expired, re-issued, unknown).
-            Err(e) => e.starts_with("refused"),
+            // Only a final refusal (its replica expired, was re-issued, never existed) drops
+            // it; a busy or rate-limited submitter is asked again later.
+            Err(e) => e.starts_with("refused") && FINAL_REFUSALS.iter().any(|f| e.contains(f)),
         };
         if drop_it {
             self.drop_held(key).await;
@@ -769,9 +801,14 @@ impl Grid {
                 continue;
             }
             let db = self.db.clone();
-            let all = Self::blocking(move || db.held()).await.unwrap_or_default();
+            let all: Vec<Held> = Self::blocking(move || {
+                due.iter()
+                    .filter_map(|(job, unit)| db.get_held(job, *unit).ok().flatten())
+                    .collect()
+            })
+            .await;
             let now_ms = now_ms();
-            for held in all.into_iter().filter(|h| due.contains(&(h.job, h.unit))) {
+            for held in all {
                 if held.expires_ms <= now_ms {
                     self.drop_held((held.job, held.unit)).await;
                     continue;
@@ -806,34 +843,21 @@ impl Grid {
                 self.net.admission().refuse(budget::REFUSED_PULL);
                 Err("you are not the submitter of that unit".into())
             }
-            Some(_) => {
-                let held = self
-                    .db
-                    .held()
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .find(|h| h.job == job && h.unit == unit);
-                match held {
-                    None => Ok(Response::Gone),
-                    Some(mut h) => {
-                        let response = Response::Reveal {
-                            outcome: h.outcome.clone(),
-                            result: std::mem::take(&mut h.result),
-                        };
-                        // Kept (marked revealed) until the submitter says the unit is settled:
-                        // if it crashes before storing the reveal it pulls again.
+            Some(_) => match self.db.get_held(&job, unit).map_err(|e| e.to_string())? {
+                None => Ok(Response::Gone),
+                Some(mut h) => {
+                    // Kept (marked revealed) until the submitter says the unit is settled: if
+                    // it crashes before storing the reveal it pulls again.
+                    if !h.revealed {
                         h.revealed = true;
-                        let _ = self.db.put_held(&Held {
-                            result: match &response {
-                                Response::Reveal { result, .. } => result.clone(),
-                                _ => Vec::new(),
-                            },
-                            ..h
-                        });
-                        Ok(response)
+                        let _ = self.db.put_held(&h);
                     }
+                    Ok(Response::Reveal {
+                        outcome: h.outcome,
+                        result: h.result,
+                    })
                 }
-            }
+            },
         }
     }
 
@@ -883,9 +907,11 @@ impl Grid {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let modules = self.dir.join("modules");
         let bytes = Self::blocking(move || {
             let bytes = agora_store::read_limited(&out, size).map_err(|e| e.to_string());
-            prune_blob_cache(out.parent().expect("in a dir"));
+            prune_cache(out.parent().expect("in a dir"), MAX_BLOB_CACHE);
+            prune_cache(&modules, MAX_MODULE_CACHE);
             bytes
         })
         .await?;
@@ -896,8 +922,9 @@ impl Grid {
     }
 }
 
-/// Keeps `grid/blobs` under [`MAX_BLOB_CACHE`], oldest files first.
-fn prune_blob_cache(dir: &Path) {
+/// Keeps a cache directory (`grid/blobs`, `grid/modules`) under `max` bytes, oldest files
+/// first.
+fn prune_cache(dir: &Path, max: u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -911,7 +938,7 @@ fn prune_blob_cache(dir: &Path) {
     let mut total: u64 = files.iter().map(|f| f.1).sum();
     files.sort();
     for (_, len, path) in files {
-        if total <= MAX_BLOB_CACHE {
+        if total <= max {
             break;
         }
         if std::fs::remove_file(&path).is_ok() {
