@@ -84,6 +84,9 @@ pub struct Progress {
     pub total: AtomicU64,
     pub peers: AtomicUsize,
     pub banned: Mutex<Vec<String>>,
+    /// Largest size the caller accepts (0: any). Checked against the authenticated size
+    /// before anything is allocated or fetched.
+    pub max_size: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,8 @@ pub enum FetchError {
     AllFailed { hash: String, reasons: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{hash} is {size} bytes, more than the {max} accepted here")]
+    TooLarge { hash: String, size: u64, max: u64 },
 }
 
 /// What one request to one provider ended with.
@@ -320,6 +325,14 @@ pub async fn fetch(
             }
         }
     };
+    let max = progress.max_size.load(Ordering::Relaxed);
+    if max > 0 && size > max {
+        return Err(FetchError::TooLarge {
+            hash: hex,
+            size,
+            max,
+        });
+    }
     progress.total.store(size, Ordering::Relaxed);
 
     // 2. Open (or reopen, to resume) the partial files and find what is already verified.

@@ -459,3 +459,112 @@ async fn submitter_garbage(net: &Handle, to: PeerId) -> String {
         .unwrap_err()
         .to_string()
 }
+
+/// A hostile submitter hands out a unit whose input it claims is 16 bytes but whose hash names
+/// a 64 MiB blob it serves: the worker learns the real (authenticated) size first and fetches
+/// nothing, reserving no disk; it runs nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submitter_cannot_make_a_worker_fetch_more_than_it_claimed() {
+    // The hostile submitter: a files service holding a big blob, and a grid protocol handler
+    // of its own.
+    let keypair = Keypair::generate_ed25519();
+    let (net, addr) = agora_net::start_loopback(keypair, vec![]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(agora_store::Db::open(&dir.path().join("agora.redb")).unwrap());
+    let files = agora_files::Files::start(net.clone(), dir.path(), db, Default::default()).unwrap();
+    let big_path = dir.path().join("big");
+    std::fs::write(&big_path, vec![7u8; 64 << 20]).unwrap();
+    let (big, _) = files
+        .store()
+        .import_file(
+            &big_path,
+            true,
+            agora_files::store::Kind::Own,
+            &std::sync::atomic::AtomicU64::new(0),
+        )
+        .unwrap();
+    let program = wat::parse_str(ECHO).unwrap();
+    let program_hash = files
+        .store()
+        .import_bytes(&program, "echo.wasm", agora_files::store::Kind::Own, false)
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    net.serve(PROTOCOL, tx).unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served2 = served.clone();
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            let response = match wire::decode::<Request>(&req.data) {
+                Ok(Request::Fetch { .. })
+                    if served2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 =>
+                {
+                    Response::Assign(vec![Assignment {
+                        job: [9; 32],
+                        unit: 0,
+                        program: *program_hash.as_bytes(),
+                        program_size: program.len() as u64,
+                        input: *big.as_bytes(),
+                        input_size: 16,
+                        fuel: FUEL,
+                        memory: 1 << 20,
+                        lease_ms: 60_000,
+                        expected_fuel: 0,
+                        seed: [0; 32],
+                        input_inline: Vec::new(),
+                    }])
+                }
+                _ => Response::NoWork { retry_ms: 60_000 },
+            };
+            let _ = req.reply.send(wire::encode(&response));
+        }
+    });
+
+    let worker = node(true, vec![addr.clone()]).await;
+    worker.net.dial(addr.clone()).await.unwrap();
+    // It offers work (as a submitter does when it meets a peer).
+    let _ = net
+        .request(
+            worker.net.local_peer_id(),
+            PROTOCOL,
+            wire::encode(&Request::Offer(wire::Announce {
+                open_units: 1,
+                max_fuel: FUEL,
+            })),
+            Duration::from_secs(10),
+        )
+        .await;
+    let grid = worker.grid.clone().unwrap();
+    tokio::time::timeout(WAIT, async {
+        while served.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the worker asked for work");
+    // The unit ends without being run, and nothing big was written anywhere.
+    tokio::time::timeout(WAIT, async {
+        while grid.worker_status().running > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the worker gave up the unit");
+    assert_eq!(grid.worker_status().units_run, 0);
+    let mut biggest = 0;
+    let mut stack = vec![worker._dir.path().to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                use std::os::unix::fs::MetadataExt;
+                biggest = biggest.max(m.blocks() * 512);
+            }
+        }
+    }
+    assert!(
+        biggest < 1 << 20,
+        "a file of {biggest} bytes on the worker's disk"
+    );
+}

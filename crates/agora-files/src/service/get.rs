@@ -37,6 +37,17 @@ fn export(store: &Store, hash: &Hash, meta: &BlobMeta, out: &Path) -> std::io::R
 impl Files {
     /// Starts a download of `target` (a hex hash or a ticket) to `out` (absolute).
     pub fn get(self: &Arc<Self>, target: &str, out: PathBuf) -> Result<Arc<Job>, FilesError> {
+        self.get_limited(target, out, 0)
+    }
+
+    /// [`Files::get`] of a blob of at most `max_size` bytes (0: any): a bigger one fails
+    /// before any byte is fetched or any disk reserved (its size is authenticated by its hash).
+    pub fn get_limited(
+        self: &Arc<Self>,
+        target: &str,
+        out: PathBuf,
+        max_size: u64,
+    ) -> Result<Arc<Job>, FilesError> {
         let target = target.trim();
         let (hash, ticket) = if target.starts_with("agora1") {
             let t = Ticket::decode(target).map_err(FilesError::BadTarget)?;
@@ -53,6 +64,7 @@ impl Files {
         if !fresh {
             return Ok(job);
         }
+        job.progress.max_size.store(max_size, Ordering::Relaxed);
         let this = self.clone();
         let job2 = job.clone();
         tokio::spawn(async move {
@@ -64,6 +76,7 @@ impl Files {
                         FetchError::NotFound(_) => "not_found",
                         FetchError::AllFailed { .. } => "providers_failed",
                         FetchError::Io { .. } => "io_error",
+                        FetchError::TooLarge { .. } => "too_large",
                     };
                     JobState::Failed {
                         error: e.to_string(),

@@ -891,7 +891,7 @@ impl Grid {
         };
         let job = self
             .files
-            .get(&ticket.encode(), out.clone())
+            .get_limited(&ticket.encode(), out.clone(), size.max(1))
             .map_err(|e| e.to_string())?;
         let deadline = Instant::now() + BLOB_TIMEOUT;
         loop {
