@@ -43,6 +43,8 @@ pub const LIVENESS_MS: u64 = 60_000;
 /// count) before it fails as "no worker finished it": a unit nobody can finish in time, or
 /// that throwaway identities keep taking and abandoning, cannot keep a job open forever.
 pub const MAX_ISSUES_PER_REPLICA: usize = 3;
+/// How many open units a worker's replica is chosen among (see [`Job::assign_spread`]).
+pub const SPREAD: usize = 16;
 /// Missed leases after which a worker gets no more work from this node for this job.
 pub const MAX_MISSES_PER_JOB: u32 = 3;
 
@@ -303,6 +305,21 @@ impl Job {
         reputation: &Reputation,
         now_ms: u64,
     ) -> Option<u32> {
+        self.assign_spread(worker, submitter, reputation, now_ms, 0)
+    }
+
+    /// [`Job::assign`], choosing among the first [`SPREAD`] units that could take `worker` by
+    /// `entropy` (random, from the caller): consecutive fetches by two identities of one
+    /// attacker then rarely land on the same unit, so they rarely form its quorum alone.
+    /// `entropy` 0 takes the first.
+    pub fn assign_spread(
+        &mut self,
+        worker: PeerId,
+        submitter: &PeerId,
+        reputation: &Reputation,
+        now_ms: u64,
+        entropy: u64,
+    ) -> Option<u32> {
         if self.status != JobStatus::Running
             || &worker == submitter
             || reputation.excluded()
@@ -322,8 +339,11 @@ impl Job {
         let lease = self.spec.lease_ms;
         let max_issues = MAX_ISSUES_PER_REPLICA * self.spec.max_replicas as usize;
         let mut failed_now = false;
-        let mut found = None;
+        let mut candidates: Vec<usize> = Vec::with_capacity(SPREAD);
         for (i, unit) in self.units.iter_mut().enumerate().skip(self.cursor) {
+            if candidates.len() >= SPREAD {
+                break;
+            }
             if unit.decided()
                 || unit.live() >= unit.wanted as usize
                 || unit.replicas.iter().any(|r| r.worker == worker)
@@ -344,24 +364,24 @@ impl Job {
                 }
                 continue;
             }
-            unit.replicas.push(Replica {
-                worker,
-                issued_ms: now_ms,
-                lease_until_ms: now_ms.saturating_add(lease),
-                state: ReplicaState::Running,
-                commitment: None,
-                digest: None,
-                outcome: None,
-                reveal_by_ms: None,
-                alive_until_ms: Some(now_ms.saturating_add(LIVENESS_MS)),
-            });
-            found = Some(i as u32);
-            break;
+            candidates.push(i);
         }
         if failed_now {
             self.finish_if_done();
         }
-        found
+        let i = *candidates.get((entropy % SPREAD as u64) as usize % candidates.len().max(1))?;
+        self.units[i].replicas.push(Replica {
+            worker,
+            issued_ms: now_ms,
+            lease_until_ms: now_ms.saturating_add(lease),
+            state: ReplicaState::Running,
+            commitment: None,
+            digest: None,
+            outcome: None,
+            reveal_by_ms: None,
+            alive_until_ms: Some(now_ms.saturating_add(LIVENESS_MS)),
+        });
+        Some(i as u32)
     }
 
     /// A worker commits to the outcome of its replica of `unit`. Idempotent for the same

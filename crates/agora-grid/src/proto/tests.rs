@@ -465,3 +465,23 @@ fn a_late_replica_that_agrees_with_an_agreed_error_is_not_faulty_and_units_nobod
     assert_eq!(job.status, JobStatus::Done);
     assert_eq!(job.running_of(&peer(10)), 0);
 }
+
+#[test]
+fn spread_assignment_separates_consecutive_identities() {
+    // With random entropy two fresh identities asking one after the other land on the same
+    // unit about 1 in SPREAD times, instead of always.
+    let rep = Reputation::default();
+    let mut same = 0;
+    for round in 0..64u64 {
+        let mut job = Job::new(spec(40, 2, 2, 4));
+        let e1 = round.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7;
+        let e2 = round.wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 11;
+        let a = job.assign_spread(peer(1), &peer(0), &rep, 0, e1).unwrap();
+        let b = job.assign_spread(peer(2), &peer(0), &rep, 0, e2).unwrap();
+        same += usize::from(a == b);
+    }
+    assert!(same < 16, "{same} of 64 pairs shared a unit");
+    // Entropy 0 is the plain order.
+    let mut job = Job::new(spec(3, 2, 2, 4));
+    assert_eq!(job.assign(peer(1), &peer(0), &rep, 0), Some(0));
+}

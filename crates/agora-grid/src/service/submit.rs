@@ -565,7 +565,13 @@ impl Grid {
                 }
                 let mut changed = false;
                 while given.len() < room {
-                    let Some(unit) = record.job.assign(worker, &grid.me, &rep, now) else {
+                    let Some(unit) = record.job.assign_spread(
+                        worker,
+                        &grid.me,
+                        &rep,
+                        now,
+                        rand::random::<u64>(),
+                    ) else {
                         break;
                     };
                     changed = true;
