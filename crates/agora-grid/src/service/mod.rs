@@ -80,8 +80,9 @@ pub mod budget {
     pub const MAX_WORKERS: usize = 10_000;
     /// Submitters a worker remembers as sources of work (announced or found in the DHT).
     pub const MAX_SOURCES: usize = 256;
-    /// Announcements one submitter may make count for: one every 2 s (more are ignored).
-    pub const ANNOUNCES: Rate = Rate::new(0.5, 5.0);
+    /// Announcements and offers of one submitter that count: one a second, bursts of 20 (more
+    /// are ignored or refused).
+    pub const ANNOUNCES: Rate = Rate::new(1.0, 20.0);
     /// Outcomes a worker holds for absent submitters, and their bytes.
     pub const MAX_HELD: usize = 4096;
     pub const MAX_HELD_BYTES: u64 = 512 * 1024 * 1024;
@@ -371,7 +372,7 @@ impl Grid {
                 self.announce_rate
                     .admit(&peer, 1.0, refusals, REFUSED_ANNOUNCE_RATE)?;
                 if self.config.enabled && announce.open_units > 0 {
-                    self.add_source(peer);
+                    self.add_source(peer, true);
                 }
                 Ok(Response::Pending)
             }

@@ -403,13 +403,7 @@ impl Grid {
         tracing::info!(job = %hex::encode(spec.id()), units = spec.units.len(), "grid job submitted");
         self.announce().await;
         // Peers we are connected to hear of it at once (gossip may have no mesh yet).
-        if let Ok(peers) = self.net.peers().await {
-            for p in peers.into_iter().take(MAX_OFFERS) {
-                if let Ok(peer) = p.peer_id.parse::<PeerId>() {
-                    self.clone().spawn_offer(peer);
-                }
-            }
-        }
+        self.offer_connected().await;
         self.job(&hex::encode(spec.id()), true)
     }
 
@@ -867,6 +861,12 @@ impl Grid {
             });
         }
         self.changed.notify_waiters();
+        if matches!(
+            effect,
+            RevealEffect::CommitmentMismatch | RevealEffect::MoreReplicas { .. }
+        ) {
+            self.offer_connected().await;
+        }
         Ok(match effect {
             RevealEffect::CommitmentMismatch => Response::Revealed {
                 decided: false,
@@ -956,6 +956,19 @@ impl Grid {
                 .pulling
                 .remove(&(job, unit, worker));
         });
+    }
+
+    /// Tells the peers this node is connected to (up to [`MAX_OFFERS`]) that it has open units:
+    /// on a new job, and when units open again (lost, late or disputed replicas), so workers
+    /// backing off after "no work" come back at once.
+    async fn offer_connected(self: &Arc<Self>) {
+        if let Ok(peers) = self.net.peers().await {
+            for p in peers.into_iter().take(MAX_OFFERS) {
+                if let Ok(peer) = p.peer_id.parse::<PeerId>() {
+                    self.clone().spawn_offer(peer);
+                }
+            }
+        }
     }
 
     /// Tells `peer` this node has open units (if it has).
@@ -1090,6 +1103,7 @@ impl Grid {
         if lost > 0 {
             tracing::info!(%peer, units = lost, "grid worker gone; its running units are issued again");
             self.changed.notify_waiters();
+            self.offer_connected().await;
         }
     }
 
@@ -1107,7 +1121,7 @@ impl Grid {
             return;
         }
         let grid = self.clone();
-        Self::blocking(move || {
+        let reopened = Self::blocking(move || {
             let mut s = grid.submit.lock().unwrap();
             let mut missed = Vec::new();
             for (id, record) in s.jobs.iter_mut() {
@@ -1120,6 +1134,7 @@ impl Grid {
                     missed.extend(m.into_iter().map(|(_, w)| w));
                 }
             }
+            let reopened = !missed.is_empty();
             for w in missed {
                 if let Some(rep) = s.worker_entry(w) {
                     rep.missed += 1;
@@ -1127,8 +1142,12 @@ impl Grid {
                     let _ = grid.db.put_worker(&w, &rep);
                 }
             }
+            reopened
         })
         .await;
+        if reopened {
+            self.offer_connected().await;
+        }
     }
 
     /// Committed replicas that may reveal but have not (their pull failed, or this node
@@ -1269,7 +1288,7 @@ impl Grid {
                         .is_ok()
                         && a.open_units > 0
                     {
-                        self.add_source(author);
+                        self.add_source(author, false);
                     }
                     MessageAcceptance::Accept
                 }

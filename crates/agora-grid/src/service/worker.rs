@@ -57,6 +57,9 @@ const MAX_BLOB_CACHE: u64 = 2 * 1024 * 1024 * 1024;
 struct Source {
     retry_at: Instant,
     failures: u32,
+    /// "No work" answers in a row: each doubles the wait before asking again (up to 8×),
+    /// until an offer (a new job, a new connection) or work resets it.
+    idle: u32,
 }
 
 pub(super) struct WorkState {
@@ -422,14 +425,19 @@ impl Grid {
         )
     }
 
-    pub(super) fn add_source(&self, peer: PeerId) {
+    /// `urgent`: a direct offer (new work now): ask at once. Periodic announcements only make
+    /// a peer a source; they do not cut short its backoff.
+    pub(super) fn add_source(&self, peer: PeerId, urgent: bool) {
         if peer == self.me {
             return;
         }
         let mut w = self.work.lock().unwrap();
         if let Some(s) = w.sources.get_mut(&peer) {
-            s.retry_at = Instant::now();
-            s.failures = 0;
+            if urgent {
+                s.retry_at = Instant::now();
+                s.failures = 0;
+                s.idle = 0;
+            }
         } else {
             if w.sources.len() >= budget::MAX_SOURCES {
                 // Forget the source that failed most.
@@ -447,6 +455,7 @@ impl Grid {
                 Source {
                     retry_at: Instant::now(),
                     failures: 0,
+                    idle: 0,
                 },
             );
         }
@@ -468,7 +477,7 @@ impl Grid {
                 tokio::spawn(async move {
                     if let Ok(found) = grid.net.find_providers(wire::grid_key(), 32).await {
                         for p in found {
-                            grid.add_source(p);
+                            grid.add_source(p, false);
                         }
                     }
                 });
@@ -532,6 +541,7 @@ impl Grid {
                         }
                         if let Some(s) = w.sources.get_mut(&source) {
                             s.failures = 0;
+                            s.idle = 0;
                             s.retry_at = if took > 0 {
                                 Instant::now()
                             } else {
@@ -542,8 +552,9 @@ impl Grid {
                     Ok(Response::NoWork { retry_ms }) => {
                         if let Some(s) = w.sources.get_mut(&source) {
                             s.failures = 0;
-                            s.retry_at =
-                                Instant::now() + Duration::from_millis(retry_ms.clamp(500, 60_000));
+                            let wait = retry_ms.clamp(500, 60_000) << s.idle.min(3);
+                            s.idle += 1;
+                            s.retry_at = Instant::now() + Duration::from_millis(wait.min(120_000));
                         }
                     }
                     Ok(other) => {
