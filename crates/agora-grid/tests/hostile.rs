@@ -101,6 +101,22 @@ fn job_files(dir: &Path, n: usize) -> RunOptions {
     }
 }
 
+/// A submitter (the real service) with a job of `units` echo units submitted; returns it, the
+/// directory of the job's files, the inputs' bytes and the job.
+async fn submitted(units: usize) -> (Node, tempfile::TempDir, Vec<Vec<u8>>, JobView) {
+    let submitter = node(true, vec![]).await;
+    let grid = submitter.grid.clone().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let opts = job_files(files.path(), units);
+    let inputs = opts
+        .inputs
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let job = grid.submit(opts).await.unwrap();
+    (submitter, files, inputs, job)
+}
+
 /// The outcome an honest worker reveals for `input`, computed here in the same sandbox.
 /// (On a thread of its own: WASI's host calls may not block a tokio worker.)
 fn honest_outcome(input: &[u8], seed: [u8; 32]) -> Outcome {
@@ -220,17 +236,9 @@ async fn wait_done(grid: &Grid, job: &str) -> JobView {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lying_worker_never_gets_a_wrong_result_accepted_and_is_excluded() {
-    let submitter = node(true, vec![]).await;
+    let (submitter, _files, inputs, job) = submitted(6).await;
     let s_id = submitter.net.local_peer_id();
     let grid = submitter.grid.clone().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let opts = job_files(files.path(), 6);
-    let inputs: Vec<Vec<u8>> = opts
-        .inputs
-        .iter()
-        .map(|p| std::fs::read(p).unwrap())
-        .collect();
-    let job = grid.submit(opts).await.unwrap();
 
     // The liar takes a replica of every unit before anyone else is there.
     let liar = node(false, vec![submitter.addr.clone()]).await;
@@ -306,17 +314,9 @@ async fn a_lying_worker_never_gets_a_wrong_result_accepted_and_is_excluded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_copied_answer_or_commitment_is_caught_by_the_commitment() {
-    let submitter = node(true, vec![]).await;
+    let (submitter, _files, inputs, job) = submitted(2).await;
     let s_id = submitter.net.local_peer_id();
     let grid = submitter.grid.clone().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let opts = job_files(files.path(), 2);
-    let inputs: Vec<Vec<u8>> = opts
-        .inputs
-        .iter()
-        .map(|p| std::fs::read(p).unwrap())
-        .collect();
-    let job = grid.submit(opts).await.unwrap();
 
     let copier = node(false, vec![submitter.addr.clone()]).await;
     let copier_id = copier.net.local_peer_id();

@@ -55,6 +55,22 @@ fn worker(node: &Node) -> Value {
     v
 }
 
+/// Submits `program` over the files of `dir` without waiting; returns the job id.
+fn submit_detached(node: &Node, program: &Path, dir: &Path) -> String {
+    let sub = node.cli(&[
+        "grid",
+        "run",
+        program.to_str().unwrap(),
+        "--inputs",
+        dir.to_str().unwrap(),
+        "--detach",
+        "--json",
+    ]);
+    assert!(sub.status.success(), "{}", stderr(&sub));
+    let job: Value = serde_json::from_str(&stdout(&sub)).unwrap();
+    job["job"].as_str().unwrap().to_owned()
+}
+
 /// A program that spins `iterations` times (fuel, not time) and then echoes its input.
 fn slow_echo(dir: &Path, iterations: u64) -> PathBuf {
     let p = dir.join("slow.wat");
@@ -179,18 +195,7 @@ fn a_worker_killed_mid_unit_has_its_unit_issued_again() {
     let mut net = nodes(root.path(), 4, &[]);
     let program = slow_echo(root.path(), 300_000_000);
     let dir = inputs(root.path(), 3);
-    let sub = net[0].cli(&[
-        "grid",
-        "run",
-        program.to_str().unwrap(),
-        "--inputs",
-        dir.to_str().unwrap(),
-        "--detach",
-        "--json",
-    ]);
-    assert!(sub.status.success(), "{}", stderr(&sub));
-    let job: Value = serde_json::from_str(&stdout(&sub)).unwrap();
-    let job = job["job"].as_str().unwrap().to_owned();
+    let job = submit_detached(&net[0], &program, &dir);
     // Kill -9 the first worker seen running a unit.
     let victim = wait_for("a worker running a unit", WAIT, || {
         (1..4).find(|&i| worker(&net[i])["executing"].as_u64() == Some(1))
@@ -237,18 +242,7 @@ fn a_restarted_submitter_resumes_and_one_away_gets_results_on_return() {
     }
     let program = slow_echo(root.path(), 200_000_000);
     let dir = inputs(root.path(), 4);
-    let sub = net[0].cli(&[
-        "grid",
-        "run",
-        program.to_str().unwrap(),
-        "--inputs",
-        dir.to_str().unwrap(),
-        "--detach",
-        "--json",
-    ]);
-    assert!(sub.status.success(), "{}", stderr(&sub));
-    let job: Value = serde_json::from_str(&stdout(&sub)).unwrap();
-    let job = job["job"].as_str().unwrap().to_owned();
+    let job = submit_detached(&net[0], &program, &dir);
     // Both workers are computing: the submitter goes away (kill -9, mid-job).
     wait_for("both workers computing", WAIT, || {
         (worker(&net[1])["executing"] == 1 && worker(&net[2])["executing"] == 1).then_some(())

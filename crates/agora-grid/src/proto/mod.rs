@@ -132,6 +132,14 @@ impl Unit {
             .count()
     }
 
+    /// Replicas whose answer is fixed: committed or revealed.
+    fn fixed(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| matches!(r.state, ReplicaState::Committed | ReplicaState::Revealed))
+            .count()
+    }
+
     fn replica_mut(&mut self, worker: &PeerId) -> Option<&mut Replica> {
         self.replicas.iter_mut().find(|r| &r.worker == worker)
     }
@@ -143,12 +151,7 @@ impl Unit {
     /// Below a quorum of fixed answers (a replica dropped out), the committed replicas are no
     /// longer due to reveal: their deadline is set again when the quorum is back.
     fn requorum(&mut self, quorum: usize) {
-        let fixed = self
-            .replicas
-            .iter()
-            .filter(|r| matches!(r.state, ReplicaState::Committed | ReplicaState::Revealed))
-            .count();
-        if fixed < quorum {
+        if self.fixed() < quorum {
             for r in self.replicas.iter_mut() {
                 if r.state == ReplicaState::Committed {
                     r.reveal_by_ms = None;
@@ -418,12 +421,7 @@ impl Job {
             .filter(|r| r.state == ReplicaState::Committed)
             .map(|r| r.worker)
             .collect();
-        let done = u
-            .replicas
-            .iter()
-            .filter(|r| matches!(r.state, ReplicaState::Committed | ReplicaState::Revealed))
-            .count();
-        let reveal = done >= quorum;
+        let reveal = u.fixed() >= quorum;
         if reveal {
             for r in u.replicas.iter_mut() {
                 if r.state == ReplicaState::Committed && r.reveal_by_ms.is_none() {
@@ -463,12 +461,7 @@ impl Job {
         if r.state != ReplicaState::Committed {
             return Err(Refusal::NotCommitted(unit));
         }
-        let done = u
-            .replicas
-            .iter()
-            .filter(|r| matches!(r.state, ReplicaState::Committed | ReplicaState::Revealed))
-            .count();
-        if done >= self.spec.quorum as usize || u.decided() {
+        if u.fixed() >= self.spec.quorum as usize || u.decided() {
             Ok(())
         } else {
             Err(Refusal::TooEarly(unit))

@@ -280,10 +280,7 @@ impl Grid {
         let notified = self.changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if self
-            .job(id, false)
-            .is_ok_and(|j| j.status == crate::proto::JobStatus::Running)
-        {
+        if self.job_status(id) == Some(crate::proto::JobStatus::Running) {
             let _ = tokio::time::timeout(timeout, notified).await;
         }
     }

@@ -117,6 +117,22 @@ impl SubmitState {
         }
     }
 
+    /// Changes `peer`'s reputation with `change` and stores it (nothing if the table is full of
+    /// workers that must stay, see [`Self::worker_entry`]).
+    fn update_worker(
+        &mut self,
+        db: &super::db::GridDb,
+        peer: PeerId,
+        change: impl FnOnce(&mut Reputation),
+    ) {
+        if let Some(rep) = self.worker_entry(peer) {
+            change(rep);
+            if let Err(e) = db.put_worker(&peer, rep) {
+                tracing::warn!(%peer, "cannot store a grid worker's reputation: {e}");
+            }
+        }
+    }
+
     /// The reputation of `peer`, made room for if it is new (the least proven worker without
     /// faults or debts is forgotten). `None` if the table is full of workers that must stay.
     fn worker_entry(&mut self, peer: PeerId) -> Option<&mut Reputation> {
@@ -166,7 +182,7 @@ pub struct JobView {
     pub owed: u64,
     pub created_ms: u64,
     pub finished_ms: Option<u64>,
-    /// Every unit (with `detail`), else only the decided ones.
+    /// Every unit (`grid status`), only the decided ones, or none (`grid jobs`).
     pub results: Vec<UnitView>,
 }
 
@@ -184,14 +200,22 @@ pub struct WorkerView {
     pub running: usize,
 }
 
-fn view(record: &JobRecord, detail: bool) -> JobView {
+/// Which units a [`JobView`] lists.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Units {
+    None,
+    Decided,
+    All,
+}
+
+fn view(record: &JobRecord, units: Units) -> JobView {
     let job = &record.job;
     let (validated, failed, open) = job.counts();
     let results = job
         .units
         .iter()
         .enumerate()
-        .filter(|(_, u)| detail || u.decided())
+        .filter(|(_, u)| units == Units::All || units == Units::Decided && u.decided())
         .map(|(i, u)| {
             let spec = &job.spec.units[i];
             let (state, result_hash, peers, fuel, error) = match &u.state {
@@ -394,7 +418,7 @@ impl Grid {
                     break;
                 };
                 s.jobs.remove(&old);
-                let _ = std::fs::remove_dir_all(grid.dir.join("spool").join(hex::encode(old)));
+                let _ = std::fs::remove_dir_all(grid.spool_dir(&old));
                 grid.db.remove_job(&old)?;
             }
             Ok(spec)
@@ -412,17 +436,25 @@ impl Grid {
         let s = self.submit.lock().unwrap();
         s.jobs
             .get(&id)
-            .map(|r| view(r, detail))
+            .map(|r| view(r, if detail { Units::All } else { Units::Decided }))
             .ok_or_else(|| GridError::NoSuchJob(hex::encode(id)))
+    }
+
+    /// Whether job `id` (hex) is known and its status.
+    pub fn job_status(&self, id: &str) -> Option<JobStatus> {
+        let id = parse_job_id(id).ok()?;
+        self.submit
+            .lock()
+            .unwrap()
+            .jobs
+            .get(&id)
+            .map(|r| r.job.status)
     }
 
     pub fn jobs(&self) -> Vec<JobView> {
         let s = self.submit.lock().unwrap();
-        let mut v: Vec<_> = s.jobs.values().map(|r| view(r, false)).collect();
+        let mut v: Vec<_> = s.jobs.values().map(|r| view(r, Units::None)).collect();
         v.sort_by_key(|j| std::cmp::Reverse(j.created_ms));
-        for j in &mut v {
-            j.results.clear();
-        }
         v
     }
 
@@ -457,10 +489,10 @@ impl Grid {
                 .get_mut(&id)
                 .ok_or_else(|| GridError::NoSuchJob(hex::encode(id)))?;
             record.job.cancel();
-            let _ = std::fs::remove_dir_all(grid.dir.join("spool").join(hex::encode(id)));
+            let _ = std::fs::remove_dir_all(grid.spool_dir(&id));
             record.finished_ms.get_or_insert(now_ms());
             grid.db.put_job(&id, record, true)?;
-            Ok(view(record, false))
+            Ok(view(record, Units::Decided))
         })
         .await?;
         self.emit(GridEvent::JobFinished {
@@ -807,26 +839,22 @@ impl Grid {
             let finished = record.job.status != JobStatus::Running && record.finished_ms.is_none();
             if finished {
                 record.finished_ms = Some(now_ms());
-                let _ = std::fs::remove_dir_all(grid.dir.join("spool").join(hex::encode(job)));
+                let _ = std::fs::remove_dir_all(grid.spool_dir(&job));
             }
             if let Err(e) = grid.db.put_job(&job, record, true) {
                 tracing::warn!("cannot store grid job: {e}");
             }
             for p in &credited {
-                if let Some(rep) = s.worker_entry(*p) {
+                s.update_worker(&grid.db, *p, |rep| {
                     rep.valid += 1;
                     rep.fuel = rep.fuel.saturating_add(fuel);
                     rep.owed = rep.owed.saturating_add(pay);
-                    let rep = rep.clone();
-                    let _ = grid.db.put_worker(p, &rep);
-                }
+                });
             }
             for p in &faulty {
-                if let Some(rep) = s.worker_entry(*p) {
-                    rep.faults = rep.faults.saturating_add(1);
-                    let rep = rep.clone();
-                    let _ = grid.db.put_worker(p, &rep);
-                }
+                s.update_worker(&grid.db, *p, |rep| {
+                    rep.faults = rep.faults.saturating_add(1)
+                });
             }
             Ok((Some((effect, faulty)), decided_event, finished))
         })
@@ -909,11 +937,13 @@ impl Grid {
         }
     }
 
+    /// Where verified result bytes of `job` wait until their unit is decided.
+    fn spool_dir(&self, job: &Digest) -> PathBuf {
+        self.dir.join("spool").join(hex::encode(job))
+    }
+
     fn spool_path(&self, job: &Digest, result: &Digest) -> PathBuf {
-        self.dir
-            .join("spool")
-            .join(hex::encode(job))
-            .join(hex::encode(result))
+        self.spool_dir(job).join(hex::encode(result))
     }
 
     /// Asks `worker` to reveal its held outcome of `unit`.
@@ -1090,12 +1120,8 @@ impl Grid {
                     let _ = grid.db.put_job(id, record, false);
                 }
             }
-            if lost > 0
-                && let Some(rep) = s.worker_entry(peer)
-            {
-                rep.missed += lost as u64;
-                let rep = rep.clone();
-                let _ = grid.db.put_worker(&peer, &rep);
+            if lost > 0 {
+                s.update_worker(&grid.db, peer, |rep| rep.missed += lost as u64);
             }
             lost
         })
@@ -1136,11 +1162,7 @@ impl Grid {
             }
             let reopened = !missed.is_empty();
             for w in missed {
-                if let Some(rep) = s.worker_entry(w) {
-                    rep.missed += 1;
-                    let rep = rep.clone();
-                    let _ = grid.db.put_worker(&w, &rep);
-                }
+                s.update_worker(&grid.db, w, |rep| rep.missed += 1);
             }
             reopened
         })
@@ -1253,11 +1275,11 @@ impl Grid {
                         let _ = grid.db.put_job(&id, r, true);
                     }
                 }
-                if paid && let Some(rep) = s.worker_entry(peer) {
-                    rep.owed = rep.owed.saturating_sub(total);
-                    rep.paid += total;
-                    let rep = rep.clone();
-                    let _ = grid.db.put_worker(&peer, &rep);
+                if paid {
+                    s.update_worker(&grid.db, peer, |rep| {
+                        rep.owed = rep.owed.saturating_sub(total);
+                        rep.paid += total;
+                    });
                 }
             })
             .await;
