@@ -85,9 +85,9 @@ impl GridDb {
         Ok(Self { db })
     }
 
-    /// Stores a job's record. `durable: false` for changes a crash may lose without harm (an
-    /// assignment, a commitment: the worker's later message is refused, or it commits again,
-    /// and the replica is issued again); results, reveals and payments are durable.
+    /// Stores a job's record. `durable: false` for changes a crash may lose without harm (a
+    /// commitment: the replica is running again and the worker commits again; a lease that
+    /// ran out: it runs out again); assignments, results, reveals and payments are durable.
     pub fn put_job(&self, id: &Digest, record: &JobRecord, durable: bool) -> Result<(), DbError> {
         let mut tx = self.db.redb().begin_write().map_err(e)?;
         if !durable {

@@ -618,7 +618,9 @@ impl Grid {
                         input_inline: Vec::new(),
                     });
                 }
-                if changed && let Err(e) = grid.db.put_job(&id, record, false) {
+                // Durable: a worker keeps computing what it was given while this node is away,
+                // and its result must find its replica after a restart.
+                if changed && let Err(e) = grid.db.put_job(&id, record, true) {
                     tracing::warn!("cannot store grid job: {e}");
                 }
                 if given.len() >= room {
