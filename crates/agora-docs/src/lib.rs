@@ -30,16 +30,21 @@
 //! assert_eq!(replica.members(), space.members());
 //! ```
 //!
+//! Documents ([`proto::doc`]) are automerge documents whose every change is signed by its
+//! author and admitted only when the membership lets the author write; [`proto::sync`] brings
+//! two members' copies of a document together, sending only what the other lacks.
+//!
 //! # What does not exist yet
-//! - Documents (automerge notes, tasks, threads, forms) and checking their changes against the
-//!   membership log.
 //! - The space key: encryption of every change, sealed to each member, rotated on removal.
-//! - Sync (`/agora/docs/1.0.0`), holders for members who are never online together, storage.
-//! - Invites, leaving a space, ownership transfer, snapshots of long logs.
-//! - The CLI (`agora space ...`, `agora doc ...`) and the HTTP API.
+//! - Holders for members who are never online together.
+//! - Ownership transfer, snapshots of long logs.
 
 pub mod proto;
 
+pub use proto::doc::{
+    DocError, DocId, Document, HistoryEntry, Kind, Post, Received, SignedChange, Task, TaskState,
+    TaskUpdate,
+};
 pub use proto::membership::{
     Action, Applied, MAX_NAME_BYTES, MAX_OP_BYTES, MAX_OPS, MAX_PARENTS, Member, Op, OpError, OpId,
     Role, SignedOp, Space, SpaceId,

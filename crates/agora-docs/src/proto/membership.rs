@@ -439,6 +439,20 @@ impl Space {
             .collect()
     }
 
+    /// Whether `peer` ever held a role that may write documents (editor or above) through an
+    /// effective operation, or owns the space. Document changes by a member who wrote once and
+    /// no longer may are kept only when a current writer's change depends on them
+    /// (`proto::doc`).
+    pub fn ever_wrote(&self, peer: &PeerId) -> bool {
+        if *peer == self.owner {
+            return true;
+        }
+        self.ops.iter().enumerate().any(|(i, stored)| {
+            self.state.effective.contains(i)
+                && matches!(stored.signed.op.action.sets(), Some((m, Some(role))) if m == *peer && role.can_write())
+        })
+    }
+
     /// A member's role, `None` for non-members.
     pub fn role(&self, peer: &PeerId) -> Option<Role> {
         self.state.members.get(peer).map(|m| m.role)
@@ -848,7 +862,7 @@ fn check_size(signed: &SignedOp) -> Result<(), OpError> {
 }
 
 /// The ed25519 public key embedded in an identity-multihash `PeerId`.
-fn public_key(peer: &PeerId) -> Result<ed25519::PublicKey, OpError> {
+pub(crate) fn public_key(peer: &PeerId) -> Result<ed25519::PublicKey, OpError> {
     let mh = peer.as_ref();
     // Code 0 is the identity multihash; hashed (sha2-256) peer ids belong to large RSA keys.
     if mh.code() != 0 {

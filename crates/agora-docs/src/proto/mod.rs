@@ -1,3 +1,5 @@
-//! The pure cores of groupware: no I/O, no clock (callers pass `now_ms`), no randomness.
+//! The pure (sans-IO) core: membership, documents, sync.
 
+pub mod doc;
 pub mod membership;
+pub mod sync;
