@@ -5,6 +5,7 @@
 mod chat;
 mod client;
 mod devnet;
+mod docs;
 mod files;
 mod grid;
 mod ledger;
@@ -187,6 +188,15 @@ enum Command {
     /// Grid computing: run WASI jobs on peers' spare CPU; jobs, results, workers.
     #[command(subcommand)]
     Grid(grid::GridCmd),
+    /// Groupware spaces: create, list, show, members, invite, join, remove, role, leave.
+    #[command(subcommand)]
+    Space(docs::SpaceCmd),
+    /// Documents of a space (notes, task lists, threads, forms): new, show, edit, history.
+    #[command(subcommand)]
+    Doc(docs::DocCmd),
+    /// Tasks in task-list documents: add, start, done, assign, list.
+    #[command(subcommand)]
+    Task(docs::TaskCmd),
 }
 
 /// How client commands find the node.
@@ -276,6 +286,9 @@ fn main() -> ExitCode {
         Command::Tx { hash, client } => ledger::tx(&client, &hash),
         Command::Ledger(cmd) => ledger::run(cmd),
         Command::Grid(cmd) => grid::run(cmd),
+        Command::Space(cmd) => docs::space(cmd),
+        Command::Doc(cmd) => docs::doc(cmd),
+        Command::Task(cmd) => docs::task(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

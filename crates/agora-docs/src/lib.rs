@@ -40,6 +40,8 @@
 //! - Ownership transfer, snapshots of long logs.
 
 pub mod proto;
+pub mod service;
+pub mod wire;
 
 pub use proto::doc::{
     DocError, DocId, Document, HistoryEntry, Kind, Post, Received, SignedChange, Task, TaskState,

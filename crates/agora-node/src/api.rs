@@ -139,6 +139,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(crate::chat_api::routes())
         .merge(crate::ledger_api::routes())
         .merge(crate::grid_api::routes())
+        .merge(crate::docs_api::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -354,8 +355,16 @@ async fn events(
             Ok(SseEvent::default().event(kind).data(json.to_string()))
         }))
     });
-    let stream =
-        futures::stream::select(net, grid).take_until(async move { shutdown.cancelled().await });
+    // Groupware events are named `docs.<event>` (`docs.doc_changed`, `docs.task_assigned`, …).
+    let docs = BroadcastStream::new(node.docs.events()).filter_map(|item| {
+        futures::future::ready(item.ok().map(|event| {
+            let json = serde_json::to_value(&event).unwrap_or_default();
+            let kind = format!("docs.{}", json["event"].as_str().unwrap_or("event"));
+            Ok(SseEvent::default().event(kind).data(json.to_string()))
+        }))
+    });
+    let stream = futures::stream::select(futures::stream::select(net, grid), docs)
+        .take_until(async move { shutdown.cancelled().await });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -377,7 +386,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
         storage,
         ledger.as_ref(),
         &consensus,
-        &node.grid.metrics_text(),
+        &format!(
+            "{}{}",
+            node.grid.metrics_text(),
+            docs_metrics(&node.docs.stats())
+        ),
     );
     Ok((
         [(
@@ -528,6 +541,71 @@ async fn files_pin(
     Ok(Json(
         serde_json::json!({ "hash": req.hash.trim(), "name": meta.name, "kind": meta.kind }),
     ))
+}
+
+/// Groupware gauges and counters in the Prometheus text format.
+fn docs_metrics(s: &agora_docs::service::DocsStats) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP agora_docs_{name} {help}\n# TYPE agora_docs_{name} {kind}\nagora_docs_{name} {value}\n"
+        ));
+    };
+    metric(
+        "spaces",
+        "gauge",
+        "Spaces this node has joined",
+        s.spaces as u64,
+    );
+    metric(
+        "documents",
+        "gauge",
+        "Documents in joined spaces",
+        s.docs as u64,
+    );
+    metric(
+        "changes",
+        "gauge",
+        "Changes held, all documents",
+        s.changes as u64,
+    );
+    metric(
+        "invites",
+        "gauge",
+        "Invites waiting for `agora space join`",
+        s.invites as u64,
+    );
+    metric(
+        "changes_received_total",
+        "counter",
+        "Changes received from peers and applied",
+        s.changes_received,
+    );
+    metric(
+        "changes_refused_total",
+        "counter",
+        "Changes received and refused (signature, role, limits)",
+        s.changes_refused,
+    );
+    metric(
+        "sync_rounds_total",
+        "counter",
+        "Sync rounds this node started",
+        s.sync_rounds,
+    );
+    metric(
+        "sync_sent_bytes_total",
+        "counter",
+        "Bytes of sync requests sent",
+        s.bytes_sent,
+    );
+    metric(
+        "sync_received_bytes_total",
+        "counter",
+        "Bytes of sync responses received",
+        s.bytes_received,
+    );
+    out
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@
 
 pub mod api;
 mod chat_api;
+mod docs_api;
 mod grid_api;
 mod ledger_api;
 mod metrics;
@@ -108,6 +109,8 @@ pub enum Error {
     Ledger(#[from] agora_ledger::service::LedgerError),
     #[error("grid: {0}")]
     Grid(#[from] agora_grid::GridError),
+    #[error("groupware: {0}")]
+    Docs(#[from] agora_docs::service::DocsError),
     #[error(
         "the network did not report any listen address within {0:?}; check the --listen addresses"
     )]
@@ -121,6 +124,8 @@ pub struct Node {
     pub chat: Arc<agora_chat::service::Chat>,
     pub ledger: Option<Arc<agora_ledger::service::Ledger>>,
     pub grid: Arc<agora_grid::Grid>,
+    /// Groupware: spaces and documents.
+    pub docs: Arc<agora_docs::service::Docs>,
     pub data_dir: Arc<DataDir>,
     pub token: String,
     pub started: Instant,
@@ -259,12 +264,17 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         grid_stop.clone(),
     )
     .await?;
+    let docs_stop = CancellationToken::new();
+    let docs =
+        agora_docs::service::Docs::start(net.clone(), &keypair, db.clone(), docs_stop.clone())
+            .await?;
     let node = Arc::new(Node {
         net: net.clone(),
         files,
         chat: chat.clone(),
         ledger: ledger.clone(),
         grid,
+        docs,
         data_dir: data_dir.clone(),
         token,
         started: Instant::now(),
@@ -338,6 +348,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     chat.goodbye().await;
     chat_stop.cancel();
     grid_stop.cancel();
+    docs_stop.cancel();
     ledger_stop.cancel();
     if let Some(ledger) = &ledger {
         ledger.shutdown().await;

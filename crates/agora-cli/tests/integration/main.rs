@@ -5,6 +5,7 @@ mod chat;
 mod cli;
 mod common;
 mod devnet;
+mod docs;
 mod files;
 mod grid;
 mod hostile;

@@ -594,15 +594,27 @@ impl Document {
     }
 
     /// Applies verified, authorised changes in dependency order, pulling parked changes that a
-    /// waiting change needs. Returns the hashes applied.
+    /// waiting change needs. Returns the hashes applied. Linear in the changes when they come
+    /// in causal order (a load, a sync batch); a change whose dependencies are missing waits.
     fn apply_verified(&mut self, held: Vec<Held>) -> Result<Vec<ChangeHash>, DocError> {
+        let mut applied = Vec::new();
         for h in held {
+            let hash = h.change.hash();
+            if h.change.deps().iter().all(|d| self.sigs.contains_key(d)) && self.waiting.is_empty()
+            {
+                // The common case: in order, nothing waiting.
+                self.apply_one(h)?;
+                applied.push(hash);
+                continue;
+            }
             if self.waiting.len() >= MAX_PENDING {
                 return Err(DocError::TooManyPending { max: MAX_PENDING });
             }
-            self.waiting.insert(h.change.hash(), h);
+            self.waiting.insert(hash, h);
         }
-        let mut applied = Vec::new();
+        if self.waiting.is_empty() {
+            return Ok(applied);
+        }
         loop {
             // Parked changes that a waiting change depends on become admissible.
             let wanted: Vec<ChangeHash> = self
@@ -611,24 +623,48 @@ impl Document {
                 .flat_map(|h| h.change.deps().iter().copied())
                 .filter(|d| self.parked.contains_key(d))
                 .collect();
+            let pulled = !wanted.is_empty();
             for d in wanted {
                 if let Some(h) = self.parked.remove(&d) {
                     self.waiting.insert(d, h);
                 }
             }
-            let ready: Vec<ChangeHash> = self
-                .waiting
-                .iter()
-                .filter(|(_, h)| h.change.deps().iter().all(|d| self.sigs.contains_key(d)))
-                .map(|(k, _)| *k)
-                .collect();
-            if ready.is_empty() {
+            // Missing dependency → the waiting changes it blocks.
+            let mut blocked: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
+            let mut runnable = Vec::new();
+            for (hash, h) in &self.waiting {
+                let mut free = true;
+                for d in h.change.deps() {
+                    if !self.sigs.contains_key(d) {
+                        free = false;
+                        blocked.entry(*d).or_default().push(*hash);
+                    }
+                }
+                if free {
+                    runnable.push(*hash);
+                }
+            }
+            if runnable.is_empty() && !pulled {
                 break;
             }
-            for hash in ready {
-                let h = self.waiting.remove(&hash).expect("listed above");
+            while let Some(hash) = runnable.pop() {
+                let Some(h) = self.waiting.remove(&hash) else {
+                    continue;
+                };
                 self.apply_one(h)?;
                 applied.push(hash);
+                for w in blocked.remove(&hash).unwrap_or_default() {
+                    if self
+                        .waiting
+                        .get(&w)
+                        .is_some_and(|h| h.change.deps().iter().all(|d| self.sigs.contains_key(d)))
+                    {
+                        runnable.push(w);
+                    }
+                }
+            }
+            if self.waiting.is_empty() {
+                break;
             }
         }
         Ok(applied)

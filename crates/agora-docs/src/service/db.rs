@@ -1,0 +1,226 @@
+//! What groupware keeps in the node's redb database. Every write commits durably before the
+//! change it stores is acknowledged (to the API caller or to the syncing peer).
+//!
+//! - `docs_spaces`: space id → [`SpaceMeta`].
+//! - `docs_ops`: space id ‖ seq (u32 BE) → an encoded membership operation, in the order they
+//!   were applied (a topological order, which loading needs).
+//! - `docs_docs`: doc id → [`DocMeta`].
+//! - `docs_changes`: doc id ‖ seq (u64 BE) → a postcard [`SignedChange`], in the order applied.
+//! - `docs_invites`: space id → [`InviteRecord`].
+
+use std::sync::Arc;
+
+use libp2p_identity::PeerId;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::proto::doc::{DocId, Kind, SignedChange};
+use crate::proto::membership::SpaceId;
+
+const SPACES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_spaces");
+const OPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_ops");
+const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_docs");
+const CHANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_changes");
+const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_invites");
+
+#[derive(Debug, thiserror::Error)]
+#[error("groupware database: {0}")]
+pub struct DbError(String);
+
+fn e(err: impl std::fmt::Display) -> DbError {
+    DbError(err.to_string())
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SpaceMeta {
+    /// Joined (created here, or an accepted invite): synced with members.
+    pub joined: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DocMeta {
+    pub space: SpaceId,
+    pub kind: Option<Kind>,
+}
+
+/// An invite this node received and has not accepted yet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteRecord {
+    pub ops: Vec<Vec<u8>>,
+    pub from: PeerId,
+    pub at_ms: u64,
+}
+
+/// One write: what a change of state stores.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub spaces: Vec<(SpaceId, SpaceMeta)>,
+    pub ops: Vec<(SpaceId, u32, Vec<u8>)>,
+    pub docs: Vec<(DocId, DocMeta)>,
+    pub changes: Vec<(DocId, u64, SignedChange)>,
+    pub invites: Vec<(SpaceId, InviteRecord)>,
+    pub drop_invites: Vec<SpaceId>,
+    pub drop_spaces: Vec<SpaceId>,
+    pub drop_docs: Vec<DocId>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.spaces.is_empty()
+            && self.ops.is_empty()
+            && self.docs.is_empty()
+            && self.changes.is_empty()
+            && self.invites.is_empty()
+            && self.drop_invites.is_empty()
+            && self.drop_spaces.is_empty()
+            && self.drop_docs.is_empty()
+    }
+}
+
+/// Everything stored, as loaded at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub spaces: Vec<(SpaceId, SpaceMeta, Vec<Vec<u8>>)>,
+    pub docs: Vec<(DocId, DocMeta, Vec<SignedChange>)>,
+    pub invites: Vec<(SpaceId, InviteRecord)>,
+}
+
+pub struct DocsDb {
+    db: Arc<agora_store::Db>,
+}
+
+fn key2(a: &[u8; 32], seq: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32 + seq.len());
+    k.extend_from_slice(a);
+    k.extend_from_slice(seq);
+    k
+}
+
+fn id32(bytes: &[u8]) -> Result<[u8; 32], DbError> {
+    bytes
+        .get(..32)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| DbError("a key shorter than 32 bytes".into()))
+}
+
+impl DocsDb {
+    pub fn open(db: Arc<agora_store::Db>) -> Result<Self, DbError> {
+        let tx = db.redb().begin_write().map_err(e)?;
+        for t in [SPACES, OPS, DOCS, CHANGES, INVITES] {
+            tx.open_table(t).map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        Ok(DocsDb { db })
+    }
+
+    /// Writes a batch in one durable transaction.
+    pub fn write(&self, b: &Batch) -> Result<(), DbError> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.redb().begin_write().map_err(e)?;
+        {
+            let mut spaces = tx.open_table(SPACES).map_err(e)?;
+            for (id, meta) in &b.spaces {
+                spaces
+                    .insert(&id.0[..], &postcard::to_allocvec(meta).map_err(e)?[..])
+                    .map_err(e)?;
+            }
+            let mut ops = tx.open_table(OPS).map_err(e)?;
+            for (space, seq, op) in &b.ops {
+                ops.insert(&key2(&space.0, &seq.to_be_bytes())[..], &op[..])
+                    .map_err(e)?;
+            }
+            let mut docs = tx.open_table(DOCS).map_err(e)?;
+            for (id, meta) in &b.docs {
+                docs.insert(&id.0[..], &postcard::to_allocvec(meta).map_err(e)?[..])
+                    .map_err(e)?;
+            }
+            let mut changes = tx.open_table(CHANGES).map_err(e)?;
+            for (doc, seq, c) in &b.changes {
+                changes
+                    .insert(
+                        &key2(&doc.0, &seq.to_be_bytes())[..],
+                        &postcard::to_allocvec(c).map_err(e)?[..],
+                    )
+                    .map_err(e)?;
+            }
+            let mut invites = tx.open_table(INVITES).map_err(e)?;
+            for (space, inv) in &b.invites {
+                invites
+                    .insert(&space.0[..], &postcard::to_allocvec(inv).map_err(e)?[..])
+                    .map_err(e)?;
+            }
+            for space in &b.drop_invites {
+                invites.remove(&space.0[..]).map_err(e)?;
+            }
+            for space in &b.drop_spaces {
+                spaces.remove(&space.0[..]).map_err(e)?;
+                let lo = key2(&space.0, &[0; 4]);
+                let hi = key2(&space.0, &[0xff; 4]);
+                ops.retain_in(&lo[..]..=&hi[..], |_, _| false).map_err(e)?;
+            }
+            for doc in &b.drop_docs {
+                docs.remove(&doc.0[..]).map_err(e)?;
+                let lo = key2(&doc.0, &[0; 8]);
+                let hi = key2(&doc.0, &[0xff; 8]);
+                changes
+                    .retain_in(&lo[..]..=&hi[..], |_, _| false)
+                    .map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)?;
+        Ok(())
+    }
+
+    /// Reads everything. A record that does not decode is an error naming it: a corrupt store
+    /// is reported, never silently shortened.
+    pub fn load(&self) -> Result<Loaded, DbError> {
+        let tx = self.db.redb().begin_read().map_err(e)?;
+        let mut out = Loaded::default();
+        let spaces = tx.open_table(SPACES).map_err(e)?;
+        let ops = tx.open_table(OPS).map_err(e)?;
+        for row in spaces.iter().map_err(e)? {
+            let (k, v) = row.map_err(e)?;
+            let id = crate::OpId(id32(k.value())?);
+            let meta: SpaceMeta = postcard::from_bytes(v.value())
+                .map_err(|err| DbError(format!("space {id}: {err}")))?;
+            let lo = key2(&id.0, &[0; 4]);
+            let hi = key2(&id.0, &[0xff; 4]);
+            let mut log = Vec::new();
+            for row in ops.range(&lo[..]..=&hi[..]).map_err(e)? {
+                let (_, v) = row.map_err(e)?;
+                log.push(v.value().to_vec());
+            }
+            out.spaces.push((id, meta, log));
+        }
+        let docs = tx.open_table(DOCS).map_err(e)?;
+        let changes = tx.open_table(CHANGES).map_err(e)?;
+        for row in docs.iter().map_err(e)? {
+            let (k, v) = row.map_err(e)?;
+            let id = DocId(id32(k.value())?);
+            let meta: DocMeta = postcard::from_bytes(v.value())
+                .map_err(|err| DbError(format!("document {id}: {err}")))?;
+            let lo = key2(&id.0, &[0; 8]);
+            let hi = key2(&id.0, &[0xff; 8]);
+            let mut list = Vec::new();
+            for row in changes.range(&lo[..]..=&hi[..]).map_err(e)? {
+                let (_, v) = row.map_err(e)?;
+                list.push(
+                    postcard::from_bytes(v.value())
+                        .map_err(|err| DbError(format!("a change of document {id}: {err}")))?,
+                );
+            }
+            out.docs.push((id, meta, list));
+        }
+        let invites = tx.open_table(INVITES).map_err(e)?;
+        for row in invites.iter().map_err(e)? {
+            let (k, v) = row.map_err(e)?;
+            let id = crate::OpId(id32(k.value())?);
+            let inv: InviteRecord = postcard::from_bytes(v.value())
+                .map_err(|err| DbError(format!("invite to {id}: {err}")))?;
+            out.invites.push((id, inv));
+        }
+        Ok(out)
+    }
+}
