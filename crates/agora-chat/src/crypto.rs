@@ -240,8 +240,9 @@ impl<'de> Deserialize<'de> for Signature {
 }
 
 /// Encrypts `plaintext` to `recipient`'s identity key. `info` and `aad` are bound into the key
-/// schedule and the AEAD, so a ciphertext cannot be moved to another context or header.
-pub(crate) fn seal(
+/// schedule and the AEAD, so a ciphertext cannot be moved to another context or header. Every
+/// user (chat envelopes, groupware key grants) passes its own `info`.
+pub fn seal(
     recipient: &PeerId,
     info: &[u8],
     aad: &[u8],
@@ -270,7 +271,8 @@ pub(crate) fn seal(
     Ok((enc, ct))
 }
 
-pub(crate) fn open(
+/// Opens what [`seal`] sealed to `identity` with the same `info` and `aad`.
+pub fn open(
     identity: &Identity,
     enc: &[u8; ENCAPPED_KEY_LEN],
     info: &[u8],

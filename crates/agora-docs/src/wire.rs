@@ -6,6 +6,10 @@
 //!   rounds until both sides are quiet. Only members of the space (any role) are answered.
 //! - `Invite`: an admin hands the invitee the space's membership log, which names it; the
 //!   invitee checks the log itself and keeps the invite until `agora space join`.
+//! - `Hold` / `Fetch`: a member leaves an encrypted envelope with a holder (one of the peers
+//!   closest to the space's holder tag) / takes the envelopes held for a tag after a cursor
+//!   ([`crate::proto::keys`], [`crate::proto::holder`]). Holders answer anyone: they hold only
+//!   ciphertext, within quotas per sender and per space.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +40,15 @@ pub enum Request {
         /// The space's whole membership log, encoded operations.
         ops: Vec<Vec<u8>>,
     },
+    Hold {
+        tag: [u8; 32],
+        envelope: Vec<u8>,
+    },
+    Fetch {
+        tag: [u8; 32],
+        /// The last sequence number already taken from this holder.
+        since: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +58,12 @@ pub enum Response {
         docs: Vec<(DocId, SyncMsg)>,
     },
     Invited,
+    Held,
+    Fetched {
+        /// (sequence number, envelope), oldest first.
+        envelopes: Vec<(u64, Vec<u8>)>,
+        more: bool,
+    },
 }
 
 /// A side's membership heads and the operations the other side may lack.
@@ -52,7 +71,14 @@ pub enum Response {
 pub struct Members {
     pub heads: Vec<crate::OpId>,
     pub ops: Vec<Vec<u8>>,
+    /// Space keys sealed to members (each opens only for its member).
+    pub grants: Vec<crate::proto::keys::Grant>,
 }
+
+/// Grants carried in one message at most.
+pub const MAX_GRANTS: usize = 4096;
+/// Envelope bytes one fetch answer carries at most.
+pub const MAX_FETCH_BYTES: usize = 3 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -77,6 +103,15 @@ impl Request {
                 check_docs(docs)?;
             }
             Request::Invite { ops } => check_ops(ops)?,
+            Request::Hold { envelope, .. } => {
+                if envelope.len() > crate::proto::keys::MAX_ENVELOPE_BYTES {
+                    return Err(WireError::Limits(format!(
+                        "an envelope of {} bytes",
+                        envelope.len()
+                    )));
+                }
+            }
+            Request::Fetch { .. } => {}
         }
         Ok(r)
     }
@@ -98,6 +133,9 @@ impl Members {
     fn check(&self) -> Result<(), WireError> {
         if self.heads.len() > crate::MAX_PARENTS * 64 {
             return Err(WireError::Limits("too many membership heads".into()));
+        }
+        if self.grants.len() > MAX_GRANTS || self.grants.iter().any(|g| g.ct.len() > 4096) {
+            return Err(WireError::Limits("too many or too large key grants".into()));
         }
         check_ops(&self.ops)
     }

@@ -605,6 +605,24 @@ fn docs_metrics(s: &agora_docs::service::DocsStats) -> String {
         "Bytes of sync responses received",
         s.bytes_received,
     );
+    metric(
+        "held_envelopes",
+        "gauge",
+        "Encrypted envelopes held for other spaces' members",
+        s.held_envelopes as u64,
+    );
+    metric(
+        "held_bytes",
+        "gauge",
+        "Bytes of envelopes held for others",
+        s.held_bytes,
+    );
+    metric(
+        "unreadable_envelopes",
+        "gauge",
+        "Envelopes from holders that no key of this node opens",
+        s.unreadable as u64,
+    );
     out
 }
 

@@ -854,3 +854,94 @@ fn bad_ids_roles_dates_and_input_are_clear_errors() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(note(&node, &doc).unwrap().0, "");
 }
+
+/// A gauge or counter from `node`'s `/metrics` (0 when absent).
+fn metric(node: &Node, name: &str) -> u64 {
+    let (_, text) = node.request("GET", "/metrics", Some(&node.token.clone()), None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            dir_contains(&p, needle)
+        } else {
+            std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        }
+    })
+}
+
+#[test]
+fn members_never_online_together_converge_through_holders_that_see_only_ciphertext() {
+    let root = tempfile::tempdir().unwrap();
+    // 0: owner, 1: editor, 2: editor removed later, 3..6: nodes that are not members.
+    let mut net = mesh(root.path(), 6);
+    let (space, doc) = space_with_note(&net[0], BASE);
+    invite_and_join(&net[0], &net[1], &space, "editor");
+    invite_and_join(&net[0], &net[2], &space, "editor");
+    wait_text(&net[1], &doc, BASE);
+    wait_text(&net[2], &doc, BASE);
+    let held = |net: &[Node]| -> u64 {
+        net[3..]
+            .iter()
+            .map(|h| metric(h, "agora_docs_held_envelopes"))
+            .sum()
+    };
+    // The holders keep the space from the start (creation, invites, the note).
+    wait_for("the holders to take envelopes", SYNC, || {
+        (held(&net) > 0).then_some(())
+    });
+
+    // The editor goes away; the owner removes the other editor (rotating the key) and
+    // writes a phrase the holders must never be able to read.
+    assert!(net[1].terminate().success());
+    let before = held(&net);
+    json(&net[0], &["space", "remove", &space, &net[2].peer_id]);
+    const SECRET: &str = "Quetzalcoatl marmalade 7731";
+    let text = format!("{BASE}{SECRET}\n");
+    write(&net[0], &doc, &text);
+    // Every upload has reached the holders once their count grew and then held still.
+    let mut last = (before, Instant::now());
+    wait_for("the holders to take the new envelopes", SYNC, || {
+        let now = held(&net);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        (now > before && last.1.elapsed() > Duration::from_secs(3)).then_some(())
+    });
+
+    // The owner goes away before the editor comes back: they are never online together.
+    assert!(net[0].terminate().success());
+    let b_dir = net[1].dir.clone();
+    net[1] = Node::start(&b_dir, &[]);
+    for h in 2..6 {
+        connect(&net[1], &net[h]);
+    }
+    let b_heads = wait_text(&net[1], &doc, &text);
+    assert!(!b_heads.is_empty());
+
+    // The removed editor took sealed envelopes from the holders and could not open them.
+    wait_for(
+        "the removed editor to take what it cannot read",
+        SYNC,
+        || (metric(&net[2], "agora_docs_unreadable_envelopes") > 0).then_some(()),
+    );
+    let (c_text, _) = note(&net[2], &doc).expect("the removed editor keeps what it had");
+    assert!(!c_text.contains(SECRET), "{c_text}");
+
+    // Holders keep ciphertext only: neither the phrase nor the document's title is in any
+    // file of their data directories.
+    for h in &net[3..] {
+        assert!(metric(h, "agora_docs_held_envelopes") > 0 || h.dir.exists());
+        assert!(
+            !dir_contains(&h.dir, SECRET.as_bytes()),
+            "{}",
+            h.dir.display()
+        );
+        assert!(!dir_contains(&h.dir, b"Minutes"), "{}", h.dir.display());
+    }
+}

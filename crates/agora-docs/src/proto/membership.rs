@@ -485,6 +485,45 @@ impl Space {
             .is_some_and(|&i| self.state.effective.contains(i))
     }
 
+    /// The operations at or before `heads` (all known heads' ancestors and themselves), as
+    /// indices; `None` when a head is unknown.
+    fn past(&self, heads: &[OpId]) -> Option<BitSet> {
+        let mut past = BitSet::default();
+        for h in heads {
+            let &i = self.index.get(h)?;
+            past.union_with(&self.ops[i].ancestors);
+            past.insert(i);
+        }
+        Some(past)
+    }
+
+    /// How many operations lie at or before `heads`; `None` when a head is unknown. A later
+    /// causal point has a larger past.
+    pub fn past_len(&self, heads: &[OpId]) -> Option<usize> {
+        self.past(heads).map(|p| p.iter().count())
+    }
+
+    /// Whether `op` lies at or before `heads` (false when either is unknown).
+    pub fn covers(&self, heads: &[OpId], op: &OpId) -> bool {
+        match (self.past(heads), self.index.get(op)) {
+            (Some(past), Some(&i)) => past.contains(i),
+            _ => false,
+        }
+    }
+
+    /// The effective removals, the operations after which a space key must be rotated.
+    pub fn removals(&self) -> Vec<OpId> {
+        self.ops
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                self.state.effective.contains(*i)
+                    && matches!(s.signed.op.action, Action::Remove { .. })
+            })
+            .map(|(_, s)| s.id)
+            .collect()
+    }
+
     /// Every operation, parents before children.
     pub fn ops(&self) -> impl Iterator<Item = &SignedOp> {
         self.ops.iter().map(|s| &s.signed)

@@ -7,6 +7,11 @@
 //! - `docs_docs`: doc id → [`DocMeta`].
 //! - `docs_changes`: doc id ‖ seq (u64 BE) → a postcard [`SignedChange`], in the order applied.
 //! - `docs_invites`: space id → [`InviteRecord`].
+//! - `docs_keys`: space id ‖ key id → a [`SpaceKey`] this node holds (secret: the data
+//!   directory is private to the node's user).
+//! - `docs_grants`: space id ‖ key id ‖ member peer id → the [`Grant`] of that key to that
+//!   member (what members forward, so every member's key reaches it).
+//! - `docs_held`: holder tag ‖ seq (u64 BE) → [`HeldRecord`]: envelopes held for others.
 
 use std::sync::Arc;
 
@@ -15,6 +20,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::proto::doc::{DocId, Kind, SignedChange};
+use crate::proto::keys::{Grant, KeyId, SpaceKey};
 use crate::proto::membership::SpaceId;
 
 const SPACES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_spaces");
@@ -22,6 +28,17 @@ const OPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_ops");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_docs");
 const CHANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_changes");
 const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_invites");
+const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_keys");
+const GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_grants");
+const HELD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_held");
+
+/// An envelope held for others.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeldRecord {
+    pub sender: PeerId,
+    pub at_ms: u64,
+    pub bytes: Vec<u8>,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("groupware database: {0}")]
@@ -62,6 +79,10 @@ pub struct Batch {
     pub drop_invites: Vec<SpaceId>,
     pub drop_spaces: Vec<SpaceId>,
     pub drop_docs: Vec<DocId>,
+    pub keys: Vec<(SpaceId, SpaceKey)>,
+    pub grants: Vec<(SpaceId, Grant)>,
+    pub held: Vec<([u8; 32], u64, HeldRecord)>,
+    pub drop_held: Vec<([u8; 32], u64)>,
 }
 
 impl Batch {
@@ -74,6 +95,10 @@ impl Batch {
             && self.drop_invites.is_empty()
             && self.drop_spaces.is_empty()
             && self.drop_docs.is_empty()
+            && self.keys.is_empty()
+            && self.grants.is_empty()
+            && self.held.is_empty()
+            && self.drop_held.is_empty()
     }
 }
 
@@ -83,6 +108,16 @@ pub struct Loaded {
     pub spaces: Vec<(SpaceId, SpaceMeta, Vec<Vec<u8>>)>,
     pub docs: Vec<(DocId, DocMeta, Vec<SignedChange>)>,
     pub invites: Vec<(SpaceId, InviteRecord)>,
+    pub keys: Vec<(SpaceId, SpaceKey)>,
+    pub grants: Vec<(SpaceId, Grant)>,
+    /// Held envelopes without their bytes.
+    pub held: Vec<([u8; 32], u64, crate::proto::holder::Entry)>,
+}
+
+fn grant_key(space: &SpaceId, key: &KeyId, member: &PeerId) -> Vec<u8> {
+    let mut k = key2(&space.0, &key.0);
+    k.extend_from_slice(&member.to_bytes());
+    k
 }
 
 pub struct DocsDb {
@@ -106,7 +141,7 @@ fn id32(bytes: &[u8]) -> Result<[u8; 32], DbError> {
 impl DocsDb {
     pub fn open(db: Arc<agora_store::Db>) -> Result<Self, DbError> {
         let tx = db.redb().begin_write().map_err(e)?;
-        for t in [SPACES, OPS, DOCS, CHANGES, INVITES] {
+        for t in [SPACES, OPS, DOCS, CHANGES, INVITES, KEYS, GRANTS, HELD] {
             tx.open_table(t).map_err(e)?;
         }
         tx.commit().map_err(e)?;
@@ -151,6 +186,34 @@ impl DocsDb {
                     .insert(&space.0[..], &postcard::to_allocvec(inv).map_err(e)?[..])
                     .map_err(e)?;
             }
+            let mut keys = tx.open_table(KEYS).map_err(e)?;
+            for (space, k) in &b.keys {
+                keys.insert(
+                    &key2(&space.0, &k.id.0)[..],
+                    &postcard::to_allocvec(k).map_err(e)?[..],
+                )
+                .map_err(e)?;
+            }
+            let mut grants = tx.open_table(GRANTS).map_err(e)?;
+            for (space, g) in &b.grants {
+                grants
+                    .insert(
+                        &grant_key(space, &g.key, &g.member)[..],
+                        &postcard::to_allocvec(g).map_err(e)?[..],
+                    )
+                    .map_err(e)?;
+            }
+            let mut held = tx.open_table(HELD).map_err(e)?;
+            for (tag, seq, r) in &b.held {
+                held.insert(
+                    &key2(tag, &seq.to_be_bytes())[..],
+                    &postcard::to_allocvec(r).map_err(e)?[..],
+                )
+                .map_err(e)?;
+            }
+            for (tag, seq) in &b.drop_held {
+                held.remove(&key2(tag, &seq.to_be_bytes())[..]).map_err(e)?;
+            }
             for space in &b.drop_invites {
                 invites.remove(&space.0[..]).map_err(e)?;
             }
@@ -159,6 +222,14 @@ impl DocsDb {
                 let lo = key2(&space.0, &[0; 4]);
                 let hi = key2(&space.0, &[0xff; 4]);
                 ops.retain_in(&lo[..]..=&hi[..], |_, _| false).map_err(e)?;
+            }
+            for space in &b.drop_spaces {
+                for t in [&mut keys, &mut grants] {
+                    let lo = key2(&space.0, &[0; 16]);
+                    let mut hi = key2(&space.0, &[0xff; 16]);
+                    hi.extend_from_slice(&[0xff; 64]);
+                    t.retain_in(&lo[..]..=&hi[..], |_, _| false).map_err(e)?;
+                }
             }
             for doc in &b.drop_docs {
                 docs.remove(&doc.0[..]).map_err(e)?;
@@ -220,6 +291,60 @@ impl DocsDb {
             let inv: InviteRecord = postcard::from_bytes(v.value())
                 .map_err(|err| DbError(format!("invite to {id}: {err}")))?;
             out.invites.push((id, inv));
+        }
+        let keys = tx.open_table(KEYS).map_err(e)?;
+        for row in keys.iter().map_err(e)? {
+            let (k, v) = row.map_err(e)?;
+            let space = crate::OpId(id32(k.value())?);
+            let key: SpaceKey = postcard::from_bytes(v.value())
+                .map_err(|err| DbError(format!("a key of space {space}: {err}")))?;
+            out.keys.push((space, key));
+        }
+        let grants = tx.open_table(GRANTS).map_err(e)?;
+        for row in grants.iter().map_err(e)? {
+            let (k, v) = row.map_err(e)?;
+            let space = crate::OpId(id32(k.value())?);
+            let g: Grant = postcard::from_bytes(v.value())
+                .map_err(|err| DbError(format!("a key grant of space {space}: {err}")))?;
+            out.grants.push((space, g));
+        }
+        let held = tx.open_table(HELD).map_err(e)?;
+        for row in held.iter().map_err(e)? {
+            let (k, v) = row.map_err(e)?;
+            let tag = id32(k.value())?;
+            let seq = k
+                .value()
+                .get(32..40)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| DbError("a held envelope's key is not tag ‖ seq".into()))?;
+            let r: HeldRecord = postcard::from_bytes(v.value())
+                .map_err(|err| DbError(format!("a held envelope: {err}")))?;
+            out.held.push((
+                tag,
+                seq,
+                crate::proto::holder::Entry {
+                    id: *blake3::hash(&r.bytes).as_bytes(),
+                    size: r.bytes.len() as u64,
+                    sender: r.sender,
+                    at_ms: r.at_ms,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The bytes of held envelopes `seqs` of `tag` (missing ones skipped).
+    pub fn held(&self, tag: &[u8; 32], seqs: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, DbError> {
+        let tx = self.db.redb().begin_read().map_err(e)?;
+        let held = tx.open_table(HELD).map_err(e)?;
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(v) = held.get(&key2(tag, &seq.to_be_bytes())[..]).map_err(e)? {
+                let r: HeldRecord = postcard::from_bytes(v.value())
+                    .map_err(|err| DbError(format!("a held envelope: {err}")))?;
+                out.push((*seq, r.bytes));
+            }
         }
         Ok(out)
     }

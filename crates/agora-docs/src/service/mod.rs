@@ -12,6 +12,7 @@
 //! across an `.await`. Writes to the database happen after the lock is released and before the
 //! change is acknowledged (the API reply, the sync response).
 
+mod crypt;
 mod db;
 
 use std::{
@@ -31,6 +32,7 @@ use crate::proto::doc::{DocError, DocId, Document, Kind, TaskState, TaskUpdate};
 use crate::proto::membership::{Action, Applied, OpError, Role, SignedOp, Space, SpaceId};
 use crate::proto::sync::{Session, SyncMsg};
 use crate::wire::{self, Members, Request, Response};
+use crypt::Crypt;
 use db::{Batch, DocMeta, InviteRecord, SpaceMeta};
 pub use db::{DbError, DocsDb};
 
@@ -65,6 +67,19 @@ pub mod budget {
     pub const REFUSED_INVITE_RATE: &str = "docs.invite.peer_rate";
     pub const REFUSED_INVITES_FULL: &str = "docs.invite.full";
     pub const REFUSED_CHANGE: &str = "docs.change.refused";
+
+    /// Envelopes one peer may leave with this node as a holder: 10 a second, bursts of 100…
+    pub const HOLDS: Rate = Rate::new(10.0, 100.0);
+    /// …and their bytes: 2 MiB a second, bursts of 16 MiB. Stored bytes are bounded by
+    /// [`crate::proto::holder::Limits`] (per sender, per space, in all).
+    pub const HOLD_BYTES: Rate = Rate::new(2.0 * 1024.0 * 1024.0, 16.0 * 1024.0 * 1024.0);
+    /// Fetches one peer may make of a holder: 10 a second, bursts of 50.
+    pub const FETCHES: Rate = Rate::new(10.0, 50.0);
+
+    pub const REFUSED_HOLD_RATE: &str = "docs.hold.peer_rate";
+    pub const REFUSED_HOLD_BYTES: &str = "docs.hold.bytes";
+    pub const REFUSED_HOLD_FULL: &str = "docs.hold.full";
+    pub const REFUSED_FETCH_RATE: &str = "docs.fetch.peer_rate";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,12 +260,18 @@ pub struct DocsStats {
     pub sync_rounds: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Envelopes and bytes this node holds for others.
+    pub held_envelopes: usize,
+    pub held_bytes: u64,
+    /// Sealed envelopes taken from holders that no key of this node opens (yet).
+    pub unreadable: usize,
 }
 
 struct SpaceState {
     space: Space,
     joined: bool,
     docs: HashMap<DocId, DocState>,
+    crypt: Crypt,
 }
 
 struct DocState {
@@ -268,6 +289,8 @@ struct Inner {
     invites: HashMap<SpaceId, InviteRecord>,
     /// Invites signed here and not delivered yet: invitee → spaces.
     outbox: HashMap<PeerId, BTreeSet<SpaceId>>,
+    /// Envelopes this node holds for others.
+    holder: crate::proto::holder::Holder,
     stats: DocsStats,
 }
 
@@ -275,6 +298,7 @@ struct Inner {
 pub struct Docs {
     net: Handle,
     key: ed25519::Keypair,
+    identity: agora_chat::crypto::Identity,
     me: PeerId,
     db: Arc<DocsDb>,
     inner: Mutex<Inner>,
@@ -282,6 +306,9 @@ pub struct Docs {
     sync_rate: SharedRateLimiter<PeerId>,
     byte_rate: SharedRateLimiter<PeerId>,
     invite_rate: SharedRateLimiter<PeerId>,
+    hold_rate: SharedRateLimiter<PeerId>,
+    hold_bytes: SharedRateLimiter<PeerId>,
+    fetch_rate: SharedRateLimiter<PeerId>,
     /// Sessions running (initiator side): (peer, space) → another run is wanted after it.
     running: Mutex<HashMap<(PeerId, SpaceId), bool>>,
     stop: CancellationToken,
@@ -430,6 +457,7 @@ impl Docs {
                     space,
                     joined: meta.joined,
                     docs: HashMap::new(),
+                    crypt: Crypt::default(),
                 },
             );
         }
@@ -452,9 +480,24 @@ impl Docs {
             inner.doc_space.insert(id, meta.space);
         }
         inner.invites = loaded.invites.into_iter().collect();
+        for (space, key) in loaded.keys {
+            if let Some(s) = inner.spaces.get_mut(&space) {
+                s.crypt.keys.insert(key.id, key);
+            }
+        }
+        for (space, g) in loaded.grants {
+            if let Some(s) = inner.spaces.get_mut(&space) {
+                s.crypt.grants.insert((g.key, g.member), g);
+            }
+        }
+        inner.holder = crate::proto::holder::Holder::new(Default::default());
+        for (tag, seq, entry) in loaded.held {
+            inner.holder.restore(tag, seq, entry);
+        }
         let (events, _) = broadcast::channel(1024);
         let docs = Arc::new(Docs {
             net: net.clone(),
+            identity: agora_chat::crypto::Identity::from_ed25519(key.clone()),
             key,
             me,
             db: ddb,
@@ -463,6 +506,9 @@ impl Docs {
             sync_rate: SharedRateLimiter::new(budget::SYNC_REQUESTS, budget::MAX_RATE_PEERS),
             byte_rate: SharedRateLimiter::new(budget::CHANGE_BYTES, budget::MAX_RATE_PEERS),
             invite_rate: SharedRateLimiter::new(budget::INVITES, budget::MAX_RATE_PEERS),
+            hold_rate: SharedRateLimiter::new(budget::HOLDS, budget::MAX_RATE_PEERS),
+            hold_bytes: SharedRateLimiter::new(budget::HOLD_BYTES, budget::MAX_RATE_PEERS),
+            fetch_rate: SharedRateLimiter::new(budget::FETCHES, budget::MAX_RATE_PEERS),
             running: Mutex::new(HashMap::new()),
             stop,
         });
@@ -513,28 +559,51 @@ impl Docs {
             .map(|d| d.doc.len())
             .sum();
         s.invites = inner.invites.len();
+        s.held_envelopes = inner.holder.envelopes();
+        s.held_bytes = inner.holder.total_bytes();
+        s.unreadable = inner
+            .spaces
+            .values()
+            .map(|s| s.crypt.unreadable.len())
+            .sum();
         s
     }
 
     // ---- spaces ----
 
-    pub async fn create_space(&self, name: &str) -> Result<SpaceView, DocsError> {
+    pub async fn create_space(self: &Arc<Self>, name: &str) -> Result<SpaceView, DocsError> {
         let (space, create) = Space::create(name, &self.key, now_ms())?;
         let id = space.id();
         let mut batch = Batch::default();
         batch.spaces.push((id, SpaceMeta { joined: true }));
         batch.ops.push((id, 0, create.to_bytes()));
-        self.persist(batch).await?;
-        let mut inner = self.lock();
-        inner.spaces.insert(
-            id,
-            SpaceState {
-                space,
-                joined: true,
-                docs: HashMap::new(),
+        let mut state = SpaceState {
+            space,
+            joined: true,
+            docs: HashMap::new(),
+            crypt: Crypt::default(),
+        };
+        self.rotate(&mut state, &mut batch);
+        self.for_holders(
+            &mut state,
+            crate::proto::keys::Bundle {
+                ops: vec![create.to_bytes()],
+                docs: Vec::new(),
             },
         );
-        Ok(self.view(&inner, &id))
+        self.persist(batch).await?;
+        let view = {
+            let mut inner = self.lock();
+            inner.spaces.insert(id, state);
+            self.view(&inner, &id)
+        };
+        self.flush_soon(id);
+        Ok(view)
+    }
+
+    fn flush_soon(self: &Arc<Self>, id: SpaceId) {
+        let this = self.clone();
+        tokio::spawn(async move { this.flush(id).await });
     }
 
     fn view(&self, inner: &Inner, id: &SpaceId) -> SpaceView {
@@ -600,7 +669,7 @@ impl Docs {
 
     /// Signs a membership action as this node, applies and stores it, and pushes it to the
     /// connected members.
-    async fn act(&self, id: &SpaceId, action: Action) -> Result<SignedOp, DocsError> {
+    async fn act(self: &Arc<Self>, id: &SpaceId, action: Action) -> Result<SignedOp, DocsError> {
         let (op, seq, removed) = {
             let mut inner = self.lock();
             let s = match inner.spaces.get_mut(id) {
@@ -615,10 +684,15 @@ impl Docs {
                 )));
             }
             let removed = matches!(action, Action::Remove { .. } | Action::ChangeRole { .. });
+            let added = match &action {
+                Action::Add { member, .. } => Some(*member),
+                _ => None,
+            };
             let seq = s.space.len() as u32;
             let op = s.space.act(action, &self.key, now_ms())?;
-            (op, seq, removed)
+            (op, seq, (removed, added))
         };
+        let (removed, added) = removed;
         let mut batch = Batch::default();
         batch.ops.push((*id, seq, op.to_bytes()));
         if removed {
@@ -626,16 +700,39 @@ impl Docs {
             let mut inner = self.lock();
             let inner = &mut *inner;
             let s = inner.spaces.get_mut(id).expect("checked above");
+            let mut anchors = Vec::new();
             for (doc_id, d) in s.docs.iter_mut() {
                 d.doc.recheck(&s.space);
                 if d.doc.is_empty() {
                     continue;
                 }
                 if let Ok(c) = d.doc.anchor(&s.space, &self.key, now_ms() as i64) {
-                    batch.changes.push((*doc_id, d.seq, c));
+                    batch.changes.push((*doc_id, d.seq, c.clone()));
+                    anchors.push((*doc_id, vec![c]));
                     d.seq += 1;
                 }
             }
+            // A removal rotates the key: what is written from now on is sealed with a key the
+            // removed member never gets.
+            if s.space.removals().contains(&op.id()) {
+                self.rotate(s, &mut batch);
+            }
+            let ops = s.space.ops().map(|o| o.to_bytes()).collect();
+            self.for_holders(s, crate::proto::keys::Bundle { ops, docs: anchors });
+        } else {
+            let mut inner = self.lock();
+            let s = inner.spaces.get_mut(id).expect("checked above");
+            if let Some(member) = added {
+                self.grant_all(s, member, &mut batch);
+            }
+            let ops = s.space.ops().map(|o| o.to_bytes()).collect();
+            self.for_holders(
+                s,
+                crate::proto::keys::Bundle {
+                    ops,
+                    docs: Vec::new(),
+                },
+            );
         }
         self.persist(batch).await?;
         {
@@ -647,6 +744,7 @@ impl Docs {
                 });
             }
         }
+        self.flush_soon(*id);
         Ok(op)
     }
 
@@ -765,13 +863,17 @@ impl Docs {
                     space,
                     joined: true,
                     docs: HashMap::new(),
+                    crypt: Crypt::default(),
                 },
             );
             self.view(&inner, id)
         };
-        // Fetch the space from the inviter and whoever else is connected.
+        // Fetch the space from the inviter and whoever else is connected, and from holders.
         self.schedule(from, *id);
         self.sync_connected(*id).await;
+        let this = self.clone();
+        let space = *id;
+        tokio::spawn(async move { this.pull(space).await });
         Ok(view)
     }
 
@@ -888,8 +990,18 @@ impl Docs {
                 kind: Some(kind),
             },
         ));
-        batch.changes.push((doc_id, 0, change));
+        batch.changes.push((doc_id, 0, change.clone()));
         self.persist(batch).await?;
+        if let Some(s) = self.lock().spaces.get_mut(id) {
+            self.for_holders(
+                s,
+                crate::proto::keys::Bundle {
+                    ops: Vec::new(),
+                    docs: vec![(doc_id, vec![change])],
+                },
+            );
+        }
+        self.flush_soon(*id);
         self.emit(DocsEvent::DocChanged {
             space: id.to_string(),
             doc: doc_id.to_string(),
@@ -1084,8 +1196,18 @@ impl Docs {
         let changed = change.is_some();
         if let Some(c) = change {
             let mut batch = Batch::default();
-            batch.changes.push((*id, seq, c));
+            batch.changes.push((*id, seq, c.clone()));
             self.persist(batch).await?;
+            if let Some(s) = self.lock().spaces.get_mut(&space) {
+                self.for_holders(
+                    s,
+                    crate::proto::keys::Bundle {
+                        ops: Vec::new(),
+                        docs: vec![(*id, vec![c])],
+                    },
+                );
+            }
+            self.flush_soon(space);
             self.emit(DocsEvent::DocChanged {
                 space: space.to_string(),
                 doc: id.to_string(),
@@ -1223,6 +1345,16 @@ impl Docs {
                         Some(h) => s.space.ops_since(h).iter().map(|o| o.to_bytes()).collect(),
                         None => Vec::new(),
                     },
+                    grants: if round == 0 {
+                        s.crypt
+                            .grants
+                            .values()
+                            .take(wire::MAX_GRANTS)
+                            .cloned()
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                 };
                 let mut docs = Vec::new();
                 if round == 0 {
@@ -1270,6 +1402,7 @@ impl Docs {
                 let mut batch = Batch::default();
                 let mut events = Vec::new();
                 let changed_members = apply_ops(s, &members.ops, &mut batch);
+                self.take_grants(s, &members.grants, &mut batch);
                 let mut quiet = !changed_members || members.ops.is_empty();
                 for (id, msg) in docs {
                     let session = sessions.entry(id).or_default();
@@ -1321,6 +1454,19 @@ impl Docs {
         }
     }
 
+    /// Keys an admin owes, then what waits for holders, then what holders keep.
+    async fn holders_tick(self: &Arc<Self>, id: SpaceId) {
+        let mut batch = Batch::default();
+        if let Some(s) = self.lock().spaces.get_mut(&id) {
+            self.mend_keys(s, &mut batch);
+        }
+        if self.persist(batch).await.is_err() {
+            return;
+        }
+        self.flush(id).await;
+        self.pull(id).await;
+    }
+
     // ---- sync: responder ----
 
     async fn serve(self: Arc<Self>, mut rx: mpsc::Receiver<InboundRequest>) {
@@ -1355,6 +1501,11 @@ impl Docs {
                 self.take_invite(peer, ops).await?;
                 Ok(wire::encode(&Response::Invited))
             }
+            Request::Hold { tag, envelope } => {
+                self.hold(peer, tag, envelope).await?;
+                Ok(wire::encode(&Response::Held))
+            }
+            Request::Fetch { tag, since } => Ok(wire::encode(&self.fetch(peer, tag, since).await?)),
             Request::Sync {
                 space,
                 members,
@@ -1414,6 +1565,7 @@ impl Docs {
                 members: s.space.members().len(),
             });
         }
+        self.take_grants(s, &members.grants, &mut batch);
         if s.space.role(&peer).is_none() {
             refusals.refuse(budget::REFUSED_NOT_MEMBER);
             return Err(format!(
@@ -1476,6 +1628,16 @@ impl Docs {
                     .iter()
                     .map(|o| o.to_bytes())
                     .collect(),
+                grants: if all_docs {
+                    s.crypt
+                        .grants
+                        .values()
+                        .take(wire::MAX_GRANTS)
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             },
             docs: out,
         };
@@ -1545,7 +1707,9 @@ impl Docs {
                     let ids: Vec<SpaceId> = self.lock().spaces.iter().filter(|(_, s)| s.joined).map(|(id, _)| *id).collect();
                     for id in ids {
                         self.sync_connected(id).await;
+                        self.holders_tick(id).await;
                     }
+                    self.expire_held().await;
                     let waiting: Vec<PeerId> = self.lock().outbox.keys().copied().collect();
                     for p in waiting {
                         let this = self.clone();
