@@ -376,3 +376,36 @@ fn compressed_and_oversized_chunks_are_refused_before_parsing() {
     let got = a.receive(&w.space, vec![big]);
     assert!(matches!(got.refused[0].1, DocError::TooLarge { .. }));
 }
+
+#[test]
+fn a_document_at_its_memory_budget_takes_no_more_operations() {
+    let w = world();
+    let (mut a, _) = Document::create(&w.space, Kind::Note, "n", &w.owner, 10).unwrap();
+    let mut e = replica(&w, &mut a, &w.editor);
+    // Pretend both copies are a few operations short of the budget.
+    a.ops = MAX_DOC_OPS - 5;
+    e.ops = MAX_DOC_OPS - 5;
+    let before = a.text().unwrap();
+    assert!(matches!(
+        a.append_text(&w.space, &w.owner, 11, "more than five characters"),
+        Err(DocError::DocTooBig { .. })
+    ));
+    assert_eq!(a.text().unwrap(), before, "the refused edit was rolled back");
+    // A small edit still fits.
+    a.append_text(&w.space, &w.owner, 12, "ok").unwrap().unwrap();
+    // A peer's change that would cross the budget is refused, not applied.
+    e.ops = 0;
+    let big = e
+        .append_text(&w.space, &w.editor, 13, &"x".repeat(100))
+        .unwrap()
+        .unwrap();
+    let got = a.receive(&w.space, vec![big]);
+    assert!(got.applied.is_empty());
+    assert!(
+        got.refused
+            .iter()
+            .any(|(_, r)| matches!(r, DocError::DocTooBig { .. })),
+        "{got:?}"
+    );
+    assert_eq!(a.text().unwrap(), "ok");
+}
