@@ -281,6 +281,11 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         metrics,
         shutdown: shutdown.clone(),
     });
+    let notifier = tokio::spawn(tell_assignees(
+        node.docs.clone(),
+        chat.clone(),
+        shutdown.clone(),
+    ));
     let app = api::router(node.clone());
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -354,6 +359,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         ledger.shutdown().await;
     }
     let _ = saver.await;
+    let _ = notifier.await;
     match net.shutdown().await {
         Ok(peers) => save_peers(&db, peers).await,
         Err(e) => tracing::warn!("network did not stop cleanly: {e}"),
@@ -366,6 +372,46 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells the assignee of a task assigned on this node, by a direct message, when it is one of
+/// this node's contacts (Groove's and Notes' workflow: assigning notifies).
+async fn tell_assignees(
+    docs: Arc<agora_docs::service::Docs>,
+    chat: Arc<agora_chat::service::Chat>,
+    shutdown: CancellationToken,
+) {
+    use agora_docs::service::DocsEvent;
+    let mut events = docs.events();
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            e = events.recv() => e,
+        };
+        match event {
+            Ok(DocsEvent::TaskAssigned {
+                doc,
+                title,
+                assignee,
+                local: true,
+                ..
+            }) => {
+                let Ok(peer) = assignee.parse::<libp2p::PeerId>() else {
+                    continue;
+                };
+                if peer == docs.peer_id() || !chat.contacts().iter().any(|c| c.peer_id == assignee)
+                {
+                    continue;
+                }
+                let text = format!("assigned you a task: {title} (agora doc show {doc})");
+                if let Err(e) = chat.send(peer, text).await {
+                    tracing::debug!(%peer, "could not tell the assignee: {e}");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            _ => {}
+        }
+    }
 }
 
 async fn save_peers(db: &Arc<agora_store::Db>, peers: Vec<agora_net::KnownPeerAddrs>) {

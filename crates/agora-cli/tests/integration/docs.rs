@@ -478,6 +478,9 @@ fn tasks_assigned_to_a_member_show_in_its_list_and_its_done_reaches_the_owner() 
     assert_eq!(todo["kind"], "tasks", "{todo}");
     let doc = todo["doc"].as_str().unwrap().to_owned();
     invite_and_join(a, b, &space, "editor");
+    // b is one of a's contacts: assigning it a task also tells it by chat.
+    let o = a.cli(&["contacts", "add", &b.peer_id, "--name", "bob"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 
     let added = json(
         a,
@@ -494,6 +497,18 @@ fn tasks_assigned_to_a_member_show_in_its_list_and_its_done_reaches_the_owner() 
     );
     assert_eq!(added["doc"], doc.as_str(), "{added}");
     let report = added["task"].as_str().unwrap().to_owned();
+    wait_for("the chat message telling b of its task", WAIT, || {
+        let inbox = json(b, &["inbox", "--all"]);
+        inbox
+            .as_array()?
+            .iter()
+            .any(|m| {
+                m["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("assigned you a task: Write the report"))
+            })
+            .then_some(())
+    });
     let other = json(a, &["task", "add", &doc, "Book a room"])["task"]
         .as_str()
         .unwrap()

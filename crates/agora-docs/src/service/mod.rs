@@ -132,6 +132,9 @@ pub enum DocsEvent {
         title: String,
         assignee: String,
         by: String,
+        /// Assigned by an edit on this node (the node then tells the assignee by chat when it
+        /// is a contact).
+        local: bool,
     },
     ChangeRefused {
         space: String,
@@ -1258,7 +1261,8 @@ impl Docs {
                 task: t.task.clone(),
                 title: t.title.clone(),
                 assignee: a.clone(),
-                by: t.created_by.clone(),
+                by: self.me.to_string(),
+                local: true,
             });
         }
     }
@@ -1800,6 +1804,7 @@ fn record(
                 title: t.title.clone(),
                 assignee: a.clone(),
                 by: t.created_by.clone(),
+                local: false,
             });
         }
     }

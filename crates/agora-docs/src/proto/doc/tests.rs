@@ -390,9 +390,15 @@ fn a_document_at_its_memory_budget_takes_no_more_operations() {
         a.append_text(&w.space, &w.owner, 11, "more than five characters"),
         Err(DocError::DocTooBig { .. })
     ));
-    assert_eq!(a.text().unwrap(), before, "the refused edit was rolled back");
+    assert_eq!(
+        a.text().unwrap(),
+        before,
+        "the refused edit was rolled back"
+    );
     // A small edit still fits.
-    a.append_text(&w.space, &w.owner, 12, "ok").unwrap().unwrap();
+    a.append_text(&w.space, &w.owner, 12, "ok")
+        .unwrap()
+        .unwrap();
     // A peer's change that would cross the budget is refused, not applied.
     e.ops = 0;
     let big = e
