@@ -221,6 +221,14 @@ pub enum DocCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Attach a file to a document: the node shares it (pinned) and the document names it by
+    /// hash; members fetch it with `agora get HASH -o PATH`.
+    Attach {
+        doc: String,
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Post to a thread. TEXT `-` reads standard input.
     Post {
         doc: String,
@@ -512,6 +520,29 @@ pub fn doc(cmd: DocCmd) -> Result<()> {
             });
             output::print(client.json, &v, |v| {
                 format!("wrote {} ({} bytes)", out.display(), v["bytes"])
+            })
+        }
+        DocCmd::Attach { doc, file, client } => {
+            let path = crate::files::absolute(&file)?;
+            if !path.is_file() {
+                anyhow::bail!("{} is not a file", path.display());
+            }
+            let ep = Endpoint::resolve(&client)?;
+            let v: Value = ep
+                .post(
+                    &doc_path(&doc, "/attach"),
+                    &json!({ "path": path.display().to_string() }),
+                )
+                .map_err(|e| explain_write(&ep, &doc, e))?;
+            output::print(client.json, &v, |v| {
+                format!(
+                    "attached {} ({} bytes) to {}\nfetch it with: agora get {} -o {}",
+                    s(&v["name"]),
+                    v["size"],
+                    s(&v["doc"]),
+                    s(&v["hash"]),
+                    s(&v["name"])
+                )
             })
         }
         DocCmd::Post {
@@ -1145,6 +1176,18 @@ fn doc_details(v: &Value) -> String {
             }
         }
         _ => {}
+    }
+    let attachments = v["attachments"].as_array().cloned().unwrap_or_default();
+    if !attachments.is_empty() {
+        out.push_str("\n\nattachments (fetch with `agora get HASH -o PATH`):");
+        for a in &attachments {
+            out.push_str(&format!(
+                "\n  {}  {} bytes  {}",
+                s(&a["name"]),
+                a["size"],
+                s(&a["hash"])
+            ));
+        }
     }
     out
 }

@@ -74,6 +74,7 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/docs/{doc}/tasks/{task}", post(update_task))
         .route("/v1/docs/{doc}/posts", post(add_post))
         .route("/v1/docs/{doc}/fields", axum::routing::put(set_fields))
+        .route("/v1/docs/{doc}/attach", post(attach))
         .route("/v1/tasks", get(tasks))
         .layer(DefaultBodyLimit::max(MAX_DOC_BODY))
 }
@@ -489,4 +490,84 @@ struct TasksQuery {
 
 async fn tasks(State(node): State<Arc<Node>>, Query(q): Query<TasksQuery>) -> Json<Value> {
     Json(json!({ "tasks": node.docs.tasks(q.mine.unwrap_or(false)) }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachBody {
+    /// An absolute path on the node's machine.
+    path: String,
+}
+
+/// Shares the file (pinned, so it stays while the document names it) and attaches it.
+async fn attach(
+    State(node): State<Arc<Node>>,
+    Path(d): Path<String>,
+    b: Result<Json<AttachBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b = body(b)?;
+    let id = doc_id(&d)?;
+    // Fail before the file is hashed when the document is not here.
+    node.docs.doc(&id)?;
+    let path = std::path::PathBuf::from(&b.path);
+    if !path.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "{} is not an absolute path (the node resolves paths on its own machine)",
+            b.path
+        )));
+    }
+    if !path.is_file() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "path_not_found",
+            format!("{} is not a file", path.display()),
+        ));
+    }
+    let job = node.files.share(path, true, false);
+    // Hashing runs at GB/s; a bounded wait covers any file a quota allows.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+    let result = loop {
+        match job.view().state {
+            agora_files::JobState::Running => {}
+            agora_files::JobState::Done { result } => break result,
+            agora_files::JobState::Failed { error, .. } => {
+                return Err(ApiError::bad_request(format!(
+                    "cannot share the file: {error}"
+                )));
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "sharing the file took more than 10 minutes",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let (Some(hash), Some(size), Some(name)) = (
+        result["hash"].as_str(),
+        result["size"].as_u64(),
+        result["name"].as_str(),
+    ) else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "share_error",
+            format!("unexpected share result {result}"),
+        ));
+    };
+    let r = node
+        .docs
+        .edit(
+            &id,
+            Edit::Attach {
+                name: name.to_string(),
+                hash: hash.to_string(),
+                size,
+            },
+        )
+        .await?;
+    Ok(Json(
+        json!({ "doc": d, "name": name, "hash": hash, "size": size, "heads": r.heads }),
+    ))
 }

@@ -960,3 +960,40 @@ fn members_never_online_together_converge_through_holders_that_see_only_cipherte
         assert!(!dir_contains(&h.dir, b"Minutes"), "{}", h.dir.display());
     }
 }
+
+#[test]
+fn an_attachment_is_fetched_verified_by_another_member() {
+    let root = tempfile::tempdir().unwrap();
+    let net = mesh(root.path(), 2);
+    let (a, b) = (&net[0], &net[1]);
+    let (space, doc) = space_with_note(a, BASE);
+    invite_and_join(a, b, &space, "editor");
+    let file = root.path().join("plan.bin");
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &content).unwrap();
+    let attached = json(a, &["doc", "attach", &doc, file.to_str().unwrap()]);
+    assert_eq!(attached["name"], "plan.bin", "{attached}");
+    assert_eq!(attached["size"], 300_000, "{attached}");
+    let hash = attached["hash"].as_str().unwrap().to_owned();
+    assert_eq!(hash, blake3::hash(&content).to_hex().as_str());
+    // b sees the attachment in the document and fetches the file from a, verified.
+    let listed = wait_for("the attachment at b", SYNC, || {
+        let v = try_json(b, &["doc", "show", &doc]).ok()?;
+        v["attachments"]
+            .as_array()?
+            .iter()
+            .find(|x| x["hash"] == hash.as_str())
+            .cloned()
+    });
+    assert_eq!(listed["by"], a.peer_id.as_str(), "{listed}");
+    let out = root.path().join("fetched.bin");
+    let o = b.cli(&["get", &hash, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    // Attaching something that is not a file is a clear error and changes nothing.
+    let heads = heads(&json(a, &["doc", "show", &doc]));
+    let o = a.cli(&["doc", "attach", &doc, root.path().to_str().unwrap()]);
+    let err = fails(&o, 1, "attach a directory");
+    assert!(err.contains("not a file"), "{err}");
+    assert_eq!(heads, self::heads(&json(a, &["doc", "show", &doc])));
+}

@@ -196,6 +196,18 @@ pub struct Post {
     pub at: i64,
 }
 
+/// A file attached to a document: an agora-files blob, fetched by its hash from whoever has it
+/// (the member who attached it provides it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub name: String,
+    /// BLAKE3 of the file (hex): `agora get HASH -o PATH` fetches it, verified.
+    pub hash: String,
+    pub size: u64,
+    pub by: String,
+    pub at: i64,
+}
+
 /// One change in a document's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HistoryEntry {
@@ -339,6 +351,7 @@ impl Document {
             am.put(ROOT, "kind", kind.as_str())?;
             am.put(ROOT, "title", title)?;
             am.put(ROOT, "created", now_ms)?;
+            am.put_object(ROOT, "attachments", ObjType::List)?;
             match kind {
                 Kind::Note => am.put_object(ROOT, "text", ObjType::Text).map(drop),
                 Kind::Tasks => am.put_object(ROOT, "items", ObjType::List).map(drop),
@@ -958,6 +971,31 @@ impl Document {
         Ok(out)
     }
 
+    /// The files attached to the document, in the order attached.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        let Some(list) = self.obj("attachments") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for i in 0..self.am.length(&list) {
+            let Ok(Some((Value::Object(ObjType::Map), id))) = self.am.get(&list, i) else {
+                continue;
+            };
+            let (Some(name), Some(hash)) = (self.get_str(&id, "name"), self.get_str(&id, "hash"))
+            else {
+                continue;
+            };
+            out.push(Attachment {
+                name,
+                hash,
+                size: self.get_i64(&id, "size").unwrap_or(0).max(0) as u64,
+                by: self.get_str(&id, "by").unwrap_or_default(),
+                at: self.get_i64(&id, "at").unwrap_or(0),
+            });
+        }
+        out
+    }
+
     /// A form's fields as a JSON object.
     pub fn fields(&self) -> Result<serde_json::Value, DocError> {
         let obj = self.want(Kind::Form)?;
@@ -1217,6 +1255,37 @@ impl Document {
             Ok(())
         })?;
         Ok((id, change.expect("a post writes operations")))
+    }
+
+    /// Attaches a file (already shared as an agora-files blob) by name, hash and size.
+    pub fn attach(
+        &mut self,
+        space: &Space,
+        key: &ed25519::Keypair,
+        now_ms: i64,
+        name: &str,
+        hash: &str,
+        size: u64,
+    ) -> Result<Option<SignedChange>, DocError> {
+        check_title(name)?;
+        let me = libp2p_identity::PublicKey::from(key.public()).to_peer_id();
+        let list = self.obj("attachments");
+        self.edit(space, key, now_ms, &format!("attach {name}"), |am| {
+            let list = match list {
+                Some(l) => l,
+                None => am
+                    .put_object(ROOT, "attachments", ObjType::List)
+                    .map_err(corrupt)?,
+            };
+            let n = am.length(&list);
+            let m = am.insert_object(&list, n, ObjType::Map).map_err(corrupt)?;
+            am.put(&m, "name", name).map_err(corrupt)?;
+            am.put(&m, "hash", hash).map_err(corrupt)?;
+            am.put(&m, "size", size as i64).map_err(corrupt)?;
+            am.put(&m, "by", me.to_string()).map_err(corrupt)?;
+            am.put(&m, "at", now_ms).map_err(corrupt)?;
+            Ok(())
+        })
     }
 
     /// Sets a form's fields to `value` (a JSON object): keys not in it are deleted, changed keys

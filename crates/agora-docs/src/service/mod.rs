@@ -207,6 +207,7 @@ pub struct DocView {
     pub posts: Option<Vec<crate::proto::doc::Post>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<serde_json::Value>,
+    pub attachments: Vec<crate::proto::doc::Attachment>,
 }
 
 /// A task with where it lives (`agora task list`).
@@ -238,6 +239,12 @@ pub enum Edit {
         reply_to: Option<String>,
     },
     SetFields(serde_json::Value),
+    /// A file already shared as a blob.
+    Attach {
+        name: String,
+        hash: String,
+        size: u64,
+    },
 }
 
 /// What an edit did.
@@ -1067,6 +1074,7 @@ impl Docs {
                 fields: (kind == Some(Kind::Form))
                     .then(|| d.fields().ok())
                     .flatten(),
+                attachments: d.attachments(),
             })
         })
     }
@@ -1115,6 +1123,15 @@ impl Docs {
                 p.author,
                 p.text.replace('\n', " ")
             ));
+        }
+        if !v.attachments.is_empty() {
+            out.push_str("\nAttachments:\n");
+            for a in &v.attachments {
+                out.push_str(&format!(
+                    "- {} ({} bytes, blake3 {})\n",
+                    a.name, a.size, a.hash
+                ));
+            }
         }
         if let Some(serde_json::Value::Object(m)) = &v.fields {
             out.push_str("| field | value |\n|---|---|\n");
@@ -1182,6 +1199,9 @@ impl Docs {
                     (Some(c), Some(pid))
                 }
                 Edit::SetFields(v) => (d.doc.set_fields(space, key, now, v)?, None),
+                Edit::Attach { name, hash, size } => {
+                    (d.doc.attach(space, key, now, name, hash, *size)?, None)
+                }
             };
             let seq = d.seq;
             if change.is_some() {

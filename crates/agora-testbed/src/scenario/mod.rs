@@ -63,7 +63,7 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "partition",
-        about: "two LANs in one room split silently by their router: each half keeps messaging and posting, a message across waits, and after the heal presence, the held message and new posts cross again",
+        about: "two LANs in one room split silently by their router: each half keeps messaging and posting, a message across waits, and after the heal presence, the held message and new posts cross again; 3 members of a shared note per side edit during the split and all 6 converge after the heal",
         run: partition::run,
     },
 ];

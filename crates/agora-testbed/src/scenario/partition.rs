@@ -9,6 +9,16 @@
 //! neither side has the quorum of three, so no block is finalized anywhere (safety over
 //! liveness, as BFT promises); after the heal finality resumes and a payment is final on all
 //! eight nodes with the same balances.
+//!
+//! And groupware: before the split a0 creates a space and a note and invites five editors,
+//! a1 and a3 on its side and b0, b1 and b2 on the other; each waits for its invite and joins,
+//! and all six must hold the same note and see six members. During the split each of the six
+//! appends its own line; the three on each side must converge among themselves (identical text
+//! and heads, their side's three lines and none of the other side's). After the heal all six
+//! must hold identical text and heads with all six lines. The members are chosen so that the
+//! heal checks' explicit `connect`s (a3–b3, b0–a2) join no two members: the note crosses on
+//! connections the nodes make themselves. It is checked last, so its time after the heal is an
+//! upper bound.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +33,12 @@ use crate::{
 
 const PER_SIDE: usize = 4;
 const WAIT: Duration = Duration::from_secs(90);
+/// The members of the groupware space on each side (indices into that side's nodes); the
+/// first on side a creates it. Neither a2 nor b3 is one: see the module docs.
+const MEMBERS_A: [usize; 3] = [0, 1, 3];
+const MEMBERS_B: [usize; 3] = [0, 1, 2];
+/// The note's first line, written by its creator before the split.
+const FIRST_LINE: &str = "written before the split";
 
 fn status(tb: &Testbed, ctx: &Ctx, of: &Node, peer: &str) -> Option<String> {
     let who = of.cli(tb, &ctx.agora, &["who"]).ok()?;
@@ -57,6 +73,117 @@ fn ledger_height(tb: &Testbed, ctx: &Ctx, n: &Node) -> Option<u64> {
 
 fn check(ok: Option<()>, what: &str) -> Result<()> {
     ok.with_context(|| format!("{what} did not happen within {WAIT:?}"))
+}
+
+/// The note `doc` as `n` has it: its text and its heads, sorted.
+fn note(tb: &Testbed, ctx: &Ctx, n: &Node, doc: &str) -> Option<(String, Vec<String>)> {
+    let v = n.cli(tb, &ctx.agora, &["doc", "show", doc]).ok()?;
+    let mut heads: Vec<String> = v["heads"]
+        .as_array()?
+        .iter()
+        .map(|h| h.as_str().map(str::to_owned))
+        .collect::<Option<_>>()?;
+    heads.sort();
+    Some((v["text"].as_str()?.to_owned(), heads))
+}
+
+/// The line `n` appends to the note during the split.
+fn split_line(n: &Node) -> String {
+    format!("line from {} during the split", n.name)
+}
+
+/// Waits until every node of `group` holds the same text and heads for `doc` and `ok` holds
+/// for that text; returns them, or an error showing what each node had last.
+fn converge(
+    tb: &Testbed,
+    ctx: &Ctx,
+    group: &[&Node],
+    doc: &str,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) -> Result<(String, Vec<String>)> {
+    let mut last = Vec::new();
+    wait_for(WAIT, || {
+        last = group.iter().map(|n| note(tb, ctx, n, doc)).collect();
+        let first = last.first()?.clone()?;
+        (last.iter().all(|x| x.as_ref() == Some(&first)) && ok(&first.0)).then_some(first)
+    })
+    .with_context(|| {
+        let had: Vec<String> = group
+            .iter()
+            .zip(&last)
+            .map(|(n, x)| format!("{}: {x:?}", n.name))
+            .collect();
+        format!(
+            "{what} did not happen within {WAIT:?}; last seen:\n{}",
+            had.join("\n")
+        )
+    })
+}
+
+/// Whether `text` has `line` as one of its lines.
+fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+/// Before the split: `members[0]` creates a space and a note and invites the others as
+/// editors; each waits for its invite and joins; all must hold the same note and see every
+/// member. Returns the note.
+fn groupware_setup(tb: &Testbed, ctx: &Ctx, members: &[&Node]) -> Result<String> {
+    let owner = members[0];
+    let space = owner.cli(tb, &ctx.agora, &["space", "create", "partition"])?["space"]
+        .as_str()
+        .context("space create printed no space")?
+        .to_owned();
+    let doc = owner.cli(tb, &ctx.agora, &["doc", "new", &space, "Notes"])?["doc"]
+        .as_str()
+        .context("doc new printed no doc")?
+        .to_owned();
+    owner.cli(tb, &ctx.agora, &["doc", "append", &doc, FIRST_LINE])?;
+    for m in &members[1..] {
+        owner.cli(
+            tb,
+            &ctx.agora,
+            &["space", "invite", &space, &m.peer_id, "--role", "editor"],
+        )?;
+    }
+    for m in &members[1..] {
+        check(
+            wait_for(WAIT, || {
+                let v = m
+                    .cli(tb, &ctx.agora, &["space", "list", "--invites"])
+                    .ok()?;
+                v["invites"]
+                    .as_array()?
+                    .iter()
+                    .any(|i| i["space"] == space.as_str())
+                    .then_some(())
+            }),
+            &format!("the invite reaching {}", m.name),
+        )?;
+        let joined = m.cli(tb, &ctx.agora, &["space", "join", &space])?;
+        if joined["role"] != "editor" {
+            bail!("{} joined the space not as an editor: {joined}", m.name);
+        }
+    }
+    converge(
+        tb,
+        ctx,
+        members,
+        &doc,
+        "all members holding the note",
+        |t| has_line(t, FIRST_LINE),
+    )?;
+    for m in members {
+        check(
+            wait_for(WAIT, || {
+                let v = m.cli(tb, &ctx.agora, &["space", "show", &space]).ok()?;
+                (v["members"].as_array()?.len() == members.len()).then_some(())
+            }),
+            &format!("{} seeing all {} members", m.name, members.len()),
+        )?;
+    }
+    Ok(doc)
 }
 
 pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
@@ -148,6 +275,10 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         }),
         "a post crossing before the partition",
     )?;
+    let members_a: Vec<&Node> = MEMBERS_A.iter().map(|&i| &a[i]).collect();
+    let members_b: Vec<&Node> = MEMBERS_B.iter().map(|&i| &b[i]).collect();
+    let members: Vec<&Node> = members_a.iter().chain(&members_b).copied().collect();
+    let doc = groupware_setup(tb, ctx, &members)?;
     let before = a[3].cli(tb, &ctx.agora, &["pay", &account_of("b3"), "100"])?;
     let before_hash = before["hash"].as_str().unwrap_or_default().to_owned();
     check(
@@ -193,6 +324,28 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
             wait_for(WAIT, || has_post(tb, ctx, &half[0], &post).then_some(())),
             &format!("a room post within half {side} during the partition"),
         )?;
+    }
+    // Each member appends its own line to the note; each side converges on its own lines.
+    for m in &members {
+        m.cli(tb, &ctx.agora, &["doc", "append", &doc, &split_line(m)])?;
+    }
+    let appended = Instant::now();
+    let mut side_ms = serde_json::Map::new();
+    for (side, mine, theirs) in [("a", &members_a, &members_b), ("b", &members_b, &members_a)] {
+        converge(
+            tb,
+            ctx,
+            mine,
+            &doc,
+            &format!("the note converging within half {side} during the partition"),
+            |t| {
+                has_line(t, FIRST_LINE)
+                    && mine.iter().all(|m| has_line(t, &split_line(m)))
+                    // Not even as part of a line.
+                    && !theirs.iter().any(|m| t.contains(&split_line(m)))
+            },
+        )?;
+        side_ms.insert(side.into(), json!(appended.elapsed().as_millis()));
     }
     // Across: kept for later.
     let across = a[2].cli_any(tb, &ctx.agora, &["send", &b[2].peer_id, "across the split"])?;
@@ -272,6 +425,16 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
         "posts made during the partition reaching the other half",
     )?;
     let backfill_ms = healed.elapsed().as_millis();
+    // The note: all six members identical, with every line from both sides.
+    let (_, heads) = converge(
+        tb,
+        ctx,
+        &members,
+        &doc,
+        "the note converging on all six members after the heal",
+        |t| has_line(t, FIRST_LINE) && members.iter().all(|m| has_line(t, &split_line(m))),
+    )?;
+    let note_ms = healed.elapsed().as_millis();
     Ok(json!({
         "nodes": nodes.len(),
         "offline_detected_after_ms": detect_ms,
@@ -282,6 +445,12 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
             "room_posts_cross": gossip_ms,
         },
         "posts_made_during_partition_filled_in_ms": backfill_ms,
+        "groupware": {
+            "members": members.len(),
+            "note_converged_within_each_half_ms": side_ms,
+            "note_converged_after_heal_ms": note_ms,
+            "heads_after_heal": heads.len(),
+        },
         "ledger": {
             "validators": 4,
             "heights_frozen_during_partition": frozen,
