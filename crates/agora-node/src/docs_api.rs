@@ -36,6 +36,9 @@ impl From<DocsError> for ApiError {
             DocsError::Doc(D::NoTask(_)) => (StatusCode::NOT_FOUND, "no_such_task"),
             DocsError::Doc(D::NoPost(_)) => (StatusCode::NOT_FOUND, "no_such_post"),
             DocsError::Doc(D::DocTooBig { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "doc_too_big"),
+            DocsError::Doc(D::TooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "change_too_large")
+            }
             DocsError::Doc(_) => (StatusCode::BAD_REQUEST, "bad_edit"),
             DocsError::Op(_) => (StatusCode::BAD_REQUEST, "bad_membership_change"),
             DocsError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),

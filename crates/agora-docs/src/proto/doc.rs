@@ -55,6 +55,8 @@ pub const MAX_DOC_OPS: u64 = 4_000_000;
 pub const MAX_PENDING: usize = 4096;
 /// Longest title, in bytes.
 pub const MAX_TITLE_BYTES: usize = 256;
+/// Time a text diff may take before it settles for a coarser one.
+pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(200);
 
 const ID_TAG: &[u8] = b"agora-docs/doc/1\0";
 const SIGN_TAG: &[u8] = b"agora-docs/change/1\0";
@@ -826,6 +828,29 @@ impl Document {
         ) else {
             return Ok(None);
         };
+        // Peers refuse a change over MAX_CHANGE_BYTES; one that big is undone here (the
+        // document is rebuilt without it, which only such an edit pays for).
+        let size = self
+            .am
+            .get_change_by_hash(&hash)
+            .map(|c| c.raw_bytes().len())
+            .unwrap_or(0);
+        if size > MAX_CHANGE_BYTES {
+            let keep: Vec<Change> = self
+                .am
+                .get_changes(&[])
+                .into_iter()
+                .filter(|c| c.hash() != hash)
+                .collect();
+            let mut am = AutoCommit::new().with_actor(self.am.get_actor().clone());
+            am.apply_changes(keep)
+                .map_err(|e| DocError::Corrupt(e.to_string()))?;
+            self.am = am;
+            return Err(DocError::TooLarge {
+                size,
+                max: MAX_CHANGE_BYTES,
+            });
+        }
         Ok(Some(self.sign_last(key, hash)))
     }
 
@@ -1060,7 +1085,10 @@ impl Document {
     // ---- editing ----
 
     /// Replaces a note's text, applied as a character diff so that concurrent edits elsewhere in
-    /// the text still merge.
+    /// the text still merge. The diff (Myers, over code points, as automerge's positions are)
+    /// has a deadline of [`DIFF_DEADLINE`]: automerge's own `update_text` has none and takes
+    /// quadratic time on a large insertion; past the deadline the diff is coarser (larger
+    /// replaced spans), never wrong.
     pub fn set_text(
         &mut self,
         space: &Space,
@@ -1069,9 +1097,39 @@ impl Document {
         text: &str,
     ) -> Result<Option<SignedChange>, DocError> {
         let obj = self.want(Kind::Note)?;
+        let old: Vec<char> = self.text()?.chars().collect();
+        let new: Vec<char> = text.chars().collect();
+        let ops = similar::capture_diff_slices_deadline(
+            similar::Algorithm::Myers,
+            &old,
+            &new,
+            Some(std::time::Instant::now() + DIFF_DEADLINE),
+        );
         self.edit(space, key, now_ms, "write", |am| {
-            am.update_text(&obj, text)
-                .map_err(|e| DocError::Corrupt(e.to_string()))
+            let mut at = 0usize;
+            for op in ops {
+                let (del, ins) = match op {
+                    similar::DiffOp::Equal { len, .. } => {
+                        at += len;
+                        continue;
+                    }
+                    similar::DiffOp::Delete { old_len, .. } => (old_len, 0..0),
+                    similar::DiffOp::Insert {
+                        new_index, new_len, ..
+                    } => (0, new_index..new_index + new_len),
+                    similar::DiffOp::Replace {
+                        old_len,
+                        new_index,
+                        new_len,
+                        ..
+                    } => (old_len, new_index..new_index + new_len),
+                };
+                let inserted: String = new[ins.clone()].iter().collect();
+                am.splice_text(&obj, at, del as isize, &inserted)
+                    .map_err(corrupt)?;
+                at += ins.len();
+            }
+            Ok(())
         })
     }
 

@@ -37,6 +37,7 @@ use super::membership::{OpId, Space, SpaceId, public_key};
 
 const GRANT_INFO: &[u8] = b"agora-docs/key-grant/1";
 const KEY_SIGN_TAG: &[u8] = b"agora-docs/space-key/1\0";
+const GRANT_SIGN_TAG: &[u8] = b"agora-docs/key-grant/1\0";
 const BUNDLE_TAG: &[u8] = b"agora-docs/bundle/1\0";
 const HOLDER_TAG: &[u8] = b"agora-docs/holder/1\0";
 
@@ -97,13 +98,45 @@ impl SpaceKey {
     }
 }
 
-/// A key sealed to one member, as members exchange it (the recipient named).
+/// A key sealed to one member, as members exchange it (the recipient named), signed by the
+/// admin who granted it so that every member can check a grant it cannot open before keeping
+/// and forwarding it (a member cannot plant junk in another's place).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub key: KeyId,
     pub member: PeerId,
     pub enc: [u8; 32],
     pub ct: Vec<u8>,
+    pub by: PeerId,
+    pub sig: Vec<u8>,
+}
+
+fn grant_message(
+    space: &SpaceId,
+    key: &KeyId,
+    member: &PeerId,
+    enc: &[u8; 32],
+    ct: &[u8],
+) -> Vec<u8> {
+    let mut m = GRANT_SIGN_TAG.to_vec();
+    m.extend_from_slice(&space.0);
+    m.extend_from_slice(&key.0);
+    m.extend_from_slice(&member.to_bytes());
+    m.extend_from_slice(enc);
+    m.extend_from_slice(blake3::hash(ct).as_bytes());
+    m
+}
+
+impl Grant {
+    /// Whether the grant's signature verifies (who signed it is for the caller to judge).
+    pub fn verify(&self, space: &SpaceId) -> bool {
+        public_key(&self.by).is_ok_and(|pk| {
+            pk.verify(
+                &grant_message(space, &self.key, &self.member, &self.enc, &self.ct),
+                &self.sig,
+            )
+        })
+    }
 }
 
 fn key_message(space: &SpaceId, key: &SpaceKey) -> Vec<u8> {
@@ -117,16 +150,24 @@ fn key_message(space: &SpaceId, key: &SpaceKey) -> Vec<u8> {
     m
 }
 
-/// Seals `key` to `member` (anyone holding a key may grant it on: the key carries its maker's
-/// signature).
-pub fn grant(space: &SpaceId, key: &SpaceKey, member: PeerId) -> Option<Grant> {
+/// Seals `key` to `member`, signed by `granter` (any admin holding the key may grant it on:
+/// the key carries its maker's signature).
+pub fn grant(
+    space: &SpaceId,
+    key: &SpaceKey,
+    member: PeerId,
+    granter: &ed25519::Keypair,
+) -> Option<Grant> {
     let body = postcard::to_allocvec(key).ok()?;
     let (enc, ct) = seal(&member, GRANT_INFO, &space.0, &body, &mut rand::rng()).ok()?;
+    let sig = granter.sign(&grant_message(space, &key.id, &member, &enc, &ct));
     Some(Grant {
         key: key.id,
         member,
         enc,
         ct,
+        by: libp2p_identity::PublicKey::from(granter.public()).to_peer_id(),
+        sig,
     })
 }
 
@@ -274,7 +315,7 @@ mod tests {
         let (space, _) = Space::create("s", &owner, 1).unwrap();
         let key = SpaceKey::new(&space, &owner);
         assert_eq!(key.by, owner_id);
-        let g = grant(&space.id(), &key, bob.peer_id()).unwrap();
+        let g = grant(&space.id(), &key, bob.peer_id(), &owner).unwrap();
         assert_eq!(
             open_grant(&bob, &space.id(), &g.enc, &g.ct),
             Some(key.clone())
@@ -284,7 +325,11 @@ mod tests {
         // A key of eve's own passed off as the owner's: refused.
         let mut forged = SpaceKey::new(&space, &ed(3));
         forged.by = owner_id;
-        let g = grant(&space.id(), &forged, bob.peer_id()).unwrap();
+        let g = grant(&space.id(), &forged, bob.peer_id(), &ed(3)).unwrap();
+        assert!(g.verify(&space.id()));
+        let mut tampered = g.clone();
+        tampered.member = eve.peer_id();
+        assert!(!tampered.verify(&space.id()));
         assert_eq!(open_grant(&bob, &space.id(), &g.enc, &g.ct), None);
     }
 

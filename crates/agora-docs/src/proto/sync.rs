@@ -22,7 +22,7 @@ use automerge::ChangeHash;
 use automerge::sync::BloomFilter;
 use serde::{Deserialize, Serialize};
 
-use super::doc::{Document, Received, SignedChange};
+use super::doc::{Document, MAX_CHANGE_BYTES, Received, SignedChange};
 use super::membership::Space;
 
 /// Bytes of changes one message carries at most; the rest follows in later rounds.
@@ -60,6 +60,17 @@ impl SyncMsg {
             .is_some_and(|b| b.len() > MAX_BLOOM_BYTES)
         {
             return Err(format!("Bloom filter over {MAX_BLOOM_BYTES} bytes"));
+        }
+        if let Some(c) = self
+            .changes
+            .iter()
+            .find(|c| c.bytes.len() > MAX_CHANGE_BYTES || c.sig.len() != 64)
+        {
+            return Err(format!(
+                "a change of {} bytes (at most {MAX_CHANGE_BYTES}) or a signature of {} bytes",
+                c.bytes.len(),
+                c.sig.len()
+            ));
         }
         Ok(())
     }

@@ -66,7 +66,7 @@ impl Docs {
         if s.crypt.grants.contains_key(&(key.id, member)) {
             return;
         }
-        if let Some(g) = keys::grant(&s.space.id(), key, member) {
+        if let Some(g) = keys::grant(&s.space.id(), key, member, &self.key) {
             batch.grants.push((s.space.id(), g.clone()));
             s.crypt.grants.insert((key.id, member), g.clone());
             s.crypt.grant_outbox.push(g);
@@ -107,7 +107,11 @@ impl Docs {
         let mut new_key = false;
         let space = s.space.id();
         for g in grants {
-            if s.crypt.grants.contains_key(&(g.key, g.member)) || s.space.role(&g.member).is_none()
+            // Only an admin's signed grant to a member is kept or forwarded.
+            if s.crypt.grants.contains_key(&(g.key, g.member))
+                || s.space.role(&g.member).is_none()
+                || !s.space.is_admin(&g.by)
+                || !g.verify(&space)
             {
                 continue;
             }
@@ -274,9 +278,10 @@ impl Docs {
                         }
                     }
                     inner.spaces.insert(space, s);
-                }
-                if self.persist(batch).await.is_err() {
-                    return;
+                    // Stored before the lock is released, as in a sync.
+                    if self.store_now(&batch).is_err() {
+                        return;
+                    }
                 }
                 self.after_receive(events);
                 if !more {
@@ -303,14 +308,11 @@ impl Docs {
                 if let Some(k) = open_grant(&self.identity, &space, &enc, &ct)
                     && !s.crypt.keys.contains_key(&k.id)
                 {
-                    let g = Grant {
-                        key: k.id,
-                        member: self.me,
-                        enc,
-                        ct,
-                    };
-                    s.crypt.grants.insert((k.id, self.me), g.clone());
-                    batch.grants.push((space, g));
+                    // Re-granted to ourselves, signed by us, so it can be forwarded like any.
+                    if let Some(g) = keys::grant(&space, &k, self.me, &self.key) {
+                        s.crypt.grants.insert((k.id, self.me), g.clone());
+                        batch.grants.push((space, g));
+                    }
                     batch.keys.push((space, k.clone()));
                     s.crypt.keys.insert(k.id, k);
                     // Retry what was waiting for a key.

@@ -546,6 +546,16 @@ impl Docs {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Writes a batch now, on this thread: for paths that must store before they release the
+    /// lock (a few milliseconds of fsync, paid only when something arrived).
+    fn store_now(&self, batch: &Batch) -> Result<(), DocsError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
     async fn persist(&self, batch: Batch) -> Result<(), DocsError> {
         if batch.is_empty() {
             return Ok(());
@@ -1414,7 +1424,7 @@ impl Docs {
                 return Err("unexpected response".into());
             };
             their_member_heads = Some(members.heads.clone());
-            let (batch, quiet, events) = {
+            let batch = {
                 let mut guard = self.lock();
                 let inner = &mut *guard;
                 inner.stats.sync_rounds += 1;
@@ -1455,14 +1465,17 @@ impl Docs {
                 for id in s.docs.keys() {
                     inner.doc_space.insert(*id, space);
                 }
-                (batch, quiet, events)
+                // Stored before the lock is released: what this node shows, it has stored
+                // (a kill -9 right after `doc show` loses nothing).
+                self.store_now(&batch).map_err(|e| e.to_string())?;
+                (quiet, events)
             };
+            let (quiet, events) = batch;
             for r in &events {
                 if let DocsEvent::ChangeRefused { .. } = r {
                     self.net.admission().refuse(budget::REFUSED_CHANGE);
                 }
             }
-            self.persist(batch).await.map_err(|e| e.to_string())?;
             self.after_receive(events);
             if quiet && next.is_empty() {
                 return Ok(());
@@ -1582,7 +1595,23 @@ impl Docs {
         let mut batch = Batch::default();
         let mut events = Vec::new();
         // Operations are self-authenticating (signed by admins of the space); they may be what
-        // makes the requester a member.
+        // makes the requester a member. They are tried on a copy first: a refused request
+        // changes nothing (what is applied is also stored before the answer).
+        if s.space.role(&peer).is_none() {
+            let mut trial = s.space.clone();
+            for bytes in &members.ops {
+                if let Ok(op) = SignedOp::from_bytes(bytes) {
+                    let _ = trial.apply(op);
+                }
+            }
+            if trial.role(&peer).is_none() {
+                refusals.refuse(budget::REFUSED_NOT_MEMBER);
+                return Err(format!(
+                    "{}: {peer} is not a member of this space",
+                    budget::REFUSED_NOT_MEMBER
+                ));
+            }
+        }
         if apply_ops(s, &members.ops, &mut batch) {
             events.push(DocsEvent::MembersChanged {
                 space: space.to_string(),
@@ -1590,13 +1619,6 @@ impl Docs {
             });
         }
         self.take_grants(s, &members.grants, &mut batch);
-        if s.space.role(&peer).is_none() {
-            refusals.refuse(budget::REFUSED_NOT_MEMBER);
-            return Err(format!(
-                "{}: {peer} is not a member of this space",
-                budget::REFUSED_NOT_MEMBER
-            ));
-        }
         let mut out = Vec::new();
         let mut budget_left = wire::MAX_RESPONSE_CHANGE_BYTES;
         let mut named = HashSet::new();

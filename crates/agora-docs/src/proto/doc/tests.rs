@@ -415,3 +415,22 @@ fn a_document_at_its_memory_budget_takes_no_more_operations() {
     );
     assert_eq!(a.text().unwrap(), "ok");
 }
+
+#[test]
+fn an_edit_larger_than_a_change_may_be_is_undone_with_a_clear_error() {
+    let w = world();
+    let (mut a, _) = Document::create(&w.space, Kind::Note, "n", &w.owner, 10).unwrap();
+    a.set_text(&w.space, &w.owner, 11, "small").unwrap();
+    let heads = a.heads();
+    let huge = "y".repeat(MAX_CHANGE_BYTES + 1000);
+    assert!(matches!(
+        a.set_text(&w.space, &w.owner, 12, &huge),
+        Err(DocError::TooLarge { .. })
+    ));
+    assert_eq!(a.text().unwrap(), "small");
+    assert_eq!(a.heads(), heads);
+    // The document still takes edits afterwards, and a replica agrees.
+    a.append_text(&w.space, &w.owner, 13, " more").unwrap();
+    let r = replica(&w, &mut a, &w.editor);
+    assert_eq!(r.text().unwrap(), "small more");
+}
