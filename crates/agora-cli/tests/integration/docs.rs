@@ -997,3 +997,47 @@ fn an_attachment_is_fetched_verified_by_another_member() {
     assert!(err.contains("not a file"), "{err}");
     assert_eq!(heads, self::heads(&json(a, &["doc", "show", &doc])));
 }
+
+#[test]
+fn a_member_killed_mid_sync_restarts_with_a_consistent_note_and_completes_it() {
+    let root = tempfile::tempdir().unwrap();
+    let mut net = mesh(root.path(), 2);
+    let (space, doc) = space_with_note(&net[0], BASE);
+    invite_and_join(&net[0], &net[1], &space, "editor");
+    wait_text(&net[1], &doc, BASE);
+    assert!(net[1].terminate().success());
+    // While b is away, a appends 8 chunks of 60 kB, one change each.
+    const CHUNKS: usize = 8;
+    let chunk = |i: usize| format!("{i:04}{}\n", "z".repeat(60_000));
+    for i in 0..CHUNKS {
+        let out = with_stdin(&net[0], &["doc", "append", &doc, "-"], chunk(i).as_bytes());
+        assert!(out.status.success(), "append {i}: {}", stderr(&out));
+    }
+    let full: String = std::iter::once(BASE.to_owned())
+        .chain((0..CHUNKS).map(chunk))
+        .collect();
+    // b comes back, and is killed as soon as the first changes have arrived.
+    let b_dir = net[1].dir.clone();
+    net[1] = Node::start(&b_dir, &[]);
+    connect(&net[1], &net[0]);
+    wait_for("b to receive the first changes", SYNC, || {
+        (metric(&net[1], "agora_docs_changes_received_total") > 0).then_some(())
+    });
+    net[1].kill9();
+    // Restarted alone, b holds a note that is one of the states a went through: the base
+    // and a prefix of the chunks, nothing torn.
+    net[1] = Node::start(&b_dir, &[]);
+    let (text, _) = note(&net[1], &doc).expect("b keeps the note across kill -9");
+    let k = (0..=CHUNKS)
+        .find(|&k| {
+            let prefix: String = std::iter::once(BASE.to_owned())
+                .chain((0..k).map(chunk))
+                .collect();
+            prefix == text
+        })
+        .unwrap_or_else(|| panic!("b's note is not a state a had: {} bytes", text.len()));
+    eprintln!("b had {k} of {CHUNKS} chunks when it was killed");
+    // Back with a, b completes the sync.
+    connect(&net[1], &net[0]);
+    wait_text(&net[1], &doc, &full);
+}
