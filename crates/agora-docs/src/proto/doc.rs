@@ -287,7 +287,6 @@ pub struct Received {
 struct Held {
     change: Change,
     sig: Vec<u8>,
-    author: PeerId,
 }
 
 /// One document of a space.
@@ -407,11 +406,10 @@ impl Document {
         let mut doc = Document::empty(space, id, me);
         let mut held = Vec::with_capacity(changes.len());
         for c in changes {
-            let (change, author) = doc.verify(&c)?;
+            let (change, _) = doc.verify(&c)?;
             held.push(Held {
                 change,
                 sig: c.sig,
-                author,
             });
         }
         doc.apply_verified(held)?;
@@ -569,7 +567,6 @@ impl Document {
                         held.push(Held {
                             change,
                             sig: c.sig,
-                            author,
                         });
                     } else if space.ever_wrote(&author) {
                         if self.pending() >= MAX_PENDING {
@@ -583,7 +580,6 @@ impl Document {
                                 Held {
                                     change,
                                     sig: c.sig,
-                                    author,
                                 },
                             );
                         }
@@ -609,27 +605,17 @@ impl Document {
     }
 
     /// Applies verified, authorised changes in dependency order, pulling parked changes that a
-    /// waiting change needs. Returns the hashes applied. Linear in the changes when they come
-    /// in causal order (a load, a sync batch); a change whose dependencies are missing waits.
+    /// waiting change needs. Returns the hashes applied. Changes whose dependencies are present
+    /// go to automerge as one batch (applying them one by one walks the document each time:
+    /// quadratic over a long history); a change whose dependencies are missing waits.
     fn apply_verified(&mut self, held: Vec<Held>) -> Result<Vec<ChangeHash>, DocError> {
-        let mut applied = Vec::new();
         for h in held {
-            let hash = h.change.hash();
-            if h.change.deps().iter().all(|d| self.sigs.contains_key(d)) && self.waiting.is_empty()
-            {
-                // The common case: in order, nothing waiting.
-                self.apply_one(h)?;
-                applied.push(hash);
-                continue;
-            }
             if self.waiting.len() >= MAX_PENDING {
                 return Err(DocError::TooManyPending { max: MAX_PENDING });
             }
-            self.waiting.insert(hash, h);
+            self.waiting.insert(h.change.hash(), h);
         }
-        if self.waiting.is_empty() {
-            return Ok(applied);
-        }
+        let mut applied = Vec::new();
         loop {
             // Parked changes that a waiting change depends on become admissible.
             let wanted: Vec<ChangeHash> = self
@@ -644,45 +630,106 @@ impl Document {
                     self.waiting.insert(d, h);
                 }
             }
-            // Missing dependency → the waiting changes it blocks.
+            // Kahn's order over the waiting changes: each joins the batch once all its
+            // dependencies are applied or earlier in the batch.
             let mut blocked: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
-            let mut runnable = Vec::new();
+            let mut missing: HashMap<ChangeHash, usize> = HashMap::new();
+            let mut queue = Vec::new();
             for (hash, h) in &self.waiting {
-                let mut free = true;
+                let mut n = 0;
                 for d in h.change.deps() {
                     if !self.sigs.contains_key(d) {
-                        free = false;
+                        n += 1;
                         blocked.entry(*d).or_default().push(*hash);
                     }
                 }
-                if free {
-                    runnable.push(*hash);
+                if n == 0 {
+                    queue.push(*hash);
+                } else {
+                    missing.insert(*hash, n);
                 }
             }
-            if runnable.is_empty() && !pulled {
-                break;
-            }
-            while let Some(hash) = runnable.pop() {
-                let Some(h) = self.waiting.remove(&hash) else {
-                    continue;
-                };
-                self.apply_one(h)?;
-                applied.push(hash);
+            let mut order = Vec::new();
+            while let Some(hash) = queue.pop() {
+                order.push(hash);
                 for w in blocked.remove(&hash).unwrap_or_default() {
-                    if self
-                        .waiting
-                        .get(&w)
-                        .is_some_and(|h| h.change.deps().iter().all(|d| self.sigs.contains_key(d)))
-                    {
-                        runnable.push(w);
+                    if let Some(n) = missing.get_mut(&w) {
+                        *n -= 1;
+                        if *n == 0 {
+                            missing.remove(&w);
+                            queue.push(w);
+                        }
                     }
                 }
             }
+            if order.is_empty() {
+                if pulled {
+                    continue;
+                }
+                break;
+            }
+            let batch: Vec<Held> = order
+                .iter()
+                .filter_map(|h| self.waiting.remove(h))
+                .collect();
+            applied.extend(self.apply_batch(batch)?);
             if self.waiting.is_empty() {
                 break;
             }
         }
         Ok(applied)
+    }
+
+    /// Applies changes in causal order as one automerge batch, after the checks every change
+    /// passes (one root, the document's own; the operation budget). Should automerge refuse
+    /// the batch, they are applied one by one so that only the bad change is lost.
+    fn apply_batch(&mut self, batch: Vec<Held>) -> Result<Vec<ChangeHash>, DocError> {
+        let mut ops = self.ops;
+        let mut has_root = !self.sigs.is_empty();
+        for h in &batch {
+            let hash = h.change.hash();
+            if h.change.deps().is_empty() {
+                if has_root {
+                    return Err(DocError::ExtraRoot);
+                }
+                if DocId::of(&self.space, &hash) != self.id {
+                    return Err(DocError::WrongDoc);
+                }
+                has_root = true;
+            } else if !has_root {
+                return Err(DocError::WrongDoc);
+            }
+            ops += h.change.len() as u64;
+            if ops > MAX_DOC_OPS {
+                return Err(DocError::DocTooBig { max: MAX_DOC_OPS });
+            }
+        }
+        let changes: Vec<Change> = batch.iter().map(|h| h.change.clone()).collect();
+        if self.am.apply_changes(changes).is_ok() {
+            self.ops = ops;
+            let mut out = Vec::with_capacity(batch.len());
+            for h in batch {
+                let hash = h.change.hash();
+                self.sigs.insert(hash, h.sig);
+                out.push(hash);
+            }
+            return Ok(out);
+        }
+        let mut out = Vec::new();
+        let mut first_error = None;
+        for h in batch {
+            let hash = h.change.hash();
+            match self.apply_one(h) {
+                Ok(()) => out.push(hash),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     fn apply_one(&mut self, h: Held) -> Result<(), DocError> {
@@ -701,7 +748,6 @@ impl Document {
         if self.ops + ops > MAX_DOC_OPS {
             return Err(DocError::DocTooBig { max: MAX_DOC_OPS });
         }
-        let _ = h.author;
         self.am
             .apply_changes([h.change])
             .map_err(|e| DocError::Malformed(e.to_string()))?;
@@ -762,7 +808,6 @@ impl Document {
                         Held {
                             change: c,
                             sig,
-                            author: *author,
                         },
                     );
                 }
