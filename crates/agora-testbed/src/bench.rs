@@ -146,6 +146,8 @@ pub fn run(
     eprintln!("running the sandbox benchmark");
     let sandbox =
         crate::sandbox_bench::run(&crate::sandbox_bench::Options::new(repo.to_owned(), quick))?;
+    eprintln!("running the docs benchmark");
+    let docs = crate::docs_bench::run(&crate::docs_bench::Options::new(quick))?;
     let grid = run_script(
         repo,
         "bash",
@@ -156,7 +158,7 @@ pub fn run(
         ],
         &[],
     )?;
-    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger, "sandbox": sandbox, "grid": grid});
+    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger, "sandbox": sandbox, "grid": grid, "docs": docs});
     if json_out {
         println!("{all}");
         return Ok(());
@@ -344,6 +346,9 @@ pub fn run(
             g["tiny_units"]
         ),
     );
+    for (a, b, c) in crate::docs_bench::rows(&all["docs"]) {
+        row(&a, b, c);
+    }
     let mut table = String::from("| figure | value | ratio |\n|---|---|---|\n");
     for (a, b, c) in rows {
         table.push_str(&format!("| {a} | {b} | {c} |\n"));

@@ -7,6 +7,7 @@
 mod agent;
 mod agent_ledger;
 mod bench;
+mod docs_bench;
 mod grid_sim;
 mod ledger_bench;
 mod link;
@@ -114,6 +115,27 @@ enum Command {
         quick: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// The groupware documents' cost, in process: a 259,778-edit editing trace through
+    /// automerge alone and through Agora's signed changes (replay, save, load, peak RSS), two
+    /// replicas with 10,000 divergent changes each brought together, five members under random
+    /// partitions converging (build with --release).
+    DocsBench {
+        /// A 5,000-edit prefix of the trace, 300 divergent changes, 2 partition runs of 600
+        /// edits (a debug build finishes in about half a minute).
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+        /// Internal: run one variant of the trace (automerge or agora) and print its figures.
+        #[arg(long, hide = true)]
+        child: Option<String>,
+        /// Internal: edits of the trace the child replays.
+        #[arg(long, hide = true, default_value_t = 0)]
+        edits: usize,
+        /// Internal: edits per change in the child (automerge: 0 for one commit at the end).
+        #[arg(long, hide = true, default_value_t = 0)]
+        group: usize,
     },
     /// Simulate one grid job on thousands of workers (churn, cheaters) through the real
     /// submitter state machine on virtual time: units accepted, wrong results, cheaters caught,
@@ -383,6 +405,26 @@ fn main() -> ExitCode {
                     sandbox_bench::print(&v, json);
                     ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DocsBench {
+            quick,
+            json,
+            child,
+            edits,
+            group,
+        } => {
+            let result = match child {
+                Some(variant) => docs_bench::child(&variant, edits, group).map(|v| println!("{v}")),
+                None => docs_bench::run(&docs_bench::Options::new(quick))
+                    .map(|v| docs_bench::print(&v, json)),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
