@@ -407,10 +407,7 @@ impl Document {
         let mut held = Vec::with_capacity(changes.len());
         for c in changes {
             let (change, _) = doc.verify(&c)?;
-            held.push(Held {
-                change,
-                sig: c.sig,
-            });
+            held.push(Held { change, sig: c.sig });
         }
         doc.apply_verified(held)?;
         if !doc.waiting.is_empty() {
@@ -564,10 +561,7 @@ impl Document {
                         continue;
                     }
                     if space.can_write(&author) {
-                        held.push(Held {
-                            change,
-                            sig: c.sig,
-                        });
+                        held.push(Held { change, sig: c.sig });
                     } else if space.ever_wrote(&author) {
                         if self.pending() >= MAX_PENDING {
                             out.refused.push((
@@ -575,13 +569,7 @@ impl Document {
                                 DocError::TooManyPending { max: MAX_PENDING },
                             ));
                         } else {
-                            self.parked.insert(
-                                hash,
-                                Held {
-                                    change,
-                                    sig: c.sig,
-                                },
-                            );
+                            self.parked.insert(hash, Held { change, sig: c.sig });
                         }
                     } else {
                         out.refused
@@ -609,13 +597,34 @@ impl Document {
     /// go to automerge as one batch (applying them one by one walks the document each time:
     /// quadratic over a long history); a change whose dependencies are missing waits.
     fn apply_verified(&mut self, held: Vec<Held>) -> Result<Vec<ChangeHash>, DocError> {
+        // The usual case first: changes in causal order whose dependencies are applied or
+        // earlier in the list form one batch; only the rest wait (within MAX_PENDING).
+        let mut ready = Vec::new();
+        let mut in_batch: HashSet<ChangeHash> = HashSet::new();
         for h in held {
-            if self.waiting.len() >= MAX_PENDING {
-                return Err(DocError::TooManyPending { max: MAX_PENDING });
+            let hash = h.change.hash();
+            if h.change
+                .deps()
+                .iter()
+                .all(|d| self.sigs.contains_key(d) || in_batch.contains(d))
+            {
+                in_batch.insert(hash);
+                ready.push(h);
+            } else {
+                if self.waiting.len() >= MAX_PENDING {
+                    return Err(DocError::TooManyPending { max: MAX_PENDING });
+                }
+                self.waiting.insert(hash, h);
             }
-            self.waiting.insert(h.change.hash(), h);
         }
-        let mut applied = Vec::new();
+        let mut applied = if ready.is_empty() {
+            Vec::new()
+        } else {
+            self.apply_batch(ready)?
+        };
+        if self.waiting.is_empty() && self.parked.is_empty() {
+            return Ok(applied);
+        }
         loop {
             // Parked changes that a waiting change depends on become admissible.
             let wanted: Vec<ChangeHash> = self
@@ -803,13 +812,7 @@ impl Document {
                     && let Some(author) = authors.get(&h)
                     && space.ever_wrote(author)
                 {
-                    self.parked.insert(
-                        h,
-                        Held {
-                            change: c,
-                            sig,
-                        },
-                    );
+                    self.parked.insert(h, Held { change: c, sig });
                 }
             }
         }
