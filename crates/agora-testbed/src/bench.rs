@@ -148,6 +148,9 @@ pub fn run(
         crate::sandbox_bench::run(&crate::sandbox_bench::Options::new(repo.to_owned(), quick))?;
     eprintln!("running the docs benchmark");
     let docs = crate::docs_bench::run(&crate::docs_bench::Options::new(quick))?;
+    if crate::docs_bench::failed(&docs) {
+        eprintln!("the docs benchmark failed in part; its errors are in the table");
+    }
     let grid = run_script(
         repo,
         "bash",

@@ -47,7 +47,8 @@
 //! windows, replay + save and load (`/proc/self/clear_refs` resets `VmHWM` between them), so
 //! that it is the peak of one document's life, not of two documents held at once. Times are
 //! both wall and CPU time of the thread; ratios and targets use CPU time, which other processes
-//! on a shared machine do not inflate. One change per edit (N = 1) is also run, on a prefix of
+//! on a shared machine do not inflate. The variants run [`Options::rounds`] times, taking turns,
+//! and each figure is the median of its runs. One change per edit (N = 1) is also run, on a prefix of
 //! the trace ([`PER_EDIT_PREFIX`] edits) for both Agora and automerge with a commit per edit:
 //! `Document::load` of the whole trace's 259,778 changes would take hours (it is quadratic).
 //!
@@ -115,6 +116,8 @@ pub struct Options {
     pub trace_edits: usize,
     /// Edits per signed change.
     pub group: usize,
+    /// Runs of each trace variant (the median of each figure is reported).
+    pub rounds: usize,
     /// Edits replayed with one change per edit.
     pub per_edit: usize,
     /// Changes each of the two divergent replicas makes.
@@ -131,6 +134,7 @@ impl Options {
             Self {
                 trace_edits: 5_000,
                 group: 100,
+                rounds: 1,
                 per_edit: 500,
                 divergent: 300,
                 ops: 600,
@@ -140,6 +144,7 @@ impl Options {
             Self {
                 trace_edits: TRACE_EDITS,
                 group: 100,
+                rounds: 3,
                 per_edit: PER_EDIT_PREFIX,
                 divergent: 10_000,
                 ops: 10_000,
@@ -568,17 +573,20 @@ fn agora_trace(edits: &[Edit], group: usize) -> Result<Value> {
         .into_iter()
         .map(Change::from_bytes)
         .collect::<Result<Vec<_>, _>>()?;
+    reset_peak();
     let (batch, batch_apply) = timed(|| {
         let mut am = AutoCommit::new();
         am.apply_changes(changes).map(|()| am)
     });
     drop(batch?);
+    let batch_apply_peak = peak_mib()?;
     // ... and automerge alone loading Agora's save(): what a stored snapshot would cost.
     let (snapshot, snapshot_load) = timed(|| AutoCommit::load(&saved));
     drop(snapshot?);
     let mut v = json!({
         "replay_peak_rss_mib": replay_peak,
         "load_peak_rss_mib": load_peak,
+        "batch_apply_peak_rss_mib": batch_apply_peak,
         "variant": "agora",
         "group": group,
         "changes": n_changes,
@@ -607,7 +615,6 @@ fn spawn_child(variant: &str, edits: usize, group: usize) -> Result<Value> {
         .args(["docs-bench", "--child", variant])
         .args(["--edits", &edits.to_string(), "--group", &group.to_string()])
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run {}", exe.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -615,7 +622,7 @@ fn spawn_child(variant: &str, edits: usize, group: usize) -> Result<Value> {
         bail!(
             "the {variant} child failed ({}): {}",
             out.status,
-            text.trim()
+            String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     let v = text
@@ -632,6 +639,24 @@ fn spawn_child(variant: &str, edits: usize, group: usize) -> Result<Value> {
         f("peak_rss_mib")
     );
     Ok(v)
+}
+
+/// The runs of one variant as one: each number the median of the runs' (the first run's
+/// other fields), with the replay's samples and the number of runs.
+fn medians(runs: &[Value]) -> Value {
+    let mut out = runs.first().cloned().unwrap_or_default();
+    if let Value::Object(m) = &mut out {
+        for (k, v) in m.iter_mut() {
+            let mut xs: Vec<f64> = runs.iter().filter_map(|r| r[k].as_f64()).collect();
+            if v.is_f64() && xs.len() == runs.len() {
+                xs.sort_by(f64::total_cmp);
+                *v = json!(xs[xs.len() / 2]);
+            }
+        }
+    }
+    out["runs"] = json!(runs.len());
+    out["replay_cpu_samples_ms"] = runs.iter().map(|r| r["replay_cpu_ms"].clone()).collect();
+    out
 }
 
 /// `a[k] / b[k]`, rounded.
@@ -652,7 +677,21 @@ fn ratios(agora: &Value, reference: &Value) -> Value {
     })
 }
 
-fn run_trace(opts: &Options) -> Result<Value> {
+/// A part's figures, or `{"error": …}` with the error also added to `errors`: one failure
+/// does not hide the other figures, and still fails the run ([`failed`]).
+fn part(errors: &mut Vec<String>, what: &str, r: Result<Value>) -> Value {
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            let e = format!("{what}: {e:#}");
+            eprintln!("docs-bench: FAILED {e}");
+            errors.push(e.clone());
+            json!({ "error": e })
+        }
+    }
+}
+
+fn run_trace(opts: &Options, errors: &mut Vec<String>) -> Value {
     let trace = Trace::generate(TRACE_SEED);
     let inserts = trace.edits.iter().filter(|e| e.ch != 0).count();
     let expected = |n: usize| {
@@ -669,20 +708,43 @@ fn run_trace(opts: &Options) -> Result<Value> {
         Ok(())
     };
     let full = expected(opts.trace_edits);
-    let automerge = spawn_child("automerge", opts.trace_edits, 0)?;
-    check(&automerge, &full)?;
-    let agora = spawn_child("agora", opts.trace_edits, opts.group)?;
-    check(&agora, &full)?;
-    let automerge_grouped = spawn_child("automerge", opts.trace_edits, opts.group)?;
-    check(&automerge_grouped, &full)?;
     let prefix = expected(opts.per_edit);
-    let automerge_per_edit = spawn_child("automerge", opts.per_edit, 1)?;
-    check(&automerge_per_edit, &prefix)?;
-    let agora_per_edit = spawn_child("agora", opts.per_edit, 1)?;
-    check(&agora_per_edit, &prefix)?;
+    // (variant, edits, group, expected text): the rounds take turns, so that a change in the
+    // machine's load touches every variant alike.
+    let specs = [
+        ("automerge", opts.trace_edits, 0, &full),
+        ("agora", opts.trace_edits, opts.group, &full),
+        ("automerge", opts.trace_edits, opts.group, &full),
+        ("automerge", opts.per_edit, 1, &prefix),
+        ("agora", opts.per_edit, 1, &prefix),
+    ];
+    let mut samples: Vec<Result<Vec<Value>>> = specs.iter().map(|_| Ok(Vec::new())).collect();
+    for round in 0..opts.rounds {
+        for ((name, edits, group, want), out) in specs.iter().zip(&mut samples) {
+            let Ok(runs) = out else { continue };
+            eprintln!("docs-bench: round {}/{}", round + 1, opts.rounds);
+            match spawn_child(name, *edits, *group).and_then(|v| check(&v, want).map(|()| v)) {
+                Ok(v) => runs.push(v),
+                Err(e) => *out = Err(e),
+            }
+        }
+    }
+    let mut results = specs
+        .iter()
+        .zip(samples)
+        .map(|((name, edits, group, _), r)| {
+            part(
+                errors,
+                &format!("trace, {name}, {edits} edits, group {group}"),
+                r.map(|runs| medians(&runs)),
+            )
+        });
+    let mut next = || results.next().unwrap_or_default();
+    let (automerge, agora, automerge_grouped) = (next(), next(), next());
+    let (automerge_per_edit, agora_per_edit) = (next(), next());
     let replayed = &trace.edits[..opts.trace_edits];
     let replayed_inserts = replayed.iter().filter(|e| e.ch != 0).count();
-    Ok(json!({
+    json!({
         "seed": TRACE_SEED,
         "edits": trace.edits.len(),
         "inserts": inserts,
@@ -702,7 +764,7 @@ fn run_trace(opts: &Options) -> Result<Value> {
             "agora": agora_per_edit,
             "agora_vs_automerge": ratios(&agora_per_edit, &automerge_per_edit),
         },
-    }))
+    })
 }
 
 // ---- sync, parts 2 and 3 ----
@@ -1019,35 +1081,56 @@ fn partitions(seed: u64, ops: usize) -> Result<Value> {
 
 /// The whole benchmark: the trace (child processes), the divergent pair, the partition runs.
 /// An error when a text differs from the model or replicas do not converge.
+/// A part that fails (a child, a text other than the model's, replicas that do not converge,
+/// a refused change) is recorded in `errors` and the run goes on; see [`failed`].
 pub fn run(opts: &Options) -> Result<Value> {
     let load_before = loadavg();
-    let trace = run_trace(opts)?;
+    let mut errors = Vec::new();
+    let trace = run_trace(opts, &mut errors);
     eprintln!(
         "docs-bench: two replicas, {} divergent changes each",
         opts.divergent
     );
-    let divergent = run_divergent(opts.divergent)?;
-    eprintln!(
-        "docs-bench: converged in {} ms (CPU), {} rounds, {} bytes",
-        divergent["cold"]["sync_cpu_ms"],
-        divergent["cold"]["rounds"],
-        divergent["cold"]["traffic"]["wire_bytes"]
+    let divergent = part(
+        &mut errors,
+        "divergent replicas",
+        run_divergent(opts.divergent),
     );
+    if divergent.get("error").is_none() {
+        eprintln!(
+            "docs-bench: converged in {} ms (CPU), {} rounds, {} bytes",
+            divergent["cold"]["sync_cpu_ms"],
+            divergent["cold"]["rounds"],
+            divergent["cold"]["traffic"]["wire_bytes"]
+        );
+    }
     let mut runs = Vec::new();
     for &seed in &opts.seeds {
         eprintln!(
             "docs-bench: {MEMBERS} members under partitions, {} operations, seed {seed}",
             opts.ops
         );
-        let r = run_partitions(seed, opts.ops)?;
-        eprintln!(
-            "docs-bench: converged: {}, {} syncs, {} ms (CPU)",
-            r["converged"], r["syncs"], r["run_cpu_ms"]
+        let mut r = part(
+            &mut errors,
+            &format!("partitions, seed {seed}"),
+            run_partitions(seed, opts.ops),
         );
+        if r.get("error").is_some() {
+            r["seed"] = json!(seed);
+            r["converged"] = json!(false);
+        } else {
+            eprintln!(
+                "docs-bench: converged: {}, {} syncs, {} ms (CPU)",
+                r["converged"], r["syncs"], r["run_cpu_ms"]
+            );
+            if r["converged"] != json!(true) {
+                errors.push(format!("partitions, seed {seed}: did not converge: {r}"));
+            }
+        }
         runs.push(r);
     }
     let all = runs.iter().all(|r| r["converged"] == json!(true));
-    let v = json!({
+    Ok(json!({
         "in_process": true,
         "loadavg": [load_before, loadavg()],
         "note": "everything in process, no network: the document layer (automerge, signed changes, membership checks, sync sessions)",
@@ -1055,9 +1138,13 @@ pub fn run(opts: &Options) -> Result<Value> {
         "divergent": divergent,
         "partitions": {"members": MEMBERS, "ops": opts.ops, "sync_one_in": SYNC_ONE_IN,
                        "runs": runs, "all_converged": all},
-    });
-    ensure!(all, "replicas did not converge: {}", v["partitions"]);
-    Ok(v)
+        "errors": errors,
+    }))
+}
+
+/// Whether a part of the run failed (then `agora-testbed docs-bench` exits 1).
+pub fn failed(v: &Value) -> bool {
+    v["errors"].as_array().is_some_and(|e| !e.is_empty())
 }
 
 /// Prints the result: the JSON object, or a table like `agora-testbed bench`'s.
@@ -1089,21 +1176,27 @@ pub fn rows(v: &Value) -> Vec<(String, String, String)> {
             f(&b[format!("{k}_ms")])
         )
     };
+    // A part that failed shows as its error (in the rows at the end), not as NaNs.
+    let ok = |x: &Value| x.is_object() && x.get("error").is_none();
     let t = &v["trace"];
     let (am, ag, r) = (&t["automerge"], &t["agora"], &t["agora_vs_automerge"]);
     let rg = &t["agora_vs_automerge_grouped"];
     let rp = &t["replayed"];
-    let mut rows = vec![
+    let mut rows = Vec::new();
+    if ok(am) && ok(ag) {
+        rows.extend([
         (
             format!(
                 "docs: editing trace ({} edits: {} inserts, {} deletes → {} chars), replay: \
-                 automerge alone, one commit / Agora, {} edits per signed change ({} changes)",
+                 automerge alone, one commit / Agora, {} edits per signed change ({} changes); \
+                 medians of {} runs",
                 rp["edits"],
                 rp["inserts"],
                 rp["deletes"],
                 rp["final_len"],
                 t["group"],
-                ag["changes"]
+                ag["changes"],
+                ag["runs"]
             ),
             pair_ms(am, ag, "replay"),
             format!(
@@ -1157,7 +1250,8 @@ pub fn rows(v: &Value) -> Vec<(String, String, String)> {
             ),
             format!(
                 "{:.2} × automerge ({:.1} MiB with a commit per {} edits); Agora ≤ 100 MiB: {}; \
-                 replay {:.1} / {:.1}, load {:.1} / {:.1} MiB; {:.1} MiB before the document",
+                 replay {:.1} / {:.1}, load {:.1} / {:.1} MiB (automerge's apply_changes of \
+                 Agora's changes in one call alone: {:.1} MiB); {:.1} MiB before the document",
                 f(&r["peak_rss"]),
                 f(&t["automerge_grouped"]["peak_rss_mib"]),
                 t["group"],
@@ -1166,13 +1260,16 @@ pub fn rows(v: &Value) -> Vec<(String, String, String)> {
                 f(&ag["replay_peak_rss_mib"]),
                 f(&am["load_peak_rss_mib"]),
                 f(&ag["load_peak_rss_mib"]),
+                f(&ag["batch_apply_peak_rss_mib"]),
                 f(&ag["base_rss_mib"])
             ),
         ),
-    ];
+    ]);
+    }
     let p = &t["per_edit"];
     let (pam, pag) = (&p["automerge"], &p["agora"]);
-    rows.push((
+    if ok(pam) && ok(pag) {
+        rows.push((
         format!(
             "docs: a change per edit, first {} edits: automerge, a commit each / Agora, a signed \
              change each",
@@ -1194,8 +1291,9 @@ pub fn rows(v: &Value) -> Vec<(String, String, String)> {
             f(&pag["peak_rss_mib"])
         ),
     ));
+    }
     let d = &v["divergent"];
-    {
+    if ok(d) {
         let s = &d["cold"];
         let tr = &s["traffic"];
         rows.push((
@@ -1221,22 +1319,22 @@ pub fn rows(v: &Value) -> Vec<(String, String, String)> {
                 kib(&tr["hash_bytes"])
             ),
         ));
+        let rs = &d["resync"];
+        rows.push((
+            "docs: one small change after that sync, resync with the remembered heads".into(),
+            format!(
+                "{} bytes sent for a {}-byte change ({} signed)",
+                rs["traffic"]["wire_bytes"], rs["change_bytes"], rs["signed_change_bytes"]
+            ),
+            format!(
+                "{:.2} × the change (target ≤ 2: {}), {:.2} × the signed change; {} round",
+                f(&rs["wire_vs_change"]),
+                met(f(&rs["wire_vs_change"]), 2.0),
+                f(&rs["wire_vs_signed_change"]),
+                rs["rounds"]
+            ),
+        ));
     }
-    let rs = &d["resync"];
-    rows.push((
-        "docs: one small change after that sync, resync with the remembered heads".into(),
-        format!(
-            "{} bytes sent for a {}-byte change ({} signed)",
-            rs["traffic"]["wire_bytes"], rs["change_bytes"], rs["signed_change_bytes"]
-        ),
-        format!(
-            "{:.2} × the change (target ≤ 2: {}), {:.2} × the signed change; {} round",
-            f(&rs["wire_vs_change"]),
-            met(f(&rs["wire_vs_change"]), 2.0),
-            f(&rs["wire_vs_signed_change"]),
-            rs["rounds"]
-        ),
-    ));
     let pt = &v["partitions"];
     let runs = pt["runs"].as_array().cloned().unwrap_or_default();
     let converged = runs
@@ -1260,6 +1358,16 @@ pub fn rows(v: &Value) -> Vec<(String, String, String)> {
             cpu / 1000.0
         ),
     ));
+    for e in v["errors"].as_array().into_iter().flatten() {
+        rows.push((
+            "docs: FAILED".into(),
+            e.as_str()
+                .unwrap_or_default()
+                .replace('|', "\\|")
+                .replace('\n', " "),
+            String::new(),
+        ));
+    }
     rows
 }
 

@@ -419,12 +419,19 @@ fn main() -> ExitCode {
             group,
         } => {
             let result = match child {
-                Some(variant) => docs_bench::child(&variant, edits, group).map(|v| println!("{v}")),
-                None => docs_bench::run(&docs_bench::Options::new(quick))
-                    .map(|v| docs_bench::print(&v, json)),
+                Some(variant) => docs_bench::child(&variant, edits, group).map(|v| {
+                    println!("{v}");
+                    true
+                }),
+                None => docs_bench::run(&docs_bench::Options::new(quick)).map(|v| {
+                    docs_bench::print(&v, json);
+                    !docs_bench::failed(&v)
+                }),
             };
             match result {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(true) => ExitCode::SUCCESS,
+                // A part failed: its error is in the table and the JSON.
+                Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
