@@ -378,7 +378,8 @@ impl Document {
             parked: HashMap::new(),
             ops: 0,
         };
-        let signed = doc.sign_last(key, hash);
+        let change = doc.committed(&hash);
+        let signed = doc.sign_last(key, &change);
         Ok((doc, signed))
     }
 
@@ -824,22 +825,21 @@ impl Document {
     }
 
     /// Signs the change just committed locally.
-    fn sign_last(&mut self, key: &ed25519::Keypair, hash: ChangeHash) -> SignedChange {
+    /// Signs `change`, just committed locally (automerge rebuilds a change from the document
+    /// each time it is asked for one: callers fetch it once).
+    fn sign_last(&mut self, key: &ed25519::Keypair, change: &Change) -> SignedChange {
+        let hash = change.hash();
         let sig = key.sign(&signing_message(&self.space, &self.id, &hash));
-        let bytes = self
-            .am
-            .get_change_by_hash(&hash)
-            .expect("just committed")
-            .raw_bytes()
-            .to_vec();
-        let ops = self
-            .am
-            .get_change_by_hash(&hash)
-            .map(|c| c.len() as u64)
-            .unwrap_or(0);
-        self.ops += ops;
+        self.ops += change.len() as u64;
         self.sigs.insert(hash, sig.clone());
-        SignedChange { bytes, sig }
+        SignedChange {
+            bytes: change.raw_bytes().to_vec(),
+            sig,
+        }
+    }
+
+    fn committed(&mut self, hash: &ChangeHash) -> Change {
+        self.am.get_change_by_hash(hash).expect("just committed")
     }
 
     /// Runs a local edit as one change. `Ok(None)` when it changed nothing.
@@ -878,11 +878,8 @@ impl Document {
         };
         // Peers refuse a change over MAX_CHANGE_BYTES; one that big is undone here (the
         // document is rebuilt without it, which only such an edit pays for).
-        let size = self
-            .am
-            .get_change_by_hash(&hash)
-            .map(|c| c.raw_bytes().len())
-            .unwrap_or(0);
+        let change = self.committed(&hash);
+        let size = change.raw_bytes().len();
         if size > MAX_CHANGE_BYTES {
             let keep: Vec<Change> = self
                 .am
@@ -899,7 +896,7 @@ impl Document {
                 max: MAX_CHANGE_BYTES,
             });
         }
-        Ok(Some(self.sign_last(key, hash)))
+        Ok(Some(self.sign_last(key, &change)))
     }
 
     /// An empty change over the current heads: see the module docs (removal).
@@ -918,7 +915,8 @@ impl Document {
                 .with_message("membership changed")
                 .with_time(now_ms),
         );
-        Ok(self.sign_last(key, hash))
+        let change = self.committed(&hash);
+        Ok(self.sign_last(key, &change))
     }
 
     // ---- reading ----

@@ -1373,23 +1373,12 @@ impl Docs {
                 if s.space.role(&self.me).is_none() {
                     return Ok(());
                 }
-                let members = Members {
-                    heads: s.space.heads(),
-                    ops: match &their_member_heads {
-                        Some(h) => s.space.ops_since(h).iter().map(|o| o.to_bytes()).collect(),
-                        None => Vec::new(),
-                    },
-                    grants: if round == 0 {
-                        s.crypt
-                            .grants
-                            .values()
-                            .take(wire::MAX_GRANTS)
-                            .cloned()
-                            .collect()
-                    } else {
-                        Vec::new()
-                    },
-                };
+                let members = members_msg(
+                    &s.space,
+                    &s.crypt,
+                    their_member_heads.as_deref(),
+                    round == 0,
+                );
                 let mut docs = Vec::new();
                 if round == 0 {
                     for (id, d) in s.docs.iter_mut() {
@@ -1666,25 +1655,7 @@ impl Docs {
             .retain(|_, d| !d.doc.is_empty() || d.doc.pending() > 0);
         let ids: Vec<DocId> = s.docs.keys().copied().collect();
         let response = Response::Sync {
-            members: Members {
-                heads: s.space.heads(),
-                ops: s
-                    .space
-                    .ops_since(&members.heads)
-                    .iter()
-                    .map(|o| o.to_bytes())
-                    .collect(),
-                grants: if all_docs {
-                    s.crypt
-                        .grants
-                        .values()
-                        .take(wire::MAX_GRANTS)
-                        .cloned()
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-            },
+            members: members_msg(&s.space, &s.crypt, Some(&members.heads), all_docs),
             docs: out,
         };
         for id in ids {
@@ -1883,6 +1854,33 @@ fn apply_ops(s: &mut SpaceState, ops: &[Vec<u8>], batch: &mut Batch) -> bool {
         }
     }
     added
+}
+
+/// This side's membership for a sync message: its heads, the operations a peer whose heads are
+/// `their_heads` may lack (none while they are unknown), and, on a session's first round, the
+/// key grants.
+fn members_msg(
+    space: &Space,
+    crypt: &Crypt,
+    their_heads: Option<&[crate::OpId]>,
+    grants: bool,
+) -> Members {
+    Members {
+        heads: space.heads(),
+        ops: their_heads
+            .map(|h| space.ops_since(h).iter().map(|o| o.to_bytes()).collect())
+            .unwrap_or_default(),
+        grants: if grants {
+            crypt
+                .grants
+                .values()
+                .take(wire::MAX_GRANTS)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
 }
 
 /// (task id, assignee) pairs of a task document; empty for other kinds.
