@@ -44,8 +44,8 @@ pub mod service;
 pub mod wire;
 
 pub use proto::doc::{
-    Attachment, DocError, DocId, Document, HistoryEntry, Kind, Post, Received, SignedChange, Task,
-    TaskState, TaskUpdate,
+    Attachment, DocError, DocId, Document, HistoryEntry, Kind, Post, Received, SignedChange,
+    Snapshot, Task, TaskState, TaskUpdate,
 };
 pub use proto::membership::{
     Action, Applied, MAX_NAME_BYTES, MAX_OP_BYTES, MAX_OPS, MAX_PARENTS, Member, Op, OpError, OpId,

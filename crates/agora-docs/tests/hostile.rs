@@ -15,6 +15,7 @@ use agora_docs::{
     SignedOp, Space, SpaceId,
     proto::{
         doc::MAX_CHANGE_BYTES,
+        keys::{Envelope, KeyId, MAX_ENVELOPE_BYTES},
         sync::{MAX_BLOOM_BYTES, MAX_HASHES, SyncMsg},
     },
     service::{self, Docs, DocsError, Edit, budget},
@@ -1062,4 +1063,206 @@ async fn operations_from_a_refused_round_are_stored_like_the_rest() {
         ),
     };
     assert_eq!(members_of(&o, &space), members_before);
+}
+
+// ---- holders ----
+
+/// A well-formed sealed envelope of about `len` bytes that no key opens.
+fn envelope(seed: u64, len: usize) -> Vec<u8> {
+    Envelope::Sealed {
+        key: KeyId([7; 16]),
+        nonce: [9; 24],
+        ct: noise(seed, len),
+    }
+    .to_bytes()
+}
+
+async fn hold(
+    by: &Raw,
+    to: PeerId,
+    tag: [u8; 32],
+    envelope: Vec<u8>,
+) -> Result<Vec<u8>, agora_net::Error> {
+    by.send(to, wire::encode(&Request::Hold { tag, envelope }))
+        .await
+}
+
+/// Every envelope `tag` holds on `o`, fetched page by page as `by`.
+async fn fetch_all(by: &Raw, o: &Honest, tag: [u8; 32]) -> Vec<Vec<u8>> {
+    let mut since = None;
+    let mut out = Vec::new();
+    loop {
+        let answer = loop {
+            match by.ask(o.id, &Request::Fetch { tag, since }).await {
+                Ok(bytes) => break Response::decode(&bytes).unwrap(),
+                Err(agora_net::Error::Refused(r)) if r.contains(budget::REFUSED_FETCH_RATE) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => panic!("a fetch failed: {e}"),
+            }
+        };
+        let Response::Fetched { envelopes, more } = answer else {
+            panic!("a fetch answered with {answer:?}");
+        };
+        since = envelopes.last().map(|(seq, _)| *seq).or(since);
+        out.extend(envelopes.into_iter().map(|(_, e)| e));
+        if !more {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_refuses_non_envelopes_and_floods_of_holds_and_fetches() {
+    let o = honest().await;
+    let r = raw(&o).await;
+    let tag = [0x41; 32];
+
+    // Not an envelope: refused, nothing held.
+    for junk in [noise(1, 1000), Vec::new(), vec![0xff; 64]] {
+        let reason = refused(
+            "junk held",
+            r.ask(
+                o.id,
+                &Request::Hold {
+                    tag,
+                    envelope: junk,
+                },
+            )
+            .await,
+        );
+        assert!(reason.contains("not an envelope"), "{reason}");
+    }
+    assert!(o.refused(budget::REFUSED_MALFORMED) >= 3);
+    assert_eq!(o.docs.stats().held_envelopes, 0);
+
+    // A flood of small, distinct envelopes: the hold rate refuses it past its budget.
+    let start = Instant::now();
+    let mut held = 0;
+    let mut refusal = None;
+    for wave in 0..100u64 {
+        let sends = (0..agora_net::MAX_OUTBOUND_PER_PEER as u64).map(|i| {
+            let envelope = envelope(wave * 1000 + i, 200);
+            r.send(o.id, wire::encode(&Request::Hold { tag, envelope }))
+        });
+        for result in libp2p::futures::future::join_all(sends).await {
+            match result {
+                Ok(bytes) => {
+                    assert_eq!(Response::decode(&bytes).unwrap(), Response::Held);
+                    held += 1;
+                }
+                Err(agora_net::Error::Refused(reason)) => {
+                    refusal.get_or_insert(reason);
+                }
+                Err(e) => panic!("a hold failed without a refusal: {e}"),
+            }
+        }
+        if refusal.is_some() {
+            break;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let reason = refusal.expect("the hold rate of a peer is bounded");
+    assert!(reason.contains(budget::REFUSED_HOLD_RATE), "{reason}");
+    // The three junk holds were charged too: the rate is checked before the bytes are read.
+    let rate = budget::HOLDS;
+    let charged = held as f64 + 3.0;
+    assert!(
+        charged >= rate.burst && charged <= rate.burst + rate.per_sec * elapsed + 1.0,
+        "{held} held in {elapsed:.2} s; the budget allows {} then {}/s",
+        rate.burst,
+        rate.per_sec
+    );
+    assert_eq!(o.docs.stats().held_envelopes, held);
+
+    // What was held is what a fetch returns (refused holds left nothing behind).
+    let got = fetch_all(&r, &o, tag).await;
+    assert_eq!(got.len(), held);
+
+    // A fetch flood is refused by the fetch rate.
+    let mut refusal = None;
+    for _ in 0..100 {
+        let sends = (0..agora_net::MAX_OUTBOUND_PER_PEER)
+            .map(|_| r.send(o.id, wire::encode(&Request::Fetch { tag, since: None })));
+        for result in libp2p::futures::future::join_all(sends).await {
+            if let Err(agora_net::Error::Refused(reason)) = result {
+                refusal.get_or_insert(reason);
+            }
+        }
+        if refusal.is_some() {
+            break;
+        }
+    }
+    let reason = refusal.expect("the fetch rate of a peer is bounded");
+    assert!(reason.contains(budget::REFUSED_FETCH_RATE), "{reason}");
+    // The holder still serves everyone else.
+    let other = raw(&o).await;
+    assert_eq!(fetch_all(&other, &o, tag).await.len(), held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_fills_only_its_own_quota_and_evicts_nothing() {
+    let o = honest().await;
+    let honest_sender = raw(&o).await;
+    let attacker = raw(&o).await;
+    let tag = [0x42; 32];
+
+    let mine: Vec<Vec<u8>> = (0..3).map(|i| envelope(100 + i, 10_000)).collect();
+    for e in &mine {
+        hold(&honest_sender, o.id, tag, e.clone()).await.unwrap();
+    }
+
+    // The attacker sends envelopes of almost 1 MiB, paced by the byte rate, until the holder
+    // says it is full for it.
+    let limits = agora_docs::proto::holder::Limits::default();
+    let size = MAX_ENVELOPE_BYTES - 1024;
+    let mut accepted = 0u64;
+    let mut seed = 1000;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let full = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never refused the attacker"
+        );
+        seed += 1;
+        let e = envelope(seed, size - 64);
+        let len = e.len() as u64;
+        match hold(&attacker, o.id, tag, e).await {
+            Ok(_) => accepted += len,
+            Err(agora_net::Error::Refused(reason))
+                if reason.contains(budget::REFUSED_HOLD_BYTES)
+                    || reason.contains(budget::REFUSED_HOLD_RATE) =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(agora_net::Error::Refused(reason)) => break reason,
+            Err(e) => panic!("a hold failed without a refusal: {e}"),
+        }
+    };
+    assert!(full.contains(budget::REFUSED_HOLD_FULL), "{full}");
+    assert!(
+        accepted <= limits.sender_tag_bytes && accepted + size as u64 > limits.sender_tag_bytes,
+        "the attacker had {accepted} bytes held; its quota for one space is {}",
+        limits.sender_tag_bytes
+    );
+    assert!(o.refused(budget::REFUSED_HOLD_FULL) > 0);
+
+    // The honest sender still holds in the same space, and loses nothing it held before.
+    let late = envelope(999, 10_000);
+    let answer = hold(&honest_sender, o.id, tag, late.clone()).await.unwrap();
+    assert_eq!(Response::decode(&answer).unwrap(), Response::Held);
+    let got = fetch_all(&honest_sender, &o, tag).await;
+    for e in mine.iter().chain([&late]) {
+        assert!(got.contains(e), "an honest envelope is gone");
+    }
+    let stats = o.docs.stats();
+    assert_eq!(
+        stats.held_bytes,
+        accepted
+            + mine
+                .iter()
+                .chain([&late])
+                .map(|e| e.len() as u64)
+                .sum::<u64>()
+    );
 }

@@ -623,6 +623,12 @@ fn docs_metrics(s: &agora_docs::service::DocsStats) -> String {
         "Envelopes from holders that no key of this node opens",
         s.unreadable as u64,
     );
+    metric(
+        "snapshots_written_total",
+        "counter",
+        "Document snapshots written (each replaces the changes stored one by one before it)",
+        s.snapshots_written,
+    );
     out
 }
 

@@ -1041,3 +1041,52 @@ fn a_member_killed_mid_sync_restarts_with_a_consistent_note_and_completes_it() {
     connect(&net[1], &net[0]);
     wait_text(&net[1], &doc, &full);
 }
+
+#[test]
+fn a_long_history_is_snapshotted_and_both_members_reload_it_after_kill_9() {
+    let root = tempfile::tempdir().unwrap();
+    let mut net = mesh(root.path(), 2);
+    let (space, doc) = space_with_note(&net[0], BASE);
+    invite_and_join(&net[0], &net[1], &space, "editor");
+    wait_text(&net[1], &doc, BASE);
+    // 600 changes: a snapshot replaces the stored changes every 256, on the author (local
+    // edits) and on the member that receives them by sync.
+    let mut full = BASE.to_owned();
+    for i in 0..600 {
+        let line = format!("line {i}\n");
+        let (status, body) = net[(i / 300) % 2].post(
+            &format!("/v1/docs/{doc}/append"),
+            &serde_json::json!({ "text": line }),
+        );
+        assert_eq!(status, 200, "append {i}: {body}");
+        full.push_str(&line);
+        if i == 299 {
+            wait_text(&net[1], &doc, &full);
+        }
+    }
+    let heads = wait_text(&net[0], &doc, &full);
+    assert_eq!(wait_text(&net[1], &doc, &full), heads);
+    for n in &net {
+        assert!(
+            metric(n, "agora_docs_snapshots_written_total") >= 2,
+            "{}",
+            n.dir.display()
+        );
+    }
+    // kill -9 both; each comes back alone with the same note and heads, from its snapshot and
+    // the changes stored after it.
+    let dirs: Vec<PathBuf> = net.iter().map(|n| n.dir.clone()).collect();
+    for n in net.iter_mut() {
+        n.kill9();
+    }
+    for (i, dir) in dirs.iter().enumerate() {
+        net[i] = Node::start(dir, &[]);
+        let (text, h) = note(&net[i], &doc).expect("the note is back");
+        assert_eq!(text, full, "node {i}");
+        assert_eq!(h, heads, "node {i}");
+    }
+    // Both still edit and merge after the reload.
+    write(&net[1], &doc, &format!("{full}from b\n"));
+    connect(&net[0], &net[1]);
+    wait_text(&net[0], &doc, &format!("{full}from b\n"));
+}

@@ -106,19 +106,15 @@ impl Session {
         if let Some(known) = last_known
             && known.iter().all(|h| doc.contains(h))
         {
-            msg.changes = self.batch(doc.changes(known));
+            msg.changes = self.batch(doc.changes_hashed(known));
         }
         msg
     }
 
-    fn batch(&mut self, changes: Vec<SignedChange>) -> Vec<SignedChange> {
+    fn batch(&mut self, changes: Vec<(ChangeHash, SignedChange)>) -> Vec<SignedChange> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        for c in changes {
-            let Ok(ch) = automerge::Change::from_bytes(c.bytes.clone()) else {
-                continue;
-            };
-            let h = ch.hash();
+        for (h, c) in changes {
             if self.sent.contains(&h) {
                 continue;
             }
@@ -142,15 +138,11 @@ impl Session {
             heads: raw(&doc.heads()),
             ..SyncMsg::default()
         };
-        let mut send = Vec::new();
-        for h in hashes(&msg.need).iter().take(MAX_HASHES) {
-            if let Some(c) = doc.change(h) {
-                send.push(c);
-            }
-        }
+        let need: Vec<ChangeHash> = hashes(&msg.need).into_iter().take(MAX_HASHES).collect();
+        let mut send = doc.changes_of(&need);
         let their = self.their_heads.clone();
         if their.iter().all(|h| doc.contains(h)) {
-            send.extend(doc.changes(&their));
+            send.extend(doc.changes_hashed(&their));
         } else if let Some(bytes) = &msg.bloom {
             if let Ok(bloom) = BloomFilter::try_from(bytes.as_slice()) {
                 let lacking: Vec<ChangeHash> = doc
@@ -158,11 +150,7 @@ impl Session {
                     .filter(|h| !bloom.contains_hash(h))
                     .copied()
                     .collect();
-                for h in doc.descendants(&lacking) {
-                    if let Some(c) = doc.change(&h) {
-                        send.push(c);
-                    }
-                }
+                send.extend(doc.descendants(&lacking));
             }
         } else if !doc.is_empty() {
             reply.bloom = Some(BloomFilter::from_hashes(doc.hashes()).to_bytes());

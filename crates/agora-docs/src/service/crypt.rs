@@ -360,11 +360,10 @@ impl Docs {
         if !s.docs.contains_key(&doc) && s.docs.len() >= budget::MAX_DOCS_PER_SPACE {
             return;
         }
-        let d = s.docs.entry(doc).or_insert_with(|| super::DocState {
-            doc: Document::empty(space, doc, &self.me),
-            seq: 0,
-            synced: HashMap::new(),
-        });
+        let d = s
+            .docs
+            .entry(doc)
+            .or_insert_with(|| super::DocState::new(Document::empty(space, doc, &self.me), 0, 0));
         let was_empty = d.doc.is_empty();
         let before = super::assigned_pairs(&d.doc);
         let received = d.doc.receive(&s.space, changes);

@@ -6,6 +6,9 @@
 //!   were applied (a topological order, which loading needs).
 //! - `docs_docs`: doc id → [`DocMeta`].
 //! - `docs_changes`: doc id ‖ seq (u64 BE) → a postcard [`SignedChange`], in the order applied.
+//! - `docs_snapshots`: doc id → the seq it covers (u64 BE) ‖ a postcard [`Snapshot`]: the
+//!   document as of that seq. Writing one removes the changes before that seq; a snapshot never
+//!   replaces one that covers more. Loading skips a change the snapshot already holds.
 //! - `docs_invites`: space id → [`InviteRecord`].
 //! - `docs_keys`: space id ‖ key id → a [`SpaceKey`] this node holds (secret: the data
 //!   directory is private to the node's user).
@@ -19,7 +22,7 @@ use libp2p_identity::PeerId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::proto::doc::{DocId, Kind, SignedChange};
+use crate::proto::doc::{DocId, Kind, SignedChange, Snapshot};
 use crate::proto::keys::{Grant, KeyId, SpaceKey};
 use crate::proto::membership::SpaceId;
 
@@ -27,6 +30,7 @@ const SPACES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_spaces"
 const OPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_ops");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_docs");
 const CHANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_changes");
+const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_snapshots");
 const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_invites");
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_keys");
 const GRANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_grants");
@@ -75,6 +79,8 @@ pub struct Batch {
     pub ops: Vec<(SpaceId, u32, Vec<u8>)>,
     pub docs: Vec<(DocId, DocMeta)>,
     pub changes: Vec<(DocId, u64, SignedChange)>,
+    /// Snapshots: the document, the seq it covers (the changes before it), the snapshot.
+    pub snapshots: Vec<(DocId, u64, Snapshot)>,
     pub invites: Vec<(SpaceId, InviteRecord)>,
     pub drop_invites: Vec<SpaceId>,
     pub drop_spaces: Vec<SpaceId>,
@@ -91,6 +97,7 @@ impl Batch {
             && self.ops.is_empty()
             && self.docs.is_empty()
             && self.changes.is_empty()
+            && self.snapshots.is_empty()
             && self.invites.is_empty()
             && self.drop_invites.is_empty()
             && self.drop_spaces.is_empty()
@@ -102,11 +109,21 @@ impl Batch {
     }
 }
 
+/// A stored document: its latest snapshot (with the seq it covers) and the changes stored
+/// after it, with their seqs.
+#[derive(Debug)]
+pub struct LoadedDoc {
+    pub id: DocId,
+    pub meta: DocMeta,
+    pub snapshot: Option<(u64, Snapshot)>,
+    pub changes: Vec<(u64, SignedChange)>,
+}
+
 /// Everything stored, as loaded at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub spaces: Vec<(SpaceId, SpaceMeta, Vec<Vec<u8>>)>,
-    pub docs: Vec<(DocId, DocMeta, Vec<SignedChange>)>,
+    pub docs: Vec<LoadedDoc>,
     pub invites: Vec<(SpaceId, InviteRecord)>,
     pub keys: Vec<(SpaceId, SpaceKey)>,
     pub grants: Vec<(SpaceId, Grant)>,
@@ -141,7 +158,9 @@ fn id32(bytes: &[u8]) -> Result<[u8; 32], DbError> {
 impl DocsDb {
     pub fn open(db: Arc<agora_store::Db>) -> Result<Self, DbError> {
         let tx = db.redb().begin_write().map_err(e)?;
-        for t in [SPACES, OPS, DOCS, CHANGES, INVITES, KEYS, GRANTS, HELD] {
+        for t in [
+            SPACES, OPS, DOCS, CHANGES, SNAPSHOTS, INVITES, KEYS, GRANTS, HELD,
+        ] {
             tx.open_table(t).map_err(e)?;
         }
         tx.commit().map_err(e)?;
@@ -179,6 +198,27 @@ impl DocsDb {
                         &postcard::to_allocvec(c).map_err(e)?[..],
                     )
                     .map_err(e)?;
+            }
+            let mut snapshots = tx.open_table(SNAPSHOTS).map_err(e)?;
+            for (doc, upto, snap) in &b.snapshots {
+                let stored = snapshots.get(&doc.0[..]).map_err(e)?.and_then(|v| {
+                    v.value()
+                        .get(..8)
+                        .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+                });
+                if stored.is_some_and(|s| s >= *upto) {
+                    continue;
+                }
+                let mut v = upto.to_be_bytes().to_vec();
+                v.extend_from_slice(&snap.to_bytes());
+                snapshots.insert(&doc.0[..], &v[..]).map_err(e)?;
+                if *upto > 0 {
+                    let lo = key2(&doc.0, &[0; 8]);
+                    let hi = key2(&doc.0, &(upto - 1).to_be_bytes());
+                    changes
+                        .retain_in(&lo[..]..=&hi[..], |_, _| false)
+                        .map_err(e)?;
+                }
             }
             let mut invites = tx.open_table(INVITES).map_err(e)?;
             for (space, inv) in &b.invites {
@@ -238,6 +278,7 @@ impl DocsDb {
                 changes
                     .retain_in(&lo[..]..=&hi[..], |_, _| false)
                     .map_err(e)?;
+                snapshots.remove(&doc.0[..]).map_err(e)?;
             }
         }
         tx.commit().map_err(e)?;
@@ -267,6 +308,7 @@ impl DocsDb {
         }
         let docs = tx.open_table(DOCS).map_err(e)?;
         let changes = tx.open_table(CHANGES).map_err(e)?;
+        let snapshots = tx.open_table(SNAPSHOTS).map_err(e)?;
         for row in docs.iter().map_err(e)? {
             let (k, v) = row.map_err(e)?;
             let id = DocId(id32(k.value())?);
@@ -276,13 +318,37 @@ impl DocsDb {
             let hi = key2(&id.0, &[0xff; 8]);
             let mut list = Vec::new();
             for row in changes.range(&lo[..]..=&hi[..]).map_err(e)? {
-                let (_, v) = row.map_err(e)?;
-                list.push(
-                    postcard::from_bytes(v.value())
-                        .map_err(|err| DbError(format!("a change of document {id}: {err}")))?,
-                );
+                let (k, v) = row.map_err(e)?;
+                let seq = k
+                    .value()
+                    .get(32..40)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| DbError(format!("a change key of document {id}")))?;
+                let c = postcard::from_bytes(v.value())
+                    .map_err(|err| DbError(format!("a change of document {id}: {err}")))?;
+                list.push((seq, c));
             }
-            out.docs.push((id, meta, list));
+            let snapshot = match snapshots.get(&id.0[..]).map_err(e)? {
+                None => None,
+                Some(v) => {
+                    let v = v.value();
+                    let upto = v
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| DbError(format!("the snapshot of document {id}")))?;
+                    let snap = Snapshot::from_bytes(&v[8..])
+                        .map_err(|err| DbError(format!("the snapshot of document {id}: {err}")))?;
+                    Some((upto, snap))
+                }
+            };
+            out.docs.push(LoadedDoc {
+                id,
+                meta,
+                snapshot,
+                changes: list,
+            });
         }
         let invites = tx.open_table(INVITES).map_err(e)?;
         for row in invites.iter().map_err(e)? {

@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::SignedChange;
 use crate::proto::doc::{DocError, DocId, Document, Kind, TaskState, TaskUpdate};
 use crate::proto::membership::{Action, Applied, OpError, Role, SignedOp, Space, SpaceId};
 use crate::proto::sync::{Session, SyncMsg};
@@ -275,6 +276,8 @@ pub struct DocsStats {
     pub held_bytes: u64,
     /// Sealed envelopes taken from holders that no key of this node opens (yet).
     pub unreadable: usize,
+    /// Document snapshots written (each replaces the changes stored one by one before it).
+    pub snapshots_written: u64,
 }
 
 struct SpaceState {
@@ -288,8 +291,39 @@ struct DocState {
     doc: Document,
     /// Next storage sequence number.
     seq: u64,
+    /// The storage sequence number the stored snapshot covers (changes before it).
+    snapped: u64,
     /// Each peer's heads at the end of the last sync with it.
     synced: HashMap<PeerId, Vec<ChangeHash>>,
+}
+
+/// Changes stored one by one before the next snapshot of the document replaces them.
+const SNAPSHOT_EVERY: u64 = 256;
+
+impl DocState {
+    fn new(doc: Document, seq: u64, snapped: u64) -> DocState {
+        DocState {
+            doc,
+            seq,
+            snapped,
+            synced: HashMap::new(),
+        }
+    }
+
+    /// Records an applied change `c` for storage.
+    fn store(&mut self, id: DocId, c: SignedChange, batch: &mut Batch) {
+        batch.changes.push((id, self.seq, c));
+        self.seq += 1;
+    }
+
+    /// Adds a snapshot of the document to `batch` once enough changes were stored since the
+    /// last one (the snapshot replaces them: loading takes automerge's load time).
+    fn snapshot_due(&mut self, id: DocId, batch: &mut Batch) {
+        if self.seq - self.snapped >= SNAPSHOT_EVERY {
+            batch.snapshots.push((id, self.seq, self.doc.snapshot()));
+            self.snapped = self.seq;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -321,6 +355,8 @@ pub struct Docs {
     fetch_rate: SharedRateLimiter<PeerId>,
     /// Sessions running (initiator side): (peer, space) → another run is wanted after it.
     running: Mutex<HashMap<(PeerId, SpaceId), bool>>,
+    /// Snapshots written (counted outside `inner`: stores happen under its lock).
+    snapshots_written: std::sync::atomic::AtomicU64,
     stop: CancellationToken,
 }
 
@@ -392,11 +428,7 @@ impl SpaceState {
                 if msg.changes.is_empty() || !create {
                     return None;
                 }
-                e.insert(DocState {
-                    doc: Document::empty(space_id, id, me),
-                    seq: 0,
-                    synced: HashMap::new(),
-                })
+                e.insert(DocState::new(Document::empty(space_id, id, me), 0, 0))
             }
         };
         let was_empty = d.doc.is_empty();
@@ -471,23 +503,39 @@ impl Docs {
                 },
             );
         }
-        for (id, meta, changes) in loaded.docs {
+        // Documents stored as changes only (or with many after their snapshot) get a snapshot
+        // now, so that the next start loads them in automerge's time.
+        let mut snapshots = Batch::default();
+        for ld in loaded.docs {
+            let (id, meta) = (ld.id, ld.meta);
             let Some(s) = inner.spaces.get_mut(&meta.space) else {
                 tracing::warn!(doc = %id, "stored document of an unknown space; ignored");
                 continue;
             };
-            let seq = changes.len() as u64;
-            let mut doc = Document::load(meta.space, id, &me, changes)?;
+            let snapped = ld.snapshot.as_ref().map_or(0, |(upto, _)| *upto);
+            let seq = ld
+                .changes
+                .last()
+                .map_or(snapped, |(seq, _)| seq + 1)
+                .max(snapped);
+            let tail: Vec<SignedChange> = ld.changes.into_iter().map(|(_, c)| c).collect();
+            let doc = match ld.snapshot {
+                Some((_, snap)) => Document::restore(meta.space, id, &me, snap, tail),
+                None => Document::load(meta.space, id, &me, tail),
+            };
+            let mut doc = doc.map_err(|e| DocsError::Bad(format!("stored document {id}: {e}")))?;
             doc.recheck(&s.space);
-            s.docs.insert(
-                id,
-                DocState {
-                    doc,
-                    seq,
-                    synced: HashMap::new(),
-                },
-            );
+            let mut d = DocState::new(doc, seq, snapped);
+            d.snapshot_due(id, &mut snapshots);
+            s.docs.insert(id, d);
             inner.doc_space.insert(id, meta.space);
+        }
+        let snapshots_written = snapshots.snapshots.len() as u64;
+        if !snapshots.is_empty() {
+            let ddb = ddb.clone();
+            tokio::task::spawn_blocking(move || ddb.write(&snapshots))
+                .await
+                .map_err(|e| DocsError::Bad(e.to_string()))??;
         }
         inner.invites = loaded.invites.into_iter().collect();
         for (space, key) in loaded.keys {
@@ -520,6 +568,7 @@ impl Docs {
             hold_bytes: SharedRateLimiter::new(budget::HOLD_BYTES, budget::MAX_RATE_PEERS),
             fetch_rate: SharedRateLimiter::new(budget::FETCHES, budget::MAX_RATE_PEERS),
             running: Mutex::new(HashMap::new()),
+            snapshots_written: snapshots_written.into(),
             stop,
         });
         let (tx, rx) = mpsc::channel(64);
@@ -553,7 +602,15 @@ impl Docs {
             return Ok(());
         }
         self.db.write(batch)?;
+        self.count_snapshots(batch);
         Ok(())
+    }
+
+    fn count_snapshots(&self, batch: &Batch) {
+        self.snapshots_written.fetch_add(
+            batch.snapshots.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     async fn persist(&self, batch: Batch) -> Result<(), DocsError> {
@@ -561,9 +618,10 @@ impl Docs {
             return Ok(());
         }
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.write(&batch))
+        let batch = tokio::task::spawn_blocking(move || db.write(&batch).map(|()| batch))
             .await
             .map_err(|e| DocsError::Bad(e.to_string()))??;
+        self.count_snapshots(&batch);
         Ok(())
     }
 
@@ -586,6 +644,9 @@ impl Docs {
             .values()
             .map(|s| s.crypt.unreadable.len())
             .sum();
+        s.snapshots_written = self
+            .snapshots_written
+            .load(std::sync::atomic::Ordering::Relaxed);
         s
     }
 
@@ -727,9 +788,9 @@ impl Docs {
                     continue;
                 }
                 if let Ok(c) = d.doc.anchor(&s.space, &self.key, now_ms() as i64) {
-                    batch.changes.push((*doc_id, d.seq, c.clone()));
+                    d.store(*doc_id, c.clone(), &mut batch);
+                    d.snapshot_due(*doc_id, &mut batch);
                     anchors.push((*doc_id, vec![c]));
-                    d.seq += 1;
                 }
             }
             // A removal rotates the key: what is written from now on is sealed with a key the
@@ -991,14 +1052,7 @@ impl Docs {
                 Document::create(&s.space, kind, title, &self.key, now_ms() as i64)?;
             let doc_id = doc.id();
             let summary = summary(&doc_id, &doc);
-            s.docs.insert(
-                doc_id,
-                DocState {
-                    doc,
-                    seq: 1,
-                    synced: HashMap::new(),
-                },
-            );
+            s.docs.insert(doc_id, DocState::new(doc, 1, 0));
             inner.doc_space.insert(doc_id, *id);
             (doc_id, change, summary)
         };
@@ -1180,7 +1234,7 @@ impl Docs {
     pub async fn edit(self: &Arc<Self>, id: &DocId, edit: Edit) -> Result<Edited, DocsError> {
         let now = now_ms() as i64;
         let assigned_before = self.assigned(id);
-        let (space, change, seq, new_id, heads, title) = self.with_doc(id, |s, _| {
+        let (space, change, batch, new_id, heads, title) = self.with_doc(id, |s, _| {
             let d = s
                 .docs
                 .get_mut(id)
@@ -1213,14 +1267,15 @@ impl Docs {
                     (d.doc.attach(space, key, now, name, hash, *size)?, None)
                 }
             };
-            let seq = d.seq;
-            if change.is_some() {
-                d.seq += 1;
+            let mut batch = Batch::default();
+            if let Some(c) = &change {
+                d.store(*id, c.clone(), &mut batch);
+                d.snapshot_due(*id, &mut batch);
             }
             Ok((
                 space.id(),
                 change,
-                seq,
+                batch,
                 new_id,
                 hex_heads(&d.doc.heads()),
                 d.doc.title(),
@@ -1228,8 +1283,6 @@ impl Docs {
         })?;
         let changed = change.is_some();
         if let Some(c) = change {
-            let mut batch = Batch::default();
-            batch.changes.push((*id, seq, c.clone()));
             self.persist(batch).await?;
             if let Some(s) = self.lock().spaces.get_mut(&space) {
                 self.for_holders(
@@ -1783,17 +1836,11 @@ fn record(
         ));
     }
     let mut authors = BTreeSet::new();
-    for h in &received.applied {
-        if let Some(c) = d.doc.change(h) {
-            if let Ok(ch) = automerge::Change::from_bytes(c.bytes.clone())
-                && let Ok(p) = PeerId::from_bytes(ch.actor_id().to_bytes())
-            {
-                authors.insert(p.to_string());
-            }
-            batch.changes.push((id, d.seq, c));
-            d.seq += 1;
-        }
+    for a in &received.applied {
+        authors.insert(a.author.to_string());
+        d.store(id, a.change.clone(), batch);
     }
+    d.snapshot_due(id, batch);
     if !received.applied.is_empty() {
         events.push(DocsEvent::DocChanged {
             space: space.id().to_string(),

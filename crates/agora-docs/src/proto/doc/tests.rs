@@ -434,3 +434,109 @@ fn an_edit_larger_than_a_change_may_be_is_undone_with_a_clear_error() {
     let r = replica(&w, &mut a, &w.editor);
     assert_eq!(r.text().unwrap(), "small more");
 }
+
+#[test]
+fn a_snapshot_restores_the_document_and_detects_corruption() {
+    let w = world();
+    let me = peer(&w.owner);
+    let (mut a, _) = Document::create(&w.space, Kind::Note, "n", &w.owner, 10).unwrap();
+    for i in 0..20 {
+        a.append_text(&w.space, &w.owner, 11 + i, "ab").unwrap();
+    }
+    let snap = a.snapshot();
+    let at_snapshot = a.changes(&[]);
+    // Changes after the snapshot, and one the snapshot already holds, form the stored tail.
+    let heads = a.heads();
+    a.append_text(&w.space, &w.owner, 40, "tail").unwrap();
+    let mut tail = a.changes(&heads);
+    assert_eq!(tail.len(), 1);
+    tail.insert(0, at_snapshot[5].clone());
+    let mut b = Document::restore(w.space.id(), a.id(), &me, snap.clone(), tail.clone()).unwrap();
+    assert_eq!(b.text().unwrap(), a.text().unwrap());
+    assert_eq!(b.heads(), a.heads());
+    assert_eq!(b.len(), a.len());
+    // The restored document hands out the same signed changes (signatures kept) ...
+    assert_eq!(b.changes(&[]), a.changes(&[]));
+    // ... and edits as this node's actor.
+    let c = b.append_text(&w.space, &w.owner, 41, "!").unwrap().unwrap();
+    assert_eq!(a.receive(&w.space, vec![c]).applied.len(), 1);
+
+    let restore = |s: Snapshot, t: Vec<SignedChange>| {
+        Document::restore(w.space.id(), a.id(), &me, s, t).map(drop)
+    };
+    let mut flipped = snap.clone();
+    flipped.save[40] ^= 1;
+    assert!(matches!(
+        restore(flipped, vec![]),
+        Err(DocError::Corrupt(_))
+    ));
+    let mut sig = snap.clone();
+    sig.sigs[3].1[0] ^= 1;
+    assert!(matches!(restore(sig, vec![]), Err(DocError::Corrupt(_))));
+    // A snapshot of another document does not pass for this one.
+    let (mut other, _) = Document::create(&w.space, Kind::Note, "o", &w.owner, 10).unwrap();
+    assert!(matches!(
+        restore(other.snapshot(), vec![]),
+        Err(DocError::Corrupt(_))
+    ));
+    // A forged change in the tail is an error, not a different document.
+    let mut forged = tail;
+    forged[1].sig[7] ^= 1;
+    assert!(restore(snap, forged).is_err());
+}
+
+#[test]
+fn a_change_already_applied_is_not_checked_again() {
+    let w = world();
+    let (mut a, first) = Document::create(&w.space, Kind::Note, "n", &w.owner, 10).unwrap();
+    let c = a.append_text(&w.space, &w.owner, 11, "x").unwrap().unwrap();
+    let mut b = Document::empty(w.space.id(), a.id(), &peer(&w.editor));
+    let got = b.receive(&w.space, vec![first.clone(), c.clone()]);
+    assert_eq!(got.applied.len(), 2);
+    assert_eq!(got.applied[1].author, peer(&w.owner));
+    assert_eq!(got.applied[1].change, c);
+    // Sent again, even with a damaged signature: nothing applied, nothing refused.
+    let mut again = c.clone();
+    again.sig[0] ^= 1;
+    let got = b.receive(&w.space, vec![first, again]);
+    assert!(got.applied.is_empty() && got.refused.is_empty(), "{got:?}");
+}
+
+#[test]
+fn splices_in_runs_give_the_same_text_as_one_by_one() {
+    let w = world();
+    let (mut a, _) = Document::create(&w.space, Kind::Note, "n", &w.owner, 10).unwrap();
+    // Typing, a backspace run, a forward-delete run, typing elsewhere, a jump, a multi-char
+    // delete; every shape of run the coalescing joins and the ones it must not.
+    let edits: Vec<(usize, isize, &str)> = vec![
+        (0, 0, "h"),
+        (1, 0, "e"),
+        (2, 0, "l"),
+        (3, 0, "l"),
+        (4, 0, "o"),
+        (5, 0, " "),
+        (6, 0, "w"),
+        (7, 0, "x"),
+        (7, 1, ""),
+        (6, 1, ""),
+        (5, 1, ""),
+        (1, 1, ""),
+        (1, 1, ""),
+        (1, 0, "E"),
+        (0, 0, ">"),
+        (1, 0, "é"),
+        (2, 0, "ß"),
+        (3, 2, ""),
+        (4, 0, "!"),
+    ];
+    let mut model: Vec<char> = Vec::new();
+    for (pos, del, ins) in &edits {
+        model.splice(*pos..*pos + *del as usize, ins.chars());
+    }
+    a.splice(&w.space, &w.owner, 11, &edits).unwrap().unwrap();
+    assert_eq!(a.text().unwrap(), model.into_iter().collect::<String>());
+    // Another member applies the change and reads the same text.
+    let mut b = Document::empty(w.space.id(), a.id(), &peer(&w.editor));
+    b.receive(&w.space, a.changes(&[]));
+    assert_eq!(b.text().unwrap(), a.text().unwrap());
+}
