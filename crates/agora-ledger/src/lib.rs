@@ -2,14 +2,18 @@
 //! into blocks by a validator committee; the state machine here is pure and deterministic.
 
 pub mod account;
+pub mod amount;
 pub mod block;
 pub mod consensus;
+pub mod market;
 pub mod service;
 pub mod state;
 pub mod tx;
 
 pub use account::{Account, AccountParseError, identity_signing_key};
+pub use amount::{Amount, AmountError, Code, Currency, Issue, Rate};
 pub use block::{Block, BlockError};
+pub use market::{Fill, Line, MarketAction, MarketError, Offer, OfferFlags, OfferId, Outcome};
 pub use state::{AccountState, Effect, Genesis, State, TxError, quorum};
 pub use tx::{
     AccountTx, Action, Approval, CommitteeChange, CommitteeTx, Hash, SignedAccountTx, Tx,

@@ -6,7 +6,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::account::Account;
+use crate::market::{Market, MarketError, Outcome};
 use crate::tx::{Action, CommitteeChange, CommitteeTx, Hash, MAX_MEMO, SignedAccountTx, Tx};
+
+/// Each trust line and resting offer holds back this many times the minimum fee of its owner's
+/// AGR (the owner reserve: state costs something to keep).
+pub const OWNER_RESERVE_FEES: u64 = 100;
 
 /// What the genesis file says: the chain's name, its first committee, the initial balances and
 /// the fixed rules.
@@ -101,9 +106,12 @@ pub enum TxError {
     NotEnoughApprovals { got: usize, needed: usize },
     #[error("committee change does nothing or would leave no validator")]
     UselessChange,
+    #[error("{0}")]
+    Market(Box<MarketError>),
 }
 
 /// What applying a transaction did.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     Transferred {
@@ -115,6 +123,13 @@ pub enum Effect {
     CommitteeChanged {
         change: CommitteeChange,
         effective_epoch: u64,
+    },
+    /// A market transaction: included and its fee burned; `outcome` says what it did (or why
+    /// it changed nothing else).
+    Market {
+        from: Account,
+        fee: u64,
+        outcome: Outcome,
     },
 }
 
@@ -134,6 +149,9 @@ pub struct State {
     /// The committee from the next epoch on (equal to `committee` when nothing is pending).
     pub next_committee: Vec<Account>,
     pub committee_nonce: u64,
+    /// AGR each trust line or resting offer holds back ([`OWNER_RESERVE_FEES`] × min fee).
+    pub owner_reserve: u64,
+    pub market: Market,
 }
 
 /// Largest f with 3f + 1 <= n: how many faulty validators a committee of n tolerates.
@@ -170,6 +188,8 @@ impl State {
             next_committee: committee.clone(),
             committee,
             committee_nonce: 0,
+            owner_reserve: genesis.min_fee.saturating_mul(OWNER_RESERVE_FEES),
+            market: Market::default(),
         }
     }
 
@@ -192,6 +212,12 @@ impl State {
         height.is_multiple_of(self.epoch_length)
     }
 
+    /// AGR of `account` held back by the lines and offers it owns.
+    pub fn reserve_of(&self, account: &Account) -> u64 {
+        let owned = self.market.owned.get(account).copied().unwrap_or(0) as u64;
+        owned.saturating_mul(self.owner_reserve)
+    }
+
     /// Sum of all balances.
     pub fn supply(&self) -> u128 {
         self.accounts.values().map(|a| a.balance as u128).sum()
@@ -210,13 +236,20 @@ impl State {
     /// its sequence number: fee, memo, amount, not to itself.
     pub fn check_static(&self, signed: &SignedAccountTx) -> Result<(), TxError> {
         let body = &signed.body;
-        let Action::Transfer { to, amount, memo } = &body.action;
         if body.fee < self.min_fee {
             return Err(TxError::FeeTooLow {
                 fee: body.fee,
                 min: self.min_fee,
             });
         }
+        let (to, amount, memo) = match &body.action {
+            Action::Transfer { to, amount, memo } => (to, amount, memo),
+            Action::Market(m) => {
+                return m
+                    .check_static(&body.from)
+                    .map_err(|e| TxError::Market(Box::new(e)));
+            }
+        };
         if let Some(memo) = memo
             && memo.len() > MAX_MEMO
         {
@@ -257,7 +290,6 @@ impl State {
     ) -> Result<(AccountState, u64), TxError> {
         self.check_static(signed)?;
         let body = &signed.body;
-        let Action::Transfer { to, amount, .. } = &body.action;
         let sender = self.account(&body.from);
         if body.seq != sender.seq {
             return Err(TxError::WrongSequence {
@@ -265,15 +297,30 @@ impl State {
                 got: body.seq,
             });
         }
-        let needed = amount.checked_add(body.fee).ok_or(TxError::Overflow)?;
+        let needed = match &body.action {
+            Action::Transfer { to, amount, .. } => {
+                let needed = amount.checked_add(body.fee).ok_or(TxError::Overflow)?;
+                // What lines and offers hold back is not for transfers.
+                let reserve = self.reserve_of(&body.from);
+                if sender.balance < needed.saturating_add(reserve) {
+                    return Err(TxError::InsufficientFunds {
+                        balance: sender.balance.saturating_sub(reserve),
+                        needed,
+                    });
+                }
+                if self.account(to).balance.checked_add(*amount).is_none() {
+                    return Err(TxError::Overflow);
+                }
+                needed
+            }
+            // The fee may come out of the reserve; the rest is decided when it runs.
+            Action::Market(_) => body.fee,
+        };
         if sender.balance < needed {
             return Err(TxError::InsufficientFunds {
                 balance: sender.balance,
                 needed,
             });
-        }
-        if self.account(to).balance.checked_add(*amount).is_none() {
-            return Err(TxError::Overflow);
         }
         if !signature_checked && !signed.signature_valid(&self.chain) {
             return Err(TxError::BadSignature);
@@ -329,7 +376,20 @@ impl State {
             Tx::Account(signed) => {
                 let (sender, needed) = self.check_account(signed, signature_checked)?;
                 let body = &signed.body;
-                let Action::Transfer { to, amount, .. } = &body.action;
+                let (to, amount) = match &body.action {
+                    Action::Transfer { to, amount, .. } => (to, amount),
+                    Action::Market(m) => {
+                        let mut txn = crate::market::Txn::new(self);
+                        txn.charge(body.from, body.fee);
+                        let outcome = txn.run(body.from, body.seq, m);
+                        txn.commit();
+                        return Ok(Effect::Market {
+                            from: body.from,
+                            fee: body.fee,
+                            outcome,
+                        });
+                    }
+                };
                 self.accounts.insert(
                     body.from,
                     AccountState {
@@ -411,6 +471,12 @@ impl State {
         h.update(&accounts_root);
         h.update(&self.burned.to_le_bytes());
         h.update(&self.committee_nonce.to_le_bytes());
+        h.update(&self.owner_reserve.to_le_bytes());
+        // The market, whole: O(lines + offers) per block.
+        h.update(
+            blake3::hash(&postcard::to_allocvec(&self.market).expect("encoding cannot fail"))
+                .as_bytes(),
+        );
         for v in self
             .committee
             .iter()

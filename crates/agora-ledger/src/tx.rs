@@ -71,7 +71,7 @@ impl fmt::Debug for Hash {
     }
 }
 
-/// What an account asks the ledger to do. New kinds (trust lines, offers) become new variants.
+/// What an account asks the ledger to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// Move `amount` base units from the signer to `to`.
@@ -80,6 +80,24 @@ pub enum Action {
         amount: u64,
         memo: Option<String>,
     },
+    /// Trust lines, issued currencies, offers and cross-currency payments
+    /// ([`crate::market`]).
+    Market(crate::market::MarketAction),
+}
+
+impl Action {
+    /// The other accounts the action names (a recipient, an issuer, a holder): each must be a
+    /// usable key where transactions enter.
+    pub fn counterparties(&self) -> Vec<Account> {
+        use crate::market::MarketAction as M;
+        match self {
+            Action::Transfer { to, .. } => vec![*to],
+            Action::Market(M::Pay { to, .. }) => vec![*to],
+            Action::Market(M::TrustSet { issue, .. }) => vec![issue.issuer],
+            Action::Market(M::Authorize { holder, .. }) => vec![*holder],
+            Action::Market(_) => Vec::new(),
+        }
+    }
 }
 
 /// The body an account signs: who, in which order, what it pays to be included, and what.
@@ -125,6 +143,7 @@ pub struct Approval {
 }
 
 /// Anything a block can carry.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Tx {
     Account(SignedAccountTx),

@@ -356,7 +356,9 @@ fn batch_signature_checks_agree_with_single_checks() {
         .collect();
     // Bad ones scattered: a flipped signature bit, a changed amount, a signature by another key.
     txs[0].signature[5] ^= 1;
-    let Action::Transfer { amount, .. } = &mut txs[37].body.action;
+    let Action::Transfer { amount, .. } = &mut txs[37].body.action else {
+        unreachable!()
+    };
     *amount += 1;
     let Tx::Account(other) = transfer(&chain, 5, 9, 100, FEE, 12) else {
         unreachable!()

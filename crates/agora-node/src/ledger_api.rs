@@ -248,6 +248,11 @@ pub struct TxView {
     memo: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     change: Option<String>,
+    /// A market transaction: what it asked, and what it did (fills, or why it failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effect: Option<serde_json::Value>,
 }
 
 fn view(record: TxRecord) -> TxView {
@@ -264,16 +269,29 @@ fn view(record: TxRecord) -> TxView {
         seq: None,
         memo: None,
         change: None,
+        action: None,
+        effect: None,
     };
     match record.tx {
         Tx::Account(signed) => {
-            let Action::Transfer { to, amount, memo } = signed.body.action;
             v.from = Some(signed.body.from.to_string());
-            v.to = Some(to.to_string());
-            v.amount = Some(amount);
             v.fee = Some(signed.body.fee);
             v.seq = Some(signed.body.seq);
-            v.memo = memo;
+            match signed.body.action {
+                Action::Transfer { to, amount, memo } => {
+                    v.to = Some(to.to_string());
+                    v.amount = Some(amount);
+                    v.memo = memo;
+                }
+                Action::Market(m) => {
+                    v.kind = "market";
+                    v.action = serde_json::to_value(&m).ok();
+                    v.effect = record
+                        .effect
+                        .as_ref()
+                        .and_then(|e| serde_json::to_value(e).ok());
+                }
+            }
         }
         Tx::Committee(c) => {
             v.kind = "committee";

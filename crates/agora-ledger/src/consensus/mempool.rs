@@ -164,9 +164,10 @@ impl Mempool {
             });
         }
         state.check_queued(signed).map_err(Rejected::Invalid)?;
-        let crate::tx::Action::Transfer { to, .. } = &body.action;
-        if !self.usable(to) {
-            return Err(Rejected::Invalid(TxError::BadRecipient));
+        for to in body.action.counterparties() {
+            if !self.usable(&to) {
+                return Err(Rejected::Invalid(TxError::BadRecipient));
+            }
         }
         if !self.usable(&body.from) {
             return Err(Rejected::Invalid(TxError::BadSignature));
@@ -345,7 +346,9 @@ mod tests {
         // Admitted transactions count as checked in a block; others are checked now.
         let mut other = signed(&state, 3, account(0), 1, 0);
         let valid_elsewhere = Tx::Account(other.clone());
-        let Action::Transfer { amount, .. } = &mut other.body.action;
+        let Action::Transfer { amount, .. } = &mut other.body.action else {
+            unreachable!("a transfer")
+        };
         *amount = 2;
         let checked =
             pool.signatures_checked(&[good, valid_elsewhere, Tx::Account(other)], &state.chain);

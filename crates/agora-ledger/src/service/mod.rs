@@ -174,6 +174,8 @@ pub struct TxRecord {
     pub index: u32,
     pub block_time_ms: u64,
     pub tx: Tx,
+    /// A market transaction's effect: its fills, or why it failed.
+    pub effect: Option<crate::state::Effect>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -465,6 +467,7 @@ impl Ledger {
             index,
             block_time_ms: block.timestamp_ms,
             tx,
+            effect: self.store.effect(height, index)?,
         })
     }
 
@@ -552,14 +555,14 @@ impl Ledger {
             }
             // Signatures were checked by the validators that certified it (and by ours).
             match block.execute(state, |_| true) {
-                Ok((next, _)) => {
+                Ok((next, effects)) => {
                     if next.ends_epoch(block.height) {
                         epoch_start = block_digest;
                     }
                     next_state = Some(next);
                     digest = block_digest;
                     timestamp = block.timestamp_ms;
-                    applied.push((block, certificate));
+                    applied.push((block, certificate, effects));
                 }
                 Err(e) => {
                     warn!(
@@ -578,14 +581,14 @@ impl Ledger {
             Instant::now(),
             applied
                 .iter()
-                .map(|(block, _)| (block.height, block.txs.len())),
+                .map(|(block, _, _)| (block.height, block.txs.len())),
         );
         let own_seq = state.account(&self.account).seq;
         // Execution compared the state's root with the block's, so it need not be recomputed
         // (a pass over every account).
         inner.root = applied
             .last()
-            .map(|(block, _)| block.state_root)
+            .map(|(block, _, _)| block.state_root)
             .expect("at least one block applied");
         if state.epoch_of(state.height + 1) != inner.verifier.0 {
             match Self::verifier_for(&self.chain, &state) {

@@ -38,6 +38,9 @@ pub struct Payment {
     pub finality_ms: u64,
     pub seq: u64,
     pub fee: u64,
+    /// A market transaction's effect (fills, or why it changed nothing but the fee).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect: Option<crate::state::Effect>,
 }
 
 impl Ledger {
@@ -50,7 +53,27 @@ impl Ledger {
         memo: Option<String>,
         fee: Option<u64>,
     ) -> Result<Payment, LedgerError> {
-        if !to.is_usable() {
+        self.act(Action::Transfer { to, amount, memo }, fee).await
+    }
+
+    /// Signs a market action from this node's account, submits it and waits for finality;
+    /// the payment carries the action's effect.
+    pub async fn market(
+        self: &Arc<Self>,
+        action: crate::market::MarketAction,
+        fee: Option<u64>,
+    ) -> Result<Payment, LedgerError> {
+        self.act(Action::Market(action), fee).await
+    }
+
+    /// Signs any action from this node's account, submits it to a validator and waits until a
+    /// finalized block holds it.
+    pub async fn act(
+        self: &Arc<Self>,
+        action: Action,
+        fee: Option<u64>,
+    ) -> Result<Payment, LedgerError> {
+        if !action.counterparties().iter().all(Account::is_usable) {
             return Err(TxError::BadRecipient.into());
         }
         let mut tips = self.tip.subscribe();
@@ -64,7 +87,7 @@ impl Ledger {
                 from: self.account,
                 seq,
                 fee,
-                action: Action::Transfer { to, amount, memo },
+                action,
             }
             .sign(&self.key, &self.chain);
             inner.state.check_queued(&signed)?;
@@ -95,6 +118,7 @@ impl Ledger {
                 finality_ms: started.elapsed().as_millis() as u64,
                 seq,
                 fee,
+                effect: self.tx(&hash)?.and_then(|r| r.effect),
             }),
             Err(e) => {
                 if matches!(e, LedgerError::NotFinal(_)) {
@@ -193,10 +217,15 @@ impl Ledger {
             for (i, tx) in &decoded {
                 let verdict = match tx {
                     Tx::Account(signed) => {
-                        let Action::Transfer { to, .. } = &signed.body.action;
                         if !valid.next().unwrap_or(false) {
                             Err(TxError::BadSignature)
-                        } else if !to.is_usable() {
+                        } else if !signed
+                            .body
+                            .action
+                            .counterparties()
+                            .iter()
+                            .all(Account::is_usable)
+                        {
                             Err(TxError::BadRecipient)
                         } else {
                             inner.state.check_queued(signed)

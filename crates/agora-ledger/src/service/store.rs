@@ -21,6 +21,13 @@ const TXS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ledger_txs");
 const HISTORY: TableDefinition<(&[u8], u64, u32), ()> = TableDefinition::new("ledger_history");
 /// `genesis` → the genesis (JSON); `snapshot` → [`Snapshot`] (postcard).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_meta");
+/// A finalized block to store: the block, its certificate if this node holds one, and the
+/// effects of its transactions.
+pub type AppliedBlock = (Block, Option<Vec<u8>>, Vec<crate::state::Effect>);
+
+/// (height, index) → postcard [`crate::state::Effect`] of a market transaction: its fills, or
+/// why it changed nothing but the fee (a transfer's effect follows from the transaction).
+const EFFECTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("ledger_effects");
 
 /// A snapshot is written after every this many blocks.
 pub const SNAPSHOT_EVERY: u64 = 64;
@@ -82,6 +89,7 @@ impl ChainStore {
             txn.open_table(BLOCKS).map_err(e)?;
             txn.open_table(TXS).map_err(e)?;
             txn.open_table(HISTORY).map_err(e)?;
+            txn.open_table(EFFECTS).map_err(e)?;
             let stored = meta.get("genesis").map_err(e)?.map(|v| v.value().to_vec());
             match stored {
                 Some(bytes) => {
@@ -207,7 +215,7 @@ impl ChainStore {
     /// snapshot of `state` if one is due; one transaction, so a crash keeps all or nothing.
     pub fn append(
         &self,
-        blocks: &[(Block, Option<Vec<u8>>)],
+        blocks: &[AppliedBlock],
         state: &State,
         digest: Hash,
         timestamp_ms: u64,
@@ -217,8 +225,9 @@ impl ChainStore {
             let mut table = txn.open_table(BLOCKS).map_err(e)?;
             let mut txs = txn.open_table(TXS).map_err(e)?;
             let mut history = txn.open_table(HISTORY).map_err(e)?;
+            let mut effects_table = txn.open_table(EFFECTS).map_err(e)?;
             let mut snapshot_due = false;
-            for (block, certificate) in blocks {
+            for (block, certificate, effects) in blocks {
                 let stored = StoredBlock {
                     block: block.encode(),
                     certificate: certificate.clone(),
@@ -231,7 +240,14 @@ impl ChainStore {
                     at[8..].copy_from_slice(&(index as u32).to_be_bytes());
                     txs.insert(tx.hash().0.as_slice(), at.as_slice())
                         .map_err(e)?;
-                    for account in involved(tx) {
+                    let effect = effects.get(index);
+                    if let Some(effect @ crate::state::Effect::Market { .. }) = effect {
+                        let bytes = postcard::to_allocvec(effect).map_err(e)?;
+                        effects_table
+                            .insert((block.height, index as u32), bytes.as_slice())
+                            .map_err(e)?;
+                    }
+                    for account in involved(tx, effect) {
                         history
                             .insert((account.0.as_slice(), block.height, index as u32), ())
                             .map_err(e)?;
@@ -253,6 +269,22 @@ impl ChainStore {
             }
         }
         txn.commit().map_err(e)
+    }
+
+    /// The stored effect of the transaction at (height, index), if it was a market one.
+    pub fn effect(
+        &self,
+        height: u64,
+        index: u32,
+    ) -> Result<Option<crate::state::Effect>, StoreError> {
+        let txn = self.db.redb().begin_read().map_err(e)?;
+        let table = txn.open_table(EFFECTS).map_err(e)?;
+        match table.get((height, index)).map_err(e)? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(v.value())
+                .map(Some)
+                .map_err(|err| StoreError::Corrupt(format!("effect {height}/{index}: {err}"))),
+        }
     }
 
     /// Where a transaction was finalized: (height, index).
@@ -290,12 +322,24 @@ impl ChainStore {
     }
 }
 
-/// The accounts a transaction touches.
-fn involved(tx: &Tx) -> Vec<Account> {
+/// The accounts a transaction touches: its sender, the accounts it names and the owners of
+/// the offers it took.
+fn involved(tx: &Tx, effect: Option<&crate::state::Effect>) -> Vec<Account> {
     match tx {
         Tx::Account(signed) => {
-            let crate::tx::Action::Transfer { to, .. } = &signed.body.action;
-            vec![signed.body.from, *to]
+            let mut v = vec![signed.body.from];
+            v.extend(signed.body.action.counterparties());
+            if let Some(crate::state::Effect::Market { outcome, .. }) = effect {
+                let fills = match outcome {
+                    crate::market::Outcome::Paid { fills, .. }
+                    | crate::market::Outcome::OfferPlaced { fills, .. } => fills.as_slice(),
+                    _ => &[],
+                };
+                v.extend(fills.iter().map(|f| f.offer.owner));
+            }
+            v.sort();
+            v.dedup();
+            v
         }
         Tx::Committee(_) => Vec::new(),
     }
