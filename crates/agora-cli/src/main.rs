@@ -153,21 +153,34 @@ enum Command {
     Who(ClientArgs),
     /// This node's ledger account (`ag…`).
     Account(ClientArgs),
-    /// Balance and sequence number of an account (default: this node's).
+    /// Balance, sequence number, reserve and issued currencies of an account (default: this
+    /// node's).
     Balance {
         /// Account (`ag…`).
+        #[arg(value_parser = ledger::parse_account)]
         account: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Pay an account from this node's account; waits until the payment is final.
+    ///
+    /// AGR base units without --send-max are a plain transfer. An issued amount
+    /// (`AMOUNT/CUR/ISSUER`) goes through its issuer; with --send-max in another currency it
+    /// goes through the order books (bridged through AGR when that is cheaper).
     Pay {
         /// Recipient account (`ag…`).
+        #[arg(value_parser = ledger::parse_account)]
         account: String,
-        /// Whole base units.
-        #[arg(value_parser = ledger::parse_amount)]
-        amount: u64,
-        /// A note stored with the payment (up to 256 bytes).
+        /// What arrives: whole AGR base units, or `AMOUNT/CUR/ISSUER` (up to 9 decimals).
+        #[arg(value_parser = ledger::parse_pay_amount)]
+        amount: ledger::PayAmount,
+        /// The most to spend, in the currency to spend: `AMOUNT/CUR/ISSUER` or AGR base units.
+        #[arg(long, value_name = "AMOUNT", value_parser = ledger::parse_market_amount)]
+        send_max: Option<agora_ledger::Amount>,
+        /// Deliver what --send-max buys when it cannot buy all of AMOUNT.
+        #[arg(long)]
+        partial: bool,
+        /// A note stored with the payment (up to 256 bytes; plain AGR transfers only).
         #[arg(long)]
         memo: Option<String>,
         /// Fee to offer (burned); default: the ledger's minimum.
@@ -182,7 +195,8 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// The ledger this node follows: status, history, committee changes (approve, change).
+    /// The ledger this node follows: status, history, committee changes (approve, change), and
+    /// the currency market (trust, issuer, authorize, lines, offer, offers, book, balance).
     #[command(subcommand)]
     Ledger(ledger::LedgerCmd),
     /// Grid computing: run WASI jobs on peers' spare CPU; jobs, results, workers.
@@ -279,10 +293,12 @@ fn main() -> ExitCode {
         Command::Pay {
             account,
             amount,
+            send_max,
+            partial,
             memo,
             fee,
             client,
-        } => ledger::pay(&client, &account, amount, memo, fee),
+        } => ledger::pay(&client, &account, amount, send_max, partial, memo, fee),
         Command::Tx { hash, client } => ledger::tx(&client, &hash),
         Command::Ledger(cmd) => ledger::run(cmd),
         Command::Grid(cmd) => grid::run(cmd),

@@ -67,6 +67,9 @@ pub enum AmountError {
 }
 
 impl Code {
+    /// Below every valid code (the start of a range).
+    pub(crate) const MIN: Code = Code([0; 12]);
+
     pub fn new(s: &str) -> Result<Code, AmountError> {
         let ok = (3..=12).contains(&s.len())
             && s.bytes()
@@ -378,7 +381,9 @@ impl Rate {
             return None;
         }
         // Find e with 10^7 <= num / (den 10^e) < 10^8, then take m = num / (den 10^e).
-        let digits = |x: U256| x.to_string().len() as i32;
+        // Decimal digits, from the bit length (log10 2 ≈ 0.30103; the loop below corrects an
+        // estimate that is off by one).
+        let digits = |x: U256| (x.bits() as i32 * 30103) / 100_000 + 1;
         let mut e = digits(num) - digits(den) - (TICK_DIGITS as i32 - 1);
         loop {
             if !(E_MIN - 2..=E_MAX + 2).contains(&e) {

@@ -1377,10 +1377,14 @@ impl State {
 
     /// The holder's lines (as holder) and, for an issuer, what it owes per currency.
     pub fn lines_of(&self, holder: &Account) -> Vec<(Issue, Line)> {
+        let first = Issue {
+            code: crate::amount::Code::MIN,
+            issuer: Account([0; 32]),
+        };
         self.market
             .lines
-            .iter()
-            .filter(|((h, _), _)| h == holder)
+            .range((*holder, first)..)
+            .take_while(|((h, _), _)| h == holder)
             .map(|((_, i), l)| (*i, *l))
             .collect()
     }

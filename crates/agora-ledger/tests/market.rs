@@ -421,7 +421,8 @@ fn a_cross_currency_payment_delivers_exactly_within_send_max_or_fails() {
         send_max: Some(units(usd(), max)),
         partial,
     };
-    // Without send-max a payment in another currency is refused before inclusion.
+    // Without send-max the payment is in the delivered currency, which 2 does not hold: it
+    // fails (included, fee charged).
     assert!(matches!(
         run(&mut st, 2, pay(6, deliver)),
         Ok(Outcome::Failed {

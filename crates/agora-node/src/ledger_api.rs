@@ -1,18 +1,32 @@
-//! Ledger routes under `/v1/ledger`: account, balance, pay, tx, status, history, committee.
+//! Ledger routes under `/v1/ledger`: account, balance, pay, tx, status, history, committee,
+//! and the currency market (trust lines, issuer settings, authorisation, issued and
+//! cross-currency payments, offers, lines, books).
+//!
+//! Amounts are text wherever they can be issued: `AMOUNT` (AGR base units), `AMOUNT/AGR` or
+//! `AMOUNT/CUR/ISSUER` (up to 9 decimals), and issued balances and limits are decimal strings,
+//! so that no JSON number ever rounds them. Rates are decimal strings in whole units (of what is
+//! bought per unit of what is sold; in a book, quote per base).
 
 use std::sync::Arc;
 
+use agora_ledger::amount::{self, Code, Currency, IOU_DECIMALS, Issue, Rate};
+use agora_ledger::market::{Fill, Line, MarketAction, Offer, OfferFlags, OfferId, Outcome};
 // Most transactions in one `submit` call: what one request to a validator carries.
 use agora_ledger::service::wire::MAX_SUBMIT_BATCH;
-use agora_ledger::service::{Ledger, LedgerError, TxRecord};
-use agora_ledger::{Account, Action, CommitteeChange, Hash, Tx, TxError};
+use agora_ledger::service::{Ledger, LedgerError, Payment, TxRecord};
+use agora_ledger::{Account, Action, Amount, CommitteeChange, Effect, Hash, Tx, TxError};
 use axum::{
     Json, Router,
-    extract::{Path, Query, State, rejection::JsonRejection, rejection::QueryRejection},
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+    },
     http::StatusCode,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::{Node, api::ApiError};
 
@@ -22,6 +36,9 @@ impl From<LedgerError> for ApiError {
             LedgerError::Tx(TxError::InsufficientFunds { .. }) => {
                 (StatusCode::BAD_REQUEST, "insufficient_funds")
             }
+            // Refused before inclusion (no fee charged): a zero amount, an offer of a currency
+            // for itself, a transfer fee over 100 %…
+            LedgerError::Tx(TxError::Market(_)) => (StatusCode::BAD_REQUEST, "invalid_market_tx"),
             LedgerError::Tx(_) | LedgerError::Rejected(_) | LedgerError::Replaced(_) => {
                 (StatusCode::BAD_REQUEST, "rejected")
             }
@@ -46,6 +63,16 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/ledger/history", get(history))
         .route("/v1/ledger/committee/approve", post(committee_approve))
         .route("/v1/ledger/committee/change", post(committee_change))
+        .route("/v1/ledger/trust", post(trust))
+        .route("/v1/ledger/issuer", post(issuer))
+        .route("/v1/ledger/authorize", post(authorize))
+        .route("/v1/ledger/offers", get(offers).post(offer_create))
+        .route(
+            "/v1/ledger/offers/{seq}",
+            axum::routing::delete(offer_cancel),
+        )
+        .route("/v1/ledger/lines", get(lines))
+        .route("/v1/ledger/book", get(book))
 }
 
 fn ledger(node: &Node) -> Result<&Arc<Ledger>, ApiError> {
@@ -94,6 +121,11 @@ struct BalanceView {
     balance: u64,
     seq: u64,
     height: u64,
+    /// AGR held back by the lines and offers the account owns (not spendable by transfers).
+    reserve: u64,
+    /// Every issued currency: the account's lines and, for an issuer, what it owes per
+    /// currency (a negative balance).
+    issued: Vec<Value>,
 }
 
 async fn balance(
@@ -106,22 +138,51 @@ async fn balance(
         Some(text) => parse_account(text)?,
         None => ledger.account(),
     };
-    let state = ledger.balance(&account);
-    Ok(Json(BalanceView {
-        account: account.to_string(),
-        balance: state.balance,
-        seq: state.seq,
-        height: ledger.height(),
-    }))
+    Ok(Json(ledger.with_state(|state| {
+        let a = state.account(&account);
+        let mut issued: Vec<Value> = state
+            .lines_of(&account)
+            .iter()
+            .map(|(issue, line)| line_view(issue, line))
+            .collect();
+        for (issue, owed) in state
+            .market
+            .obligations
+            .iter()
+            .filter(|(i, _)| i.issuer == account)
+        {
+            issued.push(json!({
+                "currency": issue.code.as_str(),
+                "issuer": issue.issuer.to_string(),
+                "balance": amount::format_signed_units(-(*owed as i128)),
+                "obligation": true,
+            }));
+        }
+        BalanceView {
+            account: account.to_string(),
+            balance: a.balance,
+            seq: a.seq,
+            height: state.height,
+            reserve: state.reserve_of(&account),
+            issued,
+        }
+    })))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PayRequest {
     to: String,
-    amount: u64,
+    /// A whole number of AGR base units (a transfer, as before), or text:
+    /// `AMOUNT[/AGR]` or `AMOUNT/CUR/ISSUER`.
+    amount: Value,
     memo: Option<String>,
     fee: Option<u64>,
+    /// The most to spend, in the currency to spend (`AMOUNT/CUR/ISSUER` or `AMOUNT[/AGR]`).
+    send_max: Option<String>,
+    /// Deliver what `send_max` buys if it cannot buy all of `amount`.
+    #[serde(default)]
+    partial: bool,
 }
 
 #[derive(Serialize)]
@@ -136,24 +197,65 @@ struct PayView {
     seq: u64,
 }
 
+/// Pays `amount` to `to`. A native amount without `send_max` is a plain transfer (the answer
+/// is as it always was); anything else is a market payment (through the issuer, or through
+/// the books from `send_max`'s currency) answered with its outcome, or 409 `market_failed`.
 async fn pay(
     State(node): State<Arc<Node>>,
     body: Result<Json<PayRequest>, JsonRejection>,
-) -> Result<Json<PayView>, ApiError> {
+) -> Result<Response, MarketApiError> {
     let ledger = ledger(&node)?;
     let Json(req) = body?;
     let to = parse_account(&req.to)?;
-    let payment = ledger.pay(to, req.amount, req.memo, req.fee).await?;
-    Ok(Json(PayView {
-        hash: payment.hash,
-        height: payment.height,
-        finality_ms: payment.finality_ms,
-        from: ledger.account().to_string(),
-        to: to.to_string(),
-        amount: req.amount,
-        fee: payment.fee,
-        seq: payment.seq,
-    }))
+    let deliver = match &req.amount {
+        Value::Number(n) => Amount::native(n.as_u64().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_amount",
+                format!("amount {n}: a whole number of base units, or text AMOUNT/CUR/ISSUER"),
+            )
+        })?),
+        Value::String(text) => parse_amount(text)?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_amount",
+                format!("amount {other}: a whole number of base units, or text AMOUNT/CUR/ISSUER"),
+            )
+            .into());
+        }
+    };
+    let send_max = req.send_max.as_deref().map(parse_amount).transpose()?;
+    if deliver.currency == Currency::Native && send_max.is_none() {
+        let amount = deliver.value as u64;
+        let payment = ledger.pay(to, amount, req.memo, req.fee).await?;
+        return Ok(Json(PayView {
+            hash: payment.hash,
+            height: payment.height,
+            finality_ms: payment.finality_ms,
+            from: ledger.account().to_string(),
+            to: to.to_string(),
+            amount,
+            fee: payment.fee,
+            seq: payment.seq,
+        })
+        .into_response());
+    }
+    if req.memo.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a memo is carried only by plain AGR transfers (no send_max)",
+        )
+        .into());
+    }
+    let action = MarketAction::Pay {
+        to,
+        deliver,
+        send_max,
+        partial: req.partial,
+    };
+    Ok(settle(ledger, ledger.market(action, req.fee).await?)?.into_response())
 }
 
 #[derive(Deserialize)]
@@ -253,6 +355,9 @@ pub struct TxView {
     action: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     effect: Option<serde_json::Value>,
+    /// The effect for people: amounts as text, rates in whole units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<serde_json::Value>,
 }
 
 fn view(record: TxRecord) -> TxView {
@@ -271,6 +376,7 @@ fn view(record: TxRecord) -> TxView {
         change: None,
         action: None,
         effect: None,
+        outcome: None,
     };
     match record.tx {
         Tx::Account(signed) => {
@@ -290,6 +396,9 @@ fn view(record: TxRecord) -> TxView {
                         .effect
                         .as_ref()
                         .and_then(|e| serde_json::to_value(e).ok());
+                    if let Some(Effect::Market { outcome, .. }) = &record.effect {
+                        v.outcome = Some(outcome_view(outcome));
+                    }
                 }
             }
         }
@@ -474,4 +583,606 @@ async fn committee_change(
         "effective_height": done.effective_height,
         "next_committee": done.next_committee.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
     })))
+}
+
+// ---- the currency market ----
+
+/// A market route's error: an ordinary [`ApiError`], or a transaction that was included but
+/// failed when it ran (409 `market_failed`: final, fee charged, nothing else changed), whose
+/// error body also carries `hash`, `height`, `fee` and `seq`.
+pub(crate) enum MarketApiError {
+    Api(ApiError),
+    Failed {
+        reason: String,
+        payment: Box<Payment>,
+    },
+}
+
+impl<E: Into<ApiError>> From<E> for MarketApiError {
+    fn from(e: E) -> Self {
+        MarketApiError::Api(e.into())
+    }
+}
+
+impl IntoResponse for MarketApiError {
+    fn into_response(self) -> Response {
+        match self {
+            MarketApiError::Api(e) => e.into_response(),
+            MarketApiError::Failed { reason, payment } => {
+                let p = &payment;
+                let body = json!({ "error": {
+                    "code": "market_failed",
+                    "message": format!(
+                        "{reason} (the transaction is final in block {}, tx {}: its fee of {} \
+                         was charged and nothing else changed)",
+                        p.height, p.hash, p.fee
+                    ),
+                    "hint": format!("`agora tx {}` shows the transaction", p.hash),
+                    "reason": reason,
+                    "hash": p.hash,
+                    "height": p.height,
+                    "fee": p.fee,
+                    "seq": p.seq,
+                }});
+                (StatusCode::CONFLICT, Json(body)).into_response()
+            }
+        }
+    }
+}
+
+fn bad(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// `AMOUNT`, `AMOUNT/AGR` or `AMOUNT/CUR/ISSUER`.
+fn parse_amount(text: &str) -> Result<Amount, ApiError> {
+    text.parse::<Amount>().map_err(|e| {
+        bad("bad_amount", e.to_string()).with_hint(
+            "AGR: AMOUNT (whole base units); issued: AMOUNT/CUR/ISSUER, e.g. 12.5/USD/ag…",
+        )
+    })
+}
+
+/// `AGR` or `CUR/ISSUER`.
+fn parse_currency(text: &str) -> Result<Currency, ApiError> {
+    Currency::parse(text).map_err(|e| {
+        let message = match e {
+            amount::AmountError::Form(_) => format!("currency {text:?}: write AGR or CUR/ISSUER"),
+            e => e.to_string(),
+        };
+        bad("bad_currency", message).with_hint("write AGR or CUR/ISSUER, e.g. USD/ag…")
+    })
+}
+
+fn parse_code(text: &str) -> Result<Code, ApiError> {
+    Code::new(text.trim()).map_err(|e| bad("bad_currency", e.to_string()))
+}
+
+/// A limit: a decimal string of units (up to 9 decimals) or a whole number.
+fn parse_limit(v: &Value) -> Result<u128, ApiError> {
+    match v {
+        Value::String(text) => {
+            amount::parse_units(text.trim()).map_err(|e| bad("bad_amount", format!("limit: {e}")))
+        }
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|u| (u as u128).checked_mul(amount::IOU_SCALE))
+            .filter(|atoms| *atoms <= amount::MAX_IOU)
+            .ok_or_else(|| {
+                bad(
+                    "bad_amount",
+                    format!("limit {n}: a decimal string like \"1000\""),
+                )
+            }),
+        other => Err(bad(
+            "bad_amount",
+            format!("limit {other}: a decimal string like \"1000\""),
+        )),
+    }
+}
+
+/// An amount as text that parses back: `12.5/USD/ag…`, or `42/AGR`.
+fn amount_text(a: &Amount) -> String {
+    match a.currency {
+        Currency::Native => format!("{}/AGR", a.value),
+        Currency::Issued(_) => a.to_string(),
+    }
+}
+
+/// A value of `currency` as a decimal (base units for AGR, units for issued currencies).
+fn value_text(currency: &Currency, value: u128) -> String {
+    Amount {
+        currency: *currency,
+        value,
+    }
+    .value_text()
+}
+
+/// Powers of ten between a currency's unit and what amounts count (atoms, or base units).
+fn unit_digits(c: &Currency) -> i32 {
+    match c {
+        Currency::Native => 0,
+        Currency::Issued(_) => IOU_DECIMALS as i32,
+    }
+}
+
+/// `m × 10^e` as a decimal string without trailing zeros.
+fn decimal(m: u128, e: i32) -> String {
+    if m == 0 {
+        return "0".into();
+    }
+    let digits = m.to_string();
+    let point = digits.len() as i32 + e;
+    let s = if point <= 0 {
+        format!("0.{}{digits}", "0".repeat((-point) as usize))
+    } else if point as usize >= digits.len() {
+        format!("{digits}{}", "0".repeat(point as usize - digits.len()))
+    } else {
+        format!(
+            "{}.{}",
+            &digits[..point as usize],
+            &digits[point as usize..]
+        )
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
+/// An offer's rate (atoms of `buys` per atom of `sells`) in units of `buys` per unit of
+/// `sells`: exact, 8 significant digits.
+fn unit_rate(rate: &Rate, sells: &Currency, buys: &Currency) -> String {
+    decimal(
+        rate.mantissa() as u128,
+        rate.exponent() + unit_digits(sells) - unit_digits(buys),
+    )
+}
+
+/// The inverse of an offer's rate, in units of `sells` per unit of `buys` (a bid's price in
+/// quote per base), rounded down to 8 significant digits.
+fn unit_rate_inverse(rate: &Rate, sells: &Currency, buys: &Currency) -> String {
+    // 1 / (m 10^e) = (10^15 / m) 10^(-15-e), and 10^15 / m has 8 or 9 digits.
+    let q = 1_000_000_000_000_000u128 / rate.mantissa() as u128;
+    decimal(
+        q,
+        -15 - rate.exponent() + unit_digits(buys) - unit_digits(sells),
+    )
+}
+
+fn line_view(issue: &Issue, line: &Line) -> Value {
+    json!({
+        "currency": issue.code.as_str(),
+        "issuer": issue.issuer.to_string(),
+        "balance": amount::format_units(line.balance),
+        "limit": amount::format_units(line.limit),
+        "authorized": line.authorized,
+    })
+}
+
+fn fill_view(f: &Fill) -> Value {
+    json!({
+        "owner": f.offer.owner.to_string(),
+        "seq": f.offer.seq,
+        // As the taker sees it: what it paid the offer's owner, and what it got.
+        "paid": amount_text(&f.paid),
+        "got": amount_text(&f.got),
+    })
+}
+
+/// What a market transaction did, for people and scripts (amounts as text).
+pub(crate) fn outcome_view(o: &Outcome) -> Value {
+    match o {
+        Outcome::TrustSet {
+            issue,
+            limit,
+            removed,
+        } => json!({
+            "result": "trust_set",
+            "currency": issue.code.as_str(),
+            "issuer": issue.issuer.to_string(),
+            "limit": amount::format_units(*limit),
+            "removed": removed,
+        }),
+        Outcome::IssuerSet(s) => json!({
+            "result": "issuer_set",
+            "require_auth": s.require_auth,
+            "transfer_fee_ppm": s.transfer_fee_ppm,
+        }),
+        Outcome::Authorized { holder, issue } => json!({
+            "result": "authorized",
+            "holder": holder.to_string(),
+            "currency": issue.code.as_str(),
+            "issuer": issue.issuer.to_string(),
+        }),
+        Outcome::Paid {
+            to,
+            delivered,
+            spent,
+            fills,
+        } => json!({
+            "result": "paid",
+            "to": to.to_string(),
+            "delivered": amount_text(delivered),
+            "spent": amount_text(spent),
+            "fills": fills.iter().map(fill_view).collect::<Vec<_>>(),
+        }),
+        Outcome::OfferPlaced {
+            id,
+            fills,
+            paid,
+            got,
+            resting,
+            rate,
+        } => json!({
+            "result": "offer_placed",
+            "owner": id.owner.to_string(),
+            "seq": id.seq,
+            "sell": paid.currency.to_string(),
+            "buy": got.currency.to_string(),
+            "rate": unit_rate(rate, &paid.currency, &got.currency),
+            "fills": fills.iter().map(fill_view).collect::<Vec<_>>(),
+            "paid": amount_text(paid),
+            "got": amount_text(got),
+            "resting": resting.as_ref().map(amount_text),
+        }),
+        Outcome::OfferCancelled { id } => json!({
+            "result": "offer_cancelled",
+            "owner": id.owner.to_string(),
+            "seq": id.seq,
+        }),
+        Outcome::Failed { error } => json!({
+            "result": "failed",
+            "error": error.to_string(),
+        }),
+    }
+}
+
+/// The answer to a final market transaction: the payment with its effect, or 409 when it
+/// failed at execution.
+fn settle(ledger: &Ledger, p: Payment) -> Result<Json<Value>, MarketApiError> {
+    let outcome = match &p.effect {
+        Some(Effect::Market { outcome, .. }) => Some(outcome),
+        _ => None,
+    };
+    if let Some(Outcome::Failed { error }) = outcome {
+        return Err(MarketApiError::Failed {
+            reason: error.to_string(),
+            payment: Box::new(p),
+        });
+    }
+    Ok(Json(json!({
+        "hash": p.hash,
+        "height": p.height,
+        "finality_ms": p.finality_ms,
+        "from": ledger.account().to_string(),
+        "seq": p.seq,
+        "fee": p.fee,
+        "kind": "market",
+        "outcome": outcome.map(outcome_view),
+        "effect": p.effect.as_ref().and_then(|e| serde_json::to_value(e).ok()),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustRequest {
+    issuer: String,
+    currency: String,
+    /// Decimal string (units); 0 removes a line at zero balance.
+    limit: Value,
+    fee: Option<u64>,
+}
+
+/// Sets this account's trust line for `currency` issued by `issuer`.
+async fn trust(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<TrustRequest>, JsonRejection>,
+) -> Result<Json<Value>, MarketApiError> {
+    let ledger = ledger(&node)?;
+    let Json(req) = body?;
+    let issue = Issue {
+        code: parse_code(&req.currency)?,
+        issuer: parse_account(&req.issuer)?,
+    };
+    let limit = parse_limit(&req.limit)?;
+    let action = MarketAction::TrustSet { issue, limit };
+    settle(ledger, ledger.market(action, req.fee).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerRequest {
+    require_auth: Option<bool>,
+    /// Paid by the sender of a holder-to-holder transfer on top, in millionths (≤ 1,000,000).
+    transfer_fee_ppm: Option<u32>,
+    fee: Option<u64>,
+}
+
+/// This account's settings as an issuer.
+async fn issuer(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<IssuerRequest>, JsonRejection>,
+) -> Result<Json<Value>, MarketApiError> {
+    let ledger = ledger(&node)?;
+    let Json(req) = body?;
+    if req.require_auth.is_none() && req.transfer_fee_ppm.is_none() {
+        return Err(
+            ApiError::bad_request("give require_auth or transfer_fee_ppm (or both)").into(),
+        );
+    }
+    let action = MarketAction::IssuerSet {
+        require_auth: req.require_auth,
+        transfer_fee_ppm: req.transfer_fee_ppm,
+    };
+    settle(ledger, ledger.market(action, req.fee).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizeRequest {
+    holder: String,
+    currency: String,
+    fee: Option<u64>,
+}
+
+/// Authorises a holder's line of a currency this account issues.
+async fn authorize(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<AuthorizeRequest>, JsonRejection>,
+) -> Result<Json<Value>, MarketApiError> {
+    let ledger = ledger(&node)?;
+    let Json(req) = body?;
+    let action = MarketAction::Authorize {
+        holder: parse_account(&req.holder)?,
+        code: parse_code(&req.currency)?,
+    };
+    settle(ledger, ledger.market(action, req.fee).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfferRequest {
+    sell: String,
+    buy: String,
+    #[serde(default)]
+    ioc: bool,
+    #[serde(default)]
+    fok: bool,
+    #[serde(default)]
+    sell_all: bool,
+    #[serde(default)]
+    passive: bool,
+    fee: Option<u64>,
+}
+
+/// Places an offer: it crosses what it can at once, the rest rests (unless ioc/fok).
+async fn offer_create(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<OfferRequest>, JsonRejection>,
+) -> Result<Json<Value>, MarketApiError> {
+    let ledger = ledger(&node)?;
+    let Json(req) = body?;
+    let action = MarketAction::OfferCreate {
+        sell: parse_amount(&req.sell)?,
+        buy: parse_amount(&req.buy)?,
+        flags: OfferFlags {
+            ioc: req.ioc,
+            fok: req.fok,
+            sell: req.sell_all,
+            passive: req.passive,
+        },
+    };
+    settle(ledger, ledger.market(action, req.fee).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeeQuery {
+    fee: Option<u64>,
+}
+
+/// Cancels this account's offer placed by its transaction of sequence `seq`.
+async fn offer_cancel(
+    State(node): State<Arc<Node>>,
+    seq: Result<Path<u64>, PathRejection>,
+    q: Result<Query<FeeQuery>, QueryRejection>,
+) -> Result<Json<Value>, MarketApiError> {
+    let ledger = ledger(&node)?;
+    let Path(seq) = seq.map_err(|e| {
+        bad(
+            "bad_request",
+            format!(
+                "an offer is named by its sequence number: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let fee = query(q)?.fee;
+    settle(
+        ledger,
+        ledger
+            .market(MarketAction::OfferCancel { seq }, fee)
+            .await?,
+    )
+}
+
+fn offer_view(id: &OfferId, o: &Offer) -> Value {
+    json!({
+        "owner": id.owner.to_string(),
+        "seq": id.seq,
+        "sell": o.sells.to_string(),
+        "buy": o.buys.to_string(),
+        // Of what it sells.
+        "remaining": value_text(&o.sells, o.remaining),
+        // Units of `buy` asked per unit of `sell`.
+        "rate": unit_rate(&o.rate, &o.sells, &o.buys),
+    })
+}
+
+/// An account's resting offers.
+async fn offers(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<AccountQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let ledger = ledger(&node)?;
+    let q = query(q)?;
+    let account = match q.account.as_deref() {
+        Some(text) => parse_account(text)?,
+        None => ledger.account(),
+    };
+    Ok(Json(ledger.with_state(|state| {
+        json!({
+            "account": account.to_string(),
+            "height": state.height,
+            "offers": state
+                .offers_of(&account)
+                .iter()
+                .map(|(id, o)| offer_view(id, o))
+                .collect::<Vec<_>>(),
+        })
+    })))
+}
+
+/// An account's trust lines (as holder) and, for an issuer, the lines issued on it: those
+/// with a `holder` and the balance negative (what the issuer owes).
+async fn lines(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<AccountQuery>, QueryRejection>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let ledger = ledger(&node)?;
+    let q = query(q)?;
+    let account = match q.account.as_deref() {
+        Some(text) => parse_account(text)?,
+        None => ledger.account(),
+    };
+    Ok(Json(ledger.with_state(|state| {
+        let mut out: Vec<Value> = state
+            .lines_of(&account)
+            .iter()
+            .map(|(issue, line)| line_view(issue, line))
+            .collect();
+        for (holder, issue, line) in state.lines_issued_by(&account) {
+            let mut v = line_view(&issue, &line);
+            v["holder"] = json!(holder.to_string());
+            v["balance"] = json!(amount::format_signed_units(-(line.balance as i128)));
+            out.push(v);
+        }
+        out
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookQuery {
+    base: String,
+    quote: String,
+    limit: Option<usize>,
+}
+
+/// Offers in a book, best first, at most this many per side by default.
+const BOOK_DEPTH: usize = 20;
+const MAX_BOOK_DEPTH: usize = 500;
+
+/// The `base`/`quote` market: asks sell base for quote, bids sell quote for base; both priced
+/// in quote per base (`rate`) with their size in base.
+async fn book(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<BookQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let ledger = ledger(&node)?;
+    let q = query(q)?;
+    let base = parse_currency(&q.base)?;
+    let quote = parse_currency(&q.quote)?;
+    if base == quote {
+        return Err(bad(
+            "bad_currency",
+            "base and quote must be two different currencies".into(),
+        ));
+    }
+    let limit = q.limit.unwrap_or(BOOK_DEPTH).clamp(1, MAX_BOOK_DEPTH);
+    Ok(Json(ledger.with_state(|state| {
+        let asks: Vec<Value> = state
+            .book(base, quote, limit)
+            .iter()
+            .map(|(id, o)| {
+                json!({
+                    "owner": id.owner.to_string(),
+                    "seq": id.seq,
+                    "rate": unit_rate(&o.rate, &base, &quote),
+                    "size": value_text(&base, o.remaining),
+                })
+            })
+            .collect();
+        let bids: Vec<Value> = state
+            .book(quote, base, limit)
+            .iter()
+            .map(|(id, o)| {
+                // What the bid's remaining quote asks in base (rounded up, as a taker pays).
+                let size = o.rate.mul_up(o.remaining).unwrap_or(u128::MAX);
+                json!({
+                    "owner": id.owner.to_string(),
+                    "seq": id.seq,
+                    "rate": unit_rate_inverse(&o.rate, &quote, &base),
+                    "size": value_text(&base, size),
+                })
+            })
+            .collect();
+        json!({
+            "base": base.to_string(),
+            "quote": quote.to_string(),
+            "height": state.height,
+            "asks": asks,
+            "bids": bids,
+        })
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue() -> Issue {
+        Issue {
+            code: Code::new("USD").unwrap(),
+            issuer: some_account(),
+        }
+    }
+
+    fn some_account() -> Account {
+        Account::of_identity(&libp2p::identity::Keypair::generate_ed25519()).unwrap()
+    }
+
+    #[test]
+    fn rates_print_in_whole_units() {
+        let usd = Currency::Issued(issue());
+        let agr = Currency::Native;
+        // Sells 10 USD for 1,000 AGR: 1000 base units per 10e9 atoms = 100 AGR per USD.
+        let r = Rate::ratio_up(1_000, 10 * amount::IOU_SCALE).unwrap();
+        assert_eq!(unit_rate(&r, &usd, &agr), "100");
+        // Seen from the other side: 0.01 USD per AGR.
+        assert_eq!(unit_rate_inverse(&r, &usd, &agr), "0.01");
+        // Sells 3 USD for 7 USD-like units of another issued currency: 2.3333334 (rounded up).
+        let r = Rate::ratio_up(7 * amount::IOU_SCALE, 3 * amount::IOU_SCALE).unwrap();
+        assert_eq!(unit_rate(&r, &usd, &usd), "2.3333334");
+        assert_eq!(unit_rate_inverse(&r, &usd, &usd), "0.42857141");
+        assert_eq!(decimal(12_500_000, -7), "1.25");
+        assert_eq!(decimal(5, 3), "5000");
+        assert_eq!(decimal(5, -3), "0.005");
+    }
+
+    #[test]
+    fn amounts_print_so_that_they_parse_back() {
+        let a = Amount::native(42);
+        assert_eq!(amount_text(&a), "42/AGR");
+        assert_eq!(amount_text(&a).parse::<Amount>().unwrap(), a);
+        let b = Amount::issued(issue(), 12_500_000_000);
+        assert_eq!(amount_text(&b).parse::<Amount>().unwrap(), b);
+        assert!(parse_amount("1.0000000001/USD/x").is_err());
+        assert_eq!(parse_limit(&json!("12.5")).unwrap(), 12_500_000_000);
+        assert_eq!(parse_limit(&json!(3)).unwrap(), 3_000_000_000);
+        assert!(parse_limit(&json!(-3)).is_err());
+        assert!(parse_limit(&json!("1e3")).is_err());
+    }
 }

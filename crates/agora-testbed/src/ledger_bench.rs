@@ -23,13 +23,13 @@ use anyhow::{Context, Result, bail};
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::{Value, json};
 
-const VALIDATORS: usize = 4;
+pub(crate) const VALIDATORS: usize = 4;
 
-struct Validator {
+pub(crate) struct Validator {
     child: Child,
     api: String,
     token: String,
-    tcp: String,
+    pub(crate) tcp: String,
 }
 
 impl Drop for Validator {
@@ -49,7 +49,7 @@ impl Drop for Validator {
     }
 }
 
-fn new_agent() -> ureq::Agent {
+pub(crate) fn new_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
@@ -58,7 +58,7 @@ fn new_agent() -> ureq::Agent {
 }
 
 impl Validator {
-    fn call(
+    pub(crate) fn call(
         &self,
         agent: &ureq::Agent,
         method: &str,
@@ -82,7 +82,12 @@ impl Validator {
     }
 }
 
-fn start(agora: &Path, dir: &Path, genesis: &Path, bootstrap: Option<&str>) -> Result<Validator> {
+pub(crate) fn start(
+    agora: &Path,
+    dir: &Path,
+    genesis: &Path,
+    bootstrap: Option<&str>,
+) -> Result<Validator> {
     std::fs::create_dir_all(dir)?;
     let log = std::fs::File::create(dir.join("node.log"))?;
     let mut cmd = Command::new(agora);
@@ -148,14 +153,14 @@ fn start(agora: &Path, dir: &Path, genesis: &Path, bootstrap: Option<&str>) -> R
     Ok(v)
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
 }
 
-fn bench_key(i: usize) -> SigningKey {
+pub(crate) fn bench_key(i: usize) -> SigningKey {
     let seed = blake3::hash(format!("agora-ledger-bench-{i}").as_bytes());
     SigningKey::from_bytes(seed.as_bytes())
 }

@@ -11,6 +11,7 @@ mod docs_bench;
 mod grid_sim;
 mod ledger_bench;
 mod link;
+mod market_bench;
 mod net;
 mod node;
 mod sandbox_bench;
@@ -103,6 +104,17 @@ enum Command {
         /// Transfers each account sends.
         #[arg(long, default_value_t = 20)]
         txs: usize,
+    },
+    /// The currency market's benchmark: matching alone on one core (matched offers/s against
+    /// plain transfers), path finding over books of 1,000 offers (p50/p99), and offers through
+    /// four validators on loopback with payment finality measured meanwhile (build with
+    /// --release).
+    MarketBench {
+        #[arg(long, env = "AGORA_BIN")]
+        agora: Option<PathBuf>,
+        /// Smaller books and load (a debug build finishes in about a minute).
+        #[arg(long)]
+        quick: bool,
     },
     /// The grid sandbox's cost: the genome workload native against agora-wasm with and without
     /// fuel metering, and the compile, cache-hit and instantiation costs (build with --release).
@@ -369,6 +381,22 @@ fn main() -> ExitCode {
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::MarketBench { agora, quick } => {
+            let opts = market_bench::Options {
+                agora: agora.unwrap_or_else(default_agora),
+                quick,
+            };
+            match market_bench::run(&opts) {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE

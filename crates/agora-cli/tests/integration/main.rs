@@ -11,4 +11,5 @@ mod grid;
 mod hostile;
 mod interop;
 mod ledger;
+mod market;
 mod network;

@@ -385,6 +385,12 @@ impl Ledger {
         self.inner.lock().unwrap().state.account(account)
     }
 
+    /// Runs `f` on the state at the tip (read-only, under the tip's lock: keep it short and do
+    /// not call back into the ledger from it).
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.inner.lock().unwrap().state)
+    }
+
     pub fn status(&self) -> Status {
         let (validator, runs_consensus) = (self.is_validator(), self.runs_consensus());
         let inner = self.inner.lock().unwrap();

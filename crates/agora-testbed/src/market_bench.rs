@@ -1,0 +1,622 @@
+//! The currency market's benchmark, all figures from one run.
+//!
+//! - **Matching alone**: the state machine on one core, in this process. Makers rest offers
+//!   selling USD for AGR; takers' offers each cross several of them. Every transaction is
+//!   signed before the clock starts and applied with its signature counted as checked, so the
+//!   figure is the matching engine's (book lookups, fills, balance moves, the undo log and the
+//!   invariant checks). Reported as matched offers (fills) per second of CPU, beside plain AGR
+//!   transfers through the same `State::apply` — the state machine's own limit on this core.
+//! - **Path finding**: books of 1,000 resting offers each (USD/AGR, AGR/EUR, a worse direct
+//!   USD/EUR, and USD/GBP, GBP/EUR through a third currency), then cross-currency payments of
+//!   1 EUR paid in USD, each timed alone (path search over every candidate path, then the
+//!   fills): p50 and p99.
+//! - **Through consensus**: four validators (real `agora up --validator` processes) on
+//!   loopback. Makers and takers submit offers, all signed before the clock starts, in batches
+//!   to the four validators; the rate is offer transactions final per second on validator 0.
+//!   Meanwhile one client pays AGR one payment after another on validator 0 and times each to
+//!   finality.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agora_ledger::amount::{Code, IOU_SCALE};
+use agora_ledger::market::{MarketAction as M, OfferFlags};
+use agora_ledger::{
+    Account, AccountTx, Action, Amount, Effect, Genesis, Hash, Issue, Outcome, State, Tx,
+};
+use anyhow::{Result, bail, ensure};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+
+use crate::ledger_bench::{VALIDATORS, Validator, bench_key, new_agent, pct, start};
+
+fn key(i: usize) -> SigningKey {
+    bench_key(1_000_000 + i)
+}
+
+fn account(k: &SigningKey) -> Account {
+    Account::from_key(&k.verifying_key())
+}
+
+fn sign(k: &SigningKey, seq: u64, fee: u64, action: Action, chain: &Hash) -> Tx {
+    Tx::Account(
+        AccountTx {
+            from: account(k),
+            seq,
+            fee,
+            action,
+        }
+        .sign(k, chain),
+    )
+}
+
+fn issue(code: &str, issuer: &SigningKey) -> Issue {
+    Issue {
+        code: Code::new(code).expect("a valid code"),
+        issuer: account(issuer),
+    }
+}
+
+fn units(i: Issue, u: u128) -> Amount {
+    Amount::issued(i, u * IOU_SCALE)
+}
+
+/// Applies `tx` and insists that it was carried out (setup steps).
+fn must(st: &mut State, tx: &Tx) -> Result<Effect> {
+    let e = st
+        .apply(tx, true)
+        .map_err(|e| anyhow::anyhow!("setup transaction refused: {e}"))?;
+    if let Effect::Market {
+        outcome: Outcome::Failed { error },
+        ..
+    } = &e
+    {
+        bail!("setup transaction failed: {error}");
+    }
+    Ok(e)
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A state whose accounts `keys` hold `agr` each; validator is a throwaway key.
+fn genesis_state(keys: &[&SigningKey], agr: u64) -> State {
+    State::genesis(&Genesis {
+        chain: "market-bench".into(),
+        validators: vec![account(&key(999_999))],
+        balances: keys.iter().map(|k| (account(k), agr)).collect(),
+        min_fee: 1,
+        epoch_length: 1_000_000,
+    })
+}
+
+/// Matching alone: returns the figures.
+pub fn matching(makers: usize, offers_each: usize, takers: usize) -> Result<Value> {
+    let issuer = key(0);
+    let maker_keys: Vec<SigningKey> = (0..makers).map(|i| key(10 + i)).collect();
+    let taker_keys: Vec<SigningKey> = (0..takers).map(|i| key(100_000 + i)).collect();
+    let mut all: Vec<&SigningKey> = vec![&issuer];
+    all.extend(maker_keys.iter());
+    all.extend(taker_keys.iter());
+    let mut st = genesis_state(&all, 1_000_000_000_000);
+    let chain = st.chain;
+    let usd = issue("USD", &issuer);
+    // Makers trust and receive USD, then rest `offers_each` offers of 1 USD at rates spread
+    // over 1000..1999 AGR per USD.
+    for (seq_issuer, m) in maker_keys.iter().enumerate() {
+        let trust = M::TrustSet {
+            issue: usd,
+            limit: 1_000_000 * IOU_SCALE,
+        };
+        must(&mut st, &sign(m, 0, 1, Action::Market(trust), &chain))?;
+        let pay = M::Pay {
+            to: account(m),
+            deliver: units(usd, offers_each as u128 + 10),
+            send_max: None,
+            partial: false,
+        };
+        must(
+            &mut st,
+            &sign(&issuer, seq_issuer as u64, 1, Action::Market(pay), &chain),
+        )?;
+    }
+    for t in &taker_keys {
+        let trust = M::TrustSet {
+            issue: usd,
+            limit: 1_000_000 * IOU_SCALE,
+        };
+        must(&mut st, &sign(t, 0, 1, Action::Market(trust), &chain))?;
+    }
+    let mut placements = Vec::new();
+    for j in 0..offers_each {
+        for (i, m) in maker_keys.iter().enumerate() {
+            let offer = M::OfferCreate {
+                sell: units(usd, 1),
+                buy: Amount::native(1000 + ((i * 7 + j * 13) % 1000) as u64),
+                flags: OfferFlags::default(),
+            };
+            placements.push(sign(m, 1 + j as u64, 1, Action::Market(offer), &chain));
+        }
+    }
+    let t0 = thread_cpu();
+    for tx in &placements {
+        must(&mut st, tx)?;
+    }
+    let place_cpu = thread_cpu() - t0;
+    let resting = st.market.offers.len();
+    // Takers: each buys `per_taker` USD paying up to 2000 AGR per USD: crosses that many offers.
+    let per_taker = (makers * offers_each / takers).max(1) as u128;
+    let crossings: Vec<Tx> = taker_keys
+        .iter()
+        .map(|t| {
+            let offer = M::OfferCreate {
+                sell: Amount::native(2000 * per_taker as u64),
+                buy: units(usd, per_taker),
+                flags: OfferFlags::default(),
+            };
+            sign(t, 1, 1, Action::Market(offer), &chain)
+        })
+        .collect();
+    let mut fills = 0usize;
+    let t0 = thread_cpu();
+    for tx in &crossings {
+        if let Effect::Market {
+            outcome: Outcome::OfferPlaced { fills: f, .. },
+            ..
+        } = must(&mut st, tx)?
+        {
+            fills += f.len();
+        }
+    }
+    let cross_cpu = thread_cpu() - t0;
+    st.audit_market().map_err(|e| anyhow::anyhow!(e))?;
+    ensure!(fills > 0, "no offer crossed");
+    // The same state machine's plain transfers, for scale.
+    let sink = account(&issuer);
+    let transfers: Vec<Tx> = taker_keys
+        .iter()
+        .flat_map(|t| {
+            (2..12).map(move |seq| {
+                let to = Action::Transfer {
+                    to: sink,
+                    amount: 1,
+                    memo: None,
+                };
+                sign(t, seq, 1, to, &chain)
+            })
+        })
+        .collect();
+    let t0 = thread_cpu();
+    for tx in &transfers {
+        must(&mut st, tx)?;
+    }
+    let transfer_cpu = thread_cpu() - t0;
+    let fills_per_s = fills as f64 / cross_cpu.as_secs_f64();
+    let transfers_per_s = transfers.len() as f64 / transfer_cpu.as_secs_f64();
+    Ok(json!({
+        "resting_offers": resting,
+        "placed_per_s": placements.len() as f64 / place_cpu.as_secs_f64(),
+        "crossing_txs": crossings.len(),
+        "fills": fills,
+        "matched_per_s": fills_per_s,
+        "crossing_txs_per_s": crossings.len() as f64 / cross_cpu.as_secs_f64(),
+        "transfers_per_s": transfers_per_s,
+        "matched_vs_transfers": fills_per_s / transfers_per_s,
+        "target_matched_per_s": 100_000,
+        "met": fills_per_s >= 100_000.0,
+    }))
+}
+
+/// Path finding: books of `depth` offers; `payments` cross-currency payments timed one by one.
+pub fn path_finding(depth: usize, payments: usize) -> Result<Value> {
+    let usd_issuer = key(0);
+    let eur_issuer = key(1);
+    let gbp_issuer = key(2);
+    let makers: Vec<SigningKey> = (0..depth).map(|i| key(10 + i)).collect();
+    let payers: Vec<SigningKey> = (0..payments.div_ceil(200))
+        .map(|i| key(200_000 + i))
+        .collect();
+    let recipient = key(300_000);
+    let mut all: Vec<&SigningKey> = vec![&usd_issuer, &eur_issuer, &gbp_issuer, &recipient];
+    all.extend(makers.iter());
+    all.extend(payers.iter());
+    let mut st = genesis_state(&all, 1_000_000_000_000);
+    let chain = st.chain;
+    let (usd, eur, gbp) = (
+        issue("USD", &usd_issuer),
+        issue("EUR", &eur_issuer),
+        issue("GBP", &gbp_issuer),
+    );
+    let trust = |st: &mut State, k: &SigningKey, seq: u64, i: Issue| {
+        let a = M::TrustSet {
+            issue: i,
+            limit: 1_000_000_000 * IOU_SCALE,
+        };
+        must(st, &sign(k, seq, 1, Action::Market(a), &chain))
+    };
+    let mut issuer_seq = [0u64; 3];
+    let mut fund = |st: &mut State, which: usize, to: &SigningKey, i: Issue, u: u128| {
+        let issuer = [&usd_issuer, &eur_issuer, &gbp_issuer][which];
+        let a = M::Pay {
+            to: account(to),
+            deliver: units(i, u),
+            send_max: None,
+            partial: false,
+        };
+        let r = must(
+            st,
+            &sign(issuer, issuer_seq[which], 1, Action::Market(a), &chain),
+        );
+        issuer_seq[which] += 1;
+        r
+    };
+    for m in &makers {
+        for (s, i) in [usd, eur, gbp].into_iter().enumerate() {
+            trust(&mut st, m, s as u64, i)?;
+        }
+        fund(&mut st, 1, m, eur, 10_000)?;
+        fund(&mut st, 2, m, gbp, 10_000)?;
+    }
+    trust(&mut st, &recipient, 0, eur)?;
+    for p in &payers {
+        trust(&mut st, p, 0, usd)?;
+        fund(&mut st, 0, p, usd, 1_000_000)?;
+    }
+    // Each maker rests one offer in each book, rates spread so the books have depth.
+    for (i, m) in makers.iter().enumerate() {
+        let spread = (i % 100) as u128;
+        let books = [
+            // AGR for USD: 1,000 AGR per USD or a little more.
+            (Amount::native(100_000), units(usd, 100), 1000 + spread),
+            // EUR for AGR
+            (units(eur, 100), Amount::native(100_000), 1000 + spread),
+            // EUR for USD directly, worse
+            (units(eur, 100), units(usd, 130), 0),
+            // GBP for USD, EUR for GBP
+            (units(gbp, 100), units(usd, 110), 0),
+            (units(eur, 100), units(gbp, 110), 0),
+        ];
+        for (seq, (sell, buy, _)) in books.into_iter().enumerate() {
+            let buy = Amount {
+                value: buy.value + buy.value * spread / 1000,
+                ..buy
+            };
+            let a = M::OfferCreate {
+                sell,
+                buy,
+                flags: OfferFlags::default(),
+            };
+            must(
+                &mut st,
+                &sign(m, 3 + seq as u64, 1, Action::Market(a), &chain),
+            )?;
+        }
+    }
+    let books = st.pairs().count();
+    let resting = st.market.offers.len();
+    let mut times = Vec::with_capacity(payments);
+    let mut fills = 0;
+    for n in 0..payments {
+        let p = &payers[n / 200];
+        let a = M::Pay {
+            to: account(&recipient),
+            deliver: units(eur, 1),
+            send_max: Some(units(usd, 2)),
+            partial: false,
+        };
+        let tx = sign(p, 1 + (n % 200) as u64, 1, Action::Market(a), &chain);
+        let t0 = thread_cpu();
+        let e = must(&mut st, &tx)?;
+        times.push((thread_cpu() - t0).as_secs_f64() * 1e3);
+        if let Effect::Market {
+            outcome: Outcome::Paid { fills: f, .. },
+            ..
+        } = e
+        {
+            fills += f.len();
+        }
+    }
+    st.audit_market().map_err(|e| anyhow::anyhow!(e))?;
+    times.sort_by(f64::total_cmp);
+    let p99 = pct(&times, 99.0);
+    Ok(json!({
+        "books": books,
+        "resting_offers": resting,
+        "offers_per_book": depth,
+        "payments": payments,
+        "fills": fills,
+        "p50_ms": pct(&times, 50.0),
+        "p99_ms": p99,
+        "max_ms": times.last().copied().unwrap_or(0.0),
+        "target_p99_ms": 10,
+        "met": p99 <= 10.0,
+    }))
+}
+
+pub struct Options {
+    pub agora: std::path::PathBuf,
+    pub quick: bool,
+}
+
+/// Offers per second submitted in the paced phase: the target rate.
+const TARGET_RATE: f64 = 5_000.0;
+
+/// Offers through consensus, with payment finality measured meanwhile.
+pub fn consensus(opts: &Options) -> Result<Value> {
+    let root = std::env::temp_dir().join(format!("agora-market-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let result = consensus_in(opts, &root);
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+fn consensus_in(opts: &Options, root: &Path) -> Result<Value> {
+    // Each round is 2 × makers offers; half the rounds run as fast as taken, half paced at
+    // TARGET_RATE for about ten seconds.
+    let (makers, rounds) = if opts.quick { (50, 10) } else { (200, 125) };
+    let dirs: Vec<std::path::PathBuf> = (0..VALIDATORS)
+        .map(|i| root.join(format!("v{i}")))
+        .collect();
+    let validators: Vec<Account> = dirs
+        .iter()
+        .map(|d| Ok(agora_ledger::service::identity_in(d)?.0))
+        .collect::<Result<_>>()?;
+    let issuer = key(0);
+    let maker_keys: Vec<SigningKey> = (0..makers).map(|i| key(10 + i)).collect();
+    let taker_keys: Vec<SigningKey> = (0..makers).map(|i| key(100_000 + i)).collect();
+    let payee = key(300_000);
+    let mut balances: Vec<(Account, u64)> =
+        validators.iter().map(|a| (*a, 1_000_000_000_000)).collect();
+    for k in std::iter::once(&issuer)
+        .chain(&maker_keys)
+        .chain(&taker_keys)
+        .chain(std::iter::once(&payee))
+    {
+        balances.push((account(k), 1_000_000_000_000));
+    }
+    let genesis = Genesis {
+        chain: "market-bench".into(),
+        validators: validators.clone(),
+        balances,
+        min_fee: 1,
+        epoch_length: 1_000_000_000,
+    };
+    let gpath = root.join("genesis.json");
+    std::fs::write(&gpath, serde_json::to_vec(&genesis)?)?;
+    let chain = genesis.chain_id();
+    let usd = issue("USD", &issuer);
+
+    eprintln!("market bench: starting {VALIDATORS} validators");
+    let mut nodes = vec![start(&opts.agora, &dirs[0], &gpath, None)?];
+    for dir in &dirs[1..] {
+        let boot = nodes[0].tcp.clone();
+        nodes.push(start(&opts.agora, dir, &gpath, Some(&boot))?);
+    }
+    let agent = new_agent();
+    let status = |v: &Validator| v.call(&agent, "GET", "/v1/ledger/status", None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while nodes
+        .iter()
+        .map(|n| Ok(status(n)?["height"].as_u64().unwrap_or(0)))
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .any(|h| *h < 3)
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the validators made no blocks within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let applied =
+        |v: &Validator| -> Result<u64> { Ok(status(v)?["applied_txs"].as_u64().unwrap_or(0)) };
+    // Submits pre-signed transactions spread over the validators (at `rate` per second in
+    // all, in batches every 100 ms, or as fast as they are taken), waits until all are final.
+    let submit_all = |txs: &[Tx], rate: Option<f64>| -> Result<(usize, f64)> {
+        let before = applied(&nodes[0])?;
+        let mut per: Vec<Vec<String>> = vec![Vec::new(); VALIDATORS];
+        for (i, tx) in txs.iter().enumerate() {
+            per[i % VALIDATORS].push(hex::encode(tx.encode()));
+        }
+        let t0 = Instant::now();
+        let rejected: usize = std::thread::scope(|s| -> Result<usize> {
+            let hs: Vec<_> = nodes
+                .iter()
+                .zip(&per)
+                .map(|(node, txs)| {
+                    s.spawn(move || -> Result<usize> {
+                        let agent = new_agent();
+                        let mut rejected = 0;
+                        let chunk =
+                            rate.map_or(500, |r| ((r / 10.0 / VALIDATORS as f64) as usize).max(1));
+                        let started = Instant::now();
+                        for (n, batch) in txs.chunks(chunk).enumerate() {
+                            if rate.is_some() {
+                                let due = started + Duration::from_millis(100 * n as u64);
+                                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                            }
+                            let v = node.call(
+                                &agent,
+                                "POST",
+                                "/v1/ledger/submit",
+                                Some(&json!({ "txs": batch })),
+                            )?;
+                            rejected += v["rejected"].as_array().map_or(0, Vec::len);
+                        }
+                        Ok(rejected)
+                    })
+                })
+                .collect();
+            let mut sum = 0;
+            for h in hs {
+                sum += h.join().expect("submitter")?;
+            }
+            Ok(sum)
+        })?;
+        let expected = (txs.len() - rejected) as u64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while applied(&nodes[0])? - before < expected {
+            ensure!(
+                Instant::now() < deadline,
+                "transactions not final after 300 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok((rejected, t0.elapsed().as_secs_f64()))
+    };
+
+    // Setup: lines, and USD for the makers.
+    eprintln!("market bench: setup ({makers} makers, {makers} takers)");
+    let mut setup = Vec::new();
+    for k in maker_keys.iter().chain(&taker_keys) {
+        let a = M::TrustSet {
+            issue: usd,
+            limit: 1_000_000_000 * IOU_SCALE,
+        };
+        setup.push(sign(k, 0, 1, Action::Market(a), &chain));
+    }
+    for (i, m) in maker_keys.iter().enumerate() {
+        let a = M::Pay {
+            to: account(m),
+            deliver: units(usd, 1_000_000),
+            send_max: None,
+            partial: false,
+        };
+        setup.push(sign(&issuer, i as u64, 1, Action::Market(a), &chain));
+    }
+    let (rejected, _) = submit_all(&setup, None)?;
+    ensure!(rejected == 0, "{rejected} setup transactions rejected");
+
+    // The load: each round, every maker rests an offer and every taker crosses one.
+    let mut load = Vec::new();
+    for r in 0..2 * rounds {
+        for (i, m) in maker_keys.iter().enumerate() {
+            let a = M::OfferCreate {
+                sell: units(usd, 10),
+                buy: Amount::native(10_000 + ((i + r) % 50) as u64),
+                flags: OfferFlags::default(),
+            };
+            load.push(sign(m, 1 + r as u64, 1, Action::Market(a), &chain));
+        }
+        for t in &taker_keys {
+            let a = M::OfferCreate {
+                sell: Amount::native(11_000),
+                buy: units(usd, 10),
+                flags: OfferFlags::default(),
+            };
+            load.push(sign(t, 1 + r as u64, 1, Action::Market(a), &chain));
+        }
+    }
+    let paced = load.split_off(load.len() / 2);
+    eprintln!("market bench: {} offers as fast as taken", load.len());
+    let (rejected_max, secs_max) = submit_all(&load, None)?;
+    let max_rate = (load.len() - rejected_max) as f64 / secs_max;
+    // Paced load with payments timed meanwhile: (rejected, seconds, sorted finality ms).
+    let paced_run = |load: &[Tx], what: &str| -> Result<(usize, f64, Vec<f64>)> {
+        eprintln!(
+            "market bench: {} {what} at {TARGET_RATE}/s, payments timed meanwhile",
+            load.len()
+        );
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (result, finality) = std::thread::scope(|s| {
+            let pays = s.spawn(|| -> Result<Vec<f64>> {
+                let agent = new_agent();
+                let mut ms = Vec::new();
+                let to = account(&payee).to_string();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && ms.len() < 2_000 {
+                    let v = nodes[0].call(
+                        &agent,
+                        "POST",
+                        "/v1/ledger/pay",
+                        Some(&json!({"to": to, "amount": 1})),
+                    )?;
+                    if let Some(f) = v["finality_ms"].as_f64() {
+                        ms.push(f);
+                    }
+                }
+                Ok(ms)
+            });
+            let r = submit_all(load, Some(TARGET_RATE));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (r, pays.join().expect("payer"))
+        });
+        let (rejected, secs) = result?;
+        let mut finality = finality?;
+        finality.sort_by(f64::total_cmp);
+        Ok((rejected, secs, finality))
+    };
+    let (rejected, secs, finality) = paced_run(&paced, "offers")?;
+    let rate = (paced.len() - rejected) as f64 / secs;
+    let p50 = pct(&finality, 50.0);
+    // The reference: plain AGR transfers at the same rate, the same way.
+    let sink = account(&issuer);
+    let transfers: Vec<Tx> = (0..paced.len() / (2 * makers))
+        .flat_map(|r| {
+            maker_keys.iter().chain(&taker_keys).map(move |k| {
+                let seq = 1 + 2 * rounds as u64 + r as u64;
+                let to = Action::Transfer {
+                    to: sink,
+                    amount: 1,
+                    memo: None,
+                };
+                sign(k, seq, 1, to, &chain)
+            })
+        })
+        .collect();
+    let (t_rejected, t_secs, t_finality) = paced_run(&transfers, "transfers")?;
+    Ok(json!({
+        "validators": VALIDATORS,
+        "max_offers_per_s": max_rate,
+        "max_rejected": rejected_max,
+        "offers": paced.len(),
+        "offered_per_s": TARGET_RATE,
+        "rejected": rejected,
+        "seconds": secs,
+        "offers_per_s": rate,
+        "target_offers_per_s": 5_000,
+        "payments_timed": finality.len(),
+        "payment_finality_p50_ms": p50,
+        "payment_finality_p99_ms": pct(&finality, 99.0),
+        "target_finality_p50_ms": 50,
+        "met": rate >= 5_000.0 && p50 <= 50.0,
+        "reference_transfers": {
+            "transfers": transfers.len(),
+            "rejected": t_rejected,
+            "transfers_per_s": (transfers.len() - t_rejected) as f64 / t_secs,
+            "payments_timed": t_finality.len(),
+            "payment_finality_p50_ms": pct(&t_finality, 50.0),
+            "payment_finality_p99_ms": pct(&t_finality, 99.0),
+        },
+        "height": status(&nodes[0])?["height"],
+    }))
+}
+
+/// All three parts.
+pub fn run(opts: &Options) -> Result<Value> {
+    let (makers, each, takers) = if opts.quick {
+        (50, 20, 100)
+    } else {
+        (500, 40, 2_000)
+    };
+    eprintln!("market bench: matching alone");
+    let matching = matching(makers, each, takers)?;
+    eprintln!("market bench: path finding");
+    let paths = path_finding(
+        if opts.quick { 200 } else { 1_000 },
+        if opts.quick { 200 } else { 1_000 },
+    )?;
+    let consensus = consensus(opts)?;
+    Ok(json!({
+        "matching": matching,
+        "path_finding": paths,
+        "consensus": consensus,
+    }))
+}
