@@ -71,6 +71,7 @@ impl Block {
         max_txs: usize,
     ) -> (Block, State, Vec<(Hash, TxError)>) {
         let mut state = parent.clone();
+        state.block_time_ms = timestamp_ms;
         let mut txs = Vec::new();
         let mut skipped = Vec::new();
         // Room for the header fields; transactions fill the rest of the byte budget.
@@ -125,6 +126,7 @@ impl Block {
             return Err(BlockError::TooManyTxs(self.txs.len()));
         }
         let mut state = parent.clone();
+        state.block_time_ms = self.timestamp_ms;
         let mut effects = Vec::with_capacity(self.txs.len());
         for (index, tx) in self.txs.iter().enumerate() {
             match state.apply(tx, signature_checked(index)) {

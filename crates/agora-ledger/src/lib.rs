@@ -5,6 +5,7 @@ pub mod account;
 pub mod amount;
 pub mod block;
 pub mod consensus;
+pub mod contract;
 pub mod market;
 pub mod service;
 pub mod state;

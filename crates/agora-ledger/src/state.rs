@@ -108,6 +108,8 @@ pub enum TxError {
     UselessChange,
     #[error("{0}")]
     Market(Box<MarketError>),
+    #[error("{0}")]
+    Contract(crate::contract::ContractError),
 }
 
 /// What applying a transaction did.
@@ -131,6 +133,13 @@ pub enum Effect {
         fee: u64,
         outcome: Outcome,
     },
+    /// A contract deploy or call: included and the fee for the gas it used charged (also when
+    /// it failed, which then changed nothing else).
+    Contract {
+        from: Account,
+        fee: u64,
+        outcome: crate::contract::ContractOutcome,
+    },
 }
 
 /// The whole ledger state after some block.
@@ -152,6 +161,10 @@ pub struct State {
     /// AGR each trust line or resting offer holds back ([`OWNER_RESERVE_FEES`] × min fee).
     pub owner_reserve: u64,
     pub market: Market,
+    pub contracts: crate::contract::Contracts,
+    /// The time of the block being built or applied (contracts read it); not in the root,
+    /// the block header carries it.
+    pub block_time_ms: u64,
 }
 
 /// Largest f with 3f + 1 <= n: how many faulty validators a committee of n tolerates.
@@ -190,6 +203,8 @@ impl State {
             committee_nonce: 0,
             owner_reserve: genesis.min_fee.saturating_mul(OWNER_RESERVE_FEES),
             market: Market::default(),
+            contracts: Default::default(),
+            block_time_ms: 0,
         }
     }
 
@@ -248,6 +263,11 @@ impl State {
                 return m
                     .check_static(&body.from)
                     .map_err(|e| TxError::Market(Box::new(e)));
+            }
+            Action::Contract(c) => {
+                return c
+                    .check_static(body.fee, self.min_fee)
+                    .map_err(TxError::Contract);
             }
         };
         if let Some(memo) = memo
@@ -315,6 +335,11 @@ impl State {
             }
             // The fee may come out of the reserve; the rest is decided when it runs.
             Action::Market(_) => body.fee,
+            // The most the fee can be, and the value sent.
+            Action::Contract(crate::contract::ContractAction::Call { value, .. }) => {
+                body.fee.checked_add(*value).ok_or(TxError::Overflow)?
+            }
+            Action::Contract(_) => body.fee,
         };
         if sender.balance < needed {
             return Err(TxError::InsufficientFunds {
@@ -389,6 +414,7 @@ impl State {
                             outcome,
                         });
                     }
+                    Action::Contract(c) => return Ok(self.apply_contract(body, c)),
                 };
                 self.accounts.insert(
                     body.from,
@@ -472,6 +498,10 @@ impl State {
         h.update(&self.burned.to_le_bytes());
         h.update(&self.committee_nonce.to_le_bytes());
         h.update(&self.owner_reserve.to_le_bytes());
+        h.update(
+            blake3::hash(&postcard::to_allocvec(&self.contracts).expect("encoding cannot fail"))
+                .as_bytes(),
+        );
         // The market, whole: O(lines + offers) per block.
         h.update(
             blake3::hash(&postcard::to_allocvec(&self.market).expect("encoding cannot fail"))

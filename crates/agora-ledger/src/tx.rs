@@ -83,6 +83,8 @@ pub enum Action {
     /// Trust lines, issued currencies, offers and cross-currency payments
     /// ([`crate::market`]).
     Market(crate::market::MarketAction),
+    /// Deploy or call a contract ([`crate::contract`]).
+    Contract(crate::contract::ContractAction),
 }
 
 impl Action {
@@ -95,7 +97,7 @@ impl Action {
             Action::Market(M::Pay { to, .. }) => vec![*to],
             Action::Market(M::TrustSet { issue, .. }) => vec![issue.issuer],
             Action::Market(M::Authorize { holder, .. }) => vec![*holder],
-            Action::Market(_) => Vec::new(),
+            Action::Market(_) | Action::Contract(_) => Vec::new(),
         }
     }
 }

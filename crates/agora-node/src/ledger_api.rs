@@ -400,6 +400,14 @@ fn view(record: TxRecord) -> TxView {
                         v.outcome = Some(outcome_view(outcome));
                     }
                 }
+                Action::Contract(c) => {
+                    v.kind = "contract";
+                    v.action = Some(contract_action_view(&c));
+                    v.effect = record
+                        .effect
+                        .as_ref()
+                        .and_then(|e| serde_json::to_value(e).ok());
+                }
             }
         }
         Tx::Committee(c) => {
@@ -1137,6 +1145,40 @@ async fn book(
             "bids": bids,
         })
     })))
+}
+
+/// A contract action for people: the code by hash and size, inputs as text when they are.
+fn contract_action_view(c: &agora_ledger::contract::ContractAction) -> serde_json::Value {
+    use agora_ledger::contract::ContractAction;
+    let text = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(t) => serde_json::json!(t),
+        Err(_) => serde_json::json!({ "hex": hex::encode(b) }),
+    };
+    match c {
+        ContractAction::Deploy { code, init, gas } => serde_json::json!({
+            "deploy": {
+                "code_hash": agora_ledger::Hash::of(code).to_hex(),
+                "code_bytes": code.len(),
+                "init": text(init),
+                "gas": gas,
+            }
+        }),
+        ContractAction::Call {
+            contract,
+            method,
+            input,
+            value,
+            gas,
+        } => serde_json::json!({
+            "call": {
+                "contract": contract.to_string(),
+                "method": method,
+                "input": text(input),
+                "value": value,
+                "gas": gas,
+            }
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -234,6 +234,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     )
     .await?;
     let ledger_stop = CancellationToken::new();
+    // Compiled contract modules are cached in the data directory (one engine per process).
+    agora_ledger::contract::set_cache_dir(config.data_dir.join("contract-cache"));
     let ledger = match &config.ledger {
         Some(ledger) => Some(
             agora_ledger::service::Ledger::start(

@@ -143,6 +143,11 @@ pub fn run(
         accounts: 1000,
         txs_per_account: if quick { 10 } else { 30 },
     })?;
+    eprintln!("running the market benchmark");
+    let market = crate::market_bench::run(&crate::market_bench::Options {
+        agora: agora.to_owned(),
+        quick,
+    })?;
     eprintln!("running the sandbox benchmark");
     let sandbox =
         crate::sandbox_bench::run(&crate::sandbox_bench::Options::new(repo.to_owned(), quick))?;
@@ -161,7 +166,7 @@ pub fn run(
         ],
         &[],
     )?;
-    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger, "sandbox": sandbox, "grid": grid, "docs": docs});
+    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger, "market": market, "sandbox": sandbox, "grid": grid, "docs": docs});
     if json_out {
         println!("{all}");
         return Ok(());
@@ -322,6 +327,9 @@ pub fn run(
             f(&l["ed25519_verify_per_s_one_core"])
         ),
     );
+    for (a, b, c) in crate::market_bench::rows(&all["market"]) {
+        row(&a, b, c);
+    }
     for (a, b, c) in crate::sandbox_bench::rows(&all["sandbox"]) {
         row(&a, b, c);
     }

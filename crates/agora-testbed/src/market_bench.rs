@@ -620,3 +620,73 @@ pub fn run(opts: &Options) -> Result<Value> {
         "consensus": consensus,
     }))
 }
+
+/// The table rows of a run: (figure, value, ratio).
+pub fn rows(v: &Value) -> Vec<(String, String, String)> {
+    let f = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
+    let met = |x: &Value| {
+        if x.as_bool() == Some(true) {
+            "met"
+        } else {
+            "MISSED"
+        }
+    };
+    let (m, p, c) = (&v["matching"], &v["path_finding"], &v["consensus"]);
+    vec![
+        (
+            format!(
+                "market: matching alone, one core ({} crossing offers taking {} resting ones)",
+                m["crossing_txs"], m["fills"]
+            ),
+            format!("{:.0} matched offers/s", f(&m["matched_per_s"])),
+            format!(
+                "target ≥ 100,000/s: {}; {:.3} × plain transfers through the same state machine \
+                 ({:.0}/s)",
+                met(&m["met"]),
+                f(&m["matched_vs_transfers"]),
+                f(&m["transfers_per_s"])
+            ),
+        ),
+        (
+            format!(
+                "market: path finding + fills of a cross-currency payment, {} books of {} offers",
+                p["books"], p["offers_per_book"]
+            ),
+            format!(
+                "p50 {:.3} ms, p99 {:.3} ms",
+                f(&p["p50_ms"]),
+                f(&p["p99_ms"])
+            ),
+            format!("target p99 ≤ 10 ms: {}", met(&p["met"])),
+        ),
+        (
+            "market: offers through 4 validators, as fast as taken".into(),
+            format!("{:.0} offers/s", f(&c["max_offers_per_s"])),
+            format!(
+                "target ≥ 5,000/s: {}",
+                if f(&c["max_offers_per_s"]) >= 5_000.0 {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            ),
+        ),
+        (
+            "market: payment finality while offers arrive at 5,000/s".into(),
+            format!(
+                "p50 {:.0} ms, p99 {:.0} ms",
+                f(&c["payment_finality_p50_ms"]),
+                f(&c["payment_finality_p99_ms"])
+            ),
+            format!(
+                "target p50 ≤ 50 ms: {}; with plain transfers at 5,000/s instead: p50 {:.0} ms",
+                if f(&c["payment_finality_p50_ms"]) <= 50.0 {
+                    "met"
+                } else {
+                    "MISSED"
+                },
+                f(&c["reference_transfers"]["payment_finality_p50_ms"])
+            ),
+        ),
+    ]
+}

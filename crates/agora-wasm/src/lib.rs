@@ -72,6 +72,8 @@ use std::{
 };
 
 use thiserror::Error;
+
+pub mod contract;
 use wasmparser::{Payload, TypeRef, Validator, WasmFeatures};
 use wasmtime::{Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{

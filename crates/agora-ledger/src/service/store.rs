@@ -241,7 +241,11 @@ impl ChainStore {
                     txs.insert(tx.hash().0.as_slice(), at.as_slice())
                         .map_err(e)?;
                     let effect = effects.get(index);
-                    if let Some(effect @ crate::state::Effect::Market { .. }) = effect {
+                    if let Some(
+                        effect @ (crate::state::Effect::Market { .. }
+                        | crate::state::Effect::Contract { .. }),
+                    ) = effect
+                    {
                         let bytes = postcard::to_allocvec(effect).map_err(e)?;
                         effects_table
                             .insert((block.height, index as u32), bytes.as_slice())
