@@ -117,10 +117,10 @@ impl fmt::Debug for Account {
     }
 }
 
-impl FromStr for Account {
-    type Err = AccountParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+impl Account {
+    /// Parses any account's text form, checksum included, without requiring a curve point:
+    /// contract accounts are hashes, not keys (see [`crate::contract::contract_address`]).
+    pub fn parse_address(s: &str) -> Result<Account, AccountParseError> {
         let body = s
             .trim()
             .strip_prefix(PREFIX)
@@ -136,7 +136,15 @@ impl FromStr for Account {
         if raw[32..] != checksum(&key) {
             return Err(AccountParseError::Checksum);
         }
-        let account = Account(key);
+        Ok(Account(key))
+    }
+}
+
+impl FromStr for Account {
+    type Err = AccountParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let account = Account::parse_address(s)?;
         account.key().ok_or(AccountParseError::Key)?;
         Ok(account)
     }

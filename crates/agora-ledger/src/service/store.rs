@@ -333,6 +333,18 @@ fn involved(tx: &Tx, effect: Option<&crate::state::Effect>) -> Vec<Account> {
         Tx::Account(signed) => {
             let mut v = vec![signed.body.from];
             v.extend(signed.body.action.counterparties());
+            // A contract call is in the contract's history (its events are found there).
+            if let crate::tx::Action::Contract(crate::contract::ContractAction::Call {
+                contract,
+                ..
+            }) = &signed.body.action
+            {
+                v.push(*contract);
+            }
+            if let Some(crate::state::Effect::Contract { outcome, .. }) = effect {
+                v.push(outcome.contract);
+                v.extend(outcome.events.iter().map(|e| e.contract));
+            }
             if let Some(crate::state::Effect::Market { outcome, .. }) = effect {
                 let fills = match outcome {
                     crate::market::Outcome::Paid { fills, .. }
