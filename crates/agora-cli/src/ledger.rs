@@ -18,7 +18,8 @@ use crate::{ClientArgs, client::Endpoint};
 pub enum LedgerCmd {
     /// Height, committee, last block time, transactions per second.
     Status(ClientArgs),
-    /// Finalized transactions that paid from or to an account (yours by default).
+    /// Finalized transactions that paid from or to an account, or called a contract (yours by
+    /// default).
     History {
         /// Account (`ag…`); default: this node's.
         account: Option<String>,
@@ -53,10 +54,11 @@ pub enum LedgerCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// AGR balance, reserve and every issued currency of an account (yours by default).
+    /// AGR balance, reserve and every issued currency of an account or contract (yours by
+    /// default).
     Balance {
-        /// Account (`ag…`); default: this node's.
-        #[arg(value_parser = parse_account)]
+        /// Account (`ag…`), a contract's too; default: this node's.
+        #[arg(value_parser = crate::contract::parse_contract)]
         account: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
@@ -752,6 +754,37 @@ fn tx_line(v: &Value) -> String {
             v["seq"],
             v["hash"].as_str().unwrap_or_default()
         ),
+        Some("contract") => {
+            let a = &v["action"];
+            let what = match (a.get("deploy"), a.get("call")) {
+                (Some(d), _) => format!(
+                    "deploy {} ({} bytes)",
+                    v["outcome"]["contract"].as_str().unwrap_or_default(),
+                    d["code_bytes"]
+                ),
+                (_, Some(c)) => format!(
+                    "call {}.{}{}",
+                    c["contract"].as_str().unwrap_or_default(),
+                    c["method"].as_str().unwrap_or_default(),
+                    match c["value"].as_u64() {
+                        Some(n) if n > 0 => format!(" with {n}"),
+                        _ => String::new(),
+                    }
+                ),
+                _ => "contract".to_owned(),
+            };
+            format!(
+                "block {:>7}  {}  {}  {what}: {}  (gas {}, fee {}, seq {})  tx {}",
+                v["height"],
+                time(v["block_time_ms"].as_u64().unwrap_or(0)),
+                v["from"].as_str().unwrap_or_default(),
+                v["outcome"]["status"].as_str().unwrap_or("?"),
+                v["outcome"]["gas_used"],
+                v["outcome"]["fee"],
+                v["seq"],
+                v["hash"].as_str().unwrap_or_default()
+            )
+        }
         _ => format!(
             "block {:>7}  {}  {} -> {}  {}  (fee {}, seq {}){}  tx {}",
             v["height"],
@@ -964,7 +997,9 @@ pub fn run(cmd: LedgerCmd) -> Result<()> {
         } => {
             let mut path = format!("/v1/ledger/history?limit={}", limit.clamp(1, 1000));
             if let Some(a) = account {
-                path.push_str(&format!("&account={}", check_account(&a)?));
+                // A contract's address need not be a key: its checksum is checked.
+                let a = crate::contract::parse_contract(&a).map_err(|e| anyhow!("{a:?} is {e}"))?;
+                path.push_str(&format!("&account={a}"));
             }
             let v: Value = Endpoint::resolve(&client)?.get(&path)?;
             if client.json {

@@ -4,6 +4,7 @@
 
 mod chat;
 mod client;
+mod contract;
 mod devnet;
 mod docs;
 mod files;
@@ -199,6 +200,10 @@ enum Command {
     /// the currency market (trust, issuer, authorize, lines, offer, offers, book, balance).
     #[command(subcommand)]
     Ledger(ledger::LedgerCmd),
+    /// Contracts on the ledger: deploy a wasm module, call and query its methods, show it,
+    /// list or follow its events.
+    #[command(subcommand)]
+    Contract(contract::ContractCmd),
     /// Grid computing: run WASI jobs on peers' spare CPU; jobs, results, workers.
     #[command(subcommand)]
     Grid(grid::GridCmd),
@@ -301,6 +306,7 @@ fn main() -> ExitCode {
         } => ledger::pay(&client, &account, amount, send_max, partial, memo, fee),
         Command::Tx { hash, client } => ledger::tx(&client, &hash),
         Command::Ledger(cmd) => ledger::run(cmd),
+        Command::Contract(cmd) => contract::run(cmd),
         Command::Grid(cmd) => grid::run(cmd),
         Command::Space(cmd) => docs::space(cmd),
         Command::Doc(cmd) => docs::doc(cmd),

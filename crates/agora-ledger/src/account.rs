@@ -32,8 +32,10 @@ impl Serialize for Account {
 impl<'de> Deserialize<'de> for Account {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
+            // Any account, contracts included (they are hashes, not keys); where a key is
+            // required (a genesis, a recipient) it is checked there.
             let text = String::deserialize(d)?;
-            text.parse().map_err(serde::de::Error::custom)
+            Account::parse_address(&text).map_err(serde::de::Error::custom)
         } else {
             Ok(Account(<[u8; 32]>::deserialize(d)?))
         }

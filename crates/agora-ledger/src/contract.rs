@@ -40,6 +40,8 @@ pub const CODE_BYTE_GAS: u64 = 20;
 /// Longest method name and input.
 pub const MAX_METHOD: usize = 64;
 pub const MAX_INPUT: usize = 8 * 1024;
+/// Module and init input of a deploy together: what fits in a transaction with its envelope.
+pub const MAX_DEPLOY_BYTES: usize = crate::tx::MAX_TX_BYTES - 512;
 
 /// What an account asks of the contract engine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +103,10 @@ pub enum ContractError {
     Gas(u64),
     #[error("method name or input too long")]
     TooLong,
+    #[error("`init` runs only at deploy")]
+    InitCall,
+    #[error("the module and its init input are {0} bytes; a transaction holds at most {max}", max = MAX_DEPLOY_BYTES)]
+    TooLarge(usize),
     #[error("the fee {fee} does not cover the minimum fee and the gas limit ({needed})")]
     FeeBelowGas { fee: u64, needed: u64 },
 }
@@ -127,11 +133,17 @@ impl ContractAction {
                 if init.len() > MAX_INPUT {
                     return Err(ContractError::TooLong);
                 }
+                if code.len() + init.len() > MAX_DEPLOY_BYTES {
+                    return Err(ContractError::TooLarge(code.len() + init.len()));
+                }
                 engine::check_contract(code).map_err(|e| ContractError::Module(e.to_string()))
             }
             ContractAction::Call { method, input, .. } => {
                 if method.len() > MAX_METHOD || input.len() > MAX_INPUT {
                     return Err(ContractError::TooLong);
+                }
+                if method == "init" {
+                    return Err(ContractError::InitCall);
                 }
                 Ok(())
             }

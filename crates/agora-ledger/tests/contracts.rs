@@ -262,6 +262,11 @@ fn bad_modules_and_bad_fees_are_refused_before_inclusion() {
             Err(TxError::Contract(_))
         ),);
     }
+    // `init` runs only at deploy.
+    assert!(matches!(
+        refused(call(account(1), "init", 0, GAS)),
+        Err(TxError::Contract(_))
+    ));
     // A fee below the gas limit's cost.
     let a = account(0);
     let t = Tx::Account(

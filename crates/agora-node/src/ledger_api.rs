@@ -39,6 +39,10 @@ impl From<LedgerError> for ApiError {
             // Refused before inclusion (no fee charged): a zero amount, an offer of a currency
             // for itself, a transfer fee over 100 %…
             LedgerError::Tx(TxError::Market(_)) => (StatusCode::BAD_REQUEST, "invalid_market_tx"),
+            // A bad module, gas limit or fee: refused before inclusion (no fee charged).
+            LedgerError::Tx(TxError::Contract(c)) => {
+                return crate::contract_api::contract_error(c);
+            }
             LedgerError::Tx(_) | LedgerError::Rejected(_) | LedgerError::Replaced(_) => {
                 (StatusCode::BAD_REQUEST, "rejected")
             }
@@ -73,6 +77,7 @@ pub fn routes() -> Router<Arc<Node>> {
         )
         .route("/v1/ledger/lines", get(lines))
         .route("/v1/ledger/book", get(book))
+        .merge(crate::contract_api::routes())
 }
 
 fn ledger(node: &Node) -> Result<&Arc<Ledger>, ApiError> {
@@ -97,6 +102,19 @@ fn parse_account(text: &str) -> Result<Account, ApiError> {
     })
 }
 
+/// An account or a contract (whose address need not be an ed25519 key), for routes that only
+/// read.
+fn parse_any_account(text: &str) -> Result<Account, ApiError> {
+    crate::contract_api::parse_contract_account(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_account",
+            format!("{text:?} is not an account: {e}"),
+        )
+        .with_hint("accounts look like `ag…` (see `agora account`)")
+    })
+}
+
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(v)| v)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
@@ -105,7 +123,11 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 async fn account(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
     let ledger = ledger(&node)?;
     Ok(Json(
-        serde_json::json!({ "account": ledger.account().to_string() }),
+        // `key`: the account's 32 bytes in hex, as contracts take accounts in their inputs.
+        serde_json::json!({
+            "account": ledger.account().to_string(),
+            "key": hex::encode(ledger.account().0),
+        }),
     ))
 }
 
@@ -135,7 +157,7 @@ async fn balance(
     let ledger = ledger(&node)?;
     let q = query(q)?;
     let account = match q.account.as_deref() {
-        Some(text) => parse_account(text)?,
+        Some(text) => parse_any_account(text)?,
         None => ledger.account(),
     };
     Ok(Json(ledger.with_state(|state| {
@@ -350,12 +372,14 @@ pub struct TxView {
     memo: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     change: Option<String>,
-    /// A market transaction: what it asked, and what it did (fills, or why it failed).
+    /// A market or contract transaction: what it asked, and what it did (fills, output and
+    /// events, or why it failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     action: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     effect: Option<serde_json::Value>,
-    /// The effect for people: amounts as text, rates in whole units.
+    /// The effect for people: amounts as text, rates in whole units; a contract's output and
+    /// events as text and hex, `status` "ok" or why it failed, and the fee charged.
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<serde_json::Value>,
 }
@@ -407,6 +431,11 @@ fn view(record: TxRecord) -> TxView {
                         .effect
                         .as_ref()
                         .and_then(|e| serde_json::to_value(e).ok());
+                    if let Some(Effect::Contract { fee, outcome, .. }) = &record.effect {
+                        let mut o = crate::contract_api::outcome_fields(outcome);
+                        o.insert("fee".into(), json!(fee));
+                        v.outcome = Some(Value::Object(o));
+                    }
                 }
             }
         }
@@ -490,7 +519,7 @@ async fn history(
     let ledger = ledger(&node)?;
     let q = query(q)?;
     let account = match q.account.as_deref() {
-        Some(text) => parse_account(text)?,
+        Some(text) => parse_any_account(text)?,
         None => ledger.account(),
     };
     let records = ledger.history(&account, q.limit.unwrap_or(50).clamp(1, 1_000))?;

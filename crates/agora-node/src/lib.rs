@@ -29,6 +29,7 @@
 //! | `POST /v1/chat/send`, `GET /v1/chat/messages` | direct messages (long-poll with `wait`) |
 //! | `/v1/chat/rooms…`      | join, leave, post, read (long-poll), members     |
 //! | `/v1/ledger/…`         | account, balance, pay, history, blocks, committee |
+//! | `/v1/ledger/contracts…` | deploy, call, query, show, events (see `contract_api`) |
 //! | `POST /v1/grid/run`    | submit a job → its view                          |
 //! | `GET /v1/grid/jobs[/{id}]` | jobs, one job with its units (`?wait=S`)     |
 //! | `POST /v1/grid/jobs/{id}/results`, `/cancel` | export results, cancel     |
@@ -36,6 +37,7 @@
 
 pub mod api;
 mod chat_api;
+mod contract_api;
 mod docs_api;
 mod grid_api;
 mod ledger_api;
@@ -50,6 +52,7 @@ use std::{
 
 use agora_net::{KadMode, Multiaddr};
 use agora_store::{ApiInfo, DataDir, KnownPeer};
+pub use contract_api::{DEFAULT_GAS as DEFAULT_CONTRACT_GAS, parse_contract_account};
 pub use tokio_util::sync::CancellationToken;
 
 /// How often the peers we are connected to are written to the database.

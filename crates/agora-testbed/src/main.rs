@@ -7,6 +7,7 @@
 mod agent;
 mod agent_ledger;
 mod bench;
+mod contract_bench;
 mod docs_bench;
 mod grid_sim;
 mod ledger_bench;
@@ -113,6 +114,18 @@ enum Command {
         #[arg(long, env = "AGORA_BIN")]
         agora: Option<PathBuf>,
         /// Smaller books and load (a debug build finishes in about a minute).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The contracts' benchmark: gas per ms (the calibration behind the gas table), per-call
+    /// instantiation p50/p99, the example token natively vs in the engine, and token transfers
+    /// through four validators with payment finality meanwhile (build with --release).
+    ContractBench {
+        #[arg(long, env = "AGORA_BIN")]
+        agora: Option<PathBuf>,
+        /// The agora checkout holding examples/contracts (default: the one this was built from).
+        #[arg(long)]
+        repo: Option<PathBuf>,
         #[arg(long)]
         quick: bool,
     },
@@ -381,6 +394,23 @@ fn main() -> ExitCode {
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ContractBench { agora, repo, quick } => {
+            let opts = contract_bench::Options {
+                agora: agora.unwrap_or_else(default_agora),
+                repo: repo.unwrap_or_else(bench::default_repo),
+                quick,
+            };
+            match contract_bench::run(&opts) {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE

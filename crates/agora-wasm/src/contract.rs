@@ -94,25 +94,32 @@ pub const MAX_TABLE: usize = 10_000;
 pub const MAX_CODE: usize = 256 * 1024;
 
 /// Host fees, in gas, on top of the fuel the wasm itself burns.
+///
+/// Calibrated with `agora-testbed contract-bench` on the 2-core machine of the README: plain
+/// wasm runs about 5,000 gas per microsecond, and the host operations are priced at what they
+/// cost there in the same unit (a call's instantiation about 10 µs, a storage access 1–2 µs).
 pub mod gas {
+    /// Every call, top level or nested: instantiating the module.
+    pub const CALL_BASE: u64 = 50_000;
     /// Every host call.
-    pub const HOST_CALL: u64 = 50;
+    pub const HOST_CALL: u64 = 200;
     /// Per byte copied between the contract's memory and the host.
-    pub const PER_BYTE: u64 = 1;
+    pub const PER_BYTE: u64 = 3;
     /// A storage read.
-    pub const GET: u64 = 500;
+    pub const GET: u64 = 2_000;
     /// A storage write, plus [`PER_BYTE_STORED`] per byte of key and value.
-    pub const PUT: u64 = 2_000;
-    pub const PER_BYTE_STORED: u64 = 50;
-    pub const REMOVE: u64 = 500;
-    pub const TRANSFER: u64 = 2_000;
-    pub const EMIT: u64 = 500;
-    pub const PER_EVENT_BYTE: u64 = 10;
-    /// A nested call (instantiation included).
+    pub const PUT: u64 = 6_000;
+    pub const PER_BYTE_STORED: u64 = 150;
+    pub const REMOVE: u64 = 2_000;
+    pub const TRANSFER: u64 = 6_000;
+    pub const EMIT: u64 = 2_000;
+    pub const PER_EVENT_BYTE: u64 = 30;
+    /// A nested call, on top of [`CALL_BASE`].
     pub const CALL: u64 = 5_000;
 }
 /// The same fees as (name, gas) pairs, for publishing.
 pub const GAS: &[(&str, u64)] = &[
+    ("call (instantiation)", gas::CALL_BASE),
     ("host call", gas::HOST_CALL),
     ("byte copied", gas::PER_BYTE),
     ("storage get", gas::GET),
@@ -578,6 +585,12 @@ fn invoke_inner(
     if cx.data().frames.len() >= MAX_DEPTH {
         return Err(Failure::Depth);
     }
+    let left = cx.get_fuel().unwrap_or(0);
+    if left < gas::CALL_BASE {
+        let _ = cx.set_fuel(0);
+        return Err(Failure::OutOfGas);
+    }
+    let _ = cx.set_fuel(left - gas::CALL_BASE);
     if cx.data().frames.iter().any(|f| f.contract == call.contract) {
         return Err(Failure::Reentrancy);
     }
@@ -834,12 +847,16 @@ fn build_linker(engine: &Engine, shared: Weak<Shared>) -> Result<Linker<Ctx>, St
             let Some(shared) = weak.upgrade() else {
                 return stop(Stop::Limit("engine gone".into()));
             };
+            if value < 0 {
+                top_mut(&mut c).return_data = b"a negative value".to_vec();
+                return Ok(1);
+            }
             let call = Call {
                 contract: callee.try_into().expect("32 bytes"),
                 caller: top(&c).contract,
                 method: String::from_utf8_lossy(&method).into_owned(),
                 input,
-                value: value.max(0) as u64,
+                value: value as u64,
                 gas: 0,
             };
             let events_before = c.data().events.len();

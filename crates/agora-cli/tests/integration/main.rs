@@ -4,6 +4,7 @@ mod api;
 mod chat;
 mod cli;
 mod common;
+mod contract;
 mod devnet;
 mod docs;
 mod files;

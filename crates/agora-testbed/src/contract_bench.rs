@@ -1,0 +1,426 @@
+//! The contracts' benchmark, all figures from one run, with the example token
+//! (`examples/contracts/token.c`, built with clang by `examples/contracts/build.sh`).
+//!
+//! - **Gas calibration**: gas per millisecond of CPU on this machine, for a pure-wasm loop
+//!   (fuel alone) and for token transfers (host calls and storage): the measurement behind the
+//!   published gas table.
+//! - **Per-call cost**: a call instantiates the cached module afresh; the time of a trivial
+//!   query (`supply`), p50 and p99 — cold instantiation with the cache.
+//! - **Native vs engine**: the token's transfer written in Rust over a `BTreeMap` against the
+//!   same transfer through the engine (signed transactions applied to the state machine).
+//! - **Through consensus**: four validators on loopback; 200 holders each send token transfers,
+//!   all signed beforehand, in batches; calls final per second on validator 0, and payment
+//!   finality measured meanwhile (like the market bench).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agora_ledger::contract::{ContractAction as C, fee_for};
+use agora_ledger::{Account, AccountTx, Action, Effect, Genesis, State, Tx};
+use anyhow::{Context, Result, bail, ensure};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+
+use crate::ledger_bench::{VALIDATORS, Validator, bench_key, new_agent, pct, start};
+
+const GAS: u64 = 5_000_000;
+
+fn key(i: usize) -> SigningKey {
+    bench_key(2_000_000 + i)
+}
+
+fn account(k: &SigningKey) -> Account {
+    Account::from_key(&k.verifying_key())
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Builds the example contracts into `out`; returns the token's bytes.
+pub fn build_token(repo: &Path, out: &Path) -> Result<Vec<u8>> {
+    let script = repo.join("examples/contracts/build.sh");
+    let o = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(out)
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !o.status.success() {
+        bail!(
+            "building the example contracts failed (they need clang and lld): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(std::fs::read(out.join("token.wasm"))?)
+}
+
+fn sign(k: &SigningKey, seq: u64, min_fee: u64, action: C, chain: &agora_ledger::Hash) -> Tx {
+    Tx::Account(
+        AccountTx {
+            from: account(k),
+            seq,
+            fee: fee_for(min_fee, action.gas_limit()),
+            action: Action::Contract(action),
+        }
+        .sign(k, chain),
+    )
+}
+
+fn transfer(token: Account, to: &Account, amount: u64) -> C {
+    let mut input = to.0.to_vec();
+    input.extend_from_slice(&amount.to_le_bytes());
+    C::Call {
+        contract: token,
+        method: "transfer".into(),
+        input,
+        value: 0,
+        gas: 200_000,
+    }
+}
+
+const SPIN: &str = r#"(module (memory (export "memory") 1)
+  (func (export "spin") (local $i i64)
+    (loop $l (local.set $i (i64.add (local.get $i) (i64.const 1))) (br $l))))"#;
+
+/// The in-process parts.
+pub fn in_process(token: &[u8], calls: usize) -> Result<Value> {
+    let deployer = key(0);
+    let holders: Vec<SigningKey> = (1..=100).map(key).collect();
+    let mut balances = vec![(account(&deployer), 1_000_000_000_000u64)];
+    balances.extend(holders.iter().map(|k| (account(k), 1_000_000_000_000)));
+    let mut st = State::genesis(&Genesis {
+        chain: "contract-bench".into(),
+        validators: vec![account(&key(999))],
+        balances,
+        min_fee: 1,
+        epoch_length: 1_000_000,
+    });
+    let chain = st.chain;
+    let apply = |st: &mut State, tx: &Tx| -> Result<agora_ledger::contract::ContractOutcome> {
+        match st.apply(tx, true) {
+            Ok(Effect::Contract { outcome, .. }) => Ok(outcome),
+            Ok(e) => bail!("unexpected effect {e:?}"),
+            Err(e) => bail!("refused: {e}"),
+        }
+    };
+    let deploy = |st: &mut State, code: Vec<u8>, init: Vec<u8>, seq: u64| {
+        let o = apply(
+            st,
+            &sign(
+                &deployer,
+                seq,
+                1,
+                C::Deploy {
+                    code,
+                    init,
+                    gas: GAS,
+                },
+                &chain,
+            ),
+        )?;
+        ensure!(o.error.is_none(), "deploy failed: {:?}", o.error);
+        Ok(o.contract)
+    };
+    let t = deploy(
+        &mut st,
+        token.to_vec(),
+        1_000_000_000u64.to_le_bytes().to_vec(),
+        0,
+    )?;
+    let spin = deploy(&mut st, wat::parse_str(SPIN)?, Vec::new(), 1)?;
+    // Give every holder tokens.
+    for (seq, h) in (2..).zip(holders.iter()) {
+        let o = apply(
+            &mut st,
+            &sign(
+                &deployer,
+                seq,
+                1,
+                transfer(t, &account(h), 1_000_000),
+                &chain,
+            ),
+        )?;
+        ensure!(o.error.is_none(), "{:?}", o.error);
+    }
+    // Gas per ms: a pure loop, out of gas at 50 M.
+    let spin_gas = 50_000_000;
+    let tx = sign(
+        &key(1),
+        0,
+        1,
+        C::Call {
+            contract: spin,
+            method: "spin".into(),
+            input: Vec::new(),
+            value: 0,
+            gas: spin_gas,
+        },
+        &chain,
+    );
+    let t0 = thread_cpu();
+    let o = apply(&mut st, &tx)?;
+    let spin_ms = (thread_cpu() - t0).as_secs_f64() * 1e3;
+    ensure!(o.error.as_deref() == Some("out of gas"), "{:?}", o.error);
+    // Token transfers through the engine, signatures counted as checked.
+    let per = calls / holders.len();
+    let base: Vec<u64> = holders
+        .iter()
+        .map(|h| st.account(&account(h)).seq)
+        .collect();
+    let mut txs = Vec::with_capacity(calls);
+    for round in 0..per {
+        for (i, h) in holders.iter().enumerate() {
+            let to = account(&holders[(i + 1 + round) % holders.len()]);
+            txs.push(sign(
+                h,
+                base[i] + round as u64,
+                1,
+                transfer(t, &to, 1),
+                &chain,
+            ));
+        }
+    }
+    let mut gas = 0;
+    let t0 = thread_cpu();
+    for tx in &txs {
+        let o = apply(&mut st, tx)?;
+        ensure!(o.error.is_none(), "{:?}", o.error);
+        gas += o.gas_used;
+    }
+    let engine_s = (thread_cpu() - t0).as_secs_f64();
+    // The same transfers natively.
+    let mut native: BTreeMap<[u8; 32], u64> =
+        holders.iter().map(|h| (account(h).0, 1_000_000)).collect();
+    let t0 = thread_cpu();
+    for round in 0..per {
+        for (i, h) in holders.iter().enumerate() {
+            let from = account(h).0;
+            let to = account(&holders[(i + 1 + round) % holders.len()]).0;
+            let have = native[&from];
+            ensure!(have >= 1, "native: insufficient");
+            native.insert(from, have - 1);
+            *native.entry(to).or_default() += 1;
+        }
+    }
+    let native_s = (thread_cpu() - t0).as_secs_f64().max(1e-9);
+    // Per-call cost of a trivial query.
+    let mut q = Vec::with_capacity(1_000);
+    for _ in 0..1_000 {
+        let t0 = thread_cpu();
+        let o = st.query(&t, "supply", &[], GAS);
+        q.push((thread_cpu() - t0).as_secs_f64() * 1e3);
+        ensure!(o.error.is_none(), "{:?}", o.error);
+    }
+    q.sort_by(f64::total_cmp);
+    let calls_per_s = txs.len() as f64 / engine_s;
+    Ok(json!({
+        "gas_per_ms_wasm_loop": spin_gas as f64 / spin_ms,
+        "gas_per_ms_token_transfer": gas as f64 / (engine_s * 1e3),
+        "gas_per_transfer": gas / txs.len() as u64,
+        "transfers": txs.len(),
+        "engine_calls_per_s": calls_per_s,
+        "native_transfers_per_s": txs.len() as f64 / native_s,
+        "engine_vs_native": (txs.len() as f64 / native_s) / calls_per_s,
+        "query_p50_ms": pct(&q, 50.0),
+        "query_p99_ms": pct(&q, 99.0),
+        "target_instantiation_p99_ms": 1,
+    }))
+}
+
+pub struct Options {
+    pub agora: PathBuf,
+    pub repo: PathBuf,
+    pub quick: bool,
+}
+
+pub fn run(opts: &Options) -> Result<Value> {
+    let build = tempfile::tempdir()?;
+    let token = build_token(&opts.repo, build.path())?;
+    eprintln!("contract bench: in process");
+    let local = in_process(&token, if opts.quick { 2_000 } else { 20_000 })?;
+    let root = std::env::temp_dir().join(format!("agora-contract-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let consensus = consensus_in(opts, &root, &token);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(json!({"engine": local, "consensus": consensus?}))
+}
+
+fn consensus_in(opts: &Options, root: &Path, token: &[u8]) -> Result<Value> {
+    let (holders_n, rounds) = if opts.quick { (50, 10) } else { (200, 50) };
+    let dirs: Vec<PathBuf> = (0..VALIDATORS)
+        .map(|i| root.join(format!("v{i}")))
+        .collect();
+    let validators: Vec<Account> = dirs
+        .iter()
+        .map(|d| Ok(agora_ledger::service::identity_in(d)?.0))
+        .collect::<Result<_>>()?;
+    let deployer = key(0);
+    let holders: Vec<SigningKey> = (1..=holders_n).map(key).collect();
+    let payee = key(100_000);
+    let mut balances: Vec<(Account, u64)> =
+        validators.iter().map(|a| (*a, 1_000_000_000_000)).collect();
+    for k in std::iter::once(&deployer)
+        .chain(&holders)
+        .chain(std::iter::once(&payee))
+    {
+        balances.push((account(k), 1_000_000_000_000));
+    }
+    let genesis = Genesis {
+        chain: "contract-bench".into(),
+        validators,
+        balances,
+        min_fee: 1,
+        epoch_length: 1_000_000_000,
+    };
+    let gpath = root.join("genesis.json");
+    std::fs::write(&gpath, serde_json::to_vec(&genesis)?)?;
+    let chain = genesis.chain_id();
+    eprintln!("contract bench: starting {VALIDATORS} validators");
+    let mut nodes = vec![start(&opts.agora, &dirs[0], &gpath, None)?];
+    for dir in &dirs[1..] {
+        let boot = nodes[0].tcp.clone();
+        nodes.push(start(&opts.agora, dir, &gpath, Some(&boot))?);
+    }
+    let agent = new_agent();
+    let status = |v: &Validator| v.call(&agent, "GET", "/v1/ledger/status", None);
+    let applied =
+        |v: &Validator| -> Result<u64> { Ok(status(v)?["applied_txs"].as_u64().unwrap_or(0)) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied(&nodes[0]).is_err() || status(&nodes[0])?["height"].as_u64().unwrap_or(0) < 3 {
+        ensure!(Instant::now() < deadline, "no blocks within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // `spread`: over the validators by position (each sender's transactions stay on one
+    // validator when the senders repeat in a multiple of 4); else all to validator 0.
+    let submit_all = |txs: &[Tx], spread: bool| -> Result<(usize, f64)> {
+        let before = applied(&nodes[0])?;
+        let mut per: Vec<Vec<String>> = vec![Vec::new(); VALIDATORS];
+        for (i, tx) in txs.iter().enumerate() {
+            per[if spread { i % VALIDATORS } else { 0 }].push(hex::encode(tx.encode()));
+        }
+        let t0 = Instant::now();
+        let rejected: usize = std::thread::scope(|s| -> Result<usize> {
+            let hs: Vec<_> = nodes
+                .iter()
+                .zip(&per)
+                .map(|(node, txs)| {
+                    s.spawn(move || -> Result<usize> {
+                        let agent = new_agent();
+                        let mut rejected = 0;
+                        for batch in txs.chunks(500) {
+                            let v = node.call(
+                                &agent,
+                                "POST",
+                                "/v1/ledger/submit",
+                                Some(&json!({ "txs": batch })),
+                            )?;
+                            rejected += v["rejected"].as_array().map_or(0, Vec::len);
+                        }
+                        Ok(rejected)
+                    })
+                })
+                .collect();
+            let mut sum = 0;
+            for h in hs {
+                sum += h.join().expect("submitter")?;
+            }
+            Ok(sum)
+        })?;
+        let expected = (txs.len() - rejected) as u64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while applied(&nodes[0])? - before < expected {
+            ensure!(Instant::now() < deadline, "not final after 300 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok((rejected, t0.elapsed().as_secs_f64()))
+    };
+    // Setup: the token, then tokens for every holder (the holders are numbered so that
+    // every holder's transactions go to one validator).
+    let deploy = sign(
+        &deployer,
+        0,
+        1,
+        C::Deploy {
+            code: token.to_vec(),
+            init: 1_000_000_000u64.to_le_bytes().to_vec(),
+            gas: GAS,
+        },
+        &chain,
+    );
+    let t = agora_ledger::contract::contract_address(&account(&deployer), 0);
+    let (r, _) = submit_all(&[deploy], false)?;
+    ensure!(r == 0, "the deploy was rejected");
+    let setup: Vec<Tx> = holders
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            sign(
+                &deployer,
+                1 + i as u64,
+                1,
+                transfer(t, &account(h), 1_000_000),
+                &chain,
+            )
+        })
+        .collect();
+    let (r, _) = submit_all(&setup, false)?;
+    ensure!(r == 0, "{r} setup transfers rejected");
+    let mut load = Vec::new();
+    for round in 0..rounds {
+        for (i, h) in holders.iter().enumerate() {
+            let to = account(&holders[(i + 1 + round) % holders.len()]);
+            load.push(sign(h, round as u64, 1, transfer(t, &to, 1), &chain));
+        }
+    }
+    eprintln!(
+        "contract bench: {} token transfers through consensus",
+        load.len()
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (result, finality) = std::thread::scope(|s| {
+        let pays = s.spawn(|| -> Result<Vec<f64>> {
+            let agent = new_agent();
+            let mut ms = Vec::new();
+            let to = account(&payee).to_string();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && ms.len() < 2_000 {
+                let v = nodes[0].call(
+                    &agent,
+                    "POST",
+                    "/v1/ledger/pay",
+                    Some(&json!({"to": to, "amount": 1})),
+                )?;
+                if let Some(f) = v["finality_ms"].as_f64() {
+                    ms.push(f);
+                }
+            }
+            Ok(ms)
+        });
+        let r = submit_all(&load, true);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (r, pays.join().expect("payer"))
+    });
+    let (rejected, secs) = result?;
+    let mut finality = finality?;
+    finality.sort_by(f64::total_cmp);
+    let rate = (load.len() - rejected) as f64 / secs;
+    Ok(json!({
+        "validators": VALIDATORS,
+        "calls": load.len(),
+        "rejected": rejected,
+        "seconds": secs,
+        "calls_per_s": rate,
+        "target_calls_per_s": 2_000,
+        "payments_timed": finality.len(),
+        "payment_finality_p50_ms": pct(&finality, 50.0),
+        "payment_finality_p99_ms": pct(&finality, 99.0),
+        "target_finality_p50_ms": 100,
+    }))
+}
