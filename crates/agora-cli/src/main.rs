@@ -245,6 +245,15 @@ pub fn default_data_dir() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up(_) | Command::Devnet(_)) {
+        // A client command piped into `head` ends quietly when the pipe closes, as Unix tools
+        // do, instead of panicking on the failed print. (Sockets are unaffected: Rust sends
+        // with MSG_NOSIGNAL. The daemons keep SIGPIPE ignored.)
+        // SAFETY: setting a signal's disposition to its default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Up(args) => up::run(args),
         Command::Devnet(args) => devnet::run(args),
