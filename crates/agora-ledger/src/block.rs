@@ -70,6 +70,20 @@ impl Block {
         candidates: impl IntoIterator<Item = (Tx, bool)>,
         max_txs: usize,
     ) -> (Block, State, Vec<(Hash, TxError)>) {
+        let (block, state, _, skipped) =
+            Block::build_with_effects(parent, parent_digest, timestamp_ms, candidates, max_txs);
+        (block, state, skipped)
+    }
+
+    /// [`Block::build`] that also returns the effects of the transactions included.
+    pub fn build_with_effects(
+        parent: &State,
+        parent_digest: Hash,
+        timestamp_ms: u64,
+        candidates: impl IntoIterator<Item = (Tx, bool)>,
+        max_txs: usize,
+    ) -> (Block, State, Vec<Effect>, Vec<(Hash, TxError)>) {
+        let mut effects = Vec::new();
         let mut state = parent.clone();
         state.block_time_ms = timestamp_ms;
         let mut txs = Vec::new();
@@ -89,9 +103,10 @@ impl Block {
                 break;
             }
             match state.apply(&tx, signature_checked) {
-                Ok(_) => {
+                Ok(effect) => {
                     bytes += size;
                     txs.push(tx);
+                    effects.push(effect);
                 }
                 Err(error) => skipped.push((tx.hash(), error)),
             }
@@ -105,7 +120,7 @@ impl Block {
             txs,
             state_root: state.root(),
         };
-        (block, state, skipped)
+        (block, state, effects, skipped)
     }
 
     /// Executes this block on its parent's state: every transaction must apply and the state

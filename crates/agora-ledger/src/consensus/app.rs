@@ -120,6 +120,9 @@ pub struct Finalized {
     /// The certificate that finalized this block, or `None` when a later block's certificate
     /// finalized it implicitly (its child links to it by hash).
     pub finalization: Option<Finalization>,
+    /// The state after the block and its transactions' effects, as this application executed
+    /// them: the node applies them without executing the block again.
+    pub executed: Option<(State, Vec<crate::state::Effect>)>,
 }
 
 /// The application's handle: the engine's automaton, relay and reporter, and the node's way
@@ -365,7 +368,7 @@ pub(crate) struct App<S, R> {
     claimed: usize,
     arrivals: u64,
     /// State after each valid block above the finalized height.
-    states: HashMap<Hash, State>,
+    states: HashMap<Hash, (State, Vec<crate::state::Effect>)>,
     invalid: HashSet<Hash>,
     pending_verify: Vec<PendingVerify>,
     pending_certify: Vec<(Hash, oneshot::Sender<bool>)>,
@@ -815,7 +818,7 @@ where
         let parent_state = parent_state.clone();
         let parent_time = self.timestamp_of(&parent).unwrap_or(0);
         let timestamp = now.max(parent_time);
-        let (block, state, _skipped) = Block::build(
+        let (block, state, effects, _skipped) = Block::build_with_effects(
             &parent_state,
             parent,
             timestamp,
@@ -826,7 +829,7 @@ where
         let block_digest = Hash::of(&encoded);
         debug!(height = block.height, txs = block.txs.len(), digest = %block_digest, "proposing");
         self.hold(block_digest, block, encoded.len(), Origin::Own);
-        self.states.insert(block_digest, state);
+        self.states.insert(block_digest, (state, effects));
         let _ = response.send(digest(block_digest));
     }
 
@@ -835,7 +838,7 @@ where
         if *digest == self.finalized_digest {
             Some(&self.finalized)
         } else {
-            self.states.get(digest)
+            self.states.get(digest).map(|(s, _)| s)
         }
     }
 
@@ -870,8 +873,8 @@ where
             let checked = self.mempool.signatures_checked(&block.txs, &chain);
             let parent = self.state_after(&block.parent).expect("executed in order");
             match block.execute(parent, |i| checked[i]) {
-                Ok((state, _)) => {
-                    self.states.insert(digest, state);
+                Ok((state, effects)) => {
+                    self.states.insert(digest, (state, effects));
                 }
                 Err(error) => {
                     warn!(%digest, %error, "invalid block");
@@ -1027,8 +1030,9 @@ where
                         return;
                     }
                     applied = true;
-                    let state = self.states.remove(&digest).expect("executed above");
+                    let (state, effects) = self.states.remove(&digest).expect("executed above");
                     let block = self.release(&digest).expect("collected above");
+                    let executed = Some((state.clone(), effects));
                     self.finalized = state;
                     self.finalized_digest = digest;
                     self.finalized_timestamp = block.timestamp_ms;
@@ -1041,6 +1045,7 @@ where
                         block,
                         digest,
                         finalization: certificate,
+                        executed,
                     });
                 }
                 self.after_finalization();

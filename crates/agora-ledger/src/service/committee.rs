@@ -258,8 +258,9 @@ impl Ledger {
                 let ledger = ledger.clone();
                 let block = f.block;
                 let digest = f.digest;
+                let executed = f.executed;
                 tokio::task::spawn_blocking(move || {
-                    ledger.apply(vec![(block, digest, certificate)], false)
+                    ledger.apply_executed(vec![(block, digest, certificate)], executed, false)
                 })
                 .await
             };

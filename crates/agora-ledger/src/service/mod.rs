@@ -540,6 +540,18 @@ impl Ledger {
         blocks: Vec<(Block, Hash, Option<Vec<u8>>)>,
         notify_engine: bool,
     ) -> Result<(), LedgerError> {
+        self.apply_executed(blocks, None, notify_engine)
+    }
+
+    /// [`Ledger::apply`], where the own consensus engine may hand over the state after the
+    /// (single) block and its effects, as it executed them when it verified the block: then the
+    /// block is not executed a second time.
+    fn apply_executed(
+        &self,
+        blocks: Vec<(Block, Hash, Option<Vec<u8>>)>,
+        mut executed: Option<(State, Vec<crate::state::Effect>)>,
+        notify_engine: bool,
+    ) -> Result<(), LedgerError> {
         let mut inner = self.inner.lock().unwrap();
         // The state after the blocks applied so far in this call (execution copies it anyway).
         let mut next_state: Option<State> = None;
@@ -559,8 +571,15 @@ impl Ledger {
                 );
                 break;
             }
+            // The engine's own execution of this very block (it checked the state root against
+            // the block's when it verified or built it), on the same parent as the tip.
+            let ours = executed.take().filter(|(s, _)| s.height == block.height);
             // Signatures were checked by the validators that certified it (and by ours).
-            match block.execute(state, |_| true) {
+            let result = match ours {
+                Some(done) => Ok(done),
+                None => block.execute(state, |_| true),
+            };
+            match result {
                 Ok((next, effects)) => {
                     if next.ends_epoch(block.height) {
                         epoch_start = block_digest;
