@@ -247,9 +247,11 @@ fn a_restarted_submitter_resumes_and_one_away_gets_results_on_return() {
     let program = slow_echo(root.path(), 200_000_000);
     let dir = inputs(root.path(), 4);
     let job = submit_detached(&net[0], &program, &dir);
-    // Both workers are computing: the submitter goes away (kill -9, mid-job).
+    // Both workers have taken work (computing now, or holding a finished outcome: one may
+    // finish its unit before the other starts): the submitter goes away (kill -9, mid-job).
+    let busy = |w: &Value| w["executing"] == 1 || w["held"].as_u64() >= Some(1);
     wait_for("both workers computing", BUSY_WAIT, || {
-        (worker(&net[1])["executing"] == 1 && worker(&net[2])["executing"] == 1).then_some(())
+        (busy(&worker(&net[1])) && busy(&worker(&net[2]))).then_some(())
     });
     net[0].kill9();
     // The workers finish and hold their outcomes for it.
