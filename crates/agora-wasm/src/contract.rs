@@ -44,14 +44,16 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fs;
-use std::hash::Hash;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
-use wasmparser::{Payload, TypeRef, Validator, WasmFeatures};
+use wasmparser::{Payload, TypeRef, Validator};
 use wasmtime::{AsContextMut, Caller, Engine, InstancePre, Linker, Memory, Module, Store, Trap};
 
-use crate::{Blake3Hasher, hex32, write_cache_file};
+use crate::{
+    compat_hash, deterministic_config, deterministic_features, hex32, read_cache_file,
+    write_cache_file,
+};
 
 /// A 32-byte account.
 pub type Address = [u8; 32];
@@ -408,14 +410,7 @@ pub fn check_contract(wasm: &[u8]) -> Result<(), DeployError> {
             _ => {}
         }
     }
-    let features = WasmFeatures::default()
-        - WasmFeatures::THREADS
-        - WasmFeatures::SHARED_EVERYTHING_THREADS
-        - WasmFeatures::RELAXED_SIMD
-        - WasmFeatures::COMPONENT_MODEL
-        - WasmFeatures::GC
-        - WasmFeatures::STACK_SWITCHING;
-    Validator::new_with_features(features)
+    Validator::new_with_features(deterministic_features())
         .validate_all(wasm)
         .map_err(|e| DeployError::Invalid(e.to_string()))?;
     if !has_memory {
@@ -429,19 +424,10 @@ impl ContractEngine {
     pub fn new(cache_dir: impl Into<PathBuf>) -> Result<ContractEngine, String> {
         let cache_dir = cache_dir.into();
         fs::create_dir_all(&cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
-        let mut wc = wasmtime::Config::new();
-        wc.consume_fuel(true)
-            .cranelift_nan_canonicalization(true)
-            .wasm_shared_everything_threads(false)
-            .wasm_relaxed_simd(false)
-            .relaxed_simd_deterministic(true)
-            .wasm_component_model(false)
-            .wasm_backtrace_max_frames(None)
-            .max_wasm_stack(512 * 1024);
+        let mut wc = deterministic_config(512 * 1024);
+        wc.consume_fuel(true);
         let engine = Engine::new(&wc).map_err(|e| e.to_string())?;
-        let mut hasher = Blake3Hasher(blake3::Hasher::new());
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let compat = hex32(hasher.0.finalize().as_bytes())[..16].to_string();
+        let compat = compat_hash(&engine);
         let shared = Arc::new(Shared {
             engine,
             linker: Mutex::new(None),
@@ -524,15 +510,9 @@ impl Shared {
             return Ok(pre.clone());
         }
         let path = self.cache_path(hash);
-        let cached = fs::read(&path).ok().and_then(|file| {
-            if file.len() < 32 || blake3::hash(&file[32..]).as_bytes() != &file[..32] {
-                return None;
-            }
-            // SAFETY: the payload is what `Module::serialize` produced for an engine of this
-            // configuration (the file name carries its compatibility hash; the checksum
-            // matches), written by this crate. wasmtime checks its own header too.
-            unsafe { Module::deserialize(&self.engine, &file[32..]) }.ok()
-        });
+        let cached = fs::read(&path)
+            .ok()
+            .and_then(|file| read_cache_file(&self.engine, &file));
         let module = match cached {
             Some(m) => m,
             None => {

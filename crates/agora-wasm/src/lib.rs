@@ -367,25 +367,15 @@ impl Sandbox {
         // on-demand instance allocator is kept: the pooling allocator saved about 2 µs of
         // instantiation (5 µs of a 25 µs empty run), nothing next to a job, and would add a cap
         // on concurrent instances.
-        let mut wc = wasmtime::Config::new();
+        let mut wc = deterministic_config(config.max_wasm_stack);
         wc.consume_fuel(config.fuel_metering)
-            .epoch_interruption(true)
-            .cranelift_nan_canonicalization(true)
-            // Threads are not even compiled in (wasmtime's `threads` feature is off).
-            .wasm_shared_everything_threads(false)
-            .wasm_relaxed_simd(false)
-            .relaxed_simd_deterministic(true)
-            .wasm_component_model(false)
-            .wasm_backtrace_max_frames(None)
-            .max_wasm_stack(config.max_wasm_stack);
+            .epoch_interruption(true);
         let engine = Engine::new(&wc).map_err(|e| SandboxError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
             .map_err(|e| SandboxError::Linker(e.to_string()))?;
 
-        let mut hasher = Blake3Hasher(blake3::Hasher::new());
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let compat = hex32(hasher.0.finalize().as_bytes())[..16].to_string();
+        let compat = compat_hash(&engine);
 
         let stop_guard = Arc::new(AtomicBool::new(false));
         {
@@ -586,21 +576,61 @@ impl Sandbox {
         Ok(module)
     }
 
-    /// A cache file is `blake3(payload) ‖ payload`, written only by [`write_cache_file`].
     fn load_cached(&self, file: &[u8]) -> Option<Module> {
-        if file.len() < 32 {
-            return None;
-        }
-        let (sum, payload) = file.split_at(32);
-        if blake3::hash(payload).as_bytes() != sum {
-            return None;
-        }
-        // SAFETY: the payload is exactly what `Module::serialize` produced for this engine
-        // configuration (the file name carries the engine's compatibility hash and the checksum
-        // matches), written by this crate into the caller's cache directory. wasmtime also
-        // checks its version and configuration in the payload's header.
-        unsafe { Module::deserialize(&self.engine, payload) }.ok()
+        read_cache_file(&self.engine, file)
     }
+}
+
+/// A module from a cache file, `blake3(payload) ‖ payload`, written only by
+/// [`write_cache_file`]; `None` when the checksum does not match or wasmtime refuses it.
+fn read_cache_file(engine: &Engine, file: &[u8]) -> Option<Module> {
+    if file.len() < 32 {
+        return None;
+    }
+    let (sum, payload) = file.split_at(32);
+    if blake3::hash(payload).as_bytes() != sum {
+        return None;
+    }
+    // SAFETY: the payload is exactly what `Module::serialize` produced for an engine of this
+    // configuration (the file name carries the engine's compatibility hash and the checksum
+    // matches), written by this crate into the caller's cache directory. wasmtime also checks
+    // its version and configuration in the payload's header.
+    unsafe { Module::deserialize(engine, payload) }.ok()
+}
+
+/// The engine settings every deterministic run needs (grid jobs and contracts alike): NaN
+/// canonicalization, no threads (not even compiled in: wasmtime's `threads` feature is off), no
+/// relaxed SIMD, no component model, no backtraces in errors, a bounded wasm stack.
+fn deterministic_config(max_wasm_stack: usize) -> wasmtime::Config {
+    let mut wc = wasmtime::Config::new();
+    wc.cranelift_nan_canonicalization(true)
+        .wasm_shared_everything_threads(false)
+        .wasm_relaxed_simd(false)
+        .relaxed_simd_deterministic(true)
+        .wasm_component_model(false)
+        .wasm_backtrace_max_frames(None)
+        .max_wasm_stack(max_wasm_stack);
+    wc
+}
+
+/// The wasm features a module may use: the defaults without threads, relaxed SIMD, the
+/// component model, GC and stack switching.
+fn deterministic_features() -> WasmFeatures {
+    WasmFeatures::default()
+        - WasmFeatures::THREADS
+        - WasmFeatures::SHARED_EVERYTHING_THREADS
+        - WasmFeatures::RELAXED_SIMD
+        - WasmFeatures::COMPONENT_MODEL
+        - WasmFeatures::GC
+        - WasmFeatures::STACK_SWITCHING
+}
+
+/// The first 16 hex digits of BLAKE3 over the engine's compatibility hash: part of cache file
+/// names, so a wasmtime upgrade or another configuration misses the cache.
+fn compat_hash(engine: &Engine) -> String {
+    let mut hasher = Blake3Hasher(blake3::Hasher::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex32(hasher.0.finalize().as_bytes())[..16].to_string()
 }
 
 impl Drop for Sandbox {
@@ -659,14 +689,7 @@ fn check_module(wasm: &[u8]) -> Result<(), ValidationError> {
             _ => {}
         }
     }
-    let features = WasmFeatures::default()
-        - WasmFeatures::THREADS
-        - WasmFeatures::SHARED_EVERYTHING_THREADS
-        - WasmFeatures::RELAXED_SIMD
-        - WasmFeatures::COMPONENT_MODEL
-        - WasmFeatures::GC
-        - WasmFeatures::STACK_SWITCHING;
-    Validator::new_with_features(features)
+    Validator::new_with_features(deterministic_features())
         .validate_all(wasm)
         .map_err(|e| {
             let message = e.to_string();
