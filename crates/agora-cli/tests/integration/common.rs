@@ -313,3 +313,59 @@ pub fn wait_connected(a: &Node, b: &Node) {
         || a.is_connected_to(&b.peer_id).then_some(()),
     );
 }
+
+/// Writes `root/genesis.json` for a ledger of the nodes in `dirs` (their identities created
+/// if missing): the first `validators` validate, every account starts with `balance`.
+pub fn write_ledger_genesis(
+    root: &Path,
+    dirs: &[std::path::PathBuf],
+    validators: usize,
+    chain: &str,
+    balance: u64,
+    min_fee: u64,
+) -> Vec<agora_ledger::Account> {
+    let accounts: Vec<agora_ledger::Account> = dirs
+        .iter()
+        .map(|d| agora_ledger::service::identity_in(d).unwrap().0)
+        .collect();
+    let genesis = agora_ledger::Genesis {
+        chain: chain.into(),
+        validators: accounts[..validators].to_vec(),
+        balances: accounts.iter().map(|a| (*a, balance)).collect(),
+        min_fee,
+        epoch_length: 1_000_000,
+    };
+    std::fs::write(
+        root.join("genesis.json"),
+        serde_json::to_vec_pretty(&genesis).unwrap(),
+    )
+    .unwrap();
+    accounts
+}
+
+/// Starts a node following the ledger of `genesis` (validating when asked), bootstrapped from
+/// `bootstrap`.
+pub fn start_ledger_node(
+    dir: &Path,
+    genesis: &Path,
+    validator: bool,
+    bootstrap: Option<&Node>,
+) -> Node {
+    let mut args = vec!["--genesis".to_owned(), genesis.to_str().unwrap().to_owned()];
+    if validator {
+        args.push("--validator".into());
+    }
+    if let Some(b) = bootstrap {
+        args.push("--bootstrap".into());
+        args.push(b.tcp_addr());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::start(dir, &args)
+}
+
+/// A node's finalized ledger height.
+pub fn ledger_height(node: &Node) -> u64 {
+    let (status, v) = node.get("/v1/ledger/status");
+    assert_eq!(status, 200, "{v}");
+    v["height"].as_u64().unwrap()
+}

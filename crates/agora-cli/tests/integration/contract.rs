@@ -7,10 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
-use agora_ledger::{Account, Genesis};
+use agora_ledger::Account;
 use serde_json::{Value, json};
 
-use crate::common::{Node, WAIT, stderr, stdout, wait_for};
+use crate::common::{
+    Node, WAIT, ledger_height as height, start_ledger_node as start, stderr, stdout, wait_for,
+    write_ledger_genesis,
+};
 
 const START: u64 = 1_000_000;
 const FEE: u64 = 10;
@@ -54,42 +57,7 @@ const COUNTER: &str = r#"
 "#;
 
 fn write_genesis(root: &Path, dirs: &[PathBuf], validators: usize) -> Vec<Account> {
-    let accounts: Vec<Account> = dirs
-        .iter()
-        .map(|d| agora_ledger::service::identity_in(d).unwrap().0)
-        .collect();
-    let genesis = Genesis {
-        chain: "contract-itest".into(),
-        validators: accounts[..validators].to_vec(),
-        balances: accounts.iter().map(|a| (*a, START)).collect(),
-        min_fee: FEE,
-        epoch_length: 1_000_000,
-    };
-    std::fs::write(
-        root.join("genesis.json"),
-        serde_json::to_vec_pretty(&genesis).unwrap(),
-    )
-    .unwrap();
-    accounts
-}
-
-fn start(dir: &Path, genesis: &Path, validator: bool, bootstrap: Option<&Node>) -> Node {
-    let mut args = vec!["--genesis".to_owned(), genesis.to_str().unwrap().to_owned()];
-    if validator {
-        args.push("--validator".into());
-    }
-    if let Some(b) = bootstrap {
-        args.push("--bootstrap".into());
-        args.push(b.tcp_addr());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Node::start(dir, &args)
-}
-
-fn height(node: &Node) -> u64 {
-    let (status, v) = node.get("/v1/ledger/status");
-    assert_eq!(status, 200, "{v}");
-    v["height"].as_u64().unwrap()
+    write_ledger_genesis(root, dirs, validators, "contract-itest", START, FEE)
 }
 
 fn wait_height(node: &Node, h: u64) {
