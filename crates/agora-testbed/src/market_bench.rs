@@ -354,7 +354,11 @@ pub fn consensus(opts: &Options) -> Result<Value> {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
     let result = consensus_in(opts, &root);
-    let _ = std::fs::remove_dir_all(&root);
+    if std::env::var_os("AGORA_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    } else {
+        eprintln!("market bench: kept {}", root.display());
+    }
     result
 }
 

@@ -581,12 +581,12 @@ where
                     if let Ok((_, true)) = result {
                         admitted = true;
                         self.relay_queue.push(tx);
-                        if self.relay_queue.len() >= MAX_TX_BATCH {
-                            self.relay_txs();
-                        }
                     }
                 }
                 if admitted {
+                    // Relayed at once (one message per submission, not per transaction): a
+                    // transaction waiting for the tick could miss the next leader's block.
+                    self.relay_txs();
                     self.propose_if_due(context);
                 }
                 let _ = response.send(
@@ -818,6 +818,7 @@ where
         let parent_state = parent_state.clone();
         let parent_time = self.timestamp_of(&parent).unwrap_or(0);
         let timestamp = now.max(parent_time);
+        let started = std::time::Instant::now();
         let (block, state, effects, _skipped) = Block::build_with_effects(
             &parent_state,
             parent,
@@ -827,7 +828,7 @@ where
         );
         let encoded = block.encode();
         let block_digest = Hash::of(&encoded);
-        debug!(height = block.height, txs = block.txs.len(), digest = %block_digest, "proposing");
+        debug!(height = block.height, txs = block.txs.len(), digest = %block_digest, build_us = started.elapsed().as_micros() as u64, "proposing");
         self.hold(block_digest, block, encoded.len(), Origin::Own);
         self.states.insert(block_digest, (state, effects));
         let _ = response.send(digest(block_digest));
@@ -872,7 +873,15 @@ where
             let chain = self.finalized.chain;
             let checked = self.mempool.signatures_checked(&block.txs, &chain);
             let parent = self.state_after(&block.parent).expect("executed in order");
-            match block.execute(parent, |i| checked[i]) {
+            let started = std::time::Instant::now();
+            let result = block.execute(parent, |i| checked[i]);
+            debug!(
+                height = block.height,
+                txs = block.txs.len(),
+                exec_us = started.elapsed().as_micros() as u64,
+                "executed"
+            );
+            match result {
                 Ok((state, effects)) => {
                     self.states.insert(digest, (state, effects));
                 }
@@ -1041,6 +1050,17 @@ where
                     }
                     self.recent.insert(block.height, (digest, block.clone()));
                     let certificate = (digest == top).then(|| finalization.clone());
+                    debug!(
+                        height = block.height,
+                        txs = block.txs.len(),
+                        age_ms = (SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(0))
+                        .saturating_sub(block.timestamp_ms),
+                        queued = FINALIZED_OUTPUT - self.output.capacity(),
+                        "finalized"
+                    );
                     let _ = self.output.try_send(Finalized {
                         block,
                         digest,
@@ -1173,7 +1193,13 @@ where
                         .send(Recipients::One(peer), IoBuf::from(message), false);
                 }
             }
-            BlockMsg::Txs(txs) => {
+            BlockMsg::Txs(mut txs) => {
+                // Transactions already verified here (a block carried them first) or already
+                // final are not verified again.
+                txs.retain(|tx| !self.mempool.known(tx, &self.finalized));
+                if txs.is_empty() {
+                    return;
+                }
                 // Verified off this thread; back as `Message::Relayed`.
                 if let Err(mpsc::error::TrySendError::Full(_)) = self.relay_verify.try_send(txs) {
                     debug!(?peer, "relay verifier busy; dropping a relayed batch");

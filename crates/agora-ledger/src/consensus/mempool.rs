@@ -52,10 +52,16 @@ pub(crate) struct Mempool {
     /// Whether accounts seen have usable keys ([`Account::is_usable`]), so each key is
     /// decompressed once rather than for every transaction.
     keys: HashMap<Account, bool>,
+    /// Transactions whose signatures this validator verified in a block it checked before
+    /// they reached its mempool: when the relayed copy arrives it is not verified again.
+    verified: HashSet<Hash>,
 }
 
 /// Past this many cached keys the cache starts over.
 const MAX_CACHED_KEYS: usize = 200_000;
+/// Past this many remembered block-verified transactions the memory starts over (a
+/// forgotten one is merely verified once more).
+const MAX_VERIFIED: usize = 200_000;
 
 impl Mempool {
     pub fn new(limits: MempoolLimits) -> Self {
@@ -208,8 +214,28 @@ impl Mempool {
         let signed: Vec<&SignedAccountTx> = unchecked.iter().map(|(_, s)| *s).collect();
         for ((i, _), valid) in unchecked.iter().zip(signatures_valid(&signed, chain)) {
             checked[*i] = valid;
+            if valid {
+                if self.verified.len() >= MAX_VERIFIED {
+                    self.verified.clear();
+                }
+                self.verified.insert(txs[*i].hash());
+            }
         }
         checked
+    }
+
+    /// Whether a relayed transaction needs no signature check here: it is held already, its
+    /// signature was verified in a block, or `state` (the last finalized) used its sequence
+    /// number. The relayer checked it too; this only saves the work of checking it twice.
+    pub fn known(&self, tx: &Tx, state: &State) -> bool {
+        let Tx::Account(signed) = tx else {
+            return false;
+        };
+        if signed.body.seq < state.account(&signed.body.from).seq {
+            return true;
+        }
+        let hash = tx.hash();
+        self.hashes.contains_key(&hash) || self.verified.contains(&hash)
     }
 
     /// [`Account::is_usable`], remembered: decompressing a key costs a quarter of a
@@ -259,6 +285,11 @@ impl Mempool {
             }
             keep
         });
+        let verified = &mut self.verified;
+        if verified.len() > MAX_VERIFIED / 2 {
+            // Most of them are final by now; start over rather than track each one's sender.
+            verified.clear();
+        }
     }
 }
 
@@ -353,6 +384,39 @@ mod tests {
         let checked =
             pool.signatures_checked(&[good, valid_elsewhere, Tx::Account(other)], &state.chain);
         assert_eq!(checked, vec![true, true, false]);
+    }
+
+    #[test]
+    fn a_relayed_copy_of_what_a_block_verified_is_known_and_a_forgery_is_not() {
+        let state = state();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        let in_block = pay(&state, 0, 1, 5, 0);
+        let mut forged = signed(&state, 1, account(2), 5, 0);
+        forged.signature[0] ^= 1;
+        let forged = Tx::Account(forged);
+        let unseen = pay(&state, 2, 1, 5, 0);
+        assert!(!pool.known(&in_block, &state), "nothing verified yet");
+        let checked = pool.signatures_checked(&[in_block.clone(), forged.clone()], &state.chain);
+        assert_eq!(checked, vec![true, false]);
+        assert!(
+            pool.known(&in_block, &state),
+            "its signature held in a block"
+        );
+        assert!(
+            !pool.known(&forged, &state),
+            "a failed check is not remembered"
+        );
+        assert!(!pool.known(&unseen, &state));
+        let admitted = pay(&state, 3, 1, 5, 0);
+        assert_eq!(
+            pool.admit_batch(vec![admitted.clone()], &state)[0],
+            Ok((admitted.hash(), true))
+        );
+        assert!(pool.known(&admitted, &state), "held in the mempool");
+        // A sequence number the finalized state already used: stale, never verified.
+        let mut later = state.clone();
+        later.accounts.get_mut(&account(2)).expect("funded").seq = 1;
+        assert!(pool.known(&unseen, &later));
     }
 
     #[test]

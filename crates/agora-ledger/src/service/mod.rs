@@ -601,7 +601,14 @@ impl Ledger {
         let Some(state) = next_state else {
             return Ok(());
         };
+        let started = Instant::now();
         self.store.append(&applied, &state, digest, timestamp)?;
+        tracing::debug!(
+            blocks = applied.len(),
+            height = state.height,
+            store_us = started.elapsed().as_micros() as u64,
+            "stored"
+        );
         self.rates.lock().unwrap().applied(
             Instant::now(),
             applied
