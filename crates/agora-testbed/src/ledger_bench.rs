@@ -306,9 +306,9 @@ fn run_in(opts: &Options, root: &Path) -> Result<Value> {
     let total = opts.accounts * opts.txs_per_account;
     eprintln!("ledger bench: signing {total} transfers");
     let sink = Account::from_key(&bench_key(usize::MAX - 1).verifying_key());
-    let mut per_validator: Vec<Vec<String>> = vec![Vec::new(); VALIDATORS];
+    let mut txs = Vec::with_capacity(total);
     for seq in 0..opts.txs_per_account {
-        for (i, key) in keys.iter().enumerate() {
+        for key in &keys {
             let tx = Tx::Account(
                 AccountTx {
                     from: Account::from_key(&key.verifying_key()),
@@ -322,59 +322,15 @@ fn run_in(opts: &Options, root: &Path) -> Result<Value> {
                 }
                 .sign(key, &chain),
             );
-            per_validator[i % VALIDATORS].push(hex::encode(tx.encode()));
+            txs.push(tx);
         }
     }
-    let before = nodes[0].call(&agent, "GET", "/v1/ledger/status", None)?["applied_txs"]
-        .as_u64()
-        .unwrap_or(0);
     eprintln!("ledger bench: submitting {total} transfers to {VALIDATORS} validators");
-    let start_time = Instant::now();
-    let rejected: Result<usize> = std::thread::scope(|s| {
-        let handles: Vec<_> = nodes
-            .iter()
-            .zip(&per_validator)
-            .map(|(node, txs)| {
-                s.spawn(move || -> Result<usize> {
-                    let agent = new_agent();
-                    let mut rejected = 0;
-                    for batch in txs.chunks(500) {
-                        let v = node.call(
-                            &agent,
-                            "POST",
-                            "/v1/ledger/submit",
-                            Some(&json!({"txs": batch})),
-                        )?;
-                        rejected += v["rejected"].as_array().map_or(0, Vec::len);
-                    }
-                    Ok(rejected)
-                })
-            })
-            .collect();
-        let mut sum = 0;
-        for h in handles {
-            sum += h.join().expect("submitter thread")?;
-        }
-        Ok(sum)
-    });
-    let rejected = rejected?;
-    let submitted_s = start_time.elapsed().as_secs_f64();
+    // Each account's transactions go to one validator (the position within a round).
+    let done = crate::load::submit_all(&nodes, &txs, |j| j % opts.accounts, None)?;
+    let (rejected, submitted_s) = (done.rejected, done.submit_s);
     let expected = (total - rejected.min(total)) as u64;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let applied = nodes[0].call(&agent, "GET", "/v1/ledger/status", None)?["applied_txs"]
-            .as_u64()
-            .unwrap_or(0)
-            - before;
-        if applied >= expected {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {applied} of {expected} transfers final after 300 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let final_s = start_time.elapsed().as_secs_f64();
+    let final_s = done.final_s;
     let rate = expected as f64 / final_s;
     let verify = verify_rate();
     let batch = batch_verify_rate(&chain);

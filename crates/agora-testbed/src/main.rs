@@ -12,6 +12,7 @@ mod docs_bench;
 mod grid_sim;
 mod ledger_bench;
 mod link;
+mod load;
 mod market_bench;
 mod net;
 mod node;

@@ -29,6 +29,7 @@ use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
 use crate::ledger_bench::{VALIDATORS, Validator, bench_key, new_agent, pct, start};
+use crate::load;
 
 fn key(i: usize) -> SigningKey {
     bench_key(1_000_000 + i)
@@ -420,62 +421,7 @@ fn consensus_in(opts: &Options, root: &Path) -> Result<Value> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let applied =
-        |v: &Validator| -> Result<u64> { Ok(status(v)?["applied_txs"].as_u64().unwrap_or(0)) };
-    // Submits pre-signed transactions spread over the validators (at `rate` per second in
-    // all, in batches every 100 ms, or as fast as they are taken), waits until all are final.
-    let submit_all = |txs: &[Tx], rate: Option<f64>| -> Result<(usize, f64)> {
-        let before = applied(&nodes[0])?;
-        let mut per: Vec<Vec<String>> = vec![Vec::new(); VALIDATORS];
-        for (i, tx) in txs.iter().enumerate() {
-            per[i % VALIDATORS].push(hex::encode(tx.encode()));
-        }
-        let t0 = Instant::now();
-        let rejected: usize = std::thread::scope(|s| -> Result<usize> {
-            let hs: Vec<_> = nodes
-                .iter()
-                .zip(&per)
-                .map(|(node, txs)| {
-                    s.spawn(move || -> Result<usize> {
-                        let agent = new_agent();
-                        let mut rejected = 0;
-                        let chunk =
-                            rate.map_or(500, |r| ((r / 10.0 / VALIDATORS as f64) as usize).max(1));
-                        let started = Instant::now();
-                        for (n, batch) in txs.chunks(chunk).enumerate() {
-                            if rate.is_some() {
-                                let due = started + Duration::from_millis(100 * n as u64);
-                                std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                            }
-                            let v = node.call(
-                                &agent,
-                                "POST",
-                                "/v1/ledger/submit",
-                                Some(&json!({ "txs": batch })),
-                            )?;
-                            rejected += v["rejected"].as_array().map_or(0, Vec::len);
-                        }
-                        Ok(rejected)
-                    })
-                })
-                .collect();
-            let mut sum = 0;
-            for h in hs {
-                sum += h.join().expect("submitter")?;
-            }
-            Ok(sum)
-        })?;
-        let expected = (txs.len() - rejected) as u64;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while applied(&nodes[0])? - before < expected {
-            ensure!(
-                Instant::now() < deadline,
-                "transactions not final after 300 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok((rejected, t0.elapsed().as_secs_f64()))
-    };
+    let by_position = |i: usize| i;
 
     // Setup: lines, and USD for the makers.
     eprintln!("market bench: setup ({makers} makers, {makers} takers)");
@@ -496,7 +442,7 @@ fn consensus_in(opts: &Options, root: &Path) -> Result<Value> {
         };
         setup.push(sign(&issuer, i as u64, 1, Action::Market(a), &chain));
     }
-    let (rejected, _) = submit_all(&setup, None)?;
+    let rejected = load::submit_all(&nodes, &setup, by_position, None)?.rejected;
     ensure!(rejected == 0, "{rejected} setup transactions rejected");
 
     // The load: each round, every maker rests an offer and every taker crosses one.
@@ -521,41 +467,21 @@ fn consensus_in(opts: &Options, root: &Path) -> Result<Value> {
     }
     let paced = load.split_off(load.len() / 2);
     eprintln!("market bench: {} offers as fast as taken", load.len());
-    let (rejected_max, secs_max) = submit_all(&load, None)?;
+    let max = load::submit_all(&nodes, &load, by_position, None)?;
+    let (rejected_max, secs_max) = (max.rejected, max.final_s);
     let max_rate = (load.len() - rejected_max) as f64 / secs_max;
     // Paced load with payments timed meanwhile: (rejected, seconds, sorted finality ms).
+    let payee_text = account(&payee).to_string();
     let paced_run = |load: &[Tx], what: &str| -> Result<(usize, f64, Vec<f64>)> {
         eprintln!(
             "market bench: {} {what} at {TARGET_RATE}/s, payments timed meanwhile",
             load.len()
         );
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let (result, finality) = std::thread::scope(|s| {
-            let pays = s.spawn(|| -> Result<Vec<f64>> {
-                let agent = new_agent();
-                let mut ms = Vec::new();
-                let to = account(&payee).to_string();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && ms.len() < 2_000 {
-                    let v = nodes[0].call(
-                        &agent,
-                        "POST",
-                        "/v1/ledger/pay",
-                        Some(&json!({"to": to, "amount": 1})),
-                    )?;
-                    if let Some(f) = v["finality_ms"].as_f64() {
-                        ms.push(f);
-                    }
-                }
-                Ok(ms)
-            });
-            let r = submit_all(load, Some(TARGET_RATE));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            (r, pays.join().expect("payer"))
-        });
-        let (rejected, secs) = result?;
-        let mut finality = finality?;
-        finality.sort_by(f64::total_cmp);
-        Ok((rejected, secs, finality))
+        let (done, finality) = load::timed_during(
+            |agent| load::pay_once(&nodes[0], agent, &payee_text),
+            || load::submit_all(&nodes, load, by_position, Some(TARGET_RATE)),
+        )?;
+        Ok((done.rejected, done.final_s, finality))
     };
     let (rejected, secs, finality) = paced_run(&paced, "offers")?;
     let rate = (paced.len() - rejected) as f64 / secs;
