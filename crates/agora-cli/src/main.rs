@@ -5,6 +5,7 @@
 mod chat;
 mod client;
 mod contract;
+mod dashboard;
 mod devnet;
 mod docs;
 mod files;
@@ -92,6 +93,14 @@ enum Command {
     /// Keep a downloaded blob for good.
     Pin {
         hash: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a one-time login link to the node's web dashboard (and open it in a browser).
+    Dashboard {
+        /// Only print the link; do not start a browser.
+        #[arg(long)]
+        no_open: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -277,6 +286,7 @@ fn main() -> ExitCode {
         Command::Search { words, client } => files::search(&client, &words),
         Command::Unshare { hash, client } => files::unshare(&client, &hash),
         Command::Pin { hash, client } => files::pin(&client, &hash),
+        Command::Dashboard { no_open, client } => dashboard::run(&client, no_open),
         Command::Profile(cmd) => chat::profile(cmd),
         Command::Contacts { cmd, client } => chat::contacts(cmd, &client),
         Command::Send { to, text, client } => chat::send(&client, &to, &text),

@@ -130,7 +130,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .route("/v1/files", get(files_list))
+        .route("/v1/files/page", get(files_page))
         .route("/v1/files/share", post(files_share))
+        .route(
+            "/v1/files/upload",
+            post(files_upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v1/jobs", get(jobs))
         .route("/v1/files/get", post(files_get))
         .route("/v1/files/unshare", post(files_unshare))
         .route("/v1/files/pin", post(files_pin))
@@ -140,24 +146,41 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(crate::ledger_api::routes())
         .merge(crate::grid_api::routes())
         .merge(crate::docs_api::routes())
-        .fallback(not_found)
+        .merge(crate::dashboard::routes())
+        .fallback(fallback)
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(crate::dashboard::security_headers))
         .with_state(node)
 }
 
-/// Every route needs `Authorization: Bearer <token>`.
+/// Every route needs `Authorization: Bearer <token>` or the dashboard's session cookie (with
+/// its CSRF token on anything but GET and HEAD), except the dashboard's own pages and assets.
 async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
     node.metrics.api_requests.inc();
+    if crate::dashboard::is_public(&request) {
+        return next.run(request).await;
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if constant_time_eq(token.as_bytes(), node.token.as_bytes()) => {
+    let session = match given {
+        None => node.dashboard.session_of(request.headers()),
+        Some(_) => None,
+    };
+    match (given, session) {
+        (Some(token), _) if constant_time_eq(token.as_bytes(), node.token.as_bytes()) => {
             next.run(request).await
         }
+        (None, Some((_, csrf))) => match crate::dashboard::check_csrf(&request, &csrf) {
+            Ok(()) => next.run(request).await,
+            Err(e) => {
+                node.metrics.api_auth_failures.inc();
+                e.into_response()
+            }
+        },
         _ => {
             node.metrics.api_auth_failures.inc();
             let token_file = node.data_dir.file(agora_store::TOKEN_FILE);
@@ -175,8 +198,16 @@ async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Nex
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Pages of the dashboard (a browser asking for HTML), else 404.
+async fn fallback(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if crate::dashboard::is_page_request(&request) {
+        return crate::dashboard::page(State(node), request.headers().clone()).await;
+    }
+    not_found().await.into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -335,6 +366,22 @@ async fn events(
     State(node): State<Arc<Node>>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let shutdown = node.shutdown.clone();
+    // Messaging events are named `chat.<event>` (`chat.message_received`, `chat.presence`, …).
+    let chat = BroadcastStream::new(node.chat.events()).filter_map(|item| {
+        futures::future::ready(item.ok().map(|event| {
+            let json = serde_json::to_value(&event).unwrap_or_default();
+            let kind = format!("chat.{}", json["event"].as_str().unwrap_or("event"));
+            Ok(SseEvent::default().event(kind).data(json.to_string()))
+        }))
+    });
+    // The node's own: `stats`, `files.*`, `ledger.*` (see `live`).
+    let live = BroadcastStream::new(node.dashboard.live.subscribe()).filter_map(|item| {
+        futures::future::ready(item.ok().map(|event| {
+            Ok(SseEvent::default()
+                .event(event.name)
+                .data(event.data.to_string()))
+        }))
+    });
     let net = BroadcastStream::new(node.net.events()).map(|item| {
         Ok(match item {
             Ok(event) => {
@@ -363,8 +410,20 @@ async fn events(
             Ok(SseEvent::default().event(kind).data(json.to_string()))
         }))
     });
-    let stream = futures::stream::select(futures::stream::select(net, grid), docs)
-        .take_until(async move { shutdown.cancelled().await });
+    // Counted while open: the `stats` event runs only while someone listens.
+    let client = crate::dashboard::SseClient::new(node.clone());
+    let stream = futures::stream::select_all([
+        net.boxed(),
+        grid.boxed(),
+        docs.boxed(),
+        chat.boxed(),
+        live.boxed(),
+    ])
+    .take_until(async move { shutdown.cancelled().await })
+    .map(move |event| {
+        let _open = &client;
+        event
+    });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -456,6 +515,7 @@ async fn files_share(
         ));
     }
     let job = node.files.share(path, req.pin, req.copy);
+    crate::live::watch_job(&node, job.id);
     Ok((StatusCode::ACCEPTED, Json(JobStarted { job: job.id })))
 }
 
@@ -473,6 +533,7 @@ async fn files_get(
     let Json(req) = body?;
     let out = absolute(&req.out, "out")?;
     let job = node.files.get(&req.target, out)?;
+    crate::live::watch_job(&node, job.id);
     Ok((StatusCode::ACCEPTED, Json(JobStarted { job: job.id })))
 }
 
@@ -489,16 +550,259 @@ async fn job(
     })
 }
 
+/// `GET /v1/jobs`: the share, upload and download jobs started through the API (the newest
+/// [`RECENT_JOBS`](crate::live::RECENT_JOBS)), newest first.
+async fn jobs(State(node): State<Arc<Node>>) -> Json<Vec<agora_files::JobView>> {
+    Json(
+        node.dashboard
+            .live
+            .jobs()
+            .into_iter()
+            .filter_map(|id| node.files.job(id))
+            .collect(),
+    )
+}
+
+/// `?offset=N&limit=M&q=TEXT&kind=own|pinned|cached` of `GET /v1/files` and `/v1/files/page`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FilesQuery {
+    pub offset: Option<usize>,
+    pub limit: Option<usize>,
+    /// Words that must all occur in the name (case-insensitive), or a hash prefix.
+    pub q: Option<String>,
+    pub kind: Option<String>,
+}
+
+impl FilesQuery {
+    fn is_empty(&self) -> bool {
+        self.offset.is_none() && self.limit.is_none() && self.q.is_none() && self.kind.is_none()
+    }
+}
+
+/// Largest page of `GET /v1/files/page`.
+pub const MAX_FILES_PAGE: usize = 1_000;
+/// Page size when `limit` is not given.
+pub const DEFAULT_FILES_PAGE: usize = 100;
+
+/// One page of held files: the total that match, and the slice asked for.
+#[derive(Serialize)]
+pub struct FilesPage {
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    pub items: Vec<FileItem>,
+}
+
+#[derive(Serialize)]
+pub struct FileItem {
+    #[serde(flatten)]
+    pub file: agora_files::service::FileView,
+    /// For own shares and pins: a ticket naming this node as a provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+}
+
+async fn held_files(node: &Arc<Node>) -> Result<Vec<agora_files::service::FileView>, ApiError> {
+    let files = node.clone();
+    tokio::task::spawn_blocking(move || files.files.list())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// `GET /v1/files`: every held file as an array; with any of `offset`, `limit`, `q`, `kind`
+/// the page object of `/v1/files/page` instead.
 async fn files_list(
     State(node): State<Arc<Node>>,
-) -> Result<Json<Vec<agora_files::service::FileView>>, ApiError> {
-    let files = node.clone();
-    let list = tokio::task::spawn_blocking(move || files.files.list())
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
-    Ok(Json(list))
+    query: Result<axum::extract::Query<FilesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if query.is_empty() {
+        return Ok(Json(held_files(&node).await?).into_response());
+    }
+    Ok(Json(files_page_of(&node, query).await?).into_response())
+}
+
+/// `GET /v1/files/page?offset=N&limit=M&q=TEXT&kind=K`.
+async fn files_page(
+    State(node): State<Arc<Node>>,
+    query: Result<axum::extract::Query<FilesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<FilesPage>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(files_page_of(&node, query).await?))
+}
+
+async fn files_page_of(node: &Arc<Node>, query: FilesQuery) -> Result<FilesPage, ApiError> {
+    let kind = match query.kind.as_deref().map(str::trim) {
+        None | Some("") | Some("all") => None,
+        Some(k @ ("own" | "pinned" | "cached")) => Some(k.to_owned()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "kind is own, pinned, cached or all, not {other:?}"
+            )));
+        }
+    };
+    let words: Vec<String> = query
+        .q
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_lowercase)
+        .collect();
+    let offset = query.offset.unwrap_or(0);
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_FILES_PAGE)
+        .clamp(1, MAX_FILES_PAGE);
+    let all = held_files(node).await?;
+    let matching: Vec<_> = all
+        .into_iter()
+        .filter(|f| {
+            kind.as_deref().is_none_or(|k| {
+                serde_json::to_value(f.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    == Some(k.to_owned())
+            })
+        })
+        .filter(|f| {
+            let name = f.name.to_lowercase();
+            words
+                .iter()
+                .all(|w| name.contains(w.as_str()) || f.hash.starts_with(w.as_str()))
+        })
+        .collect();
+    let total = matching.len();
+    let page: Vec<_> = matching.into_iter().skip(offset).take(limit).collect();
+    let needs_ticket = page
+        .iter()
+        .any(|f| f.kind != agora_files::store::Kind::Cached);
+    let addrs: Vec<Multiaddr> = if needs_ticket {
+        node.files.ticket_addrs().await
+    } else {
+        Vec::new()
+    };
+    let peer = node.net.local_peer_id();
+    let items = page
+        .into_iter()
+        .map(|file| {
+            let ticket = (file.kind != agora_files::store::Kind::Cached)
+                .then(|| agora_files::Hash::from_hex(&file.hash).ok())
+                .flatten()
+                .map(|hash| {
+                    agora_files::ticket::Ticket {
+                        hash,
+                        peer,
+                        addrs: addrs.clone(),
+                    }
+                    .encode()
+                });
+            FileItem { file, ticket }
+        })
+        .collect();
+    Ok(FilesPage {
+        total,
+        offset,
+        limit,
+        items,
+    })
+}
+
+/// `?name=FILE&pin=BOOL` of `POST /v1/files/upload`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    pub name: String,
+    #[serde(default)]
+    pub pin: bool,
+}
+
+/// Where uploads are kept, under the data directory (each in a directory of its own so that
+/// the file keeps its name).
+pub const UPLOAD_DIR: &str = "uploads";
+
+/// A file name as the browser gave it, without any directory part.
+fn upload_name(name: &str) -> Result<String, ApiError> {
+    let name = name.rsplit(['/', '\\']).next().unwrap_or("").trim();
+    if name.is_empty() || name == "." || name == ".." || name.contains('\0') || name.len() > 255 {
+        return Err(
+            ApiError::bad_request(format!("{name:?} is not a file name"))
+                .with_hint("pass ?name=FILE with the file's name (no directory)"),
+        );
+    }
+    Ok(name.to_owned())
+}
+
+/// `POST /v1/files/upload?name=FILE`: the raw body is written to a file under the data
+/// directory (at most the node's storage quota), then shared as `/v1/files/share` shares a
+/// path: `202 {"job"}`.
+async fn files_upload(
+    State(node): State<Arc<Node>>,
+    query: Result<axum::extract::Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<JobStarted>), ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let axum::extract::Query(query) = query
+        .map_err(|e| ApiError::bad_request(format!("expected ?name=FILE: {}", e.body_text())))?;
+    let name = upload_name(&query.name)?;
+    let limit = node.dashboard.upload_limit;
+    let dir = node
+        .data_dir
+        .path()
+        .join(UPLOAD_DIR)
+        .join(hex::encode(rand::random::<[u8; 8]>()));
+    let io_error = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io_error",
+            format!("cannot store the upload: {e}"),
+        )
+    };
+    tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
+    // Removes the upload's directory if the upload fails or the client goes away mid-way
+    // (the handler is then dropped at an await).
+    struct Cleanup(Option<std::path::PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.take() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    let mut cleanup = Cleanup(Some(dir.clone()));
+    let path = dir.join(&name);
+    let partial = dir.join(format!(".{name}.part"));
+    let written = async {
+        let mut file = tokio::fs::File::create(&partial).await.map_err(io_error)?;
+        let mut stream = body.into_data_stream();
+        let mut size: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(format!("the upload was interrupted: {e}"))
+            })?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("uploads are limited to the storage quota, {limit} bytes"),
+                )
+                .with_hint("share a bigger file by its path on the node (`agora share PATH`), or raise --storage-quota"));
+            }
+            file.write_all(&chunk).await.map_err(io_error)?;
+        }
+        file.sync_all().await.map_err(io_error)?;
+        drop(file);
+        tokio::fs::rename(&partial, &path).await.map_err(io_error)?;
+        Ok(size)
+    }
+    .await;
+    written?;
+    cleanup.0 = None;
+    let job = node.files.share(path, query.pin, false);
+    crate::live::watch_job(&node, job.id);
+    Ok((StatusCode::ACCEPTED, Json(JobStarted { job: job.id })))
 }
 
 #[derive(Deserialize)]
@@ -527,6 +831,10 @@ async fn files_unshare(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body?;
     let meta = node.files.unshare(&req.hash).await?;
+    node.dashboard.live.emit(
+        "files.changed",
+        serde_json::json!({ "change": "unshared", "hash": req.hash.trim() }),
+    );
     Ok(Json(
         serde_json::json!({ "hash": req.hash.trim(), "name": meta.name, "unshared": true }),
     ))
@@ -538,6 +846,10 @@ async fn files_pin(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body?;
     let meta = node.files.pin(&req.hash)?;
+    node.dashboard.live.emit(
+        "files.changed",
+        serde_json::json!({ "change": "pinned", "hash": req.hash.trim() }),
+    );
     Ok(Json(
         serde_json::json!({ "hash": req.hash.trim(), "name": meta.name, "kind": meta.kind }),
     ))

@@ -65,6 +65,7 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/ledger/status", get(status))
         .route("/v1/ledger/blocks/{height}", get(block))
         .route("/v1/ledger/history", get(history))
+        .route("/v1/ledger/blocks", get(recent_blocks))
         .route("/v1/ledger/committee/approve", post(committee_approve))
         .route("/v1/ledger/committee/change", post(committee_change))
         .route("/v1/ledger/trust", post(trust))
@@ -135,6 +136,8 @@ async fn account(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value
 struct AccountQuery {
     account: Option<String>,
     limit: Option<usize>,
+    /// History only: skip the newest `offset` transactions (paging back).
+    offset: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -384,7 +387,7 @@ pub struct TxView {
     outcome: Option<serde_json::Value>,
 }
 
-fn view(record: TxRecord) -> TxView {
+pub(crate) fn view(record: TxRecord) -> TxView {
     let mut v = TxView {
         hash: record.hash,
         height: record.height,
@@ -522,8 +525,51 @@ async fn history(
         Some(text) => parse_any_account(text)?,
         None => ledger.account(),
     };
-    let records = ledger.history(&account, q.limit.unwrap_or(50).clamp(1, 1_000))?;
-    Ok(Json(records.into_iter().map(view).collect()))
+    let limit = q.limit.unwrap_or(50).clamp(1, 1_000);
+    let offset = q.offset.unwrap_or(0).min(MAX_HISTORY_OFFSET);
+    let records = ledger.history(&account, offset + limit)?;
+    Ok(Json(records.into_iter().skip(offset).map(view).collect()))
+}
+
+/// Deepest `offset` into an account's history.
+const MAX_HISTORY_OFFSET: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecentQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/ledger/blocks?limit=N`: the newest finalized blocks (at most 100), newest first,
+/// each with the finality time this node saw when it was running and watching.
+async fn recent_blocks(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<RecentQuery>, QueryRejection>,
+) -> Result<Json<Vec<crate::live::SeenBlock>>, ApiError> {
+    let ledger = ledger(&node)?.clone();
+    let limit = query(q)?.limit.unwrap_or(20).clamp(1, 100) as u64;
+    let top = ledger.height();
+    let node2 = node.clone();
+    let blocks = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut h = top;
+        while h > 0 && (out.len() as u64) < limit {
+            if let Ok(Some((block, digest, _))) = ledger.block(h) {
+                out.push(crate::live::SeenBlock {
+                    height: h,
+                    digest: digest.to_string(),
+                    timestamp_ms: block.timestamp_ms,
+                    txs: block.txs.len(),
+                    finality_ms: node2.dashboard.live.finality_ms(h),
+                });
+            }
+            h -= 1;
+        }
+        out
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(Json(blocks))
 }
 
 /// A committee change as the API takes it: `{"add": ACCOUNT}` or `{"remove": ACCOUNT}`.

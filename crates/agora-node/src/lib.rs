@@ -7,7 +7,12 @@
 //!
 //! # HTTP API
 //! JSON under `/v1`, every request authenticated with `Authorization: Bearer <token>` where the
-//! token is in `<data-dir>/api.token`. Errors are `{"error": {"code", "message", "hint"?}}`.
+//! token is in `<data-dir>/api.token`, or with the web dashboard's session cookie plus its CSRF
+//! token (see [`dashboard`]). Errors are `{"error": {"code", "message", "hint"?}}`.
+//!
+//! The same address serves the web dashboard: `/` (the page, or a login page without a
+//! session), `/ui/…` (embedded assets), `/login?code=…` (a one-time code from
+//! `POST /v1/dashboard/login`, i.e. `agora dashboard`, for a session cookie) and `POST /logout`.
 //!
 //! | route                  | what                                            |
 //! |------------------------|-------------------------------------------------|
@@ -17,18 +22,21 @@
 //! | `POST /v1/connect`     | `{"target": MULTIADDR or PEER_ID}`               |
 //! | `POST /v1/disconnect`  | `{"peer": PEER_ID}`                              |
 //! | `GET /v1/status`       | uptime, peers, routing table, bandwidth, storage |
-//! | `GET /v1/events`       | server-sent events of the network                |
+//! | `GET /v1/events`       | server-sent events: network, `chat.*`, `files.*`, `ledger.*`, `grid.*`, `docs.*`, `stats` (see [`live`]) |
 //! | `GET /metrics`         | Prometheus text                                  |
 //! | `POST /v1/files/share` | `{"path", "pin"?, "copy"?}` → `{"job"}`          |
 //! | `POST /v1/files/get`   | `{"target": HASH or TICKET, "out"}` → `{"job"}`  |
 //! | `GET /v1/jobs/{id}`    | progress and result of a share or download       |
-//! | `GET /v1/files`        | blobs this node holds                            |
+//! | `GET /v1/jobs`         | jobs started through the API, newest first       |
+//! | `GET /v1/files`        | blobs this node holds (`?offset&limit&q&kind` → `{"total", "items"}`, as `/v1/files/page`) |
+//! | `POST /v1/files/upload?name=F` | raw body stored under the data dir and shared → `{"job"}` |
+//! | `POST /v1/dashboard/login` | a one-time dashboard login code and its URL  |
 //! | `GET /v1/search?q=…`   | keyword search across the network                |
 //! | `POST /v1/files/unshare`, `POST /v1/files/pin` | `{"hash"}`              |
 //! | `GET/POST /v1/chat/profile`, `/v1/chat/contacts`, `/v1/chat/who` | profiles, contacts, presence |
 //! | `POST /v1/chat/send`, `GET /v1/chat/messages` | direct messages (long-poll with `wait`) |
 //! | `/v1/chat/rooms…`      | join, leave, post, read (long-poll), members     |
-//! | `/v1/ledger/…`         | account, balance, pay, history, blocks, committee |
+//! | `/v1/ledger/…`         | account, balance, pay, history (`?limit&offset`), blocks (`/blocks?limit` recent, with finality), committee |
 //! | `/v1/ledger/contracts…` | deploy, call, query, show, events (see `contract_api`) |
 //! | `POST /v1/grid/run`    | submit a job → its view                          |
 //! | `GET /v1/grid/jobs[/{id}]` | jobs, one job with its units (`?wait=S`)     |
@@ -38,9 +46,11 @@
 pub mod api;
 mod chat_api;
 mod contract_api;
+pub mod dashboard;
 mod docs_api;
 mod grid_api;
 mod ledger_api;
+pub mod live;
 mod metrics;
 
 use std::{
@@ -134,6 +144,10 @@ pub struct Node {
     pub started: Instant,
     pub metrics: metrics::Metrics,
     pub shutdown: CancellationToken,
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Login codes, sessions and assets of the web dashboard.
+    pub dashboard: dashboard::Dashboard,
 }
 
 /// Runs a node until `shutdown` is cancelled. Returns once the node has stopped cleanly.
@@ -285,12 +299,15 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         started: Instant::now(),
         metrics,
         shutdown: shutdown.clone(),
+        api_addr,
+        dashboard: dashboard::Dashboard::new(config.files.storage_quota),
     });
     let notifier = tokio::spawn(tell_assignees(
         node.docs.clone(),
         chat.clone(),
         shutdown.clone(),
     ));
+    let live_tasks = live::spawn(&node);
     let app = api::router(node.clone());
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -365,6 +382,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     }
     let _ = saver.await;
     let _ = notifier.await;
+    for task in live_tasks {
+        let _ = task.await;
+    }
     match net.shutdown().await {
         Ok(peers) => save_peers(&db, peers).await,
         Err(e) => tracing::warn!("network did not stop cleanly: {e}"),

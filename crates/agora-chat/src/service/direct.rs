@@ -13,7 +13,7 @@ use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Chat, ChatError, MAX_LIST, REQUEST_TIMEOUT, Request, budget,
+    Chat, ChatError, Event, MAX_LIST, REQUEST_TIMEOUT, Request, budget,
     db::{Direction, MessageRecord, MessageState},
     now,
 };
@@ -103,6 +103,10 @@ impl Chat {
             msg
         };
         self.changed.notify_waiters();
+        self.emit(Event::MessageSent {
+            peer_id: to.to_string(),
+            id: hex(&msg.id),
+        });
         let mut outcome = SendOutcome {
             id: hex(&msg.id),
             to: to.to_string(),
@@ -129,6 +133,11 @@ impl Chat {
             outcome.state = MessageState::Stored;
             self.db.set_state(&msg.id, MessageState::Stored, None)?;
             self.changed.notify_waiters();
+            self.emit(Event::MessageState {
+                peer_id: to.to_string(),
+                id: hex(&msg.id),
+                state: MessageState::Stored,
+            });
         }
         Ok(outcome)
     }
@@ -168,6 +177,11 @@ impl Chat {
                     tracing::warn!("{e}");
                 }
                 self.changed.notify_waiters();
+                self.emit(Event::MessageState {
+                    peer_id: msg.to.to_string(),
+                    id: hex(&msg.id),
+                    state: MessageState::Delivered,
+                });
             }
             Err(direct::ReceiptError::Unknown { .. }) => {}
             Err(e) => tracing::debug!("ignoring a receipt: {e}"),
@@ -349,6 +363,7 @@ impl Chat {
         via: &str,
     ) -> bool {
         let t = now().as_millis();
+        let count = msgs.len();
         let records = msgs
             .into_iter()
             .map(|m| {
@@ -371,6 +386,12 @@ impl Chat {
         match self.db.received(&from, next, records) {
             Ok(_) => {
                 self.changed.notify_waiters();
+                if count > 0 {
+                    self.emit(Event::MessageReceived {
+                        peer_id: from.to_string(),
+                        count,
+                    });
+                }
                 true
             }
             Err(e) => {
@@ -408,6 +429,9 @@ impl Chat {
                 .map(|r| r.n)
                 .collect();
             self.db.mark_read(&ns)?;
+            if !ns.is_empty() {
+                self.emit(Event::MessagesRead { count: ns.len() });
+            }
         }
         Ok(found)
     }

@@ -62,7 +62,7 @@ use agora_net::{
 };
 use libp2p::{StreamProtocol, kad::KBucketKey};
 use libp2p_identity::PeerId;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -224,6 +224,34 @@ fn by_distance(mut peers: Vec<PeerId>, key: &[u8]) -> Vec<PeerId> {
     peers
 }
 
+/// Events buffered for a slow subscriber of [`Chat::events`] before it lags.
+pub const EVENT_CAP: usize = 256;
+
+/// Something that changed in messaging, for live views (the dashboard's server-sent events).
+/// Each says what to fetch again; the listings stay the source of truth.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// `count` direct messages from `peer_id` were stored, unread.
+    MessageReceived { peer_id: String, count: usize },
+    /// A direct message to `peer_id` was written (state `queued`).
+    MessageSent { peer_id: String, id: String },
+    /// An own message changed state: `stored` (at mailbox holders) or `delivered`.
+    MessageState {
+        peer_id: String,
+        id: String,
+        state: MessageState,
+    },
+    /// Received messages were marked read (by a listing with `mark_read`).
+    MessagesRead { count: usize },
+    /// `count` posts of `room` were stored (own, gossiped or from a history sync).
+    RoomPost { room: String, count: usize },
+    /// A peer's presence changed.
+    Presence { peer_id: String, status: Status },
+    /// This node's profile (nickname, status, about) changed.
+    Profile { peer_id: String },
+}
+
 /// The messaging service of a node.
 pub struct Chat {
     net: Handle,
@@ -247,6 +275,8 @@ pub struct Chat {
     presence: Mutex<PresenceState>,
     /// Woken whenever a message or post is stored (long-polling listings wait on it).
     changed: Notify,
+    /// What changed, for live views ([`Chat::events`]).
+    events: broadcast::Sender<Event>,
     stop: CancellationToken,
     /// Deliveries that should finish before the node stops (receipts to mailboxes).
     inflight: tokio_util::task::TaskTracker,
@@ -344,6 +374,7 @@ impl Chat {
                 last_seen_dirty: HashSet::new(),
             }),
             changed: Notify::new(),
+            events: broadcast::channel(EVENT_CAP).0,
             stop: shutdown,
             inflight: tokio_util::task::TaskTracker::new(),
             receipted: Mutex::new(HashSet::new()),
@@ -374,6 +405,17 @@ impl Chat {
         }
         chat.spawn_tasks();
         Ok(chat)
+    }
+
+    /// Subscribes to what changes in messaging: messages stored, sent, delivered and read,
+    /// room posts, presence and the own profile.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: Event) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
     }
 
     pub fn peer_id(&self) -> PeerId {

@@ -12,7 +12,7 @@ use libp2p::StreamProtocol;
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
-use super::{Chat, ChatError, Request, budget, db::Contact, now};
+use super::{Chat, ChatError, Event, Request, budget, db::Contact, now};
 use crate::{
     crypto,
     proto::presence::{Heartbeat, PresenceTable, ProfileBook, short_peer_id},
@@ -218,6 +218,9 @@ impl Chat {
             st.status = status;
             profile
         };
+        self.emit(Event::Profile {
+            peer_id: self.me.to_string(),
+        });
         let chat = self.clone();
         tokio::spawn(async move { chat.beat_all().await });
         Ok(ProfileView::from(&profile))
@@ -315,6 +318,7 @@ impl Chat {
         }
         let t = now();
         let mut st = self.presence.lock().unwrap();
+        let before = st.status_of(&peer, t);
         if st.table.handle(ex.presence, t).is_ok() {
             st.down.remove(&peer);
             if !st.last_seen.contains_key(&peer) && st.last_seen.len() >= budget::MAX_LAST_SEEN {
@@ -332,6 +336,13 @@ impl Chat {
             }
             st.last_seen.insert(peer, t.as_millis());
             st.last_seen_dirty.insert(peer);
+        }
+        let after = st.status_of(&peer, t);
+        if after != before {
+            self.emit(Event::Presence {
+                peer_id: peer.to_string(),
+                status: after,
+            });
         }
         // Only the peer's own profile: otherwise one exchange could fill the profile book.
         if let Some(profile) = ex.profile
@@ -457,12 +468,19 @@ impl Chat {
 
     fn mark_down(&self, peer: PeerId) {
         let mut st = self.presence.lock().unwrap();
+        let before = st.status_of(&peer, now());
         if st.down.len() >= budget::MAX_LAST_SEEN {
             // Peers that went down more than a day ago are offline by their expiry anyway.
             let cutoff = now().saturating_sub(Duration::from_secs(24 * 3600));
             st.down.retain(|_, at| *at > cutoff);
         }
         st.down.insert(peer, now());
+        if before != Status::Offline {
+            self.emit(Event::Presence {
+                peer_id: peer.to_string(),
+                status: Status::Offline,
+            });
+        }
     }
 
     /// A peer we saw online lost its connection: if it cannot be reached again it is offline.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{
-    Chat, ChatError, LOOKUP_TIMEOUT, MAX_LIST, REQUEST_TIMEOUT, Request, budget, now,
+    Chat, ChatError, Event, LOOKUP_TIMEOUT, MAX_LIST, REQUEST_TIMEOUT, Request, budget, now,
     presence::PeerView,
 };
 use crate::{
@@ -157,6 +157,10 @@ impl Chat {
             msg
         };
         self.changed.notify_waiters();
+        self.emit(Event::RoomPost {
+            room: room.to_string(),
+            count: 1,
+        });
         let bytes = msg
             .encode()
             .map_err(|e| ChatError::BadInput(e.to_string()))?;
@@ -294,6 +298,10 @@ impl Chat {
                         tracing::warn!("{e}");
                     }
                     chat.changed.notify_waiters();
+                    chat.emit(Event::RoomPost {
+                        room: room.to_string(),
+                        count: 1,
+                    });
                 }
             }
         });
@@ -408,6 +416,10 @@ impl Chat {
         }
         if added > 0 {
             self.changed.notify_waiters();
+            self.emit(Event::RoomPost {
+                room: room.to_string(),
+                count: added,
+            });
         }
         (added, forged)
     }

@@ -80,10 +80,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String, u64)>) -> Resul
 }
 
 impl Files {
-    /// Node addresses for tickets.
-    pub(super) async fn ticket(&self, hash: Hash) -> String {
-        let addrs = self
-            .net
+    /// This node's addresses as tickets carry them (listen and external).
+    pub async fn ticket_addrs(&self) -> Vec<agora_net::Multiaddr> {
+        self.net
             .local_info()
             .await
             .map(|i| {
@@ -93,7 +92,12 @@ impl Files {
                     .filter_map(|a| a.parse().ok())
                     .collect()
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// A ticket for `hash` on this node.
+    pub(super) async fn ticket(&self, hash: Hash) -> String {
+        let addrs = self.ticket_addrs().await;
         Ticket {
             hash,
             peer: self.net.local_peer_id(),

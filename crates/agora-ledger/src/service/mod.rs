@@ -381,6 +381,11 @@ impl Ledger {
         self.inner.lock().unwrap().state.height
     }
 
+    /// The height of each new tip, as it is applied (a slow reader lags and skips heights).
+    pub fn tips(&self) -> broadcast::Receiver<u64> {
+        self.tip.subscribe()
+    }
+
     pub fn balance(&self, account: &Account) -> AccountState {
         self.inner.lock().unwrap().state.account(account)
     }
