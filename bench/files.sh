@@ -134,13 +134,34 @@ if [ "$USE_SENDME" = 1 ]; then
   SM=$(median "${SMS[@]}")
   pkill -f "$SENDME send $D/src.bin" 2>/dev/null || true
 fi
-echo "rounds (MiB/s): b3sum ${B3S[*]}; dd ${DISKS[*]}; share ${SHARES[*]}; get ${GETS[*]}; sendme ${SMS[*]:-none}" >&2
+# A get that meets a replica fetch of the same blob: the downloader is connected before the
+# share, so the share pushes a replica to it (it is among the 3 nodes nearest the hash of a
+# 2-node network) and the get follows that fetch, then takes the file over. Timed from the end
+# of the share to the get's end (the replica starts before the get does).
+start rep --bootstrap "$A_ADDR"
+for _ in $(seq 200); do
+  [ "$("$BIN" peers --data-dir "$D/rep" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" -gt 0 ] && break
+  sleep 0.05
+done
+"$BIN" unshare "$HASH" --data-dir "$D/a" > /dev/null
+"$BIN" share "$D/src.bin" --data-dir "$D/a" > /dev/null; t0=$(now)
+for _ in $(seq 400); do
+  IN=$("$BIN" status --data-dir "$D/rep" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_in"])')
+  [ "$IN" -gt $((BYTES / 16)) ] && break
+  sleep 0.05
+done
+"$BIN" get "$HASH" -o "$D/copy.bin" --data-dir "$D/rep" > /dev/null; sync -f "$D/copy.bin"; t1=$(now)
+REPLICA_GET=$(rate $BYTES $t0 $t1)
+cmp -s "$D/src.bin" "$D/copy.bin" || { echo "copy beside the replica differs!"; exit 1; }
+rm -f "$D/copy.bin"
+echo "rounds (MiB/s): b3sum ${B3S[*]}; dd ${DISKS[*]}; share ${SHARES[*]}; get ${GETS[*]}; sendme ${SMS[*]:-none}; get beside a replica $REPLICA_GET" >&2
 RSS_A=$(awk '/VmHWM/ {print int($2/1024)}' /proc/$(cat "$D/a.pid")/status)
 
-python3 - "$SIZE_MIB" "$B3" "$DISK" "$NET" "$LIMIT" "$SHARE" "$GET" "$RSS_A" "$RSS_B" "$SM" "$CHACHA" "$CEILING" "$CORES" "$TCP_CPU" <<'PY'
+python3 - "$SIZE_MIB" "$B3" "$DISK" "$NET" "$LIMIT" "$SHARE" "$GET" "$RSS_A" "$RSS_B" "$SM" "$CHACHA" "$CEILING" "$CORES" "$TCP_CPU" "$REPLICA_GET" <<'PY'
 import json, sys
 size, b3, disk, net, limit, share, get, rss_a, rss_b, sm, chacha, ceiling, cores = map(int, sys.argv[1:14])
 tcp_cpu = float(sys.argv[14])
+replica_get = int(sys.argv[15])
 rows = [
     ("file size", f"{size} MiB", ""),
     ("b3sum --num-threads 1", f"{b3} MiB/s", ""),
@@ -152,6 +173,8 @@ rows = [
     ("agora share (hash + outboard)", f"{share} MiB/s", f"{share/b3:.2f} x b3sum (target >= 0.8)"),
     ("agora get node->node, verified, on disk", f"{get} MiB/s",
      f"{get/limit:.2f} x machine limit {limit} MiB/s (target >= 0.6); {get/ceiling:.2f} x the ceiling"),
+    ("agora get on a node fetching it as a replica", f"{replica_get} MiB/s",
+     f"{replica_get/get:.2f} x a get on a node that was not (one round; from the share's end)"),
     ("peak RSS seeder / downloader", f"{rss_a} / {rss_b} MiB", ""),
     ("iroh sendme receive (same file, loopback)", f"{sm} MiB/s" if sm else "not run",
      f"agora get = {get/sm:.2f} x sendme (target >= 1.5)" if sm else "no sendme binary, or not root"),
@@ -163,5 +186,6 @@ print(json.dumps(dict(size_mib=size, b3sum=b3, disk=disk, iperf3=net, limit=limi
                       chacha=chacha, tcp_cpu_s_per_gib=round(tcp_cpu, 2), cores=cores, ceiling=ceiling,
                       get_vs_ceiling=round(get/ceiling, 2),
                       rss_seeder_mib=rss_a, rss_downloader_mib=rss_b, sendme=sm,
-                      vs_sendme=round(get/sm, 2) if sm else None)))
+                      vs_sendme=round(get/sm, 2) if sm else None,
+                      replica_get=replica_get, replica_get_vs_get=round(replica_get/get, 2))))
 PY

@@ -433,6 +433,32 @@ impl Store {
         )
     }
 
+    /// Hands the data file the store owns for `hash` (a replica it fetched) over to `to`: the
+    /// file is renamed there and becomes the blob's source, as if it had been downloaded to
+    /// `to`. `Ok(false)` when there is nothing to hand over (the blob is a user file already)
+    /// or the rename is impossible (another filesystem); the caller then copies.
+    pub fn hand_over(&self, hash: &Hash, to: &Path) -> Result<bool, StoreError> {
+        let Some(mut meta) = self.get(hash)? else {
+            return Ok(false);
+        };
+        if meta.source.is_some() {
+            return Ok(false);
+        }
+        let from = self.data_path(hash);
+        if fs::rename(&from, to).is_err() {
+            return Ok(false);
+        }
+        let moved = fs::metadata(to).map_err(io_err(to))?;
+        meta.source = Some(to.to_owned());
+        meta.source_mtime_ns = mtime_ns(&moved);
+        if let Err(e) = self.put(hash, &meta) {
+            // The store still names its own path: put the file back there.
+            let _ = fs::rename(to, &from);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     /// Bytes the store itself holds: data it owns (copies, replicas) and every outboard.
     pub fn usage(&self) -> Result<u64, StoreError> {
         Ok(self

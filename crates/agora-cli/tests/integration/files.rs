@@ -297,12 +297,42 @@ fn killed_download_resumes(b_args: &[&str], partial_under: &str) {
         "byte-identical after resume"
     );
     assert!(!partials[0].exists(), "the partial file was completed");
+    // One copy on disk: a replica the get followed is handed over to `out`, not copied beside
+    // it (the store keeps only the outboard), and the node still holds and serves the blob.
+    let in_store = tree_size(&b_dir.join("blobs"));
+    assert!(
+        in_store < content.len() as u64 / 4,
+        "the store keeps {in_store} bytes beside the download"
+    );
+    let listed = json_out(&b.cli(&["files", "--json"]));
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["hash"] == hash.as_str()),
+        "still held: {listed}"
+    );
     let log = fs::read_to_string(b_dir.join("node.log")).unwrap();
     let resumed = resumed_bytes(&log);
     assert!(
         resumed > 0,
         "resumed from {resumed} bytes (had {done_at_kill} at the kill)"
     );
+}
+
+/// Bytes of the files in the tree under `path`.
+fn tree_size(path: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+        let p = entry.path();
+        total += if p.is_dir() {
+            tree_size(&p)
+        } else {
+            p.metadata().map_or(0, |m| m.len())
+        };
+    }
+    total
 }
 
 /// The verified bytes a download resumed from, as the node logged them.

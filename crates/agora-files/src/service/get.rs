@@ -179,9 +179,24 @@ impl Files {
         let root_meta = match held {
             Some(meta) => {
                 progress.total.store(meta.size, Ordering::Relaxed);
-                export(&self.store, &hash, &meta, out).map_err(io_err(out))?;
+                // A replica this get followed is handed over (renamed to `out`, one copy on
+                // disk, no second write of the whole file); anything else is copied.
+                if let Some(parent) = out.parent() {
+                    fs::create_dir_all(parent).map_err(io_err(parent))?;
+                }
+                let handed = !out.exists()
+                    && self
+                        .store
+                        .hand_over(&hash, out)
+                        .map_err(|e| FetchError::Io {
+                            path: out.to_owned(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                if !handed {
+                    export(&self.store, &hash, &meta, out).map_err(io_err(out))?;
+                }
                 progress.done.store(meta.size, Ordering::Relaxed);
-                meta
+                self.store.get(&hash).ok().flatten().unwrap_or(meta)
             }
             None => {
                 if let Some(parent) = out.parent() {
