@@ -38,6 +38,21 @@ fn run_script(dir: &Path, program: &str, args: &[String], env: &[(&str, String)]
     last_json(&text).with_context(|| format!("{program} printed no JSON result:\n{text}"))
 }
 
+/// Runs a command to completion in `dir` (its output is not a result).
+fn run_command(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("running {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
 /// A number as is; a list of samples as `min–max`.
 fn span(v: &Value) -> String {
     match v.as_array() {
@@ -166,7 +181,25 @@ pub fn run(
         ],
         &[],
     )?;
-    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger, "market": market, "sandbox": sandbox, "grid": grid, "docs": docs});
+    // The web dashboard in headless Chromium (tests/browser): its pinned packages first.
+    let browser = repo.join("tests/browser");
+    if !browser.join("node_modules").exists() {
+        run_command(
+            &browser,
+            "npm",
+            &["ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        )?;
+    }
+    let dashboard = run_script(
+        &browser,
+        "node",
+        &["bench.mjs".into()],
+        &[
+            ("AGORA_BIN", agora.display().to_string()),
+            ("BENCH_RUNS", if quick { "1" } else { "3" }.into()),
+        ],
+    )?;
+    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger, "market": market, "sandbox": sandbox, "grid": grid, "docs": docs, "dashboard": dashboard});
     if json_out {
         println!("{all}");
         return Ok(());
@@ -360,6 +393,41 @@ pub fn run(
     for (a, b, c) in crate::docs_bench::rows(&all["docs"]) {
         row(&a, b, c);
     }
+    let d = &all["dashboard"];
+    let cold: Vec<f64> = d["cold_load"]
+        .as_object()
+        .map(|pages| pages.values().map(|p| f(&p["median_ms"])).collect())
+        .unwrap_or_default();
+    let (lo, hi) = cold
+        .iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    row(
+        "dashboard: cold load of each page to usable (Chromium, loopback)",
+        format!("{lo}–{hi} ms (per-page medians)"),
+        format!("slowest {hi} ms (target ≤ 300)"),
+    );
+    row(
+        "dashboard: a direct message to the other node's open page",
+        format!("{} ms", d["event_to_dom"]["dm_sent_to_dom_ms"]),
+        format!(
+            "SSE event → DOM {} ms (target ≤ 500)",
+            d["event_to_dom"]["sse_event_to_dom_ms"]
+        ),
+    );
+    row(
+        "dashboard: an idle open page's CPU on the node",
+        format!(
+            "+{} % (ledger page on a ledger node: +{} %)",
+            d["idle_cpu_percent"]["dashboard_cost_plain"],
+            d["idle_cpu_percent"]["dashboard_cost_ledger"]
+        ),
+        "target ≤ 1 %".into(),
+    );
+    row(
+        "dashboard: files table of 10,000 entries, request → drawn",
+        format!("{} ms", d["files_table"]["table_from_request_to_drawn_ms"]),
+        "target ≤ 200 ms".into(),
+    );
     let mut table = String::from("| figure | value | ratio |\n|---|---|---|\n");
     for (a, b, c) in rows {
         table.push_str(&format!("| {a} | {b} | {c} |\n"));
