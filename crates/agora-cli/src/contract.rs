@@ -365,6 +365,17 @@ fn event_line(e: &Value) -> String {
 }
 
 /// Prints a deploy's, call's or query's outcome.
+/// [`outcome`], then the answer as JSON or as text.
+fn show_outcome(json_out: bool, what: &str, status: u16, body: Value) -> Result<()> {
+    let v = outcome(json_out, what, status, body)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_outcome(&v, what);
+    }
+    Ok(())
+}
+
 fn print_outcome(v: &Value, what: &str) {
     if what == "deploy" {
         println!("contract {}", s(&v["contract"]));
@@ -431,13 +442,7 @@ pub fn run(cmd: ContractCmd) -> Result<()> {
             if USAGE_CODES.contains(&v["error"]["code"].as_str().unwrap_or_default()) {
                 usage(format!("{}: {}", file.display(), error_text(status, &v)));
             }
-            let v = outcome(client.json, "deploy", status, v)?;
-            if client.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_outcome(&v, "deploy");
-            }
-            Ok(())
+            show_outcome(client.json, "deploy", status, v)
         }
         ContractCmd::Call {
             contract,
@@ -454,13 +459,7 @@ pub fn run(cmd: ContractCmd) -> Result<()> {
             let endpoint = Endpoint::resolve(&client)?;
             let path = format!("/v1/ledger/contracts/{contract}/call");
             let (status, v) = send(&endpoint, &path, Some(&body))?;
-            let v = outcome(client.json, "call", status, v)?;
-            if client.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_outcome(&v, "call");
-            }
-            Ok(())
+            show_outcome(client.json, "call", status, v)
         }
         ContractCmd::Query {
             contract,
@@ -475,13 +474,7 @@ pub fn run(cmd: ContractCmd) -> Result<()> {
             let endpoint = Endpoint::resolve(&client)?;
             let path = format!("/v1/ledger/contracts/{contract}/query");
             let (status, v) = send(&endpoint, &path, Some(&body))?;
-            let v = outcome(client.json, "query", status, v)?;
-            if client.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_outcome(&v, "query");
-            }
-            Ok(())
+            show_outcome(client.json, "query", status, v)
         }
         ContractCmd::Show { contract, client } => {
             let endpoint = Endpoint::resolve(&client)?;
