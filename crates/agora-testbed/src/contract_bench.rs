@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail, ensure};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
-use crate::ledger_bench::{VALIDATORS, Validator, bench_key, new_agent, pct, start};
+use crate::ledger_bench::{VALIDATORS, Validator, bench_key, new_agent, pct};
 use crate::load;
 
 /// Token-transfer calls per second in the paced phase: the target rate.
@@ -259,40 +259,15 @@ pub fn run(opts: &Options) -> Result<Value> {
 
 fn consensus_in(opts: &Options, root: &Path, token: &[u8]) -> Result<Value> {
     let (holders_n, rounds) = if opts.quick { (50, 10) } else { (200, 50) };
-    let dirs: Vec<PathBuf> = (0..VALIDATORS)
-        .map(|i| root.join(format!("v{i}")))
-        .collect();
-    let validators: Vec<Account> = dirs
-        .iter()
-        .map(|d| Ok(agora_ledger::service::identity_in(d)?.0))
-        .collect::<Result<_>>()?;
     let deployer = key(0);
     let holders: Vec<SigningKey> = (1..=holders_n).map(key).collect();
     let payee = key(100_000);
-    let mut balances: Vec<(Account, u64)> =
-        validators.iter().map(|a| (*a, 1_000_000_000_000)).collect();
-    for k in std::iter::once(&deployer)
+    let funded = std::iter::once(&deployer)
         .chain(&holders)
         .chain(std::iter::once(&payee))
-    {
-        balances.push((account(k), 1_000_000_000_000));
-    }
-    let genesis = Genesis {
-        chain: "contract-bench".into(),
-        validators,
-        balances,
-        min_fee: 1,
-        epoch_length: 1_000_000_000,
-    };
-    let gpath = root.join("genesis.json");
-    std::fs::write(&gpath, serde_json::to_vec(&genesis)?)?;
+        .map(account);
+    let (nodes, genesis) = load::devnet(&opts.agora, root, "contract-bench", funded)?;
     let chain = genesis.chain_id();
-    eprintln!("contract bench: starting {VALIDATORS} validators");
-    let mut nodes = vec![start(&opts.agora, &dirs[0], &gpath, None)?];
-    for dir in &dirs[1..] {
-        let boot = nodes[0].tcp.clone();
-        nodes.push(start(&opts.agora, dir, &gpath, Some(&boot))?);
-    }
     let agent = new_agent();
     let status = |v: &Validator| v.call(&agent, "GET", "/v1/ledger/status", None);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -5,11 +5,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use agora_ledger::Tx;
+use std::path::Path;
+
+use agora_ledger::state::Genesis;
+use agora_ledger::{Account, Tx};
 use anyhow::{Result, ensure};
 use serde_json::json;
 
-use crate::ledger_bench::{VALIDATORS, Validator, new_agent};
+use crate::ledger_bench::{VALIDATORS, Validator, new_agent, start};
 
 /// Transactions final on `node` so far (its `applied_txs`).
 pub(crate) fn applied(node: &Validator, agent: &ureq::Agent) -> Result<u64> {
@@ -134,4 +137,44 @@ pub(crate) fn pay_once(node: &Validator, agent: &ureq::Agent, to: &str) -> Resul
         Some(&json!({"to": to, "amount": 1})),
     )?;
     Ok(v["finality_ms"].as_f64())
+}
+
+/// Four validators under `root` (`v0`…`v3`) on a new chain `chain`, the validators and every
+/// account of `funded` holding 10¹² base units each: writes the genesis and starts the
+/// validators (the others bootstrap from the first). Returns them and the genesis.
+pub(crate) fn devnet(
+    agora: &Path,
+    root: &Path,
+    chain: &str,
+    funded: impl IntoIterator<Item = Account>,
+) -> Result<(Vec<Validator>, Genesis)> {
+    let dirs: Vec<std::path::PathBuf> = (0..VALIDATORS)
+        .map(|i| root.join(format!("v{i}")))
+        .collect();
+    let validators: Vec<Account> = dirs
+        .iter()
+        .map(|d| Ok(agora_ledger::service::identity_in(d)?.0))
+        .collect::<Result<_>>()?;
+    let balances = validators
+        .iter()
+        .copied()
+        .chain(funded)
+        .map(|a| (a, 1_000_000_000_000))
+        .collect();
+    let genesis = Genesis {
+        chain: chain.into(),
+        validators,
+        balances,
+        min_fee: 1,
+        epoch_length: 1_000_000_000,
+    };
+    let gpath = root.join("genesis.json");
+    std::fs::write(&gpath, serde_json::to_vec(&genesis)?)?;
+    eprintln!("{chain}: starting {VALIDATORS} validators");
+    let mut nodes = vec![start(agora, &dirs[0], &gpath, None)?];
+    for dir in &dirs[1..] {
+        let boot = nodes[0].tcp.clone();
+        nodes.push(start(agora, dir, &gpath, Some(&boot))?);
+    }
+    Ok((nodes, genesis))
 }

@@ -28,7 +28,7 @@ use anyhow::{Result, bail, ensure};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
-use crate::ledger_bench::{VALIDATORS, Validator, bench_key, new_agent, pct, start};
+use crate::ledger_bench::{VALIDATORS, Validator, bench_key, new_agent, pct};
 use crate::load;
 
 fn key(i: usize) -> SigningKey {
@@ -367,44 +367,18 @@ fn consensus_in(opts: &Options, root: &Path) -> Result<Value> {
     // Each round is 2 × makers offers; half the rounds run as fast as taken, half paced at
     // TARGET_RATE for about ten seconds.
     let (makers, rounds) = if opts.quick { (50, 10) } else { (200, 125) };
-    let dirs: Vec<std::path::PathBuf> = (0..VALIDATORS)
-        .map(|i| root.join(format!("v{i}")))
-        .collect();
-    let validators: Vec<Account> = dirs
-        .iter()
-        .map(|d| Ok(agora_ledger::service::identity_in(d)?.0))
-        .collect::<Result<_>>()?;
     let issuer = key(0);
     let maker_keys: Vec<SigningKey> = (0..makers).map(|i| key(10 + i)).collect();
     let taker_keys: Vec<SigningKey> = (0..makers).map(|i| key(100_000 + i)).collect();
     let payee = key(300_000);
-    let mut balances: Vec<(Account, u64)> =
-        validators.iter().map(|a| (*a, 1_000_000_000_000)).collect();
-    for k in std::iter::once(&issuer)
+    let funded = std::iter::once(&issuer)
         .chain(&maker_keys)
         .chain(&taker_keys)
         .chain(std::iter::once(&payee))
-    {
-        balances.push((account(k), 1_000_000_000_000));
-    }
-    let genesis = Genesis {
-        chain: "market-bench".into(),
-        validators: validators.clone(),
-        balances,
-        min_fee: 1,
-        epoch_length: 1_000_000_000,
-    };
-    let gpath = root.join("genesis.json");
-    std::fs::write(&gpath, serde_json::to_vec(&genesis)?)?;
+        .map(account);
+    let (nodes, genesis) = load::devnet(&opts.agora, root, "market-bench", funded)?;
     let chain = genesis.chain_id();
     let usd = issue("USD", &issuer);
-
-    eprintln!("market bench: starting {VALIDATORS} validators");
-    let mut nodes = vec![start(&opts.agora, &dirs[0], &gpath, None)?];
-    for dir in &dirs[1..] {
-        let boot = nodes[0].tcp.clone();
-        nodes.push(start(&opts.agora, dir, &gpath, Some(&boot))?);
-    }
     let agent = new_agent();
     let status = |v: &Validator| v.call(&agent, "GET", "/v1/ledger/status", None);
     let deadline = Instant::now() + Duration::from_secs(60);
