@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # File-sharing benchmark, every figure measured in this one run on this machine:
-#   - the machine's limits: loopback iperf3, single-thread b3sum, disk write with fdatasync;
+#   - the machine's limits: loopback iperf3, single-thread b3sum, the disk (median of 5 rounds
+#     of an O_DIRECT write of the file's size, as agora writes) and the secure-transfer ceiling
+#     (below) with the cipher the two nodes actually negotiated;
 #   - `agora share` hashing throughput vs b3sum --num-threads 1;
-#   - node -> node transfer over loopback (verified, written to disk) vs the smallest limit,
+#   - node -> node transfer over loopback (verified, written to disk) vs the smallest of them,
 #     median of ROUNDS (default 3) interleaved with sendme's rounds;
 #   - peak RSS (VmHWM) of both nodes;
 #   - iroh's `sendme` on the same file, if a sendme binary is on PATH or in $SENDME (install it
@@ -43,14 +45,17 @@ head -c "$BYTES" /dev/urandom > "$D/src.bin"
 ROUNDS=${ROUNDS:-3}
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# Machine limits. The disk is measured again right before each transfer (below), so that the
-# transfers and the limit they are compared with meet the same conditions.
+# Machine limits. The disk: 1 MiB O_DIRECT writes, the path and size agora's downloads use
+# (the page cache swings several-fold from minute to minute on this kind of VM). Five rounds:
+# one right before each transfer (below), so that the transfers and the limit meet the same
+# conditions, and the rest now.
 B3S=(); DISKS=()
 disk_round() {
   local t0 t1
-  t0=$(now); dd if=/dev/zero of="$D/dd.bin" bs=1M count="$SIZE_MIB" conv=fdatasync status=none; t1=$(now)
+  t0=$(now); dd if=/dev/zero of="$D/dd.bin" bs=1M count="$SIZE_MIB" oflag=direct conv=fdatasync status=none; t1=$(now)
   DISKS+=("$(rate $BYTES $t0 $t1)"); rm -f "$D/dd.bin"
 }
+for _ in $(seq $((5 > ROUNDS ? 5 - ROUNDS : 0))); do disk_round; done
 for r in $(seq "$ROUNDS"); do
   t0=$(now); b3sum --num-threads 1 "$D/src.bin" > /dev/null; t1=$(now)
   B3S+=("$(rate $BYTES $t0 $t1)")
@@ -63,17 +68,18 @@ iperf3 -c 127.0.0.1 -p "$PORT" -t 5 -J > "$D/iperf.json"
 NET=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/8/1048576))' "$D/iperf.json")
 # What any encrypted, verified transfer between two processes sharing this machine's cores
 # must spend per GiB, at the least: the kernel's TCP work (iperf3's own CPU time, both ends),
-# ChaCha20-Poly1305 once each way (the cipher libp2p's Noise channel uses) and one BLAKE3
-# pass (the downloader's verification). Divided into the cores there are, that is a ceiling
-# no such transfer can pass here, whatever the disk and the network allow.
+# the AEAD once each way (AES-128-GCM when the nodes negotiate TLS, ChaCha20-Poly1305 under
+# Noise; which one is read from `agora peers` after the first transfer) and one BLAKE3 pass
+# (the downloader's verification). Divided into the cores there are, that is a ceiling no
+# such transfer can pass here, whatever the disk and the network allow.
 TCP_CPU=$(python3 -c '
 import json, sys
 e = json.load(open(sys.argv[1]))["end"]
 cpu = e["cpu_utilization_percent"]
 print((cpu["host_total"] + cpu["remote_total"]) / 100 * e["sum_received"]["seconds"] / (e["sum_received"]["bytes"] / 2**30))' "$D/iperf.json")
 CHACHA=$(openssl speed -evp chacha20-poly1305 -bytes 16384 -seconds 2 2>/dev/null | awk '/^ChaCha20-Poly1305/ {sub(/k$/, "", $2); print int($2 * 1000 / 1048576)}')
+AES=$(openssl speed -evp aes-128-gcm -bytes 16384 -seconds 2 2>/dev/null | awk '/^AES-128-GCM/ {sub(/k$/, "", $2); print int($2 * 1000 / 1048576)}')
 CORES=$(nproc)
-CEILING=$(python3 -c "print(int($CORES * 1024 / ($TCP_CPU + 2 * 1024 / $CHACHA + 1024 / $B3)))")
 
 # Two nodes.
 start() {
@@ -115,6 +121,9 @@ for r in $(seq "$ROUNDS"); do
   t0=$(now); "$BIN" get "$HASH" -o "$D/copy.bin" --data-dir "$D/b$r" > /dev/null; sync -f "$D/copy.bin"; t1=$(now)
   GETS+=("$(rate $BYTES $t0 $t1)")
   cmp -s "$D/src.bin" "$D/copy.bin" || { echo "copy differs!"; exit 1; }
+  if [ "$r" = 1 ]; then
+    SECURITY=$("$BIN" peers --data-dir "$D/b$r" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["security"][0])')
+  fi
   HWM=$(awk '/VmHWM/ {print int($2/1024)}' /proc/$(cat "$D/b$r.pid")/status)
   [ "$HWM" -gt "$RSS_B" ] && RSS_B=$HWM
   kill "$(cat "$D/b$r.pid")"; rm -f "$D/copy.bin"
@@ -128,7 +137,9 @@ for r in $(seq "$ROUNDS"); do
 done
 GET=$(median "${GETS[@]}")
 DISK=$(median "${DISKS[@]}")
-LIMIT=$(python3 -c "print(min($B3, $DISK, $NET))")
+if [ "$SECURITY" = tls ]; then CIPHER=AES-128-GCM; AEAD=$AES; else CIPHER=ChaCha20-Poly1305; AEAD=$CHACHA; fi
+CEILING=$(python3 -c "print(int($CORES * 1024 / ($TCP_CPU + 2 * 1024 / $AEAD + 1024 / $B3)))")
+LIMIT=$(python3 -c "print(min($B3, $DISK, $NET, $CEILING))")
 SM=0
 if [ "$USE_SENDME" = 1 ]; then
   SM=$(median "${SMS[@]}")
@@ -157,22 +168,23 @@ rm -f "$D/copy.bin"
 echo "rounds (MiB/s): b3sum ${B3S[*]}; dd ${DISKS[*]}; share ${SHARES[*]}; get ${GETS[*]}; sendme ${SMS[*]:-none}; get beside a replica $REPLICA_GET" >&2
 RSS_A=$(awk '/VmHWM/ {print int($2/1024)}' /proc/$(cat "$D/a.pid")/status)
 
-python3 - "$SIZE_MIB" "$B3" "$DISK" "$NET" "$LIMIT" "$SHARE" "$GET" "$RSS_A" "$RSS_B" "$SM" "$CHACHA" "$CEILING" "$CORES" "$TCP_CPU" "$REPLICA_GET" <<'PY'
+python3 - "$SIZE_MIB" "$B3" "$DISK" "$NET" "$LIMIT" "$SHARE" "$GET" "$RSS_A" "$RSS_B" "$SM" "$CHACHA" "$CEILING" "$CORES" "$TCP_CPU" "$REPLICA_GET" "$AES" "$SECURITY" "$CIPHER" <<'PY'
 import json, sys
 size, b3, disk, net, limit, share, get, rss_a, rss_b, sm, chacha, ceiling, cores = map(int, sys.argv[1:14])
 tcp_cpu = float(sys.argv[14])
-replica_get = int(sys.argv[15])
+replica_get, aes = int(sys.argv[15]), int(sys.argv[16])
+security, cipher = sys.argv[17], sys.argv[18]
 rows = [
     ("file size", f"{size} MiB", ""),
     ("b3sum --num-threads 1", f"{b3} MiB/s", ""),
-    ("disk write + fdatasync (dd)", f"{disk} MiB/s", ""),
+    ("disk, O_DIRECT write + fdatasync (dd)", f"{disk} MiB/s", "median of 5 rounds"),
     ("loopback TCP (iperf3)", f"{net} MiB/s", f"{tcp_cpu:.2f} CPU-s per GiB, both ends"),
-    ("ChaCha20-Poly1305, one core (openssl)", f"{chacha} MiB/s", ""),
+    ("AES-128-GCM / ChaCha20-Poly1305, one core", f"{aes} / {chacha} MiB/s", "openssl speed"),
     ("encrypted + verified transfer ceiling", f"{ceiling} MiB/s",
-     f"{cores} cores / (TCP + 2 x ChaCha + 1 x BLAKE3 per GiB); {ceiling/limit:.2f} x machine limit"),
+     f"{cores} cores / (TCP + 2 x {cipher} + 1 x BLAKE3 per GiB); the nodes negotiated {security}"),
     ("agora share (hash + outboard)", f"{share} MiB/s", f"{share/b3:.2f} x b3sum (target >= 0.8)"),
     ("agora get node->node, verified, on disk", f"{get} MiB/s",
-     f"{get/limit:.2f} x machine limit {limit} MiB/s (target >= 0.6); {get/ceiling:.2f} x the ceiling"),
+     f"{get/limit:.2f} x the limit {limit} MiB/s (target >= 0.6); {get/ceiling:.2f} x the ceiling"),
     ("agora get on a node fetching it as a replica", f"{replica_get} MiB/s",
      f"{replica_get/get:.2f} x a get on a node that was not (one round; from the share's end)"),
     ("peak RSS seeder / downloader", f"{rss_a} / {rss_b} MiB", ""),
@@ -183,7 +195,8 @@ for name, value, ratio in rows:
     print(f"{name:<42} {value:>14}  {ratio}")
 print(json.dumps(dict(size_mib=size, b3sum=b3, disk=disk, iperf3=net, limit=limit, share=share,
                       get=get, share_ratio=round(share/b3, 2), get_ratio=round(get/limit, 2),
-                      chacha=chacha, tcp_cpu_s_per_gib=round(tcp_cpu, 2), cores=cores, ceiling=ceiling,
+                      chacha=chacha, aes=aes, security=security, cipher=cipher,
+                      tcp_cpu_s_per_gib=round(tcp_cpu, 2), cores=cores, ceiling=ceiling,
                       get_vs_ceiling=round(get/ceiling, 2),
                       rss_seeder_mib=rss_a, rss_downloader_mib=rss_b, sendme=sm,
                       vs_sendme=round(get/sm, 2) if sm else None,

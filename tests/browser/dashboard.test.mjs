@@ -81,6 +81,9 @@ test('log in through the URL `agora dashboard --no-open` prints', { timeout: 600
   // Both nodes are connected: each lists the other, live.
   await go(A, 'peers');
   await A.page.waitForSelector(`[data-testid="peer-row"][data-peer="${net.nodes[1].peer_id}"]`);
+  // Two agora nodes secure their connection with TLS 1.3, and the table says so.
+  const security = await A.page.textContent(`[data-testid="peer-row"][data-peer="${net.nodes[1].peer_id}"] [data-testid="peer-security"]`);
+  assert.match(security, /^(tls|quic)+$/);
   // The overview's bandwidth chart fills from `stats` events (every 2 s).
   await go(A, 'overview');
   await A.page.waitForFunction(() => Number(document.querySelector('[data-testid="bandwidth-chart"]').dataset.points) >= 2, null, { timeout: 15000 });

@@ -72,8 +72,8 @@ pub fn peers(v: &Value) -> String {
         return "no connected peers (connect with `agora connect MULTIADDR`)".into();
     }
     let mut out = format!(
-        "{:<54} {:<4} {:>9}  {:<24} {}",
-        "PEER", "DIR", "LATENCY", "AGENT", "ADDRESS"
+        "{:<54} {:<4} {:>9}  {:<24} {:<8} {}",
+        "PEER", "DIR", "LATENCY", "AGENT", "SECURITY", "ADDRESS"
     );
     for p in &list {
         let latency = p["latency_ms"]
@@ -86,14 +86,26 @@ pub fn peers(v: &Value) -> String {
             "out"
         };
         let addr = p["addrs"].get(0).map(s).unwrap_or("-");
+        let security = |i: usize| p["security"].get(i).map(s).unwrap_or("?");
         out.push_str(&format!(
-            "\n{:<54} {:<4} {:>9}  {:<24} {}",
+            "\n{:<54} {:<4} {:>9}  {:<24} {:<8} {}",
             s(&p["peer_id"]),
             dir,
             latency,
             p["agent_version"].as_str().unwrap_or("?"),
+            security(0),
             addr
         ));
+        // Further connections to the same peer, each with its own security.
+        for (i, a) in p["addrs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .skip(1)
+        {
+            out.push_str(&format!("\n    also {} {}", security(i), s(a)));
+        }
         let protocols: Vec<&str> = p["protocols"]
             .as_array()
             .into_iter()

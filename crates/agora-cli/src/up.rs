@@ -43,6 +43,10 @@ pub struct UpArgs {
     /// Ask the router for a port mapping with UPnP (off by default).
     #[arg(long, env = "AGORA_UPNP")]
     pub upnp: bool,
+    /// Security offered on TCP and relayed connections: `tls-noise` (TLS 1.3 preferred, Noise
+    /// for peers without TLS; the default) or `noise-only`.
+    #[arg(long, env = "AGORA_SECURITY")]
+    pub security: Option<agora_net::Security>,
     /// Do not act as a circuit relay for other peers.
     #[arg(long, env = "AGORA_NO_RELAY_SERVER")]
     pub no_relay_server: bool,
@@ -121,6 +125,7 @@ pub struct FileConfig {
     pub mdns: Option<bool>,
     pub upnp: Option<bool>,
     pub relay_server: Option<bool>,
+    pub security: Option<agora_net::Security>,
     pub max_connections: Option<u32>,
     pub storage_quota: Option<String>,
     pub replica_check_interval: Option<u64>,
@@ -235,6 +240,7 @@ pub fn resolve(args: UpArgs) -> Result<NodeConfig> {
         mdns: args.mdns || file.mdns.unwrap_or(false),
         upnp: args.upnp || file.upnp.unwrap_or(false),
         relay_server: !args.no_relay_server && file.relay_server.unwrap_or(true),
+        security: args.security.or(file.security).unwrap_or_default(),
         max_connections: args
             .max_connections
             .or(file.max_connections)

@@ -2,6 +2,8 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 
+use crate::Security;
+
 /// Kademlia server/client mode selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,6 +50,8 @@ pub struct Config {
     /// The swarm refuses new connections above this share of the system's memory.
     pub max_memory_fraction: f64,
     pub idle_connection_timeout: Duration,
+    /// Security protocols offered on TCP and relayed connections.
+    pub security: Security,
 }
 
 impl Config {
@@ -66,6 +70,7 @@ impl Config {
             max_pending_incoming: 64,
             max_memory_fraction: 0.9,
             idle_connection_timeout: Duration::from_secs(600),
+            security: Security::default(),
         }
     }
 

@@ -82,8 +82,12 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerInfo {
     pub peer_id: String,
-    /// The remote address of each open connection.
+    /// The remote address of each open connection, oldest first.
     pub addrs: Vec<String>,
+    /// The security protocol of each open connection, in the order of `addrs`: `tls` or
+    /// `noise` (TCP and relayed connections), `quic` (TLS 1.3 inside QUIC).
+    #[serde(default)]
+    pub security: Vec<String>,
     /// Direction of the first (oldest) open connection.
     pub direction: Direction,
     pub latency_ms: Option<f64>,

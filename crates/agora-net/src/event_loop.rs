@@ -17,7 +17,7 @@ use libp2p::{
     kad,
     metrics::{Metrics, Recorder, Registry},
     multiaddr::Protocol,
-    noise, ping,
+    ping,
     swarm::{
         ConnectionId, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
@@ -33,6 +33,7 @@ use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     handle::Command,
     rpc::Rpc,
+    security::{self, Negotiated},
 };
 
 /// How long a clean shutdown waits for connections to close.
@@ -44,7 +45,8 @@ const MAX_PROTOCOLS_PER_PEER: usize = 64;
 
 #[derive(Debug)]
 struct PeerState {
-    connections: HashMap<ConnectionId, (Multiaddr, Direction, Instant)>,
+    /// Remote address, direction, security protocol and start of each open connection.
+    connections: HashMap<ConnectionId, (Multiaddr, Direction, &'static str, Instant)>,
     agent_version: Option<String>,
     protocols: Vec<String>,
     listen_addrs: Vec<Multiaddr>,
@@ -100,6 +102,8 @@ pub struct EventLoop {
     closing: HashSet<PeerId>,
     /// Application requests, inbound and outbound.
     rpc: Rpc,
+    /// The security protocol each new TCP or relayed connection negotiated.
+    negotiated: Negotiated,
 }
 
 /// A lost peer to dial again: when, how many tries so far, and the addresses it listened on
@@ -136,16 +140,18 @@ pub(crate) fn build(
     let refusals = crate::Refusals::default();
     refusals.register(registry);
     let mut bandwidth_registry = Registry::default();
+    let negotiated = Negotiated::default();
+    let secure = |key: &Keypair| security::Upgrade::new(key, config.security, negotiated.clone());
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            noise::Config::new,
+            secure,
             crate::muxer::Yamux::new,
         )
         .map_err(|e| BuildError::Transport(e.to_string()))?
         .with_quic()
-        .with_relay_client(noise::Config::new, crate::muxer::Yamux::new)
+        .with_relay_client(secure, crate::muxer::Yamux::new)
         .map_err(|e| BuildError::Transport(e.to_string()))?
         .with_bandwidth_metrics(&mut bandwidth_registry)
         .with_behaviour(|key, relay_client| {
@@ -286,6 +292,7 @@ pub(crate) fn build(
         redials: HashMap::new(),
         closing: HashSet::new(),
         rpc,
+        negotiated,
     };
     Ok((handle, event_loop))
 }
@@ -571,7 +578,7 @@ impl EventLoop {
                     .filter(|a| is_dialable(a, via_local))
                     .cloned()
                     .collect();
-                for (addr, direction, _) in state.connections.values() {
+                for (addr, direction, ..) in state.connections.values() {
                     if *direction == Direction::Outbound && !addrs.contains(addr) {
                         addrs.push(without_p2p(addr));
                     }
@@ -700,9 +707,17 @@ impl EventLoop {
                     rtt: None,
                 });
                 let first = state.connections.is_empty();
-                state
-                    .connections
-                    .insert(connection_id, (addr.clone(), direction, Instant::now()));
+                // QUIC carries TLS 1.3 inside; TCP and relayed connections ran our upgrade.
+                let security = if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
+                    "quic"
+                } else {
+                    self.negotiated.take(&peer_id).unwrap_or("unknown")
+                };
+                tracing::debug!(peer = %peer_id, security, "secured");
+                state.connections.insert(
+                    connection_id,
+                    (addr.clone(), direction, security, Instant::now()),
+                );
                 if first {
                     self.emit(Event::PeerConnected {
                         peer_id: peer_id.to_string(),
@@ -1020,23 +1035,22 @@ impl EventLoop {
 }
 
 fn peer_info(id: &PeerId, state: &PeerState) -> PeerInfo {
-    let oldest = state
-        .connections
-        .values()
-        .min_by_key(|(_, _, since)| *since);
+    let mut connections: Vec<_> = state.connections.values().collect();
+    connections.sort_by_key(|(.., since)| *since);
+    let oldest = connections.first();
     PeerInfo {
         peer_id: id.to_string(),
-        addrs: state
-            .connections
-            .values()
-            .map(|(a, ..)| a.to_string())
+        addrs: connections.iter().map(|(a, ..)| a.to_string()).collect(),
+        security: connections
+            .iter()
+            .map(|(_, _, s, _)| s.to_string())
             .collect(),
-        direction: oldest.map(|(_, d, _)| *d).unwrap_or(Direction::Outbound),
+        direction: oldest.map(|(_, d, ..)| *d).unwrap_or(Direction::Outbound),
         latency_ms: state.rtt.map(|d| d.as_secs_f64() * 1000.0),
         agent_version: state.agent_version.clone(),
         protocols: state.protocols.clone(),
         listen_addrs: state.listen_addrs.iter().map(|a| a.to_string()).collect(),
-        connected_secs: oldest.map(|(_, _, s)| s.elapsed().as_secs()).unwrap_or(0),
+        connected_secs: oldest.map(|(.., s)| s.elapsed().as_secs()).unwrap_or(0),
     }
 }
 

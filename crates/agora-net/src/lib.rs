@@ -7,7 +7,7 @@
 //! [`Event`]s to whoever subscribed with [`Handle::events`].
 //!
 //! # Protocols
-//! TCP and QUIC transports, Noise, Yamux (with data frames of up to 63 KiB: [`Yamux`]); identify (`/ipfs/id/1.0.0`), ping (`/ipfs/ping/1.0.0`),
+//! TCP and QUIC transports, TLS 1.3 then Noise on TCP (see [`Security`]), Yamux (with data frames of up to 63 KiB: [`Yamux`]); identify (`/ipfs/id/1.0.0`), ping (`/ipfs/ping/1.0.0`),
 //! Kademlia on [`KAD_PROTOCOL`], gossipsub (`/meshsub/1.1.0`, signed messages, every message goes
 //! through the application's validation before it is forwarded), AutoNAT, circuit relay v2 (server
 //! and client), DCUtR hole punching, connection and memory limits, and one request layer for
@@ -45,6 +45,8 @@ mod event_loop;
 mod handle;
 mod muxer;
 mod rpc;
+mod security;
+mod tls;
 
 pub use admission::Refusals;
 pub use bandwidth::Bandwidth;
@@ -65,6 +67,8 @@ pub use rpc::{
     MAX_QUEUED_PER_PEER, MAX_REFUSAL_LEN, RPC_PROTOCOL, budget, read_frame, read_frame_with_limit,
     write_frame,
 };
+pub use security::{Security, SecurityError};
+pub use tls::TlsError;
 
 /// The Kademlia protocol id of Agora's DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/kad/1.0.0");
@@ -109,11 +113,21 @@ pub async fn start_loopback(
     keypair: libp2p::identity::Keypair,
     bootstrap: Vec<Multiaddr>,
 ) -> Result<(Handle, Multiaddr), BuildError> {
-    let config = Config::new(vec![
+    start_loopback_secured(keypair, bootstrap, Security::default()).await
+}
+
+/// [`start_loopback`] offering the given connection security.
+pub async fn start_loopback_secured(
+    keypair: libp2p::identity::Keypair,
+    bootstrap: Vec<Multiaddr>,
+    security: Security,
+) -> Result<(Handle, Multiaddr), BuildError> {
+    let mut config = Config::new(vec![
         "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
     ])
     .with_bootstrap(bootstrap)
     .with_kad_mode(KadMode::Auto);
+    config.security = security;
     let (net, event_loop) = new(
         keypair,
         config,

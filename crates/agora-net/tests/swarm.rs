@@ -98,6 +98,74 @@ async fn dial_identify_and_ping() {
     assert!(stats.bytes_in > 0 && stats.bytes_out > 0, "{stats:?}");
 }
 
+/// The security protocol of each connection `a` has to `b`, once it has one.
+async fn security_between(a: &Handle, b: PeerId) -> Vec<String> {
+    let b = b.to_string();
+    wait_for(|| async {
+        a.peers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.peer_id == b)
+            .map(|p| p.security)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn agora_nodes_negotiate_tls_and_noise_only_peers_get_noise() {
+    let (a, a_addr) = agora_net::start_loopback(Keypair::generate_ed25519(), vec![])
+        .await
+        .unwrap();
+    let (b, _) = agora_net::start_loopback(Keypair::generate_ed25519(), vec![])
+        .await
+        .unwrap();
+    let (c, _) = agora_net::start_loopback_secured(
+        Keypair::generate_ed25519(),
+        vec![],
+        agora_net::Security::NoiseOnly,
+    )
+    .await
+    .unwrap();
+    b.dial(a_addr.clone()).await.unwrap();
+    c.dial(a_addr).await.unwrap();
+    // Both ends agree on what was negotiated: TLS between two default nodes, Noise with the
+    // node that offers Noise only.
+    assert_eq!(security_between(&b, a.local_peer_id()).await, ["tls"]);
+    assert_eq!(security_between(&a, b.local_peer_id()).await, ["tls"]);
+    assert_eq!(security_between(&c, a.local_peer_id()).await, ["noise"]);
+    assert_eq!(security_between(&a, c.local_peer_id()).await, ["noise"]);
+
+    // Bytes cross both kinds of connection intact.
+    let echo = StreamProtocol::new("/agora-test/echo-secured/1");
+    let mut incoming = a.stream_control().accept(echo.clone()).unwrap();
+    tokio::spawn(async move {
+        use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+        while let Some((_, mut s)) = incoming.next().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.unwrap();
+                s.write_all(&buf).await.unwrap();
+                s.close().await.unwrap();
+            });
+        }
+    });
+    for dialer in [&b, &c] {
+        use futures::{AsyncReadExt, AsyncWriteExt};
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut s = dialer
+            .stream_control()
+            .open_stream(a.local_peer_id(), echo.clone())
+            .await
+            .unwrap();
+        s.write_all(&data).await.unwrap();
+        s.close().await.unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.unwrap();
+        assert!(back == data, "echo differs");
+    }
+}
+
 #[tokio::test]
 async fn peer_id_is_found_through_the_dht() {
     let (hub, hub_addr) = node(vec![]).await;

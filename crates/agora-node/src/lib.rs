@@ -85,6 +85,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     pub upnp: bool,
     pub relay_server: bool,
+    /// Security protocols offered on TCP and relayed connections.
+    pub security: agora_net::Security,
     pub max_connections: u32,
     /// Replication and storage quota of file sharing.
     pub files: agora_files::service::Config,
@@ -187,6 +189,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     net_config.mdns = config.mdns;
     net_config.upnp = config.upnp;
     net_config.relay_server = config.relay_server;
+    net_config.security = config.security;
     net_config.max_connections = config.max_connections;
 
     let mut registry = prometheus_client::registry::Registry::default();

@@ -88,6 +88,9 @@ enum Command {
         /// MiB to send.
         #[arg(long, default_value_t = 1024)]
         mib: u64,
+        /// Security both ends offer: tls-noise (negotiates TLS 1.3) or noise-only.
+        #[arg(long, default_value_t = agora_net::Security::TlsNoise)]
+        security: agora_net::Security,
         /// Internal: be the receiving process.
         #[arg(long, hide = true)]
         serve: bool,
@@ -387,11 +390,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::TransportBench { mib, serve } => {
+        Command::TransportBench {
+            mib,
+            security,
+            serve,
+        } => {
             let result = if serve {
-                transport_bench::serve()
+                transport_bench::serve(security)
             } else {
-                transport_bench::run(mib).map(|v| println!("{v}"))
+                transport_bench::run(mib, security).map(|v| println!("{v}"))
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,

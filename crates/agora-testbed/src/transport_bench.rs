@@ -1,5 +1,5 @@
-//! `agora-testbed transport-bench`: how fast Agora's libp2p transport alone (TCP + Noise +
-//! Yamux, as `agora-net` builds it) carries bytes between two processes on this machine — a
+//! `agora-testbed transport-bench`: how fast Agora's libp2p transport alone (TCP + TLS 1.3 or
+//! Noise + Yamux, as `agora-net` builds it) carries bytes between two processes on this machine — a
 //! raw stream, nothing hashed, nothing written to disk. No file transfer over this transport
 //! can be faster, so it tells how much of a `get`'s time is the transport's and how much is
 //! Agora's own work.
@@ -33,11 +33,11 @@ fn cpu_seconds(who: libc::c_int) -> f64 {
 
 /// The receiving side: listens on loopback, prints `ADDR <multiaddr>/p2p/<peer>`, takes one
 /// stream, reads it to its end, answers the byte count (8 bytes, big endian) and exits.
-pub fn serve() -> Result<()> {
+pub fn serve(security: agora_net::Security) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let key = libp2p::identity::Keypair::generate_ed25519();
-        let (net, addr) = agora_net::start_loopback(key, vec![]).await?;
+        let (net, addr) = agora_net::start_loopback_secured(key, vec![], security).await?;
         let mut incoming = net
             .stream_control()
             .accept(SINK)
@@ -68,7 +68,7 @@ pub fn serve() -> Result<()> {
 }
 
 /// Sends `mib` MiB to a child receiver and reports the rate and both sides' CPU per GiB.
-pub fn run(mib: u64) -> Result<Value> {
+pub fn run(mib: u64, security: agora_net::Security) -> Result<Value> {
     if mib == 0 {
         bail!("--mib must be at least 1");
     }
@@ -76,17 +76,22 @@ pub fn run(mib: u64) -> Result<Value> {
     // Children's CPU accumulates over every child waited for; keep only this one's.
     let children_before = cpu_seconds(libc::RUSAGE_CHILDREN);
     let mut child = Command::new(exe)
-        .args(["transport-bench", "--serve"])
+        .args([
+            "transport-bench",
+            "--serve",
+            "--security",
+            &security.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start the receiving process")?;
-    let result = send_to(&mut child, mib);
+    let result = send_to(&mut child, mib, security);
     if result.is_err() {
         let _ = child.kill();
     }
     let status = child.wait()?;
-    let (secs, sender_cpu) = result?;
+    let (secs, sender_cpu, negotiated) = result?;
     if !status.success() {
         bail!("the receiving process failed: {status}");
     }
@@ -94,14 +99,20 @@ pub fn run(mib: u64) -> Result<Value> {
     let gib = mib as f64 / 1024.0;
     Ok(json!({
         "mib": mib,
+        "security": negotiated,
         "mib_s": (mib as f64 / secs).round() as u64,
         "sender_cpu_s_per_gib": (sender_cpu / gib * 100.0).round() / 100.0,
         "receiver_cpu_s_per_gib": (receiver_cpu / gib * 100.0).round() / 100.0,
     }))
 }
 
-/// Returns the transfer's seconds and this process's CPU seconds spent on it.
-fn send_to(child: &mut std::process::Child, mib: u64) -> Result<(f64, f64)> {
+/// Returns the transfer's seconds, this process's CPU seconds spent on it and the security
+/// protocol the connection negotiated.
+fn send_to(
+    child: &mut std::process::Child,
+    mib: u64,
+    security: agora_net::Security,
+) -> Result<(f64, f64, String)> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
@@ -113,8 +124,15 @@ fn send_to(child: &mut std::process::Child, mib: u64) -> Result<(f64, f64)> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let key = libp2p::identity::Keypair::generate_ed25519();
-        let (net, _) = agora_net::start_loopback(key, vec![]).await?;
+        let (net, _) = agora_net::start_loopback_secured(key, vec![], security).await?;
         let peer = net.dial(addr).await?;
+        let negotiated = net
+            .peers()
+            .await?
+            .into_iter()
+            .find(|p| p.peer_id == peer.to_string())
+            .and_then(|p| p.security.into_iter().next())
+            .unwrap_or_else(|| "unknown".into());
         // Incompressible bytes, as a real file would be (no layer compresses, but be sure).
         let mut chunk = vec![0u8; CHUNK];
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -143,6 +161,6 @@ fn send_to(child: &mut std::process::Child, mib: u64) -> Result<(f64, f64)> {
         if got != mib << 20 {
             bail!("the receiver counted {got} bytes of {}", mib << 20);
         }
-        Ok((secs, cpu))
+        Ok((secs, cpu, negotiated))
     })
 }

@@ -66,6 +66,27 @@ fn devnet_starts_connected_nodes_and_stops_exactly_them() {
             "{} has no peers",
             n["name"]
         );
+        // Agora nodes secure their TCP connections with TLS 1.3 (Noise only for peers
+        // without TLS), and `peers` says so for each connection.
+        for p in peers.as_array().unwrap() {
+            assert_eq!(
+                p["security"].as_array().unwrap().len(),
+                p["addrs"].as_array().unwrap().len()
+            );
+            for s in p["security"].as_array().unwrap() {
+                assert!(s == "tls" || s == "quic", "{p}");
+            }
+        }
+        let table = stdout(
+            &agora()
+                .args(["peers", "--data-dir", n["data_dir"].as_str().unwrap()])
+                .output()
+                .unwrap(),
+        );
+        assert!(
+            table.contains("SECURITY") && table.contains(" tls "),
+            "{table}"
+        );
     }
 
     signal(devnet.id(), libc::SIGINT);

@@ -1,5 +1,6 @@
 //! Interoperability with an independent libp2p implementation: js-libp2p (interop/js) dials an
-//! agora node over TCP, identifies it, pings it and uses its Kademlia DHT.
+//! agora node over TCP, identifies it, pings it and uses its Kademlia DHT. js-libp2p speaks
+//! Noise only, so these connections also show agora falling back from TLS to Noise.
 
 use std::{path::PathBuf, process::Command, sync::Mutex};
 
@@ -206,6 +207,12 @@ async fn gossipsub_messages_flow_between_js_libp2p_and_agora() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // js-libp2p offers Noise only; agora offers TLS first and falls back to Noise for it.
+    let peers = node.peers().await.unwrap();
+    assert!(
+        peers.iter().any(|p| p.security == ["noise"]),
+        "the js peer's connection is not Noise: {peers:?}"
+    );
     let line = tokio::time::timeout(WAIT, lines.next_line())
         .await
         .unwrap()

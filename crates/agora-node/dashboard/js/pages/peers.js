@@ -48,11 +48,12 @@ export function Peers() {
       <${ErrorNote} error=${peers.error} />
       ${peers.data === undefined ? html`<${Loading} />` : list.length === 0 ? html`<${Empty} testid="peers-empty">No peers connected.</${Empty}>` : html`
       <div class="table-wrap"><table>
-        <thead><tr><th>Peer</th><th>Address</th><th>Direction</th><th class="num">Latency</th><th class="hide-narrow">Agent</th><th class="hide-narrow">Protocols</th><th class="num hide-narrow">Connected</th><th></th></tr></thead>
+        <thead><tr><th>Peer</th><th>Address</th><th>Security</th><th>Direction</th><th class="num">Latency</th><th class="hide-narrow">Agent</th><th class="hide-narrow">Protocols</th><th class="num hide-narrow">Connected</th><th></th></tr></thead>
         <tbody>
           ${list.map((p) => html`<tr key=${p.peer_id} data-testid="peer-row" data-peer=${p.peer_id}>
             <td><${Id} value=${p.peer_id} testid="peer-id" /></td>
             <td class="wrap">${p.addrs.map((a) => html`<div key=${a}><code class="id" data-testid="peer-addr">${a}</code></div>`)}</td>
+            <td data-testid="peer-security">${(p.security || []).map((s, i) => html`<div key=${i}>${s}</div>`)}</td>
             <td data-testid="peer-direction">${p.direction}</td>
             <td class="num" data-testid="peer-latency">${p.latency_ms == null ? '–' : `${p.latency_ms.toFixed(1)} ms`}</td>
             <td class="wrap hide-narrow" data-testid="peer-agent">${p.agent_version || html`<span class="muted">–</span>`}</td>
