@@ -52,8 +52,10 @@ use crate::{
 const PIECE_CHUNKS: u64 = 1024;
 /// Largest run of verified data written with one pwrite.
 const COALESCE: usize = 1024 * 1024;
-/// Pieces asked for in one request.
-const PIECES_PER_REQUEST: usize = 2;
+/// Pieces asked for in one request. Each request is a new stream, whose yamux window starts
+/// at 256 KiB and grows as it is read: 4 MiB responses ran a loopback get at 445–560 MiB/s
+/// against 406–491 for 2 MiB ones (same run; 8 requests of 2 MiB gave 477–491).
+const PIECES_PER_REQUEST: usize = 4;
 /// Requests in flight per provider, so the link is not idle between a response and the next
 /// request.
 const REQUESTS_PER_PROVIDER: usize = 4;
@@ -786,6 +788,9 @@ async fn fetch_ranges(
     // goes to the disk in one blocking task.
     let mut decoder = response_decoder(target.hash, ranges, target.tree, stream);
     let mut batch = Batch::default();
+    // The write of the previous batch, still going while the next one is read: the stream
+    // keeps flowing (its window is only reopened as it is read) while the disk works.
+    let mut writing: Option<Write> = None;
     loop {
         let item = match decoder.next().await {
             ResponseDecoderNext::More((next, item)) => {
@@ -799,7 +804,7 @@ async fn fetch_ranges(
             Ok(BaoContentItem::Leaf(Leaf { offset, data })) => {
                 let contiguous = offset == batch.offset + batch.len as u64;
                 if !contiguous || batch.len + data.len() > COALESCE {
-                    if let Err(e) = batch.flush(target, progress).await {
+                    if let Err(e) = batch.hand_over(&mut writing, target, progress).await {
                         return Outcome::Local(e);
                     }
                     batch.offset = offset;
@@ -809,7 +814,7 @@ async fn fetch_ranges(
             }
             Err(e) => {
                 // What verified before the error is kept.
-                if let Err(e) = batch.flush(target, progress).await {
+                if let Err(e) = batch.finish(writing, target, progress).await {
                     return Outcome::Local(e);
                 }
                 return match e {
@@ -821,9 +826,33 @@ async fn fetch_ranges(
             }
         }
     }
-    match batch.flush(target, progress).await {
+    match batch.finish(writing, target, progress).await {
         Err(e) => Outcome::Local(e),
         Ok(()) => Outcome::Ok,
+    }
+}
+
+/// A batch being written in a blocking task: its length and offset, counted once it is on
+/// disk.
+struct Write {
+    task: tokio::task::JoinHandle<io::Result<()>>,
+    len: usize,
+    offset: u64,
+}
+
+impl Write {
+    /// Waits for the write, then counts it as done and offers its ranges to other downloaders.
+    async fn settle(self, target: &Arc<Target>, progress: &Arc<Progress>) -> io::Result<()> {
+        self.task.await.map_err(io::Error::other)??;
+        if self.len > 0 {
+            progress.done.fetch_add(self.len as u64, Ordering::Relaxed);
+            if let Some(partial) = target.have.lock().unwrap().clone() {
+                let start = ChunkNum(self.offset / 1024);
+                let end = ChunkNum((self.offset + self.len as u64).div_ceil(1024));
+                *partial.have.lock().unwrap() |= ChunkRanges::from(start..end);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -838,45 +867,62 @@ struct Batch {
 }
 
 impl Batch {
-    /// Writes the batch (in a blocking task), then counts it as done and offers its ranges
-    /// to other downloaders.
-    async fn flush(&mut self, target: &Arc<Target>, progress: &Arc<Progress>) -> io::Result<()> {
+    /// Starts writing the batch in a blocking task (nothing when it is empty).
+    fn start(&mut self, target: &Arc<Target>) -> Option<Write> {
         if self.parents.is_empty() && self.leaves.is_empty() {
-            return Ok(());
+            return None;
         }
         let batch = std::mem::take(self);
         let (len, offset) = (batch.len, batch.offset);
-        let target2 = target.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let _permit = target2.write_permit()?;
+        let target = target.clone();
+        let task = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let _permit = target.write_permit()?;
             if !batch.parents.is_empty() {
-                let mut outboard = target2.outboard()?;
+                let mut outboard = target.outboard()?;
                 for (node, pair) in &batch.parents {
                     outboard.save(*node, pair)?;
                 }
             }
             if !batch.leaves.is_empty() {
                 write_run(
-                    &target2.data,
-                    target2.direct.as_ref(),
+                    &target.data,
+                    target.direct.as_ref(),
                     &batch.leaves,
                     len,
                     offset,
                 )?;
             }
             Ok(())
-        })
-        .await
-        .map_err(io::Error::other)??;
-        if len > 0 {
-            progress.done.fetch_add(len as u64, Ordering::Relaxed);
-            if let Some(partial) = target.have.lock().unwrap().clone() {
-                let start = ChunkNum(offset / 1024);
-                let end = ChunkNum((offset + len as u64).div_ceil(1024));
-                *partial.have.lock().unwrap() |= ChunkRanges::from(start..end);
-            }
+        });
+        Some(Write { task, len, offset })
+    }
+
+    /// Waits for the write before (one at a time per response), then starts this batch's.
+    async fn hand_over(
+        &mut self,
+        writing: &mut Option<Write>,
+        target: &Arc<Target>,
+        progress: &Arc<Progress>,
+    ) -> io::Result<()> {
+        if let Some(previous) = writing.take() {
+            previous.settle(target, progress).await?;
         }
+        *writing = self.start(target);
         Ok(())
+    }
+
+    /// Writes the batch after the one still being written, and waits for both.
+    async fn finish(
+        mut self,
+        mut writing: Option<Write>,
+        target: &Arc<Target>,
+        progress: &Arc<Progress>,
+    ) -> io::Result<()> {
+        self.hand_over(&mut writing, target, progress).await?;
+        match writing {
+            Some(last) => last.settle(target, progress).await,
+            None => Ok(()),
+        }
     }
 }
 

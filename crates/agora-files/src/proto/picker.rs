@@ -4,8 +4,8 @@
 //! Rules, as in BitTorrent: a complete provider is first asked for the pieces no partial
 //! provider has (rarest first); a partial provider only for pieces inside what it has; once
 //! every piece is in flight (the end game), an idle provider duplicates a piece in flight
-//! elsewhere, never one it is already fetching itself; a piece that failed everywhere is
-//! pending again; a piece done is never handed out again.
+//! at one other provider only, never one it is already fetching itself; a piece that failed
+//! everywhere is pending again; a piece done is never handed out again.
 
 use bao_tree::ChunkRanges;
 use libp2p::PeerId;
@@ -65,11 +65,18 @@ impl Picker {
         if idx.is_empty() {
             idx = (0..self.pieces.len()).filter(pending).take(n).collect();
         }
-        if idx.is_empty() {
+        // The end game proper: nothing is pending anywhere (a partial provider that has none
+        // of the pending pieces waits instead of duplicating: that was a quarter of a swarm's
+        // bytes), and a piece in flight is duplicated once at most.
+        let end_game = !self.pieces.iter().any(|(_, s)| *s == PieceState::Pending);
+        if idx.is_empty() && end_game {
             idx = (0..self.pieces.len())
                 .find(|&i| {
                     let (r, s) = &self.pieces[i];
-                    *s == PieceState::InFlight && fits(r) && !self.asked[i].contains(&peer)
+                    *s == PieceState::InFlight
+                        && fits(r)
+                        && self.asked[i].len() < 2
+                        && !self.asked[i].contains(&peer)
                 })
                 .into_iter()
                 .collect();
@@ -157,6 +164,29 @@ mod tests {
         w.finish(&b, true, q);
         w.finish(&c, false, p);
         assert!(w.complete());
+    }
+
+    #[test]
+    fn a_partial_provider_duplicates_nothing_while_pieces_are_pending() {
+        let (p, q, r) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut w = Picker::new(pieces(&[(0, 16), (16, 32)]));
+        let (a, _) = w.take(1, None, p).unwrap();
+        assert_eq!(a, vec![0]);
+        // q has only piece 0, which is in flight at p; piece 1 is still pending.
+        let has = ChunkRanges::from(ChunkNum(0)..ChunkNum(16));
+        assert!(
+            w.take(1, Some(&has), q).is_none(),
+            "no duplicate before the end game"
+        );
+        let (b, _) = w.take(1, None, r).unwrap();
+        assert_eq!(b, vec![1]);
+        // Now everything is in flight: q may duplicate piece 0, and then nobody else may.
+        let (c, _) = w.take(1, Some(&has), q).unwrap();
+        assert_eq!(c, vec![0]);
+        // Piece 0 is now at two providers and r fetches piece 1 itself: nothing for r; p
+        // may still duplicate piece 1.
+        assert!(w.take(1, None, r).is_none());
+        assert_eq!(w.take(1, None, p).unwrap().0, vec![1]);
     }
 
     #[test]
