@@ -116,6 +116,9 @@ enum Outcome {
     Local(io::Error),
     /// The provider is downloading it too and has only these ranges so far.
     Partial(ChunkRanges),
+    /// The provider has it all but super-seeds: it serves these ranges now (see
+    /// [`crate::proto::seeding`]).
+    Hint(ChunkRanges),
 }
 
 /// A download in progress, whose verified ranges other downloaders may fetch.
@@ -467,8 +470,10 @@ pub async fn fetch(
             workers.spawn(async move {
                 progress.peers.fetch_add(1, Ordering::Relaxed);
                 let (mut failures, mut refusals) = (0, 0);
-                // What this provider has, if it said it is still downloading too.
+                // What this provider has, if it said it is still downloading too, or what it
+                // serves now, if it super-seeds (`hinted`).
                 let mut peer_has: Option<ChunkRanges> = None;
+                let mut hinted = false;
                 let mut idle_since: Option<tokio::time::Instant> = None;
                 loop {
                     let banned = progress.banned.lock().unwrap().contains(&peer.to_string());
@@ -490,9 +495,10 @@ pub async fn fetch(
                             continue;
                         }
                         // A partial provider has nothing we need yet: look again shortly, but not
-                        // forever.
+                        // forever. A super-seeder has it all: ask it for a fresh hint, for as long
+                        // as the download runs.
                         let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                        if since.elapsed() > PARTIAL_PATIENCE {
+                        if !hinted && since.elapsed() > PARTIAL_PATIENCE {
                             break;
                         }
                         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -506,6 +512,13 @@ pub async fn fetch(
                         Outcome::Ok => {
                             (failures, refusals) = (0, 0);
                             idle_since = None;
+                        }
+                        Outcome::Hint(serves) => {
+                            if peer_has.as_ref() == Some(&serves) {
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            }
+                            peer_has = Some(serves);
+                            hinted = true;
                         }
                         Outcome::Partial(has) => {
                             work.lock().unwrap().others_have |= has.clone();
@@ -726,7 +739,8 @@ async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, SizeE
         Response::Size(size) => size,
         Response::NotFound => return Err(SizeError::Failed("does not have it".into())),
         Response::Unavailable(why) => return Err(SizeError::Failed(why)),
-        Response::Partial { .. } => return Err(SizeError::Partial),
+        // A super-seeder serves the size probe; a hint here is a peer that does not.
+        Response::Partial { .. } | Response::Hint { .. } => return Err(SizeError::Partial),
         Response::Busy(why) => return Err(SizeError::Refused(why)),
     };
     let mut decoder = response_decoder(hash, ranges, BaoTree::new(size, BLOCK_SIZE), stream);
@@ -780,6 +794,9 @@ async fn fetch_ranges(
         Response::Unavailable(why) => return Outcome::Failed(why),
         Response::Partial { have, .. } => {
             return Outcome::Partial(crate::protocol::pairs_to_ranges(&have));
+        }
+        Response::Hint { have } => {
+            return Outcome::Hint(crate::protocol::pairs_to_ranges(&have));
         }
         Response::Busy(why) => return Outcome::Refused(why),
     }

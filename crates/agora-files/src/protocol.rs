@@ -56,7 +56,15 @@ pub enum Response {
     },
     /// Refused by an admission budget (named in the reason): ask again later.
     Busy(String),
+    /// Held whole, but super-seeded: these chunk ranges are served now; get the rest from the
+    /// other downloaders, or ask again later (see [`crate::proto::seeding`]).
+    Hint {
+        have: Vec<(u64, Option<u64>)>,
+    },
 }
+
+/// Super-seeding state of this node's whole blobs, shared by the streams it serves.
+pub type Seeding = Arc<Mutex<crate::proto::seeding::Seeding>>;
 
 /// Blobs being downloaded, whose verified parts are served to other downloaders.
 pub type Partials = Arc<Mutex<HashMap<Hash, Arc<crate::download::Partial>>>>;
@@ -127,6 +135,7 @@ impl Request {
 pub async fn serve_stream(
     store: Store,
     partials: Partials,
+    seeding: Seeding,
     peer: PeerId,
     mut stream: libp2p::Stream,
     stale: tokio::sync::mpsc::Sender<Hash>,
@@ -151,6 +160,7 @@ pub async fn serve_stream(
             .await
             .map_err(io::Error::other)?
     };
+    let from_store = opened.is_ok();
     let blob = match opened {
         Ok(blob) => blob,
         Err(crate::store::StoreError::Unknown(_)) => {
@@ -184,14 +194,52 @@ pub async fn serve_stream(
             return Ok(());
         }
     };
-    tracing::debug!(%peer, hash = %hash.to_hex(), ?ranges, "serving ranges");
-    write_frame(&mut stream, &Response::Size(blob.size)).await?;
+    let mut counted = Vec::new();
+    if from_store {
+        let decision = seeding.lock().unwrap().decide(
+            hash,
+            blob.size,
+            peer,
+            &ranges,
+            1 << BLOCK_SIZE.chunk_log(),
+            std::time::Instant::now(),
+        );
+        match decision {
+            crate::proto::seeding::Decision::Serve(pieces) => counted = pieces,
+            crate::proto::seeding::Decision::Hint(serves) => {
+                tracing::debug!(%peer, hash = %hash.to_hex(), "super-seeding: hinted");
+                let response = Response::Hint {
+                    have: ranges_to_pairs(&serves),
+                };
+                write_frame(&mut stream, &response).await?;
+                return stream.close().await;
+            }
+        }
+    }
+    let result = send_ranges(blob, &ranges, &mut stream).await;
+    if !counted.is_empty() {
+        seeding
+            .lock()
+            .unwrap()
+            .settle(hash, &counted, result.is_ok());
+    }
+    result
+}
+
+/// Writes the size, then the verified encoding of `ranges` of `blob`, and closes the stream.
+async fn send_ranges(
+    blob: crate::store::OpenBlob,
+    ranges: &ChunkRanges,
+    stream: &mut libp2p::Stream,
+) -> io::Result<()> {
+    write_frame(stream, &Response::Size(blob.size)).await?;
     // bao-tree's fast encoder is synchronous: it runs on a blocking thread and hands the
     // encoding over in 1 MiB chunks, which this task writes to the stream. (Writing through a
     // sync bridge instead cost a thread hand-off for every yamux frame.) Validated
     // encoding re-hashes each group it sends, so data that rotted on disk is never sent as if
     // it were good.
     let (chunks, mut received) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let ranges = ranges.clone();
     let encoder = tokio::task::spawn_blocking(move || {
         let mut out = ChunkSender {
             chunks,

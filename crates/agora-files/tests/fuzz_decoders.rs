@@ -123,6 +123,9 @@ fn blob_response() -> impl Strategy<Value = protocol::Response> {
             have: protocol::ranges_to_pairs(&r),
         }),
         text().prop_map(Response::Busy),
+        ranges().prop_map(|r| Response::Hint {
+            have: protocol::ranges_to_pairs(&r),
+        }),
     ]
 }
 
@@ -319,7 +322,8 @@ fn decode_all(bytes: &[u8]) {
             agora_files::wire::decode::<protocol::Response>(&again).unwrap(),
             resp
         );
-        if let protocol::Response::Partial { have, .. } = &resp {
+        if let protocol::Response::Partial { have, .. } | protocol::Response::Hint { have } = &resp
+        {
             let ranges = protocol::pairs_to_ranges(have);
             let _ = protocol::ranges_to_pairs(&ranges);
         }

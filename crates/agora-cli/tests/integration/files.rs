@@ -653,3 +653,75 @@ fn a_download_the_user_deleted_is_fetched_again() {
     assert!(got.status.success(), "{}", stderr(&got));
     assert_eq!(std::fs::read(&third).unwrap(), content);
 }
+
+/// A swarm outlives its seeder: the seeder super-seeds (each piece leaves it once before any
+/// leaves it twice), so once it has uploaded 1.25 × the file and is killed, the 6 downloaders
+/// still complete, verified, from each other. Without super-seeding a seeder at that point has
+/// sent some pieces twice and others never, and the downloads cannot finish.
+#[test]
+fn a_swarm_completes_from_the_downloaders_after_its_seeder_leaves() {
+    const SIZE: usize = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    // No replicas: only the swarm moves the file.
+    let mut seeder = Node::start(&dir.path().join("s"), &["--storage-quota", "0"]);
+    let downloaders: Vec<Node> = (0..6)
+        .map(|i| {
+            Node::start(
+                &dir.path().join(format!("d{i}")),
+                &["--storage-quota", "0", "--bootstrap", &seeder.tcp_addr()],
+            )
+        })
+        .collect();
+    let content = data(SIZE, 21);
+    let src = dir.path().join("big.bin");
+    fs::write(&src, &content).unwrap();
+    let hash = share(&seeder, &src)["hash"].as_str().unwrap().to_owned();
+    let sent = |n: &Node| n.get("/v1/status").1["bytes_out"].as_u64().unwrap();
+    let before = sent(&seeder);
+
+    let mut gets: Vec<_> = downloaders
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            agora()
+                .args(["get", &hash, "-o"])
+                .arg(dir.path().join(format!("out{i}.bin")))
+                .arg("--data-dir")
+                .arg(&d.dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let uploaded = loop {
+        let up = sent(&seeder) - before;
+        if up >= SIZE as u64 * 5 / 4 {
+            break up;
+        }
+        let mut running = 0;
+        for get in gets.iter_mut() {
+            running += usize::from(get.try_wait().unwrap().is_none());
+        }
+        assert!(
+            running > 0,
+            "the swarm finished before its seeder uploaded 1.25 x the file ({up} bytes)"
+        );
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    seeder.kill9();
+    for (i, get) in gets.into_iter().enumerate() {
+        let out = get.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "downloader {i} failed after the seeder left at {uploaded} bytes: {}",
+            stderr(&out)
+        );
+        assert!(
+            fs::read(dir.path().join(format!("out{i}.bin"))).unwrap() == content,
+            "copy {i} differs"
+        );
+    }
+}

@@ -3,9 +3,12 @@
 //!
 //! - [`picker`]: which pieces of a download to ask which provider for.
 //! - [`index`]: the keyword index held for others, and its budgets.
+//! - [`seeding`]: super-seeding, so a swarm gets every piece of a blob from its seeder once
+//!   before any twice.
 //! - [`eviction`]: whether a blob could fit under the storage quota, and which cached
 //!   replicas to evict to make room for verified data.
 
 pub mod eviction;
 pub mod index;
 pub mod picker;
+pub mod seeding;

@@ -15,6 +15,7 @@ pub(super) fn serve_blobs(files: &Arc<Files>) -> Result<(), FilesError> {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
     let peer_slots = PeerSlots::new(budget::MAX_SERVES_PER_PEER);
     let partials = files.partials.clone();
+    let seeding = protocol::Seeding::default();
     // Blobs whose in-place file went away or changed: stop announcing them, or downloaders
     // keep finding this node in the DHT and keep being refused.
     let (stale_tx, mut stale_rx) = tokio::sync::mpsc::channel::<Hash>(protocol::STALE_QUEUE);
@@ -50,10 +51,16 @@ pub(super) fn serve_blobs(files: &Arc<Files>) -> Result<(), FilesError> {
                     continue;
                 }
             };
-            let (store, partials, stale) = (store.clone(), partials.clone(), stale_tx.clone());
+            let (store, partials, seeding, stale) = (
+                store.clone(),
+                partials.clone(),
+                seeding.clone(),
+                stale_tx.clone(),
+            );
             tokio::spawn(async move {
                 let _slots = slots;
-                if let Err(e) = protocol::serve_stream(store, partials, peer, stream, stale).await {
+                let served = protocol::serve_stream(store, partials, seeding, peer, stream, stale);
+                if let Err(e) = served.await {
                     tracing::debug!(%peer, "blob request failed: {e}");
                 }
             });
