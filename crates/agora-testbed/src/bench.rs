@@ -216,7 +216,23 @@ pub fn run(
             ("BENCH_RUNS", if quick { "1" } else { "3" }.into()),
         ],
     )?;
-    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "chat": chat, "ledger": ledger, "market": market, "sandbox": sandbox, "grid": grid, "docs": docs, "dashboard": dashboard});
+    // agora against aria2c on shaped links (the `swarm-wan` scenario: network namespaces, so
+    // root; without them the row says why).
+    let swarm_wan = match crate::net::check_capabilities() {
+        Ok(()) => {
+            let exe = std::env::current_exe()?.display().to_string();
+            let args = [
+                "run".to_owned(),
+                "swarm-wan".into(),
+                "--json".into(),
+                "--agora".into(),
+                agora.display().to_string(),
+            ];
+            run_script(repo, &exe, &args, &[])?["figures"].clone()
+        }
+        Err(why) => json!({ "skipped": why }),
+    };
+    let all = json!({"node": basics, "files": files, "transport": transport, "swarm": swarm, "swarm_wan": swarm_wan, "chat": chat, "ledger": ledger, "market": market, "sandbox": sandbox, "grid": grid, "docs": docs, "dashboard": dashboard});
     if json_out {
         println!("{all}");
         return Ok(());
@@ -349,6 +365,47 @@ pub fn run(
             f(&sw["vs_aria2_downloader"])
         ),
     );
+    let wan = &all["swarm_wan"];
+    if let Some(why) = wan["skipped"].as_str() {
+        row(
+            "swarm-wan: agora vs aria2c on shaped links",
+            "not run".into(),
+            why.into(),
+        );
+    } else {
+        for (name, key) in [("agora", "agora"), ("aria2c", "aria2")] {
+            let c = &wan[key];
+            row(
+                &format!("swarm-wan, {name}: 1 → 8 over 10–100 Mbit/s, 20–150 ms, 0–1 % loss"),
+                format!(
+                    "{} s (median downloader {} s) for {} MiB",
+                    c["seconds"], c["median_downloader_s"], wan["file_mib"]
+                ),
+                format!("seeder uploads {:.2} × the file", f(&c["seeder_upload_x"])),
+            );
+        }
+        row(
+            "swarm-wan: agora vs aria2c",
+            format!(
+                "{:.2} × as fast in total, {:.2} × per median downloader",
+                f(&wan["vs_aria2"]),
+                f(&wan["vs_aria2_downloader"])
+            ),
+            "target > 1, seeder upload ≤ aria2c's".into(),
+        );
+        let left = &wan["seeder_leaves"];
+        row(
+            "swarm-wan: seeder leaves at 1.5 ×",
+            format!(
+                "agora {}/{} complete, aria2c {}/{}",
+                left["agora"]["completed"],
+                left["agora"]["of"],
+                left["aria2"]["completed"],
+                left["aria2"]["of"]
+            ),
+            "every downloader should complete from the others".into(),
+        );
+    }
     let c = &all["chat"];
     row(
         "machine: loopback RTT / fdatasync p50",

@@ -5,6 +5,7 @@ pub mod churn;
 pub mod hostile;
 pub mod nat;
 pub mod partition;
+pub mod swarm_wan;
 pub mod wan;
 
 use anyhow::{Context, Result};
@@ -65,5 +66,10 @@ pub const ALL: &[Scenario] = &[
         name: "partition",
         about: "two LANs in one room split silently by their router: each half keeps messaging and posting, a message across waits, and after the heal presence, the held message and new posts cross again; 3 members of a shared note per side edit during the split and all 6 converge after the heal",
         run: partition::run,
+    },
+    Scenario {
+        name: "swarm-wan",
+        about: "one seeder and 8 downloaders on their own LANs (uplinks 10-100 Mbit/s, 20-150 ms round trips, 0-1% loss): agora's swarm against aria2c + opentracker on the same network, then both again with the seeder leaving after uploading 1.5x the file",
+        run: swarm_wan::run,
     },
 ];
