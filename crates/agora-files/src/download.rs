@@ -474,7 +474,7 @@ pub async fn fetch(
                 // serves now, if it super-seeds (`hinted`).
                 let mut peer_has: Option<ChunkRanges> = None;
                 let mut hinted = false;
-                let mut idle_since: Option<tokio::time::Instant> = None;
+                let mut idle_since: Option<(tokio::time::Instant, u64)> = None;
                 loop {
                     let banned = progress.banned.lock().unwrap().contains(&peer.to_string());
                     if banned || local_error.lock().unwrap().is_some() {
@@ -497,8 +497,8 @@ pub async fn fetch(
                         // A partial provider has nothing we need yet: look again shortly, but not
                         // forever. A super-seeder has it all: ask it for a fresh hint, for as long
                         // as the download runs.
-                        let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                        if !hinted && since.elapsed() > PARTIAL_PATIENCE {
+                        let done = progress.done.load(Ordering::Relaxed);
+                        if !hinted && stuck(&mut idle_since, done) {
                             break;
                         }
                         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -522,8 +522,7 @@ pub async fn fetch(
                         }
                         Outcome::Partial(has) => {
                             work.lock().unwrap().others_have |= has.clone();
-                            let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                            if since.elapsed() > PARTIAL_PATIENCE {
+                            if stuck(&mut idle_since, progress.done.load(Ordering::Relaxed)) {
                                 break;
                             }
                             if peer_has.as_ref() == Some(&has) {
@@ -625,6 +624,20 @@ pub async fn fetch(
     target.data.sync_all().map_err(io_err(&part))?;
     std::fs::rename(&part, dest).map_err(io_err(dest))?;
     Ok(size)
+}
+
+/// Whether a worker waiting on a partial provider should give up: only once the whole
+/// download (`done` bytes so far) has not moved for [`PARTIAL_PATIENCE`]. While other
+/// providers still deliver, this one may soon hold what is missing; a download that gave up
+/// early also stopped serving its verified part, and on slow links that failed the rest of a
+/// swarm in turn.
+fn stuck(idle: &mut Option<(tokio::time::Instant, u64)>, done: u64) -> bool {
+    let now = tokio::time::Instant::now();
+    let (since, at) = idle.get_or_insert((now, done));
+    if *at != done {
+        (*since, *at) = (now, done);
+    }
+    since.elapsed() > PARTIAL_PATIENCE
 }
 
 fn ranges_bytes(ranges: &ChunkRanges, size: u64) -> u64 {

@@ -11,7 +11,8 @@
 //! Rules, per blob, with no clock of its own (the caller passes `now`):
 //! - A piece is *due* when its sends, counting those still under way, are at most `floor`,
 //!   where `floor` is the fewest *completed* sends of any piece, raised by one for every
-//!   [`ESCALATE`] in which no due piece was asked for (so a downloader that needs a piece
+//!   [`ESCALATE`] with no send under way in which no due piece was asked for (so a downloader
+//!   that needs a piece
 //!   nobody else can give, because the peer that had it left, is served within a few
 //!   seconds); `floor` falls back to the fewest completed sends when those rise. So no piece
 //!   starts a second time before every piece has arrived once: a seeder that leaves after
@@ -156,7 +157,10 @@ impl Seeding {
         }
         blob.peers.insert(peer, now);
         let asked = pieces_of(&within_blob, chunks);
-        if now.saturating_duration_since(blob.last_due_request) >= ESCALATE {
+        // Escalate only with nothing on its way: on a slow link one send takes seconds, and
+        // a round would otherwise be cut short before its pieces have arrived.
+        let in_flight = blob.started.iter().zip(&blob.sends).any(|(s, d)| s > d);
+        if !in_flight && now.saturating_duration_since(blob.last_due_request) >= ESCALATE {
             blob.extra = blob.extra.saturating_add(1);
             blob.last_due_request = now;
         }
@@ -324,7 +328,21 @@ mod tests {
         assert!(served(&ask(&mut s, h, 2 * MIB, q, &piece(0), t)));
         // Now piece 0 went twice, piece 1 once: a third request for 0 is hinted...
         assert!(!served(&ask(&mut s, h, 2 * MIB, q, &piece(0), t)));
-        // ...until nobody asked for a due piece for ESCALATE.
+        // ...until nobody asked for a due piece for ESCALATE with nothing on its way.
+        let Decision::Serve(sent) = s.decide(h, 2 * MIB, p, &piece(1), 16, t) else {
+            panic!("piece 1 is due");
+        };
+        assert!(!served(&ask(
+            &mut s,
+            h,
+            2 * MIB,
+            q,
+            &piece(0),
+            t + ESCALATE
+        )));
+        // p's send fails: nothing is on its way now, and after ESCALATE without a due
+        // request piece 0 may go a third time.
+        s.settle(h, &sent, false);
         assert!(served(&ask(&mut s, h, 2 * MIB, q, &piece(0), t + ESCALATE)));
     }
 
