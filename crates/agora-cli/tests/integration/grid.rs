@@ -200,9 +200,13 @@ fn a_worker_killed_mid_unit_has_its_unit_issued_again() {
     let program = slow_echo(root.path(), 300_000_000);
     let dir = inputs(root.path(), 3);
     let job = submit_detached(&net[0], &program, &dir);
-    // Kill -9 the first worker seen running a unit.
-    let victim = wait_for("a worker running a unit", BUSY_WAIT, || {
-        (1..4).find(|&i| worker(&net[i])["executing"].as_u64() == Some(1))
+    // Kill -9 the first worker seen running its first units (one that has delivered nothing
+    // yet: an outcome it delivered before dying stands, and would be among the results).
+    let victim = wait_for("a worker running its first unit", BUSY_WAIT, || {
+        (1..4).find(|&i| {
+            let w = worker(&net[i]);
+            w["executing"].as_u64() >= Some(1) && w["units_run"].as_u64() == Some(0)
+        })
     });
     let victim_id = net[victim].peer_id.clone();
     net[victim].kill9();
