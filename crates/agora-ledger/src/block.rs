@@ -85,6 +85,7 @@ impl Block {
     ) -> (Block, State, Vec<Effect>, Vec<(Hash, TxError)>) {
         let mut effects = Vec::new();
         let mut state = parent.clone();
+        state.market.prepare();
         state.block_time_ms = timestamp_ms;
         let mut txs = Vec::new();
         let mut skipped = Vec::new();
@@ -141,6 +142,7 @@ impl Block {
             return Err(BlockError::TooManyTxs(self.txs.len()));
         }
         let mut state = parent.clone();
+        state.market.prepare();
         state.block_time_ms = self.timestamp_ms;
         let mut effects = Vec::with_capacity(self.txs.len());
         for (index, tx) in self.txs.iter().enumerate() {

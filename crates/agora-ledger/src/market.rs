@@ -120,6 +120,130 @@ pub struct Market {
     /// Lines and offers each account owns (each needs the owner reserve).
     pub owned: BTreeMap<Account, u32>,
     pub next_age: u64,
+    /// The hash of every offer and line, kept current as they change, for the state root
+    /// ([`Market::digest`]). Not stored: rebuilt by [`Market::prepare`] after loading.
+    #[serde(skip)]
+    digests: EntryDigests,
+}
+
+/// Per-entry hashes of the two maps that grow with use. A cache of what the maps hold, so
+/// it takes no part in comparing markets.
+#[derive(Clone, Debug, Default)]
+struct EntryDigests {
+    /// Whether the maps below are complete (false after loading until `prepare`).
+    ready: bool,
+    offers: BTreeMap<OfferId, [u8; 32]>,
+    lines: BTreeMap<(Account, Issue), [u8; 32]>,
+}
+
+impl PartialEq for EntryDigests {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for EntryDigests {}
+
+/// The hash of one map entry, under a tag naming the map.
+fn entry_digest<K: Serialize, V: Serialize>(tag: u8, key: &K, value: &V) -> [u8; 32] {
+    let bytes = postcard::to_allocvec(&(key, value)).expect("encoding cannot fail");
+    let mut h = blake3::Hasher::new();
+    h.update(&[tag]);
+    h.update(&bytes);
+    *h.finalize().as_bytes()
+}
+
+/// Brings `digests[key]` in line with `map[key]` (present or gone).
+fn keep_digest<K: Ord + Copy + Serialize, V: Serialize>(
+    map: &BTreeMap<K, V>,
+    digests: &mut BTreeMap<K, [u8; 32]>,
+    tag: u8,
+    key: K,
+) {
+    match map.get(&key) {
+        Some(value) => {
+            digests.insert(key, entry_digest(tag, &key, value));
+        }
+        None => {
+            digests.remove(&key);
+        }
+    }
+}
+
+const OFFER_TAG: u8 = 0;
+const LINE_TAG: u8 = 1;
+
+impl Market {
+    /// Builds the entry hashes if they are missing (a market just loaded or built by hand);
+    /// from then on every change keeps them current. Execution calls it on the state it
+    /// copies, so a block pays for the entries it changes, not for all of them.
+    pub fn prepare(&mut self) {
+        if self.digests.ready {
+            return;
+        }
+        self.digests.offers = self
+            .offers
+            .iter()
+            .map(|(k, v)| (*k, entry_digest(OFFER_TAG, k, v)))
+            .collect();
+        self.digests.lines = self
+            .lines
+            .iter()
+            .map(|(k, v)| (*k, entry_digest(LINE_TAG, k, v)))
+            .collect();
+        self.digests.ready = true;
+    }
+
+    fn offer_changed(&mut self, id: OfferId) {
+        if self.digests.ready {
+            keep_digest(&self.offers, &mut self.digests.offers, OFFER_TAG, id);
+        }
+    }
+
+    fn line_changed(&mut self, key: (Account, Issue)) {
+        if self.digests.ready {
+            keep_digest(&self.lines, &mut self.digests.lines, LINE_TAG, key);
+        }
+    }
+
+    /// The market's hash in the state root: the small maps encoded whole, offers and lines
+    /// through their entries' hashes in key order (one pass over 32-byte hashes when they
+    /// are kept, instead of encoding every offer each block). The same value whether the
+    /// hashes are kept or computed here.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"agora-ledger/market/2");
+        let small = postcard::to_allocvec(&(
+            &self.obligations,
+            &self.issuers,
+            &self.books,
+            &self.owned,
+            self.next_age,
+        ))
+        .expect("encoding cannot fail");
+        h.update(blake3::hash(&small).as_bytes());
+        h.update(&(self.offers.len() as u64).to_le_bytes());
+        if self.digests.ready {
+            for d in self.digests.offers.values() {
+                h.update(d);
+            }
+        } else {
+            for (k, v) in &self.offers {
+                h.update(&entry_digest(OFFER_TAG, k, v));
+            }
+        }
+        h.update(&(self.lines.len() as u64).to_le_bytes());
+        if self.digests.ready {
+            for d in self.digests.lines.values() {
+                h.update(d);
+            }
+        } else {
+            for (k, v) in &self.lines {
+                h.update(&entry_digest(LINE_TAG, k, v));
+            }
+        }
+        *h.finalize().as_bytes()
+    }
 }
 
 /// Offer options.
@@ -395,6 +519,7 @@ impl<'a> Txn<'a> {
             Some(l) => self.st.market.lines.insert(k, l),
             None => self.st.market.lines.remove(&k),
         };
+        self.st.market.line_changed(k);
         self.undo.push(Undo::Line(k, prev));
     }
 
@@ -417,6 +542,7 @@ impl<'a> Txn<'a> {
             Some(o) => self.st.market.offers.insert(id, o),
             None => self.st.market.offers.remove(&id),
         };
+        self.st.market.offer_changed(id);
         self.undo.push(Undo::Offer(id, prev));
     }
 
@@ -469,14 +595,17 @@ impl<'a> Txn<'a> {
                         self.st.accounts.remove(&a);
                     }
                 },
-                Undo::Line(k, prev) => match prev {
-                    Some(v) => {
-                        self.st.market.lines.insert(k, v);
+                Undo::Line(k, prev) => {
+                    match prev {
+                        Some(v) => {
+                            self.st.market.lines.insert(k, v);
+                        }
+                        None => {
+                            self.st.market.lines.remove(&k);
+                        }
                     }
-                    None => {
-                        self.st.market.lines.remove(&k);
-                    }
-                },
+                    self.st.market.line_changed(k);
+                }
                 Undo::Obligation(i, prev) => match prev {
                     Some(v) => {
                         self.st.market.obligations.insert(i, v);
@@ -493,14 +622,17 @@ impl<'a> Txn<'a> {
                         self.st.market.issuers.remove(&a);
                     }
                 },
-                Undo::Offer(id, prev) => match prev {
-                    Some(v) => {
-                        self.st.market.offers.insert(id, v);
+                Undo::Offer(id, prev) => {
+                    match prev {
+                        Some(v) => {
+                            self.st.market.offers.insert(id, v);
+                        }
+                        None => {
+                            self.st.market.offers.remove(&id);
+                        }
                     }
-                    None => {
-                        self.st.market.offers.remove(&id);
-                    }
-                },
+                    self.st.market.offer_changed(id);
+                }
                 Undo::Book(k, was) => {
                     if was {
                         self.st.market.books.insert(k);

@@ -491,7 +491,7 @@ impl State {
         }
         let accounts_root = level.first().copied().unwrap_or([0; 32]);
         let mut h = blake3::Hasher::new();
-        h.update(b"agora-ledger/state/1");
+        h.update(b"agora-ledger/state/2");
         h.update(&self.chain.0);
         h.update(&self.height.to_le_bytes());
         h.update(&accounts_root);
@@ -502,11 +502,8 @@ impl State {
             blake3::hash(&postcard::to_allocvec(&self.contracts).expect("encoding cannot fail"))
                 .as_bytes(),
         );
-        // The market, whole: O(lines + offers) per block.
-        h.update(
-            blake3::hash(&postcard::to_allocvec(&self.market).expect("encoding cannot fail"))
-                .as_bytes(),
-        );
+        // The market: its small maps whole, offers and lines through their kept hashes.
+        h.update(&self.market.digest());
         for v in self
             .committee
             .iter()

@@ -175,7 +175,7 @@ impl AccountTx {
 }
 
 /// An account's key, decompressed for checking its transactions' signatures.
-pub type TxKey = ed25519_consensus::VerificationKey;
+pub type TxKey = ed25519_zebra::VerificationKey;
 
 /// The key of `account`, if its bytes encode a curve point.
 pub fn tx_key(account: &Account) -> Option<TxKey> {
@@ -185,7 +185,7 @@ pub fn tx_key(account: &Account) -> Option<TxKey> {
 impl SignedAccountTx {
     /// Whether `from` signed this body for this chain.
     ///
-    /// The rules are ZIP-215's (the `ed25519-consensus` crate): the cofactored verification
+    /// The rules are ZIP-215's (the `ed25519-zebra` crate): the cofactored verification
     /// equation and a canonical `s`. Under them a batch check ([`signatures_valid`]) accepts
     /// exactly the signatures that single checks accept, so validators that batch and
     /// validators that check one by one never disagree about a block. (`verify_strict`'s
@@ -198,7 +198,7 @@ impl SignedAccountTx {
     /// The same with `from`'s key already decompressed (callers that cache keys).
     pub fn signature_valid_with(&self, key: &TxKey, chain: &Hash) -> bool {
         key.verify(
-            &ed25519_consensus::Signature::from(self.signature),
+            &ed25519_zebra::Signature::from(self.signature),
             &self.body.signing_message(chain),
         )
         .is_ok()
@@ -212,7 +212,7 @@ impl SignedAccountTx {
 /// few more batches rather than a single check each. Same rules either way, so the same
 /// verdicts.
 pub fn signatures_valid(txs: &[&SignedAccountTx], chain: &Hash) -> Vec<bool> {
-    use ed25519_consensus::{Signature as Sig, VerificationKeyBytes, batch};
+    use ed25519_zebra::{Signature as Sig, VerificationKeyBytes, batch};
     let items: Vec<batch::Item> = txs
         .iter()
         .map(|tx| {
@@ -232,18 +232,18 @@ pub fn signatures_valid(txs: &[&SignedAccountTx], chain: &Hash) -> Vec<bool> {
 /// Below this many signatures a failed batch is checked one by one.
 const SMALLEST_BATCH: usize = 8;
 
-fn check_batch(items: &[ed25519_consensus::batch::Item], valid: &mut [bool]) {
+fn check_batch(items: &[ed25519_zebra::batch::Item], valid: &mut [bool]) {
     if items.len() < SMALLEST_BATCH {
         for (item, valid) in items.iter().zip(valid.iter_mut()) {
             *valid = item.clone().verify_single().is_ok();
         }
         return;
     }
-    let mut verifier = ed25519_consensus::batch::Verifier::new();
+    let mut verifier = ed25519_zebra::batch::Verifier::new();
     for item in items {
         verifier.queue(item.clone());
     }
-    if verifier.verify(rand_core_06::OsRng).is_ok() {
+    if verifier.verify(commonware_utils::sys_rng()).is_ok() {
         valid.fill(true);
         return;
     }

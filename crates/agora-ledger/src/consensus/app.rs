@@ -481,7 +481,9 @@ where
         if let Some((mut batches, node)) = self.relay_verifier.take() {
             let chain = self.finalized.chain;
             // Signature checks of relayed batches run on the runtime's blocking-friendly pool;
-            // the task ends when the application (holding the sending side) does.
+            // the task ends when the application (holding the sending side) does. (Not at a
+            // lower priority: a block whose transactions were not checked yet has them checked
+            // on the path to finality instead, which costs more.)
             context
                 .child("relay_verify")
                 .shared(true)

@@ -295,19 +295,10 @@ impl Mempool {
 
 #[cfg(test)]
 mod tests {
-    use ed25519_dalek::SigningKey;
-
     use super::*;
     use crate::state::Genesis;
+    use crate::testing::{account, key};
     use crate::tx::{AccountTx, Action, SignedAccountTx};
-
-    fn key(i: u8) -> SigningKey {
-        SigningKey::from_bytes(&[i + 1; 32])
-    }
-
-    fn account(i: u8) -> Account {
-        Account::from_key(&key(i).verifying_key())
-    }
 
     fn state() -> State {
         State::genesis(&Genesis {

@@ -239,6 +239,13 @@ impl Ledger {
             }
             handle.transport.shutdown();
         }
+        // What this node finalized is written before it stops.
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("ledger blocks not written at shutdown: {e}"),
+            Err(e) => warn!("ledger store flush failed: {e}"),
+        }
     }
 
     /// Blocks the own consensus engine finalized: already executed and checked by it.

@@ -606,27 +606,27 @@ impl Ledger {
         let Some(state) = next_state else {
             return Ok(());
         };
-        let started = Instant::now();
-        self.store.append(&applied, &state, digest, timestamp)?;
-        tracing::debug!(
-            blocks = applied.len(),
-            height = state.height,
-            store_us = started.elapsed().as_micros() as u64,
-            "stored"
-        );
-        self.rates.lock().unwrap().applied(
-            Instant::now(),
-            applied
-                .iter()
-                .map(|(block, _, _)| (block.height, block.txs.len())),
-        );
-        let own_seq = state.account(&self.account).seq;
+        let rates: Vec<(u64, usize)> = applied
+            .iter()
+            .map(|(block, _, _)| (block.height, block.txs.len()))
+            .collect();
         // Execution compared the state's root with the block's, so it need not be recomputed
         // (a pass over every account).
-        inner.root = applied
+        let root = applied
             .last()
             .map(|(block, _, _)| block.state_root)
             .expect("at least one block applied");
+        let started = Instant::now();
+        self.store.append(applied, &state, digest, timestamp)?;
+        tracing::debug!(
+            blocks = rates.len(),
+            height = state.height,
+            queue_us = started.elapsed().as_micros() as u64,
+            "stored"
+        );
+        self.rates.lock().unwrap().applied(Instant::now(), rates);
+        let own_seq = state.account(&self.account).seq;
+        inner.root = root;
         if state.epoch_of(state.height + 1) != inner.verifier.0 {
             match Self::verifier_for(&self.chain, &state) {
                 Ok(verifier) => inner.verifier = verifier,
