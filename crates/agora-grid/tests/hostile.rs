@@ -521,22 +521,28 @@ async fn a_submitter_cannot_make_a_worker_fetch_more_than_it_claimed() {
 
     let worker = node(true, vec![addr.clone()]).await;
     worker.net.dial(addr.clone()).await.unwrap();
-    // It offers work (as a submitter does when it meets a peer).
-    let _ = net
-        .request(
-            worker.net.local_peer_id(),
-            PROTOCOL,
-            wire::encode(&Request::Offer(wire::Announce {
-                open_units: 1,
-                max_fuel: FUEL,
-            })),
-            Duration::from_secs(10),
-        )
-        .await;
+    // It offers work (as a submitter does when it meets a peer), again if an offer is lost
+    // (on a loaded machine the first can fail while the connection is still being set up).
     let grid = worker.grid.clone().unwrap();
     tokio::time::timeout(WAIT, async {
         while served.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = net
+                .request(
+                    worker.net.local_peer_id(),
+                    PROTOCOL,
+                    wire::encode(&Request::Offer(wire::Announce {
+                        open_units: 1,
+                        max_fuel: FUEL,
+                    })),
+                    Duration::from_secs(10),
+                )
+                .await;
+            for _ in 0..40 {
+                if served.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     })
     .await
