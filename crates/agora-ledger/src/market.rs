@@ -153,20 +153,43 @@ fn entry_digest<K: Serialize, V: Serialize>(tag: u8, key: &K, value: &V) -> [u8;
     *h.finalize().as_bytes()
 }
 
-/// Brings `digests[key]` in line with `map[key]` (present or gone).
-fn keep_digest<K: Ord + Copy + Serialize, V: Serialize>(
-    map: &BTreeMap<K, V>,
-    digests: &mut BTreeMap<K, [u8; 32]>,
+/// Sets `map[key]` to `value` (or removes it) and returns what was there, keeping
+/// `digests[key]` in line when the hashes are kept.
+fn put<K: Ord + Copy + Serialize, V: Serialize>(
+    map: &mut BTreeMap<K, V>,
+    digests: Option<&mut BTreeMap<K, [u8; 32]>>,
     tag: u8,
     key: K,
+    value: Option<V>,
+) -> Option<V> {
+    if let Some(digests) = digests {
+        match &value {
+            Some(v) => digests.insert(key, entry_digest(tag, &key, v)),
+            None => digests.remove(&key),
+        };
+    }
+    match value {
+        Some(v) => map.insert(key, v),
+        None => map.remove(&key),
+    }
+}
+
+/// Feeds `map`'s length and its entries' hashes, in key order, to `h`: the kept ones if
+/// there are, else computed here (the same bytes either way).
+fn hash_entries<K: Serialize, V: Serialize>(
+    h: &mut blake3::Hasher,
+    map: &BTreeMap<K, V>,
+    kept: Option<&BTreeMap<K, [u8; 32]>>,
+    tag: u8,
 ) {
-    match map.get(&key) {
-        Some(value) => {
-            digests.insert(key, entry_digest(tag, &key, value));
-        }
-        None => {
-            digests.remove(&key);
-        }
+    h.update(&(map.len() as u64).to_le_bytes());
+    match kept {
+        Some(kept) => kept.values().for_each(|d| {
+            h.update(d);
+        }),
+        None => map.iter().for_each(|(k, v)| {
+            h.update(&entry_digest(tag, k, v));
+        }),
     }
 }
 
@@ -194,16 +217,18 @@ impl Market {
         self.digests.ready = true;
     }
 
-    fn offer_changed(&mut self, id: OfferId) {
-        if self.digests.ready {
-            keep_digest(&self.offers, &mut self.digests.offers, OFFER_TAG, id);
-        }
+    /// Sets or removes an offer (its hash follows): the only way offers change.
+    fn put_offer(&mut self, id: OfferId, offer: Option<Offer>) -> Option<Offer> {
+        let ready = self.digests.ready;
+        let digests = ready.then_some(&mut self.digests.offers);
+        put(&mut self.offers, digests, OFFER_TAG, id, offer)
     }
 
-    fn line_changed(&mut self, key: (Account, Issue)) {
-        if self.digests.ready {
-            keep_digest(&self.lines, &mut self.digests.lines, LINE_TAG, key);
-        }
+    /// Sets or removes a trust line (its hash follows): the only way lines change.
+    fn put_line(&mut self, key: (Account, Issue), line: Option<Line>) -> Option<Line> {
+        let ready = self.digests.ready;
+        let digests = ready.then_some(&mut self.digests.lines);
+        put(&mut self.lines, digests, LINE_TAG, key, line)
     }
 
     /// The market's hash in the state root: the small maps encoded whole, offers and lines
@@ -222,26 +247,19 @@ impl Market {
         ))
         .expect("encoding cannot fail");
         h.update(blake3::hash(&small).as_bytes());
-        h.update(&(self.offers.len() as u64).to_le_bytes());
-        if self.digests.ready {
-            for d in self.digests.offers.values() {
-                h.update(d);
-            }
-        } else {
-            for (k, v) in &self.offers {
-                h.update(&entry_digest(OFFER_TAG, k, v));
-            }
-        }
-        h.update(&(self.lines.len() as u64).to_le_bytes());
-        if self.digests.ready {
-            for d in self.digests.lines.values() {
-                h.update(d);
-            }
-        } else {
-            for (k, v) in &self.lines {
-                h.update(&entry_digest(LINE_TAG, k, v));
-            }
-        }
+        let ready = self.digests.ready;
+        hash_entries(
+            &mut h,
+            &self.offers,
+            ready.then_some(&self.digests.offers),
+            OFFER_TAG,
+        );
+        hash_entries(
+            &mut h,
+            &self.lines,
+            ready.then_some(&self.digests.lines),
+            LINE_TAG,
+        );
         *h.finalize().as_bytes()
     }
 }
@@ -515,11 +533,7 @@ impl<'a> Txn<'a> {
     }
 
     fn set_line(&mut self, k: (Account, Issue), v: Option<Line>) {
-        let prev = match v {
-            Some(l) => self.st.market.lines.insert(k, l),
-            None => self.st.market.lines.remove(&k),
-        };
-        self.st.market.line_changed(k);
+        let prev = self.st.market.put_line(k, v);
         self.undo.push(Undo::Line(k, prev));
     }
 
@@ -538,11 +552,7 @@ impl<'a> Txn<'a> {
     }
 
     fn set_offer(&mut self, id: OfferId, v: Option<Offer>) {
-        let prev = match v {
-            Some(o) => self.st.market.offers.insert(id, o),
-            None => self.st.market.offers.remove(&id),
-        };
-        self.st.market.offer_changed(id);
+        let prev = self.st.market.put_offer(id, v);
         self.undo.push(Undo::Offer(id, prev));
     }
 
@@ -596,15 +606,7 @@ impl<'a> Txn<'a> {
                     }
                 },
                 Undo::Line(k, prev) => {
-                    match prev {
-                        Some(v) => {
-                            self.st.market.lines.insert(k, v);
-                        }
-                        None => {
-                            self.st.market.lines.remove(&k);
-                        }
-                    }
-                    self.st.market.line_changed(k);
+                    self.st.market.put_line(k, prev);
                 }
                 Undo::Obligation(i, prev) => match prev {
                     Some(v) => {
@@ -623,15 +625,7 @@ impl<'a> Txn<'a> {
                     }
                 },
                 Undo::Offer(id, prev) => {
-                    match prev {
-                        Some(v) => {
-                            self.st.market.offers.insert(id, v);
-                        }
-                        None => {
-                            self.st.market.offers.remove(&id);
-                        }
-                    }
-                    self.st.market.offer_changed(id);
+                    self.st.market.put_offer(id, prev);
                 }
                 Undo::Book(k, was) => {
                     if was {
