@@ -1,14 +1,19 @@
 //! Multi-source verified download of one blob.
 //!
-//! The missing part of the blob is cut into 1 MiB pieces. One worker per provider takes
-//! pieces (a few at a time) and fetches them over [`PROTOCOL`];
+//! The missing part of the blob is cut into 256 KiB pieces. Workers per provider take pieces
+//! and fetch them over [`PROTOCOL`], as many at a time as that provider delivers in about
+//! two seconds (its [`Meter`]: a fast provider gets 4 MiB requests back to back, a slow or
+//! lossy one a single piece at a time, so it never holds much of the download hostage);
 //! every chunk group is verified against the blob's hash before it is written at its offset
 //! in `<dest>.agora-part`, and every verified parent hash is saved in the partial outboard.
 //! A provider that sends a bad chunk group is banned for this download at that group; one that
-//! stalls (no byte for [`STALL_TIMEOUT`]) is dropped and its pieces go back to the queue. When
-//! the queue is empty, idle workers duplicate pieces still in flight elsewhere (end game), so a
-//! slow provider does not hold up the end. A restarted download finds what is already verified
-//! by re-hashing the partial file against the partial outboard and fetches only the rest.
+//! stalls (no byte for [`STALL_TIMEOUT`]) is dropped and its pieces go back to the queue. A
+//! piece in flight at one provider for much longer than another would take is duplicated
+//! there (a straggler), and when the queue is empty idle workers duplicate pieces still in
+//! flight elsewhere (end game); a duplicate asks only for what has not arrived yet, and the
+//! request that loses the race stops once all its pieces are done. A restarted download
+//! finds what is already verified by re-hashing the partial file against the partial
+//! outboard and fetches only the rest.
 //! The destination appears, by rename, only when every group is verified, and after the
 //! last write to it: writes of stragglers still in flight are shut out first
 //! (`Target::close`).
@@ -44,21 +49,31 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::{
     BLOCK_SIZE, Hash,
-    proto::picker::Picker,
+    proto::{meter::Meter, picker::Picker},
     protocol::{PROTOCOL, Request, Response, read_limited_frame, write_frame},
 };
 
-/// Size of a piece, in 1 KiB chunks (1 MiB).
-const PIECE_CHUNKS: u64 = 1024;
+/// Size of a piece, in 1 KiB chunks (256 KiB, as the seeder counts them).
+const PIECE_CHUNKS: u64 = crate::proto::seeding::PIECE_CHUNKS;
+const PIECE_BYTES: u64 = PIECE_CHUNKS * 1024;
 /// Largest run of verified data written with one pwrite.
 const COALESCE: usize = 1024 * 1024;
-/// Pieces asked for in one request. Each request is a new stream, whose yamux window starts
-/// at 256 KiB and grows as it is read: 4 MiB responses ran a loopback get at 445–560 MiB/s
+/// Most pieces asked for in one request (4 MiB), from a provider fast enough to deliver them
+/// within [`crate::proto::meter::HORIZON`]. Each request is a new stream, whose yamux window starts at
+/// 256 KiB and grows as it is read: 4 MiB responses ran a loopback get at 445–560 MiB/s
 /// against 406–491 for 2 MiB ones (same run; 8 requests of 2 MiB gave 477–491).
-const PIECES_PER_REQUEST: usize = 4;
-/// Requests in flight per provider, so the link is not idle between a response and the next
-/// request.
+const MAX_PIECES_PER_REQUEST: usize = 16;
+/// Requests in flight per provider at most, so the link is not idle between a response and
+/// the next request; fewer when [`Meter::room`] says the provider has enough to do.
 const REQUESTS_PER_PROVIDER: usize = 4;
+/// Bytes asked of a provider whose rate is not known yet.
+const FIRST_ALLOWANCE: u64 = 2 * PIECE_BYTES;
+/// A piece in flight elsewhere for this long, and for twice as long as this provider would
+/// take, may be duplicated here before the end game (see [`Picker::take`]).
+const STRAGGLER_AFTER: Duration = Duration::from_secs(4);
+/// How often a request reports what it delivered and looks whether its pieces were done
+/// elsewhere.
+const REPORT_EVERY: Duration = Duration::from_millis(50);
 /// Longest wait for a stream to a provider (opening one to an unreachable peer can wait for a
 /// dial that never completes).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -116,6 +131,8 @@ enum Outcome {
     Local(io::Error),
     /// The provider is downloading it too and has only these ranges so far.
     Partial(ChunkRanges),
+    /// Every piece asked for was done by another provider first: stopped.
+    Cancelled,
     /// The provider has it all but super-seeds: it serves these ranges now (see
     /// [`crate::proto::seeding`]).
     Hint(ChunkRanges),
@@ -216,6 +233,14 @@ impl Target {
     /// Refuses every later write, once the ones in progress are done.
     fn close(&self) {
         *self.open.write().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+
+    /// The chunk ranges verified and written so far.
+    fn verified(&self) -> ChunkRanges {
+        match self.have.lock().unwrap().as_ref() {
+            Some(partial) => partial.have.lock().unwrap().clone(),
+            None => ChunkRanges::empty(),
+        }
     }
 
     fn outboard(&self) -> io::Result<PreOrderOutboard<File>> {
@@ -330,6 +355,7 @@ pub async fn fetch(
             }
         }
     };
+    tracing::debug!(size, "size verified");
     let max = progress.max_size.load(Ordering::Relaxed);
     if max > 0 && size > max {
         return Err(FetchError::TooLarge {
@@ -458,14 +484,16 @@ pub async fn fetch(
     let local_error = Arc::new(Mutex::new(None::<io::Error>));
     let mut workers = tokio::task::JoinSet::new();
     let spawn_for = |workers: &mut tokio::task::JoinSet<()>, peer: PeerId| {
+        let meter = Arc::new(Mutex::new(Meter::default()));
         for _ in 0..REQUESTS_PER_PROVIDER {
-            let (net, work, target, progress, reasons, local_error) = (
+            let (net, work, target, progress, reasons, local_error, meter) = (
                 net.clone(),
                 work.clone(),
                 target.clone(),
                 progress.clone(),
                 reasons.clone(),
                 local_error.clone(),
+                meter.clone(),
             );
             workers.spawn(async move {
                 progress.peers.fetch_add(1, Ordering::Relaxed);
@@ -480,10 +508,27 @@ pub async fn fetch(
                     if banned || local_error.lock().unwrap().is_some() {
                         break;
                     }
-                    let taken =
-                        work.lock()
-                            .unwrap()
-                            .take(PIECES_PER_REQUEST, peer_has.as_ref(), peer);
+                    // As much as keeps this provider busy for the horizon; nothing more while
+                    // it has that much to do.
+                    let now = std::time::Instant::now();
+                    let (n, stragglers_after) = {
+                        let meter = meter.lock().unwrap();
+                        let room = meter.room(PIECE_BYTES, FIRST_ALLOWANCE, now);
+                        let eta = meter.eta(PIECE_BYTES, now);
+                        let n = ((room / PIECE_BYTES) as usize).min(MAX_PIECES_PER_REQUEST);
+                        (n, eta.map(|eta| (eta * 2).max(STRAGGLER_AFTER)))
+                    };
+                    if n == 0 {
+                        tokio::time::sleep(REPORT_EVERY).await;
+                        continue;
+                    }
+                    let taken = work.lock().unwrap().take(
+                        n,
+                        peer_has.as_ref(),
+                        peer,
+                        now,
+                        stragglers_after,
+                    );
                     let Some((idx, ranges)) = taken else {
                         if work.lock().unwrap().complete() {
                             break;
@@ -505,10 +550,34 @@ pub async fn fetch(
                         peer_has = None;
                         continue;
                     };
-                    let outcome = fetch_ranges(&net, peer, &target, ranges, &progress).await;
+                    // A duplicate asks only for what has not arrived from the first provider.
+                    let verified = target.verified();
+                    let ranges = ranges - verified;
+                    let asked = tokio::time::Instant::now();
+                    let bytes = ranges_bytes(&ranges, target.tree.size());
+                    let outcome = if ranges.is_empty() {
+                        Outcome::Ok
+                    } else {
+                        let done_elsewhere = || work.lock().unwrap().all_done(&idx);
+                        let request = Ask {
+                            peer,
+                            ranges,
+                            meter: &meter,
+                            done_elsewhere: &done_elsewhere,
+                        };
+                        fetch_ranges(&net, &target, request, &progress).await
+                    };
                     let ok = matches!(outcome, Outcome::Ok);
+                    tracing::debug!(
+                        %peer,
+                        bytes,
+                        ok,
+                        ms = asked.elapsed().as_millis() as u64,
+                        "request ended"
+                    );
                     work.lock().unwrap().finish(&idx, ok, peer);
                     match outcome {
+                        Outcome::Cancelled => {}
                         Outcome::Ok => {
                             (failures, refusals) = (0, 0);
                             idle_since = None;
@@ -699,10 +768,13 @@ async fn open_request(
     futures::AsyncWriteExt::close(&mut stream)
         .await
         .map_err(unanswered)?;
-    let frame = tokio::time::timeout(STALL_TIMEOUT, read_limited_frame(&mut stream, 4096))
-        .await
-        .map_err(|_| RequestError::Failed("no response within the timeout".into()))?
-        .map_err(unanswered)?;
+    let frame = tokio::time::timeout(
+        STALL_TIMEOUT,
+        read_limited_frame(&mut stream, crate::protocol::MAX_RESPONSE_HEADER),
+    )
+    .await
+    .map_err(|_| RequestError::Failed("no response within the timeout".into()))?
+    .map_err(unanswered)?;
     let response = crate::wire::decode(&frame)
         .map_err(|e| RequestError::Failed(format!("bad response: {e}")))?;
     if let Response::Busy(why) = response {
@@ -785,13 +857,45 @@ fn response_decoder(
     ResponseDecoder::new(hash, ranges, tree, iroh_io::TokioStreamReader::new(reader))
 }
 
+/// One request of a download to one provider.
+struct Ask<'a> {
+    peer: PeerId,
+    ranges: ChunkRanges,
+    /// The provider's meter: told when the request starts, what arrives, and how it ends.
+    meter: &'a Mutex<Meter>,
+    /// Whether every piece of this request was done by another provider (it can stop).
+    done_elsewhere: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// Fetches and verifies one request, keeping the provider's meter up to date.
 async fn fetch_ranges(
     net: &Handle,
-    peer: PeerId,
     target: &Arc<Target>,
-    ranges: ChunkRanges,
+    ask: Ask<'_>,
     progress: &Arc<Progress>,
 ) -> Outcome {
+    let bytes = ranges_bytes(&ask.ranges, target.tree.size());
+    ask.meter
+        .lock()
+        .unwrap()
+        .start(bytes, std::time::Instant::now());
+    let mut delivered = 0u64;
+    let outcome = fetch_metered(net, target, &ask, progress, &mut delivered).await;
+    ask.meter
+        .lock()
+        .unwrap()
+        .end(bytes.saturating_sub(delivered), std::time::Instant::now());
+    outcome
+}
+
+async fn fetch_metered(
+    net: &Handle,
+    target: &Arc<Target>,
+    ask: &Ask<'_>,
+    progress: &Arc<Progress>,
+    delivered: &mut u64,
+) -> Outcome {
+    let (peer, ranges) = (ask.peer, ask.ranges.clone());
     let request = Request::new(&target.hash, &ranges);
     let (stream, response) = match open_request(net, peer, &request).await {
         Ok(ok) => ok,
@@ -821,7 +925,21 @@ async fn fetch_ranges(
     // The write of the previous batch, still going while the next one is read: the stream
     // keeps flowing (its window is only reopened as it is read) while the disk works.
     let mut writing: Option<Write> = None;
+    // Leaf bytes not yet reported to the meter, and when they last were.
+    let (mut unreported, mut reported) = (0u64, std::time::Instant::now());
     loop {
+        let now = std::time::Instant::now();
+        if now.duration_since(reported) >= REPORT_EVERY {
+            ask.meter.lock().unwrap().delivered(unreported, now);
+            *delivered += unreported;
+            (unreported, reported) = (0, now);
+            if (ask.done_elsewhere)() {
+                return match batch.finish(writing, target, progress).await {
+                    Err(e) => Outcome::Local(e),
+                    Ok(()) => Outcome::Cancelled,
+                };
+            }
+        }
         let item = match decoder.next().await {
             ResponseDecoderNext::More((next, item)) => {
                 decoder = next;
@@ -840,6 +958,7 @@ async fn fetch_ranges(
                     batch.offset = offset;
                 }
                 batch.len += data.len();
+                unreported += data.len() as u64;
                 batch.leaves.push(data);
             }
             Err(e) => {
@@ -856,6 +975,11 @@ async fn fetch_ranges(
             }
         }
     }
+    ask.meter
+        .lock()
+        .unwrap()
+        .delivered(unreported, std::time::Instant::now());
+    *delivered += unreported;
     match batch.finish(writing, target, progress).await {
         Err(e) => Outcome::Local(e),
         Ok(()) => Outcome::Ok,

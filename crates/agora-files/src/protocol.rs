@@ -24,8 +24,11 @@ use crate::{BLOCK_SIZE, Hash, store::Store};
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/blobs/1.0.0");
 /// Largest request frame.
 pub const MAX_REQUEST_LEN: usize = 16 * 1024;
-/// Most ranges in one request.
+/// Most ranges in one request or response.
 pub const MAX_RANGES: usize = 256;
+/// Largest response header frame (a [`Response`] with [`MAX_RANGES`] ranges of 10-byte
+/// varints fits).
+pub const MAX_RESPONSE_HEADER: usize = 8 * 1024;
 /// Streams served at once; more are refused.
 pub const MAX_CONCURRENT_SERVES: usize = 32;
 /// How long one chunk of a response may wait for the reader: a reader that stalls longer
@@ -76,6 +79,16 @@ pub fn ranges_to_pairs(ranges: &ChunkRanges) -> Vec<(u64, Option<u64>)> {
         .chunks(2)
         .map(|pair| (pair[0].0, pair.get(1).map(|e| e.0)))
         .collect()
+}
+
+/// Ranges told to a requester (what a partial download has, what a super-seeder serves): the
+/// first [`MAX_RANGES`] of them, a subset that is still true, so the response fits in
+/// [`MAX_RESPONSE_HEADER`] however fragmented the set (a swarm's downloaders fetch their
+/// pieces in scattered order).
+pub fn advertised(ranges: &ChunkRanges) -> Vec<(u64, Option<u64>)> {
+    let mut pairs = ranges_to_pairs(ranges);
+    pairs.truncate(MAX_RANGES);
+    pairs
 }
 
 /// The inverse of [`ranges_to_pairs`], for untrusted input: unsorted or overlapping pairs are
@@ -179,7 +192,7 @@ pub async fn serve_stream(
                 None => {
                     let response = Response::Partial {
                         size: partial.size,
-                        have: ranges_to_pairs(&have),
+                        have: advertised(&have),
                     };
                     write_frame(&mut stream, &response).await?;
                     return Ok(());
@@ -209,7 +222,7 @@ pub async fn serve_stream(
             crate::proto::seeding::Decision::Hint(serves) => {
                 tracing::debug!(%peer, hash = %hash.to_hex(), "super-seeding: hinted");
                 let response = Response::Hint {
-                    have: ranges_to_pairs(&serves),
+                    have: advertised(&serves),
                 };
                 write_frame(&mut stream, &response).await?;
                 return stream.close().await;

@@ -12,11 +12,15 @@
 //! - A piece is *due* when its sends, counting those still under way, are at most `floor`,
 //!   where `floor` is the fewest *completed* sends of any piece, raised by one for every
 //!   [`ESCALATE`] with no send under way in which no due piece was asked for (so a downloader
-//!   that needs a piece
-//!   nobody else can give, because the peer that had it left, is served within a few
-//!   seconds); `floor` falls back to the fewest completed sends when those rise. So no piece
-//!   starts a second time before every piece has arrived once: a seeder that leaves after
-//!   that leaves nothing missing. A send that fails is not counted.
+//!   that needs a piece nobody else can give, because the peer that had it left, is served
+//!   within a few seconds), and for every [`ESCALATE_BUSY`] in which no due piece was asked
+//!   for even with sends under way (the end of a swarm on slow links: every piece has gone
+//!   out, some are still crawling to slow peers, and the downloaders that want them would
+//!   otherwise wait on those peers while the seeder's uplink idles); `floor` falls back to
+//!   the fewest completed sends when those rise. So no piece starts a second time before
+//!   every piece has started once, and, unless nobody asked for a piece due for
+//!   [`ESCALATE_BUSY`], arrived once: a seeder that leaves after that leaves nothing
+//!   missing. A send that fails is not counted.
 //! - A request is served when all its pieces are due, when it asks for the last chunk group
 //!   only (the size probe that starts every download), or when only one peer has asked for
 //!   the blob within [`SWARM_WINDOW`] (super-seeding one downloader would only slow it).
@@ -33,10 +37,14 @@ use libp2p::PeerId;
 
 use crate::Hash;
 
-/// Chunks (1 KiB) per piece: the downloader's piece size.
-pub const PIECE_CHUNKS: u64 = 1024;
+/// Chunks (1 KiB) per piece: the downloader's piece size (256 KiB, as BitTorrent's common
+/// piece size: small enough that a slow provider holds little of a download at a time).
+pub const PIECE_CHUNKS: u64 = 256;
 /// Time without a request for a due piece after which one more send is allowed everywhere.
 pub const ESCALATE: Duration = Duration::from_secs(1);
+/// Time without a request for a due piece after which one more send is allowed everywhere,
+/// even while sends are under way.
+pub const ESCALATE_BUSY: Duration = Duration::from_secs(3);
 /// Requesters seen within this window make a swarm.
 pub const SWARM_WINDOW: Duration = Duration::from_secs(10);
 /// Blobs tracked at once.
@@ -160,7 +168,8 @@ impl Seeding {
         // Escalate only with nothing on its way: on a slow link one send takes seconds, and
         // a round would otherwise be cut short before its pieces have arrived.
         let in_flight = blob.started.iter().zip(&blob.sends).any(|(s, d)| s > d);
-        if !in_flight && now.saturating_duration_since(blob.last_due_request) >= ESCALATE {
+        let waited = now.saturating_duration_since(blob.last_due_request);
+        if (!in_flight && waited >= ESCALATE) || waited >= ESCALATE_BUSY {
             blob.extra = blob.extra.saturating_add(1);
             blob.last_due_request = now;
         }
@@ -211,7 +220,8 @@ impl Seeding {
 mod tests {
     use super::*;
 
-    const MIB: u64 = 1 << 20;
+    /// Bytes in a piece: the blobs below are 2 or 4 pieces long.
+    const PIECE: u64 = PIECE_CHUNKS * 1024;
 
     fn piece(i: u64) -> ChunkRanges {
         ChunkRanges::from(ChunkNum(i * PIECE_CHUNKS)..ChunkNum((i + 1) * PIECE_CHUNKS))
@@ -242,7 +252,7 @@ mod tests {
         let mut s = Seeding::default();
         let (h, p, t) = (blake3::hash(b"a"), PeerId::random(), Instant::now());
         for _ in 0..3 {
-            assert!(served(&ask(&mut s, h, 4 * MIB, p, &piece(0), t)));
+            assert!(served(&ask(&mut s, h, 4 * PIECE, p, &piece(0), t)));
         }
     }
 
@@ -252,19 +262,19 @@ mod tests {
         let (h, t) = (blake3::hash(b"a"), Instant::now());
         let (p, q) = (PeerId::random(), PeerId::random());
         assert_eq!(
-            ask(&mut s, h, 4 * MIB, p, &piece(0), t),
+            ask(&mut s, h, 4 * PIECE, p, &piece(0), t),
             Decision::Serve(vec![0])
         );
         // q asks for the same piece: it is told to ask for the three not yet sent.
-        let hint = ask(&mut s, h, 4 * MIB, q, &piece(0), t);
+        let hint = ask(&mut s, h, 4 * PIECE, q, &piece(0), t);
         assert_eq!(hint, Decision::Hint(piece(1) | piece(2) | piece(3)));
         for i in 1..4 {
-            assert!(served(&ask(&mut s, h, 4 * MIB, q, &piece(i), t)));
+            assert!(served(&ask(&mut s, h, 4 * PIECE, q, &piece(i), t)));
         }
         // Every piece has gone once: each may go a second time.
-        assert!(served(&ask(&mut s, h, 4 * MIB, q, &piece(0), t)));
+        assert!(served(&ask(&mut s, h, 4 * PIECE, q, &piece(0), t)));
         assert_eq!(
-            ask(&mut s, h, 4 * MIB, p, &piece(0), t),
+            ask(&mut s, h, 4 * PIECE, p, &piece(0), t),
             Decision::Hint(piece(1) | piece(2) | piece(3))
         );
     }
@@ -274,24 +284,24 @@ mod tests {
         let mut s = Seeding::default();
         let (h, t) = (blake3::hash(b"a"), Instant::now());
         let (p, q) = (PeerId::random(), PeerId::random());
-        let Decision::Serve(first) = s.decide(h, 2 * MIB, p, &piece(0), 16, t) else {
+        let Decision::Serve(first) = s.decide(h, 2 * PIECE, p, &piece(0), 16, t) else {
             panic!("the first request is served");
         };
-        assert!(served(&ask(&mut s, h, 2 * MIB, q, &piece(1), t)));
+        assert!(served(&ask(&mut s, h, 2 * PIECE, q, &piece(1), t)));
         // Piece 0 is still on its way to p: nothing may go twice yet.
         assert_eq!(
-            s.decide(h, 2 * MIB, q, &piece(1), 16, t),
+            s.decide(h, 2 * PIECE, q, &piece(1), 16, t),
             Decision::Hint(ChunkRanges::empty())
         );
         // The send of piece 0 fails: it is due again, and nothing else is.
         s.settle(h, &first, false);
         assert_eq!(
-            s.decide(h, 2 * MIB, q, &piece(1), 16, t),
+            s.decide(h, 2 * PIECE, q, &piece(1), 16, t),
             Decision::Hint(piece(0))
         );
-        assert!(served(&ask(&mut s, h, 2 * MIB, q, &piece(0), t)));
+        assert!(served(&ask(&mut s, h, 2 * PIECE, q, &piece(0), t)));
         // Both arrived once: a second round may begin.
-        assert!(served(&ask(&mut s, h, 2 * MIB, p, &piece(1), t)));
+        assert!(served(&ask(&mut s, h, 2 * PIECE, p, &piece(1), t)));
     }
 
     #[test]
@@ -299,16 +309,16 @@ mod tests {
         let mut s = Seeding::default();
         let (h, t) = (blake3::hash(b"a"), Instant::now());
         let (p, q) = (PeerId::random(), PeerId::random());
-        ask(&mut s, h, 4 * MIB, p, &piece(0), t);
-        ask(&mut s, h, 4 * MIB, q, &piece(1), t);
+        ask(&mut s, h, 4 * PIECE, p, &piece(0), t);
+        ask(&mut s, h, 4 * PIECE, q, &piece(1), t);
         let probe = ChunkRanges::from(ChunkNum(u64::MAX >> 12)..);
         assert_eq!(
-            ask(&mut s, h, 4 * MIB, q, &probe, t),
+            ask(&mut s, h, 4 * PIECE, q, &probe, t),
             Decision::Serve(vec![])
         );
         let tail = ChunkRanges::from(ChunkNum(4 * PIECE_CHUNKS - 16)..);
         assert_eq!(
-            ask(&mut s, h, 4 * MIB, p, &tail, t),
+            ask(&mut s, h, 4 * PIECE, p, &tail, t),
             Decision::Serve(vec![])
         );
     }
@@ -318,24 +328,24 @@ mod tests {
         let mut s = Seeding::default();
         let (h, t) = (blake3::hash(b"a"), Instant::now());
         let (p, q) = (PeerId::random(), PeerId::random());
-        ask(&mut s, h, 2 * MIB, p, &piece(0), t);
+        ask(&mut s, h, 2 * PIECE, p, &piece(0), t);
         assert_eq!(
-            ask(&mut s, h, 2 * MIB, q, &piece(0), t),
+            ask(&mut s, h, 2 * PIECE, q, &piece(0), t),
             Decision::Hint(piece(1))
         );
-        assert!(served(&ask(&mut s, h, 2 * MIB, q, &piece(1), t)));
+        assert!(served(&ask(&mut s, h, 2 * PIECE, q, &piece(1), t)));
         // Both pieces sent once: piece 0 is due again at once.
-        assert!(served(&ask(&mut s, h, 2 * MIB, q, &piece(0), t)));
+        assert!(served(&ask(&mut s, h, 2 * PIECE, q, &piece(0), t)));
         // Now piece 0 went twice, piece 1 once: a third request for 0 is hinted...
-        assert!(!served(&ask(&mut s, h, 2 * MIB, q, &piece(0), t)));
+        assert!(!served(&ask(&mut s, h, 2 * PIECE, q, &piece(0), t)));
         // ...until nobody asked for a due piece for ESCALATE with nothing on its way.
-        let Decision::Serve(sent) = s.decide(h, 2 * MIB, p, &piece(1), 16, t) else {
+        let Decision::Serve(sent) = s.decide(h, 2 * PIECE, p, &piece(1), 16, t) else {
             panic!("piece 1 is due");
         };
         assert!(!served(&ask(
             &mut s,
             h,
-            2 * MIB,
+            2 * PIECE,
             q,
             &piece(0),
             t + ESCALATE
@@ -343,7 +353,33 @@ mod tests {
         // p's send fails: nothing is on its way now, and after ESCALATE without a due
         // request piece 0 may go a third time.
         s.settle(h, &sent, false);
-        assert!(served(&ask(&mut s, h, 2 * MIB, q, &piece(0), t + ESCALATE)));
+        assert!(served(&ask(
+            &mut s,
+            h,
+            2 * PIECE,
+            q,
+            &piece(0),
+            t + ESCALATE
+        )));
+    }
+
+    #[test]
+    fn a_seeder_with_sends_under_way_helps_once_nobody_wants_a_due_piece_for_a_while() {
+        let mut s = Seeding::default();
+        let (h, t) = (blake3::hash(b"a"), Instant::now());
+        let (p, q) = (PeerId::random(), PeerId::random());
+        // Piece 0 reached p; piece 1 went out too and is still crawling to p on a slow link.
+        assert!(served(&ask(&mut s, h, 2 * PIECE, p, &piece(0), t)));
+        let Decision::Serve(crawling) = s.decide(h, 2 * PIECE, p, &piece(1), 16, t) else {
+            panic!("piece 1 is due");
+        };
+        // q wants piece 0 and nobody asks for a due piece: hinted while the send is young...
+        let soon = t + ESCALATE;
+        assert!(!served(&ask(&mut s, h, 2 * PIECE, q, &piece(0), soon)));
+        // ...served once nobody asked for one for ESCALATE_BUSY, though p's send goes on.
+        let later = t + ESCALATE_BUSY;
+        assert!(served(&ask(&mut s, h, 2 * PIECE, q, &piece(0), later)));
+        s.settle(h, &crawling, true);
     }
 
     #[test]
@@ -352,12 +388,12 @@ mod tests {
         let t = Instant::now();
         for i in 0..(MAX_BLOBS as u32 + 10) {
             let h = blake3::hash(&i.to_le_bytes());
-            ask(&mut s, h, 2 * MIB, PeerId::random(), &piece(0), t);
+            ask(&mut s, h, 2 * PIECE, PeerId::random(), &piece(0), t);
         }
         assert_eq!(s.blobs.len(), MAX_BLOBS);
         let h = blake3::hash(b"many");
         for _ in 0..(MAX_PEERS + 10) {
-            ask(&mut s, h, 2 * MIB, PeerId::random(), &piece(0), t);
+            ask(&mut s, h, 2 * PIECE, PeerId::random(), &piece(0), t);
         }
         assert!(s.blobs[&h].peers.len() <= MAX_PEERS);
     }

@@ -171,11 +171,17 @@ impl Files {
             }
         };
         let held = usable();
+        let looking = std::time::Instant::now();
         let providers = if held.is_some() {
             Vec::new()
         } else {
             self.providers(hash, ticket.as_ref()).await
         };
+        tracing::debug!(
+            providers = providers.len(),
+            ms = looking.elapsed().as_millis() as u64,
+            "provider lookup done"
+        );
         let root_meta = match held {
             Some(meta) => {
                 progress.total.store(meta.size, Ordering::Relaxed);
@@ -225,7 +231,12 @@ impl Files {
                     })?;
                 let _ = self.net.provide(hash.as_bytes().to_vec()).await;
                 let meta = self.store.get(&hash).ok().flatten().expect("just adopted");
-                self.publish_name(&meta.name, meta.size, &hash).await;
+                // The name goes to the keyword index in the background, as a share's does:
+                // a DHT lookup per keyword took 2 s on 40–150 ms links, and the user's file
+                // is in place already.
+                let this = self.clone();
+                let (name, size) = (meta.name.clone(), meta.size);
+                tokio::spawn(async move { this.publish_name(&name, size, &hash).await });
                 meta
             }
         };

@@ -21,6 +21,9 @@
 //! the file, and `load`: how busy the machine, the link agents and the client's own processes
 //! were (on a small machine the emulation and the clients share the same cores).
 //!
+//! `SWARM_WAN_ONLY=agora,aria2,agora-leave,aria2-leave` (any of them) runs only those phases,
+//! for work on one client; the others are reported as `{"skipped": true}`.
+//!
 //! Every copy is checked byte for byte. Fails only on breakage: a copy that differs, a client
 //! that cannot run, a normal-mode download that does not complete. Losing the race, or a
 //! client that cannot finish once the seeder left, is reported, not failed.
@@ -855,10 +858,29 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     }
     fs::write(&file, &data)?;
 
-    let agora = agora_phase(ctx, tb, &data, &file, false, &agents)?;
-    let aria2 = aria2_phase(tb, &data, &file, false, &agents)?;
-    let agora_leave = agora_phase(ctx, tb, &data, &file, true, &agents)?;
-    let aria2_leave = aria2_phase(tb, &data, &file, true, &agents)?;
+    let only = std::env::var("SWARM_WAN_ONLY").unwrap_or_default();
+    let want = |phase: &str| only.is_empty() || only.split(',').any(|p| p == phase);
+    let skip = || json!({"skipped": true});
+    let agora = if want("agora") {
+        agora_phase(ctx, tb, &data, &file, false, &agents)?
+    } else {
+        skip()
+    };
+    let aria2 = if want("aria2") {
+        aria2_phase(tb, &data, &file, false, &agents)?
+    } else {
+        skip()
+    };
+    let agora_leave = if want("agora-leave") {
+        agora_phase(ctx, tb, &data, &file, true, &agents)?
+    } else {
+        skip()
+    };
+    let aria2_leave = if want("aria2-leave") {
+        aria2_phase(tb, &data, &file, true, &agents)?
+    } else {
+        skip()
+    };
 
     let ratio = |k: &str| match (aria2[k].as_f64(), agora[k].as_f64()) {
         (Some(a), Some(b)) if b > 0.0 => json!(r2(a / b)),
