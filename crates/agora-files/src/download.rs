@@ -71,6 +71,9 @@ const FIRST_ALLOWANCE: u64 = 2 * PIECE_BYTES;
 /// A piece in flight elsewhere for this long, and for twice as long as this provider would
 /// take, may be duplicated here before the end game (see [`Picker::take`]).
 const STRAGGLER_AFTER: Duration = Duration::from_secs(4);
+/// How long a worker waits before asking again a provider that had nothing it needs (a
+/// partial one) or hinted only at pieces it has (a super-seeder).
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
 /// How often a request reports what it delivered and looks whether its pieces were done
 /// elsewhere.
 const REPORT_EVERY: Duration = Duration::from_millis(50);
@@ -485,8 +488,11 @@ pub async fn fetch(
     let mut workers = tokio::task::JoinSet::new();
     let spawn_for = |workers: &mut tokio::task::JoinSet<()>, peer: PeerId| {
         let meter = Arc::new(Mutex::new(Meter::default()));
+        // What this provider has, if it said it is still downloading too, or what it serves
+        // now, if it super-seeds: learned by any of its workers, used by all.
+        let known = Arc::new(Mutex::new(Known::default()));
         for _ in 0..REQUESTS_PER_PROVIDER {
-            let (net, work, target, progress, reasons, local_error, meter) = (
+            let (net, work, target, progress, reasons, local_error, meter, known) = (
                 net.clone(),
                 work.clone(),
                 target.clone(),
@@ -494,14 +500,11 @@ pub async fn fetch(
                 reasons.clone(),
                 local_error.clone(),
                 meter.clone(),
+                known.clone(),
             );
             workers.spawn(async move {
                 progress.peers.fetch_add(1, Ordering::Relaxed);
                 let (mut failures, mut refusals) = (0, 0);
-                // What this provider has, if it said it is still downloading too, or what it
-                // serves now, if it super-seeds (`hinted`).
-                let mut peer_has: Option<ChunkRanges> = None;
-                let mut hinted = false;
                 let mut idle_since: Option<(tokio::time::Instant, u64)> = None;
                 loop {
                     let banned = progress.banned.lock().unwrap().contains(&peer.to_string());
@@ -522,6 +525,10 @@ pub async fn fetch(
                         tokio::time::sleep(REPORT_EVERY).await;
                         continue;
                     }
+                    let Known {
+                        has: peer_has,
+                        hinted,
+                    } = known.lock().unwrap().clone();
                     let taken = work.lock().unwrap().take(
                         n,
                         peer_has.as_ref(),
@@ -546,8 +553,12 @@ pub async fn fetch(
                         if !hinted && stuck(&mut idle_since, done) {
                             break;
                         }
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                        peer_has = None;
+                        tokio::time::sleep(LOOK_AGAIN).await;
+                        // Ask afresh, unless another worker learned something newer meanwhile.
+                        let mut known = known.lock().unwrap();
+                        if known.has == peer_has {
+                            known.has = None;
+                        }
                         continue;
                     };
                     // A duplicate asks only for what has not arrived from the first provider.
@@ -583,21 +594,25 @@ pub async fn fetch(
                             idle_since = None;
                         }
                         Outcome::Hint(serves) => {
-                            if peer_has.as_ref() == Some(&serves) {
-                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            let same = peer_has.as_ref() == Some(&serves);
+                            *known.lock().unwrap() = Known {
+                                has: Some(serves),
+                                hinted: true,
+                            };
+                            if same {
+                                tokio::time::sleep(LOOK_AGAIN).await;
                             }
-                            peer_has = Some(serves);
-                            hinted = true;
                         }
                         Outcome::Partial(has) => {
                             work.lock().unwrap().others_have |= has.clone();
                             if stuck(&mut idle_since, progress.done.load(Ordering::Relaxed)) {
                                 break;
                             }
-                            if peer_has.as_ref() == Some(&has) {
-                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            let same = peer_has.as_ref() == Some(&has);
+                            known.lock().unwrap().has = Some(has);
+                            if same {
+                                tokio::time::sleep(LOOK_AGAIN).await;
                             }
-                            peer_has = Some(has);
                         }
                         Outcome::Local(e) => {
                             local_error.lock().unwrap().get_or_insert(e);
@@ -855,6 +870,16 @@ fn response_decoder(
 ) -> ResponseDecoder<ResponseReader> {
     let reader = tokio::io::BufReader::with_capacity(256 * 1024, Stalling::new(stream.compat()));
     ResponseDecoder::new(hash, ranges, tree, iroh_io::TokioStreamReader::new(reader))
+}
+
+/// What a download knows of a provider's pieces, shared by the provider's workers.
+#[derive(Clone, Default)]
+struct Known {
+    /// What it has, if it said it is still downloading too, or what it serves now, if it
+    /// super-seeds; `None` when it has not said (a full provider, or asked afresh).
+    has: Option<ChunkRanges>,
+    /// It super-seeds: it has everything, and may serve more later.
+    hinted: bool,
 }
 
 /// One request of a download to one provider.
