@@ -823,9 +823,12 @@ fn aria2_phase(
 }
 
 pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
+    let only = std::env::var("SWARM_WAN_ONLY").unwrap_or_default();
+    let want = |phase: &str| only.is_empty() || only.split(',').any(|p| p == phase);
+    let bittorrent = want("aria2") || want("aria2-leave");
     let missing: Vec<&str> = TOOLS
         .iter()
-        .filter(|(program, _)| !on_path(program))
+        .filter(|(program, _)| bittorrent && !on_path(program))
         .map(|(_, package)| *package)
         .collect();
     if !missing.is_empty() {
@@ -858,8 +861,6 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     }
     fs::write(&file, &data)?;
 
-    let only = std::env::var("SWARM_WAN_ONLY").unwrap_or_default();
-    let want = |phase: &str| only.is_empty() || only.split(',').any(|p| p == phase);
     let skip = || json!({"skipped": true});
     let agora = if want("agora") {
         agora_phase(ctx, tb, &data, &file, false, &agents)?
