@@ -6,6 +6,7 @@
 //! agreeing on every line, balance and state root. Malformed input is a usage error (exit 2).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use agora_ledger::Account;
 use serde_json::{Value, json};
@@ -24,18 +25,36 @@ fn write_genesis(root: &Path, dirs: &[PathBuf], validators: usize) -> Vec<Accoun
     write_ledger_genesis(root, dirs, validators, "market-itest", START, FEE)
 }
 
+/// The highest ledger height any command has reported so far. A command waits until its node
+/// has finalized that far, so it reads (and builds on) everything that came before it, whichever
+/// node submitted it: a transaction is final on its submitter a moment before the others.
+static SEEN: AtomicU64 = AtomicU64::new(0);
+
+fn caught_up(node: &Node) {
+    let seen = SEEN.load(Ordering::SeqCst);
+    wait_for(&format!("the node to reach height {seen}"), WAIT, || {
+        (height(node) >= seen).then_some(())
+    });
+}
+
 /// `agora ARGS --json` on `node`, which must succeed.
 fn ok(node: &Node, args: &[&str]) -> Value {
+    caught_up(node);
     let mut args = args.to_vec();
     args.push("--json");
     let out = node.cli(&args);
     assert!(out.status.success(), "agora {args:?}: {}", stderr(&out));
-    serde_json::from_str(&stdout(&out))
-        .unwrap_or_else(|e| panic!("agora {args:?}: {e}: {}", stdout(&out)))
+    let v: Value = serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("agora {args:?}: {e}: {}", stdout(&out)));
+    if let Some(h) = v.get("height").and_then(Value::as_u64) {
+        SEEN.fetch_max(h, Ordering::SeqCst);
+    }
+    v
 }
 
 /// `agora ARGS` on `node`, which must fail with exit `code`; its standard error.
 fn fails(node: &Node, args: &[&str], code: i32) -> String {
+    caught_up(node);
     let out = node.cli(args);
     let err = stderr(&out);
     assert_eq!(
