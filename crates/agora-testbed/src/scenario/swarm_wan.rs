@@ -861,27 +861,18 @@ pub fn run(ctx: &Ctx, tb: &mut Testbed) -> Result<Value> {
     }
     fs::write(&file, &data)?;
 
-    let skip = || json!({"skipped": true});
-    let agora = if want("agora") {
-        agora_phase(ctx, tb, &data, &file, false, &agents)?
-    } else {
-        skip()
+    // Each phase runs only if asked for; a phase left out is reported as skipped.
+    let mut phase = |name: &str, bittorrent: bool, leave: bool| -> Result<Value> {
+        match (want(name), bittorrent) {
+            (false, _) => Ok(json!({"skipped": true})),
+            (true, false) => agora_phase(ctx, tb, &data, &file, leave, &agents),
+            (true, true) => aria2_phase(tb, &data, &file, leave, &agents),
+        }
     };
-    let aria2 = if want("aria2") {
-        aria2_phase(tb, &data, &file, false, &agents)?
-    } else {
-        skip()
-    };
-    let agora_leave = if want("agora-leave") {
-        agora_phase(ctx, tb, &data, &file, true, &agents)?
-    } else {
-        skip()
-    };
-    let aria2_leave = if want("aria2-leave") {
-        aria2_phase(tb, &data, &file, true, &agents)?
-    } else {
-        skip()
-    };
+    let agora = phase("agora", false, false)?;
+    let aria2 = phase("aria2", true, false)?;
+    let agora_leave = phase("agora-leave", false, true)?;
+    let aria2_leave = phase("aria2-leave", true, true)?;
 
     let ratio = |k: &str| match (aria2[k].as_f64(), agora[k].as_f64()) {
         (Some(a), Some(b)) if b > 0.0 => json!(r2(a / b)),
