@@ -273,9 +273,12 @@ fn a_restarted_submitter_resumes_and_one_away_gets_results_on_return() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the resumed job did not finish: {v}\nsubmitter:\n{}\nworker:\n{}",
+            "the resumed job did not finish: {v}\nworkers: {} {}\nsubmitter:\n{}\nworker 1:\n{}\nworker 2:\n{}",
+            worker(&net[1]),
+            worker(&net[2]),
             log_tail(&net[0].dir, 40),
-            log_tail(&net[1].dir, 40)
+            log_tail(&net[1].dir, 40),
+            log_tail(&net[2].dir, 40)
         );
     };
     assert_eq!(done["validated"], 4, "{done}");

@@ -156,6 +156,7 @@ impl Files {
         // A replica of this blob on its way here (the publisher pushes new shares to the
         // nodes nearest their hash) is followed rather than fetched a second time beside it;
         // one that a restart interrupted is resumed from what it verified, then followed.
+        tracing::debug!(hash = %hash.to_hex(), out = %out.display(), "get started");
         if usable().is_none() {
             self.resume_replica(hash, &name, ticket.as_ref());
         }

@@ -325,6 +325,7 @@ impl Files {
                     .into_iter()
                     .filter(|p| !known.contains(p)),
             );
+            tracing::debug!(hash = %hash.to_hex(), providers = providers.len(), "replica fetch started");
             let dest = this.store.data_path(&hash);
             let outboard = this.store.partial_outboard_path(&hash, &dest);
             let to = download::Destination {
@@ -481,6 +482,7 @@ impl Files {
 
     /// Waits while a replica of `hash` is being fetched, showing its progress as this job's.
     pub(super) async fn follow_replica(&self, hash: &Hash, progress: &Progress) {
+        let mut following = false;
         loop {
             let replica = self
                 .fetching
@@ -490,6 +492,10 @@ impl Files {
                 .get(hash)
                 .map(|r| r.progress.clone());
             let Some(replica) = replica else { return };
+            if !following {
+                following = true;
+                tracing::debug!(hash = %hash.to_hex(), "following the replica fetch of this blob");
+            }
             for (to, from) in [
                 (&progress.total, &replica.total),
                 (&progress.done, &replica.done),

@@ -4,8 +4,13 @@
 //! randomness: the service drives it and persists what it returns.
 //!
 //! # The rules
-//! - A unit runs on `replicas` distinct workers; a worker never gets two replicas of one unit
-//!   (not even after its first one expired).
+//! - A unit runs on `replicas` distinct workers; a worker never holds two live replicas of one
+//!   unit. It may be issued the unit again only if every earlier replica of it there ended
+//!   (expired or lost) without a commitment: it never fixed an answer for the unit, so a new
+//!   replica still gives it one answer at most. (An assignment whose answer never reached the
+//!   worker, because this node stopped while sending it, expires unseen; with few workers the
+//!   unit could otherwise never reach its quorum.) One that committed and then failed to reveal
+//!   is never issued the unit again.
 //! - A worker first commits to `BLAKE3(outcome digest ‖ its peer id)` ([`commitment`]), then
 //!   reveals the outcome. A reveal that does not open the worker's own commitment is a fault:
 //!   whoever copies another's revealed answer cannot have committed to it beforehand, and
@@ -140,8 +145,26 @@ impl Unit {
             .count()
     }
 
+    /// `worker`'s latest replica of this unit: the live one, if it has one (earlier ones
+    /// ended without a commitment, see [`Job::assign_spread`]).
     fn replica_mut(&mut self, worker: &PeerId) -> Option<&mut Replica> {
-        self.replicas.iter_mut().find(|r| &r.worker == worker)
+        self.replicas.iter_mut().rev().find(|r| &r.worker == worker)
+    }
+
+    fn replica(&self, worker: &PeerId) -> Option<&Replica> {
+        self.replicas.iter().rev().find(|r| &r.worker == worker)
+    }
+
+    /// Whether `worker` may be issued this unit (again): none of its replicas of it is live
+    /// or ever committed.
+    fn may_take(&self, worker: &PeerId) -> bool {
+        self.replicas
+            .iter()
+            .filter(|r| &r.worker == worker)
+            .all(|r| {
+                matches!(r.state, ReplicaState::Expired | ReplicaState::Lost)
+                    && r.commitment.is_none()
+            })
     }
 
     pub fn decided(&self) -> bool {
@@ -347,10 +370,7 @@ impl Job {
             if candidates.len() >= SPREAD {
                 break;
             }
-            if unit.decided()
-                || unit.live() >= unit.wanted as usize
-                || unit.replicas.iter().any(|r| r.worker == worker)
-            {
+            if unit.decided() || unit.live() >= unit.wanted as usize || !unit.may_take(&worker) {
                 continue;
             }
             if unit.replicas.len() >= max_issues {
@@ -443,7 +463,7 @@ impl Job {
     pub fn opens(&self, worker: &PeerId, unit: u32, digest: &Digest) -> bool {
         self.units
             .get(unit as usize)
-            .and_then(|u| u.replicas.iter().find(|r| &r.worker == worker))
+            .and_then(|u| u.replica(worker))
             .is_some_and(|r| r.commitment == Some(commitment(digest, worker)))
     }
 
@@ -453,11 +473,7 @@ impl Job {
             .units
             .get(unit as usize)
             .ok_or(Refusal::NoSuchUnit(unit))?;
-        let r = u
-            .replicas
-            .iter()
-            .find(|r| &r.worker == worker)
-            .ok_or(Refusal::NotAssigned(unit))?;
+        let r = u.replica(worker).ok_or(Refusal::NotAssigned(unit))?;
         if r.state != ReplicaState::Committed {
             return Err(Refusal::NotCommitted(unit));
         }

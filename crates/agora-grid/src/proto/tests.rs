@@ -208,15 +208,19 @@ fn lost_and_late_replicas_are_reissued_but_committed_ones_stay() {
         .unwrap();
     assert!(job.lost(&a).is_empty(), "a committed: it holds its result");
     assert_eq!(job.lost(&b), vec![0]);
+    assert_eq!(job.assign(a, &peer(0), &rep, 10), None, "a holds a replica");
+    // b never fixed an answer for the unit (an assignment lost on its way looks the same):
+    // it may take it again, as one replica.
+    assert_eq!(job.assign(b, &peer(0), &rep, 10), Some(0));
     assert_eq!(
         job.assign(b, &peer(0), &rep, 10),
         None,
-        "never twice to one peer"
+        "one live replica each"
     );
-    assert_eq!(job.assign(c, &peer(0), &rep, 10), Some(0));
+    assert_eq!(job.assign(c, &peer(0), &rep, 10), None, "two live replicas");
     assert_eq!(job.next_expiry(), Some(1010));
     assert!(job.expire(1009).is_empty());
-    assert_eq!(job.expire(1010), vec![(0, c)]);
+    assert_eq!(job.expire(1010), vec![(0, b)]);
     assert_eq!(job.assign(d, &peer(0), &rep, 1011), Some(0));
     let ack = job
         .commit(&d, 0, commitment(&ok(1).digest(), &d), 0)
@@ -235,10 +239,31 @@ fn lost_and_late_replicas_are_reissued_but_committed_ones_stay() {
         RevealEffect::Decided { .. }
     ));
     assert_eq!(
-        job.commit(&c, 0, [0; 32], 0),
+        job.commit(&b, 0, [0; 32], 0),
         Err(Refusal::NotRunning(0)),
         "an expired replica cannot commit"
     );
+}
+
+#[test]
+fn a_reissued_replica_is_the_one_its_worker_commits_and_reveals() {
+    let rep = Reputation::default();
+    let mut job = Job::new(spec(1, 2, 2, 4));
+    let (a, b) = (peer(1), peer(2));
+    job.assign(a, &peer(0), &rep, 0);
+    job.assign(b, &peer(0), &rep, 0);
+    // b's first issue expires unseen (say the answer to its fetch was lost).
+    assert_eq!(job.expire(1000), vec![(0, a), (0, b)]);
+    assert_eq!(job.assign(a, &peer(0), &rep, 2000), Some(0));
+    assert_eq!(job.assign(b, &peer(0), &rep, 2000), Some(0));
+    job.progress(&b, 0, 2500).unwrap();
+    assert_eq!(run(&mut job, a, 0, &ok(3)), None, "a waits for a quorum");
+    assert_eq!(run(&mut job, b, 0, &ok(3)), Some(RevealEffect::Pending));
+    assert!(matches!(
+        job.reveal(&a, 0, ok(3)).unwrap(),
+        RevealEffect::Decided { .. }
+    ));
+    assert!(matches!(job.units[0].state, UnitState::Accepted { .. }));
 }
 
 #[test]
@@ -341,6 +366,11 @@ fn a_replica_that_commits_and_never_reveals_cannot_hold_the_unit() {
     job.resumed(5_000);
     assert!(job.expire(100 + REVEAL_GRACE_MS).is_empty());
     assert_eq!(job.expire(5_000 + REVEAL_GRACE_MS), vec![(0, silent)]);
+    assert_eq!(
+        job.assign(silent, &peer(0), &rep, 0),
+        None,
+        "it committed once: never issued the unit again"
+    );
     assert_eq!(job.assign(b, &peer(0), &rep, 0), Some(0));
     assert!(matches!(
         run(&mut job, b, 0, &ok(1)).unwrap(),

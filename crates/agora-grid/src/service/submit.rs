@@ -652,7 +652,8 @@ impl Grid {
                 retry_ms: if open == 0 { IDLE_RETRY_MS } else { RETRY_MS },
             }
         } else {
-            tracing::debug!(%worker, units = given.len(), "grid units assigned");
+            let units: Vec<u32> = given.iter().map(|a| a.unit).collect();
+            tracing::debug!(%worker, ?units, "grid units assigned");
             Response::Assign(given)
         }
     }
@@ -679,6 +680,7 @@ impl Grid {
             ack.map(Some)
         })
         .await;
+        tracing::debug!(%worker, job = %hex::encode(job), unit, "commitment: {ack:?}");
         match ack {
             Ok(None) => Ok(Response::Gone),
             Ok(Some(ack)) => {

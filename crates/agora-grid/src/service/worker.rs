@@ -66,6 +66,9 @@ pub(super) struct WorkState {
     sources: HashMap<PeerId, Source>,
     /// Slots taken (fetching inputs or running).
     running: usize,
+    /// The units those slots hold: a unit issued again while this node still works on it (its
+    /// submitter gave up on the first issue) is not run a second time beside it.
+    in_progress: std::collections::HashSet<(Digest, u32)>,
     /// Units in the sandbox now.
     executing: usize,
     /// Measured speed (fuel per second, moving average); 0 until the first unit.
@@ -105,6 +108,7 @@ impl WorkState {
         Ok(Self {
             sources: HashMap::new(),
             running: 0,
+            in_progress: Default::default(),
             executing: 0,
             fuel_per_sec: 0.0,
             units_run: db.counter("units")?,
@@ -526,16 +530,21 @@ impl Grid {
                     Ok(Response::Assign(list)) => {
                         let mut took = 0;
                         for a in list.into_iter().take(free) {
-                            if w.held.contains_key(&(a.job, a.unit)) {
+                            if w.held.contains_key(&(a.job, a.unit))
+                                || w.in_progress.contains(&(a.job, a.unit))
+                            {
                                 // (Job ids are chosen by submitters: one cannot replace
-                                // what this node holds for another.)
+                                // what this node holds for another.) A unit already in
+                                // progress here commits to the new issue when it is done.
                                 continue;
                             }
                             if let Err(why) = self.acceptable(&a, fuel_per_sec) {
                                 tracing::debug!(%source, "declining a grid unit: {why}");
                                 continue;
                             }
+                            tracing::debug!(%source, job = %hex::encode(a.job), unit = a.unit, "grid unit taken");
                             w.running += 1;
+                            w.in_progress.insert((a.job, a.unit));
                             took += 1;
                             tokio::spawn(self.clone().execute(source, a));
                         }
@@ -619,7 +628,11 @@ impl Grid {
         if let Err(e) = result {
             tracing::warn!(%submitter, job = %hex::encode(a.job), unit = a.unit, "grid unit not done: {e}");
         }
-        self.work.lock().unwrap().running -= 1;
+        {
+            let mut w = self.work.lock().unwrap();
+            w.running -= 1;
+            w.in_progress.remove(&(a.job, a.unit));
+        }
         self.wake.notify_one();
     }
 
@@ -733,6 +746,13 @@ impl Grid {
                 other => other,
             }
         };
+        tracing::debug!(
+            submitter = %held.submitter,
+            job = %hex::encode(held.job),
+            unit = held.unit,
+            revealed = held.revealed,
+            "held outcome offered: {outcome:?}"
+        );
         let drop_it = match &outcome {
             Ok(Response::Revealed { .. }) | Ok(Response::Gone) => true,
             Ok(_) => false,
@@ -904,6 +924,7 @@ impl Grid {
             .files
             .get_limited(&ticket.encode(), out.clone(), size.max(1))
             .map_err(|e| e.to_string())?;
+        tracing::debug!(blob = %h.to_hex(), job = job.id, "fetching a blob");
         let deadline = Instant::now() + BLOB_TIMEOUT;
         loop {
             match job.view().state {
