@@ -50,7 +50,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use crate::{
     BLOCK_SIZE, Hash,
     proto::{meter::Meter, picker::Picker},
-    protocol::{PROTOCOL, Request, Response, read_limited_frame, write_frame},
+    protocol::{PROTOCOL, PROTOCOL_ONE_SHOT, Request, Response, read_limited_frame, write_frame},
 };
 
 /// Size of a piece, in 1 KiB chunks (256 KiB, as the seeder counts them).
@@ -506,6 +506,7 @@ pub async fn fetch(
                 progress.peers.fetch_add(1, Ordering::Relaxed);
                 let (mut failures, mut refusals) = (0, 0);
                 let mut idle_since: Option<(tokio::time::Instant, u64)> = None;
+                let mut link = Link::default();
                 loop {
                     let banned = progress.banned.lock().unwrap().contains(&peer.to_string());
                     if banned || local_error.lock().unwrap().is_some() {
@@ -576,7 +577,7 @@ pub async fn fetch(
                             meter: &meter,
                             done_elsewhere: &done_elsewhere,
                         };
-                        fetch_ranges(&net, &target, request, &progress).await
+                        fetch_ranges(&net, &target, request, &mut link, &progress).await
                     };
                     let ok = matches!(outcome, Outcome::Ok);
                     tracing::debug!(
@@ -763,39 +764,119 @@ async fn open_request(
     net: &Handle,
     peer: PeerId,
     request: &Request,
+    link: &mut Link,
 ) -> Result<(libp2p::Stream, Response), RequestError> {
+    // A kept stream the provider has closed meanwhile (idle, restarted) fails at once: then
+    // once more on a new stream.
+    if let Some(mut stream) = link.stream.take()
+        && let Ok(response) = exchange(&mut stream, request, false).await
+    {
+        return busy_refused(stream, response, link);
+    }
     let mut control = net.stream_control();
-    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, PROTOCOL))
+    let opened = if link.one_shot {
+        Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(
+            PROTOCOL,
+        ))
+    } else {
+        open_stream(&mut control, peer, PROTOCOL).await?
+    };
+    let mut stream = match opened {
+        Ok(stream) => stream,
+        // An older provider: one request per stream.
+        Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
+            link.one_shot = true;
+            open_stream(&mut control, peer, PROTOCOL_ONE_SHOT)
+                .await?
+                .map_err(|e| RequestError::Failed(e.to_string()))?
+        }
+        Err(e) => return Err(RequestError::Failed(e.to_string())),
+    };
+    let response = exchange(&mut stream, request, link.one_shot).await?;
+    busy_refused(stream, response, link)
+}
+
+/// A [`Response::Busy`] is a refusal (the stream stays for the next request).
+fn busy_refused(
+    stream: libp2p::Stream,
+    response: Response,
+    link: &mut Link,
+) -> Result<(libp2p::Stream, Response), RequestError> {
+    match response {
+        Response::Busy(why) => {
+            link.keep(stream);
+            Err(RequestError::Refused(why))
+        }
+        response => Ok((stream, response)),
+    }
+}
+
+async fn open_stream(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    protocol: libp2p::StreamProtocol,
+) -> Result<Result<libp2p::Stream, libp2p_stream::OpenStreamError>, RequestError> {
+    tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol))
         .await
         .map_err(|_| {
             RequestError::Failed("no stream within the timeout (provider unreachable?)".into())
-        })?
-        .map_err(|e| RequestError::Failed(e.to_string()))?;
+        })
+}
+
+/// Writes `request` and reads the response frame.
+async fn exchange(
+    stream: &mut libp2p::Stream,
+    request: &Request,
+    one_shot: bool,
+) -> Result<Response, RequestError> {
     // A dropped stream shows as a write error or an end before the response frame; a
     // malformed frame is the provider's fault.
     let unanswered = |e: io::Error| match e.kind() {
         io::ErrorKind::InvalidData => RequestError::Failed(e.to_string()),
         _ => RequestError::Refused(e.to_string()),
     };
-    write_frame(&mut stream, request)
-        .await
-        .map_err(unanswered)?;
-    futures::AsyncWriteExt::close(&mut stream)
-        .await
-        .map_err(unanswered)?;
+    write_frame(stream, request).await.map_err(unanswered)?;
+    if one_shot {
+        futures::AsyncWriteExt::close(stream)
+            .await
+            .map_err(unanswered)?;
+    }
     let frame = tokio::time::timeout(
         STALL_TIMEOUT,
-        read_limited_frame(&mut stream, crate::protocol::MAX_RESPONSE_HEADER),
+        read_limited_frame(stream, crate::protocol::MAX_RESPONSE_HEADER),
     )
     .await
     .map_err(|_| RequestError::Failed("no response within the timeout".into()))?
     .map_err(unanswered)?;
-    let response = crate::wire::decode(&frame)
-        .map_err(|e| RequestError::Failed(format!("bad response: {e}")))?;
-    if let Response::Busy(why) = response {
-        return Err(RequestError::Refused(why));
+    crate::wire::decode(&frame).map_err(|e| RequestError::Failed(format!("bad response: {e}")))
+}
+
+/// A download worker's stream to its provider, kept between requests
+/// ([`crate::protocol::PROTOCOL`]): a request on it costs no stream to open and negotiate,
+/// and its flow-control window stays as large as it grew.
+#[derive(Default)]
+pub(crate) struct Link {
+    stream: Option<libp2p::Stream>,
+    /// The provider speaks only [`PROTOCOL_ONE_SHOT`]: a stream per request.
+    one_shot: bool,
+}
+
+impl Link {
+    /// Keeps `stream` for the next request, if the provider takes several per stream.
+    fn keep(&mut self, stream: libp2p::Stream) {
+        if !self.one_shot {
+            self.stream = Some(stream);
+        }
     }
-    Ok((stream, response))
+
+    /// Keeps the stream a response was read from to its end.
+    fn keep_read(&mut self, reader: ResponseReader) {
+        let buffered = reader.into_inner();
+        // Nothing may follow a response before the next request.
+        if buffered.buffer().is_empty() {
+            self.keep(buffered.into_inner().into_inner().into_inner());
+        }
+    }
 }
 
 /// The providers of `hash` (other than this node) a fresh lookup finds. Bounded: a lookup
@@ -834,7 +915,8 @@ impl From<RequestError> for SizeError {
 async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, SizeError> {
     // A range starting past any real end is truncated to the last chunk group by both sides.
     let ranges = ChunkRanges::from(ChunkNum(u64::MAX >> 12)..);
-    let (stream, response) = open_request(net, peer, &Request::new(&hash, &ranges)).await?;
+    let request = Request::new(&hash, &ranges);
+    let (stream, response) = open_request(net, peer, &request, &mut Link::default()).await?;
     let size = match response {
         Response::Size(size) => size,
         Response::NotFound => return Err(SizeError::Failed("does not have it".into())),
@@ -897,6 +979,7 @@ async fn fetch_ranges(
     net: &Handle,
     target: &Arc<Target>,
     ask: Ask<'_>,
+    link: &mut Link,
     progress: &Arc<Progress>,
 ) -> Outcome {
     let bytes = ranges_bytes(&ask.ranges, target.tree.size());
@@ -905,7 +988,7 @@ async fn fetch_ranges(
         .unwrap()
         .start(bytes, std::time::Instant::now());
     let mut delivered = 0u64;
-    let outcome = fetch_metered(net, target, &ask, progress, &mut delivered).await;
+    let outcome = fetch_metered(net, target, &ask, link, progress, &mut delivered).await;
     ask.meter
         .lock()
         .unwrap()
@@ -917,30 +1000,34 @@ async fn fetch_metered(
     net: &Handle,
     target: &Arc<Target>,
     ask: &Ask<'_>,
+    link: &mut Link,
     progress: &Arc<Progress>,
     delivered: &mut u64,
 ) -> Outcome {
     let (peer, ranges) = (ask.peer, ask.ranges.clone());
     let request = Request::new(&target.hash, &ranges);
-    let (stream, response) = match open_request(net, peer, &request).await {
+    let (stream, response) = match open_request(net, peer, &request, link).await {
         Ok(ok) => ok,
         Err(RequestError::Refused(why)) => return Outcome::Refused(why),
         Err(RequestError::Failed(why)) => return Outcome::Failed(why),
     };
-    match response {
-        Response::Size(s) if s == target.tree.size() => {}
+    // An answer without data leaves the stream ready for the next request.
+    let answered = match response {
+        Response::Size(s) if s == target.tree.size() => None,
         Response::Size(s) => {
             return Outcome::Lied(format!("claims size {s}, not {}", target.tree.size()));
         }
-        Response::NotFound => return Outcome::Failed("does not have it".into()),
-        Response::Unavailable(why) => return Outcome::Failed(why),
+        Response::NotFound => Some(Outcome::Failed("does not have it".into())),
+        Response::Unavailable(why) => Some(Outcome::Failed(why)),
         Response::Partial { have, .. } => {
-            return Outcome::Partial(crate::protocol::pairs_to_ranges(&have));
+            Some(Outcome::Partial(crate::protocol::pairs_to_ranges(&have)))
         }
-        Response::Hint { have } => {
-            return Outcome::Hint(crate::protocol::pairs_to_ranges(&have));
-        }
-        Response::Busy(why) => return Outcome::Refused(why),
+        Response::Hint { have } => Some(Outcome::Hint(crate::protocol::pairs_to_ranges(&have))),
+        Response::Busy(why) => Some(Outcome::Refused(why)),
+    };
+    if let Some(outcome) = answered {
+        link.keep(stream);
+        return outcome;
     }
     // Decoded and verified here, on the runtime (BLAKE3 of a 16 KiB group is a few
     // microseconds); each run of verified leaves, with the parent hashes that came with it,
@@ -970,7 +1057,10 @@ async fn fetch_metered(
                 decoder = next;
                 item
             }
-            ResponseDecoderNext::Done(_) => break,
+            ResponseDecoderNext::Done(reader) => {
+                link.keep_read(reader);
+                break;
+            }
         };
         match item {
             Ok(BaoContentItem::Parent(Parent { node, pair })) => batch.parents.push((node, pair)),
@@ -1236,6 +1326,10 @@ impl<R> Stalling<R> {
             inner,
             deadline: Box::pin(tokio::time::sleep(STALL_TIMEOUT)),
         }
+    }
+
+    fn into_inner(self) -> R {
+        self.inner
     }
 }
 

@@ -1,12 +1,22 @@
-//! `/agora/blobs/1.0.0`: fetch byte ranges of a blob, verified as they stream.
+//! `/agora/blobs/1.1.0`: fetch byte ranges of a blob, verified as they stream.
 //!
-//! One request per stream. The requester writes one length-prefixed postcard frame
-//! ([`Request`], at most [`MAX_REQUEST_LEN`] bytes) and closes its side. The provider answers
-//! with one frame ([`Response`]): the blob's size, or why it cannot serve it; then, after a
-//! size, the BLAKE3 verified stream (bao encoding with 16 KiB chunk groups) of the requested
-//! chunk ranges. The requester checks every chunk group against the hash it asked for before
-//! using it; the size is authenticated by always requesting the last chunk group with the first
-//! request of a download.
+//! The requester writes one length-prefixed postcard frame ([`Request`], at most
+//! [`MAX_REQUEST_LEN`] bytes). The provider answers with one frame ([`Response`]): the blob's
+//! size, or why it cannot serve it; then, after a size, the BLAKE3 verified stream (bao
+//! encoding with 16 KiB chunk groups) of the requested chunk ranges. The requester checks every
+//! chunk group against the hash it asked for before using it; the size is authenticated by
+//! always requesting the last chunk group with the first request of a download.
+//!
+//! Several requests go over one stream, one after another: once a response is read to its end
+//! the requester may write the next request. A stream costs a round trip to open and
+//! negotiate, and a connection opens its outbound streams one at a time, so on a 150 ms link
+//! a stream per request cost a download worker a round trip or more per piece. The provider
+//! takes a serving slot per request (the stream itself holds only a per-peer slot) and closes
+//! a stream that stays idle for [`IDLE_TIMEOUT`].
+//!
+//! `/agora/blobs/1.0.0` is the same exchange, one request per stream (the requester closes
+//! its side after the request, the provider after the response), still served for older
+//! peers.
 
 use std::{
     collections::HashMap,
@@ -21,7 +31,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{BLOCK_SIZE, Hash, store::Store};
 
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/blobs/1.0.0");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/agora/blobs/1.1.0");
+/// One request per stream (older peers).
+pub const PROTOCOL_ONE_SHOT: StreamProtocol = StreamProtocol::new("/agora/blobs/1.0.0");
+/// How long a [`PROTOCOL`] stream may wait for its first request.
+pub const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a [`PROTOCOL`] stream is kept open without a request once it has served one.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Largest request frame.
 pub const MAX_REQUEST_LEN: usize = 16 * 1024;
 /// Most ranges in one request or response.
@@ -29,7 +45,7 @@ pub const MAX_RANGES: usize = 256;
 /// Largest response header frame (a [`Response`] with [`MAX_RANGES`] ranges of 10-byte
 /// varints fits).
 pub const MAX_RESPONSE_HEADER: usize = 8 * 1024;
-/// Streams served at once; more are refused.
+/// Requests served at once; more are answered [`Response::Busy`].
 pub const MAX_CONCURRENT_SERVES: usize = 32;
 /// How long one chunk of a response may wait for the reader: a reader that stalls longer
 /// loses its stream (and its serving slot).
@@ -142,25 +158,98 @@ impl Request {
     }
 }
 
-/// Serves one inbound stream. Errors are logged by the caller; the stream is dropped either way.
-/// Serves one blob request. A blob found stale (its in-place file was changed, moved or
-/// deleted) is reported on `stale`, so the node stops announcing it.
-pub async fn serve_stream(
-    store: Store,
-    partials: Partials,
-    seeding: Seeding,
+/// What a blob stream serves with: the store, the verified parts of downloads under way, and
+/// the super-seeding state.
+#[derive(Clone)]
+pub struct Served {
+    pub store: Store,
+    pub partials: Partials,
+    pub seeding: Seeding,
+    /// Blobs found stale (their in-place file was changed, moved or deleted) are reported
+    /// here, so the node stops announcing them.
+    pub stale: tokio::sync::mpsc::Sender<Hash>,
+}
+
+/// Serves one inbound [`PROTOCOL_ONE_SHOT`] stream: one request, one response, closed. Errors
+/// are logged by the caller; the stream is dropped either way.
+pub async fn serve_one_shot(
+    served: &Served,
     peer: PeerId,
     mut stream: libp2p::Stream,
-    stale: tokio::sync::mpsc::Sender<Hash>,
 ) -> io::Result<()> {
-    let frame = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        read_limited_frame(&mut stream, MAX_REQUEST_LEN),
-    )
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request not sent in time"))??;
-    let request: Request =
-        crate::wire::decode(&frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let request = read_request(&mut stream, FIRST_REQUEST_TIMEOUT)
+        .await?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no request"))?;
+    serve_request(served, peer, &mut stream, request).await?;
+    stream.close().await
+}
+
+/// Serves one inbound [`PROTOCOL`] stream: requests one after another, each within a serving
+/// slot of `slots` (a request that finds none is answered [`Response::Busy`] and the stream
+/// stays), until the requester closes it or leaves it idle for [`IDLE_TIMEOUT`].
+pub async fn serve_persistent(
+    served: &Served,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+    slots: &Arc<tokio::sync::Semaphore>,
+    refusals: &agora_net::Refusals,
+    budget: &'static str,
+) -> io::Result<()> {
+    let mut wait = FIRST_REQUEST_TIMEOUT;
+    loop {
+        let request = match read_request(&mut stream, wait).await {
+            Ok(Some(request)) => request,
+            // Closed by the requester, or idle: done.
+            Ok(None) => return stream.close().await,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return stream.close().await,
+            Err(e) => return Err(e),
+        };
+        wait = IDLE_TIMEOUT;
+        let Ok(_slot) = slots.try_acquire() else {
+            refusals.refuse(budget);
+            let busy = Response::Busy(format!("{budget}: too many requests at once; retry later"));
+            write_frame(&mut stream, &busy).await?;
+            continue;
+        };
+        serve_request(served, peer, &mut stream, request).await?;
+    }
+}
+
+/// The next request on `stream`; `None` if the requester closed the stream first.
+async fn read_request(
+    stream: &mut libp2p::Stream,
+    wait: std::time::Duration,
+) -> io::Result<Option<Request>> {
+    let frame = match tokio::time::timeout(wait, read_limited_frame(stream, MAX_REQUEST_LEN)).await
+    {
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request not sent in time",
+            ));
+        }
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok(frame) => frame?,
+    };
+    crate::wire::decode(&frame)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Answers one request on `stream` (the response frame, then the data after a size), leaving
+/// the stream open. A blob found stale is reported on `served.stale`.
+async fn serve_request(
+    served: &Served,
+    peer: PeerId,
+    stream: &mut libp2p::Stream,
+    request: Request,
+) -> io::Result<()> {
+    let Served {
+        store,
+        partials,
+        seeding,
+        stale,
+    } = served;
     let ranges = request
         .chunk_ranges()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -179,14 +268,14 @@ pub async fn serve_stream(
         Err(crate::store::StoreError::Unknown(_)) => {
             let partial = partials.lock().unwrap().get(&hash).cloned();
             let Some(partial) = partial else {
-                write_frame(&mut stream, &Response::NotFound).await?;
+                write_frame(stream, &Response::NotFound).await?;
                 return Ok(());
             };
             let have = partial.have.lock().unwrap().clone();
             match partial.open_if_has(&ranges, &have) {
                 Some(Ok(blob)) => blob,
                 Some(Err(e)) => {
-                    write_frame(&mut stream, &Response::Unavailable(e.to_string())).await?;
+                    write_frame(stream, &Response::Unavailable(e.to_string())).await?;
                     return Ok(());
                 }
                 None => {
@@ -194,7 +283,7 @@ pub async fn serve_stream(
                         size: partial.size,
                         have: advertised(&have),
                     };
-                    write_frame(&mut stream, &response).await?;
+                    write_frame(stream, &response).await?;
                     return Ok(());
                 }
             }
@@ -203,7 +292,7 @@ pub async fn serve_stream(
             if matches!(e, crate::store::StoreError::Stale(_)) {
                 let _ = stale.try_send(hash);
             }
-            write_frame(&mut stream, &Response::Unavailable(e.to_string())).await?;
+            write_frame(stream, &Response::Unavailable(e.to_string())).await?;
             return Ok(());
         }
     };
@@ -224,12 +313,11 @@ pub async fn serve_stream(
                 let response = Response::Hint {
                     have: advertised(&serves),
                 };
-                write_frame(&mut stream, &response).await?;
-                return stream.close().await;
+                return write_frame(stream, &response).await;
             }
         }
     }
-    let result = send_ranges(blob, &ranges, &mut stream).await;
+    let result = send_ranges(blob, &ranges, stream).await;
     if !counted.is_empty() {
         seeding
             .lock()
@@ -239,7 +327,7 @@ pub async fn serve_stream(
     result
 }
 
-/// Writes the size, then the verified encoding of `ranges` of `blob`, and closes the stream.
+/// Writes the size, then the verified encoding of `ranges` of `blob`.
 async fn send_ranges(
     blob: crate::store::OpenBlob,
     ranges: &ChunkRanges,
@@ -252,10 +340,14 @@ async fn send_ranges(
     // encoding re-hashes each group it sends, so data that rotted on disk is never sent as if
     // it were good.
     let (chunks, mut received) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    // Written chunks go back to the encoder to be filled again: three 1 MiB buffers per
+    // response at most, not one allocation per MiB sent.
+    let (spare_tx, spare) = std::sync::mpsc::channel::<Vec<u8>>();
     let ranges = ranges.clone();
     let encoder = tokio::task::spawn_blocking(move || {
         let mut out = ChunkSender {
             chunks,
+            spare,
             buf: Vec::with_capacity(SEND_CHUNK),
         };
         bao_tree::io::sync::encode_ranges_validated(&blob.data, &blob.outboard, &ranges, &mut out)
@@ -263,7 +355,7 @@ async fn send_ranges(
         io::Write::flush(&mut out)
     });
     let mut sent = Ok(());
-    while let Some(chunk) = received.recv().await {
+    while let Some(mut chunk) = received.recv().await {
         let written = tokio::time::timeout(WRITE_STALL, stream.write_all(&chunk))
             .await
             .unwrap_or_else(|_| {
@@ -277,12 +369,13 @@ async fn send_ranges(
             sent = Err(e);
             break;
         }
+        chunk.clear();
+        let _ = spare_tx.send(chunk);
     }
     drop(received);
     let encoded = encoder.await.map_err(io::Error::other)?;
     sent?;
-    encoded?;
-    stream.close().await
+    encoded
 }
 
 /// Answers a stream that an admission budget refused with [`Response::Busy`], bounded in
@@ -303,6 +396,8 @@ const SEND_CHUNK: usize = 1 << 20;
 /// while two are queued). Fails once the other side stopped listening.
 struct ChunkSender {
     chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Buffers the writer is done with.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     buf: Vec<u8>,
 }
 
@@ -311,7 +406,11 @@ impl ChunkSender {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(SEND_CHUNK));
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(SEND_CHUNK));
+        let chunk = std::mem::replace(&mut self.buf, next);
         self.chunks
             .blocking_send(chunk)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream was closed"))

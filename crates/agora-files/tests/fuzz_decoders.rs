@@ -291,7 +291,7 @@ fn reencode_search(bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// Decodes `bytes` as every agora-files frame and runs what a node runs on the result.
 fn decode_all(bytes: &[u8]) {
-    // Blob request, as `serve_stream` reads it (frames over MAX_REQUEST_LEN are not read).
+    // Blob request, as `serve_persistent` reads it (frames over MAX_REQUEST_LEN are not read).
     if bytes.len() <= MAX_REQUEST_LEN
         && let Ok(req) = bounded(bytes, agora_files::wire::decode::<protocol::Request>)
     {

@@ -1,11 +1,18 @@
 //! Multi-source downloads against real swarms on loopback: honest providers, one that lies
-//! (sends data that does not match the hash) and one that stalls.
+//! (sends data that does not match the hash) and one that stalls; streams that carry many
+//! requests, and providers that take one request per stream.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use agora_files::{
     BLOCK_SIZE, Files, JobState,
-    protocol::{PROTOCOL, Request, Response, read_limited_frame, write_frame},
+    protocol::{PROTOCOL, PROTOCOL_ONE_SHOT, Request, Response, read_limited_frame, write_frame},
 };
 use agora_net::{Config, Handle, Multiaddr};
 use bao_tree::io::{outboard::PreOrderOutboard, sync::CreateOutboard};
@@ -642,4 +649,164 @@ async fn replica_claims_evict_nothing_and_verified_replicas_make_room() {
         holder.store().get(&first_hash).unwrap().is_none(),
         "the older cached replica made room for verified data"
     );
+}
+
+/// Serves `data` honestly on `protocol`, counting the streams and the requests it answers: on
+/// [`PROTOCOL`] every request of a stream in turn until the requester closes it, on
+/// [`PROTOCOL_ONE_SHOT`] one request per stream.
+fn counting_provider(
+    net: &Handle,
+    data: Vec<u8>,
+    protocol: libp2p::StreamProtocol,
+) -> Arc<[AtomicUsize; 2]> {
+    let one_shot = protocol == PROTOCOL_ONE_SHOT;
+    let outboard =
+        PreOrderOutboard::<Vec<u8>>::create_sized(&data[..], data.len() as u64, BLOCK_SIZE)
+            .unwrap();
+    let (data, outboard) = (Arc::new(data), Arc::new(outboard));
+    let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let mut incoming = net.stream_control().accept(protocol).unwrap();
+    let counted = counts.clone();
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            counted[0].fetch_add(1, Ordering::SeqCst);
+            let (data, outboard, counted) = (data.clone(), outboard.clone(), counted.clone());
+            tokio::spawn(async move {
+                while let Ok(frame) = read_limited_frame(&mut stream, 16 * 1024).await {
+                    counted[1].fetch_add(1, Ordering::SeqCst);
+                    let req: Request = agora_files::wire::decode(&frame).unwrap();
+                    let ranges = req.chunk_ranges().unwrap();
+                    let mut encoded = Vec::new();
+                    bao_tree::io::sync::encode_ranges(&data[..], &*outboard, &ranges, &mut encoded)
+                        .unwrap();
+                    let size = Response::Size(data.len() as u64);
+                    if write_frame(&mut stream, &size).await.is_err()
+                        || stream.write_all(&encoded).await.is_err()
+                        || stream.flush().await.is_err()
+                        || one_shot
+                    {
+                        break;
+                    }
+                }
+                let _ = stream.close().await;
+            });
+        }
+    });
+    counts
+}
+
+/// Downloads a blob of `mib` MiB from a [`counting_provider`] speaking `protocol`, checks the
+/// copy, and returns how many streams and requests the provider saw.
+async fn fetch_counted(mib: u32, protocol: libp2p::StreamProtocol) -> (usize, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, hash, _) = source_file(dir.path(), mib);
+    let mut counts = None;
+    let fake = with_fake_provider(dir.path(), &hash, |net| {
+        counts = Some(counting_provider(net, data.clone(), protocol));
+    })
+    .await;
+    let out = dir.path().join("out/copy.bin");
+    let job = fake.down.get(&hash.to_hex(), out.clone()).unwrap();
+    done(&fake.down, job.id).await;
+    assert_eq!(std::fs::read(&out).unwrap(), data, "byte-identical");
+    let counts = counts.unwrap();
+    (
+        counts[0].load(Ordering::SeqCst),
+        counts[1].load(Ordering::SeqCst),
+    )
+}
+
+/// A download's workers keep their streams: a provider sees a few streams carrying many
+/// requests (each stream used to carry one, and cost a round trip to open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_sends_its_requests_over_a_few_kept_streams() {
+    let (streams, requests) = fetch_counted(16, PROTOCOL).await;
+    // The size probe's stream, and one per worker of the provider (4).
+    assert!(streams <= 5, "{streams} streams for {requests} requests");
+    assert!(
+        requests > streams,
+        "{streams} streams for {requests} requests"
+    );
+}
+
+/// A provider that takes one request per stream (`/agora/blobs/1.0.0`, older nodes) still
+/// serves a download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_of_one_request_per_stream_still_serves() {
+    let (streams, requests) = fetch_counted(4, PROTOCOL_ONE_SHOT).await;
+    assert_eq!(streams, requests);
+    assert!(requests > 1);
+}
+
+/// Reads one response to its end from `stream` and returns the stream and the data it carried.
+async fn read_response(
+    mut stream: libp2p::Stream,
+    hash: blake3::Hash,
+    ranges: bao_tree::ChunkRanges,
+) -> (libp2p::Stream, Vec<u8>) {
+    use bao_tree::io::{
+        BaoContentItem,
+        fsm::{ResponseDecoder, ResponseDecoderNext},
+    };
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+    let frame = read_limited_frame(&mut stream, 8 * 1024).await.unwrap();
+    let Response::Size(size) = agora_files::wire::decode(&frame).unwrap() else {
+        panic!("not a size");
+    };
+    let tree = bao_tree::BaoTree::new(size, BLOCK_SIZE);
+    let reader = iroh_io::TokioStreamReader::new(stream.compat());
+    let mut decoder = ResponseDecoder::new(hash, ranges, tree, reader);
+    let mut bytes = Vec::new();
+    loop {
+        match decoder.next().await {
+            ResponseDecoderNext::More((next, item)) => {
+                decoder = next;
+                if let BaoContentItem::Leaf(leaf) = item.unwrap() {
+                    bytes.extend_from_slice(&leaf.data);
+                }
+            }
+            ResponseDecoderNext::Done(reader) => {
+                return (reader.into_inner().into_inner(), bytes);
+            }
+        }
+    }
+}
+
+/// A node answers several requests on one stream, in turn, and one request on a stream of the
+/// older protocol, which it then closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_request_after_request_on_one_stream() {
+    use bao_tree::{ChunkNum, ChunkRanges};
+    use futures::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, hash, src) = source_file(dir.path(), 2);
+    let (seed_net, seed_addr) = node(vec![]).await;
+    let seed = files(&seed_net, &dir.path().join("seed"));
+    done(&seed, seed.share(src, false, false).id).await;
+    let (client, _) = node(vec![seed_addr.with_p2p(seed_net.local_peer_id()).unwrap()]).await;
+    let peer = seed_net.local_peer_id();
+    let mut control = client.stream_control();
+    let mut stream = control.open_stream(peer, PROTOCOL).await.unwrap();
+    // The second MiB, then the first 64 KiB, then the last group: one stream.
+    for (from, to) in [(1024, 2048), (0, 64), (2032, 2048)] {
+        let ranges = ChunkRanges::from(ChunkNum(from)..ChunkNum(to));
+        let request = Request::new(&hash, &ranges);
+        write_frame(&mut stream, &request).await.unwrap();
+        let (next, bytes) = read_response(stream, hash, ranges).await;
+        stream = next;
+        assert_eq!(bytes, data[from as usize * 1024..to as usize * 1024]);
+    }
+    stream.close().await.unwrap();
+
+    let mut old = control.open_stream(peer, PROTOCOL_ONE_SHOT).await.unwrap();
+    let ranges = ChunkRanges::from(ChunkNum(0)..ChunkNum(16));
+    write_frame(&mut old, &Request::new(&hash, &ranges))
+        .await
+        .unwrap();
+    old.close().await.unwrap();
+    let (mut old, bytes) = read_response(old, hash, ranges).await;
+    assert_eq!(bytes, data[..16 * 1024]);
+    let mut rest = Vec::new();
+    old.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "closed after its one answer");
 }

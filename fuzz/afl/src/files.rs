@@ -84,7 +84,7 @@ pub fn run(data: &[u8]) {
         return;
     };
     match kind as usize % KINDS.len() {
-        // Blob request, as `serve_stream` reads it (frames over MAX_REQUEST_LEN are not read).
+        // Blob request, as `serve_persistent` reads it (frames over MAX_REQUEST_LEN are not read).
         0 => {
             if bytes.len() > MAX_REQUEST_LEN {
                 return;

@@ -185,7 +185,7 @@ pub struct Files {
 }
 
 impl Files {
-    /// Opens the store, serves `/agora/blobs/1.0.0` and announces every held blob.
+    /// Opens the store, serves `/agora/blobs/1.1.0` (and `1.0.0`) and announces every held blob.
     pub fn start(
         net: Handle,
         data_dir: &Path,
