@@ -56,6 +56,8 @@ use crate::{
 /// Size of a piece, in 1 KiB chunks (256 KiB, as the seeder counts them).
 const PIECE_CHUNKS: u64 = crate::proto::seeding::PIECE_CHUNKS;
 const PIECE_BYTES: u64 = PIECE_CHUNKS * 1024;
+/// Pieces a downloader takes one after another before its order jumps elsewhere (1 MiB).
+const RUN_PIECES: u64 = 4;
 /// Largest run of verified data written with one pwrite.
 const COALESCE: usize = 1024 * 1024;
 /// Most pieces asked for in one request (4 MiB), from a provider fast enough to deliver them
@@ -472,14 +474,17 @@ pub async fn fetch(
     }
     // Each downloader takes the pieces in its own order, so that downloaders starting together
     // soon hold different pieces and can trade them instead of all asking the seeder for the
-    // same ones. The order is a hash of this node's id and the piece: spread, yet repeatable.
+    // same ones. The order is a hash of this node's id and the piece's run of [`RUN_PIECES`]:
+    // spread, yet repeatable, and a run's pieces stay together, so what a downloader holds
+    // (and tells the others) is a few long ranges rather than many scattered pieces, and the
+    // pieces others ask of it in one request are contiguous.
     let me_bytes = net.local_peer_id().to_bytes();
     pieces.sort_by_cached_key(|r| {
         let first = r.boundaries().first().map(|c| c.0).unwrap_or(0);
         let mut h = blake3::Hasher::new();
         h.update(&me_bytes);
-        h.update(&first.to_le_bytes());
-        *h.finalize().as_bytes()
+        h.update(&(first / (PIECE_CHUNKS * RUN_PIECES)).to_le_bytes());
+        (*h.finalize().as_bytes(), first)
     });
     *target.have.lock().unwrap() = Some(partial.clone());
     let work = Arc::new(Mutex::new(Picker::new(pieces)));
