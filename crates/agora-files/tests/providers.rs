@@ -810,3 +810,57 @@ async fn a_node_answers_request_after_request_on_one_stream() {
     old.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty(), "closed after its one answer");
 }
+
+/// A peer that opens streams and leaves them idle holds only its own per-peer slots: its next
+/// stream is answered `Busy` naming the budget, a request on one of its open streams is still
+/// answered, and another peer downloads meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_hold_only_their_peers_slots() {
+    use bao_tree::{ChunkNum, ChunkRanges};
+    use futures::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, hash, src) = source_file(dir.path(), 1);
+    let (seed_net, seed_addr) = node(vec![]).await;
+    let seed = files(&seed_net, &dir.path().join("seed"));
+    done(&seed, seed.share(src, false, false).id).await;
+    let bootstrap = seed_addr.with_p2p(seed_net.local_peer_id()).unwrap();
+    let peer = seed_net.local_peer_id();
+
+    let (hostile, _) = node(vec![bootstrap.clone()]).await;
+    let mut control = hostile.stream_control();
+    let mut idle = Vec::new();
+    for _ in 0..agora_files::service::budget::MAX_SERVES_PER_PEER {
+        idle.push(control.open_stream(peer, PROTOCOL).await.unwrap());
+    }
+    let mut extra = control.open_stream(peer, PROTOCOL).await.unwrap();
+    let frame = tokio::time::timeout(WAIT, read_limited_frame(&mut extra, 8 * 1024))
+        .await
+        .unwrap()
+        .unwrap();
+    match agora_files::wire::decode(&frame).unwrap() {
+        Response::Busy(why) => assert!(why.contains("files.serve.peer"), "{why}"),
+        other => panic!("expected busy, got {other:?}"),
+    }
+    let mut rest = Vec::new();
+    extra.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "the refused stream is closed");
+
+    // The idle streams are still the hostile peer's to use.
+    let ranges = ChunkRanges::from(ChunkNum(0)..ChunkNum(16));
+    let mut stream = idle.pop().unwrap();
+    write_frame(&mut stream, &Request::new(&hash, &ranges))
+        .await
+        .unwrap();
+    let (_stream, bytes) = read_response(stream, hash, ranges).await;
+    assert_eq!(bytes, data[..16 * 1024]);
+
+    // Another peer is not held up by them.
+    let (down_net, _) = node(vec![bootstrap]).await;
+    let down = files(&down_net, &dir.path().join("down"));
+    until_providers(&down_net, &hash, 1).await;
+    let out = dir.path().join("out/copy.bin");
+    let job = down.get(&hash.to_hex(), out.clone()).unwrap();
+    done(&down, job.id).await;
+    assert_eq!(std::fs::read(&out).unwrap(), data, "byte-identical");
+    drop(idle);
+}
