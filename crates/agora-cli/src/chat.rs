@@ -319,6 +319,16 @@ pub fn inbox(client: &ClientArgs, a: InboxArgs) -> Result<()> {
     if let Some(p) = &a.peer {
         base.push_str(&format!("&peer={}", urlencode(p)));
     }
+    // Following goes on from the highest number stored, not only from those that matched,
+    // so as not to list old ones again. It is taken before the first page: a message that
+    // arrives after it is in that page or comes in the loop below (taken after the page, one
+    // that arrived in between was never shown).
+    let top = if a.follow {
+        let top: Value = ep.get("/v1/chat/messages?direction=all&limit=1")?;
+        top["cursor"].as_u64().unwrap_or(0)
+    } else {
+        0
+    };
     let page: Value = ep.get(&format!("{base}&limit={}", a.limit))?;
     let mut cursor = page["cursor"].as_u64().unwrap_or(0);
     let messages = page["messages"].as_array().cloned().unwrap_or_default();
@@ -333,10 +343,7 @@ pub fn inbox(client: &ClientArgs, a: InboxArgs) -> Result<()> {
         }
         return Ok(());
     }
-    // Every message ever stored has a number; follow from the highest seen, not only from
-    // those that matched, so as not to list old ones again.
-    let top: Value = ep.get("/v1/chat/messages?direction=all&limit=1")?;
-    cursor = cursor.max(top["cursor"].as_u64().unwrap_or(0));
+    cursor = cursor.max(top);
     loop {
         let page: Value = ep.get(&format!("{base}&after={cursor}&wait=25&limit=100"))?;
         cursor = page["cursor"].as_u64().unwrap_or(cursor);

@@ -108,11 +108,17 @@ fn direct_messages_between_peers_with_no_connection_at_start_survive_restarts() 
     let sent = a.cli(&["send", &b.peer_id, "hello", "bob"]);
     assert!(sent.status.success(), "{}", stderr(&sent));
     assert!(stdout(&sent).contains("delivered"), "{}", stdout(&sent));
-    let mut line = String::new();
-    BufReader::new(follow.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    // Read on a thread: a stream that never shows the message fails the test, not hangs it.
+    let stdout_pipe = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout_pipe).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(WAIT);
     follow.kill().unwrap();
+    let line = line.expect("inbox --follow showed the message");
     follow.wait().unwrap();
     let streamed: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(streamed["text"], "hello bob");
