@@ -779,17 +779,15 @@ async fn open_request(
         return busy_refused(stream, response, link);
     }
     let mut control = net.stream_control();
-    let opened = if link.one_shot {
-        Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(
-            PROTOCOL,
-        ))
+    let protocol = if link.one_shot {
+        PROTOCOL_ONE_SHOT
     } else {
-        open_stream(&mut control, peer, PROTOCOL).await?
+        PROTOCOL
     };
-    let mut stream = match opened {
+    let mut stream = match open_stream(&mut control, peer, protocol).await? {
         Ok(stream) => stream,
-        // An older provider: one request per stream.
-        Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
+        // An older provider: one request per stream, from now on.
+        Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) if !link.one_shot => {
             link.one_shot = true;
             open_stream(&mut control, peer, PROTOCOL_ONE_SHOT)
                 .await?

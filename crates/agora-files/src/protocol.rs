@@ -207,8 +207,7 @@ pub async fn serve_persistent(
         wait = IDLE_TIMEOUT;
         let Ok(_slot) = slots.try_acquire() else {
             refusals.refuse(budget);
-            let busy = Response::Busy(format!("{budget}: too many requests at once; retry later"));
-            write_frame(&mut stream, &busy).await?;
+            write_frame(&mut stream, &busy(budget)).await?;
             continue;
         };
         serve_request(served, peer, &mut stream, request).await?;
@@ -378,12 +377,16 @@ async fn send_ranges(
     encoded
 }
 
+/// The answer to a request or stream that `budget` refused.
+fn busy(budget: &'static str) -> Response {
+    Response::Busy(format!("{budget}: too many requests at once; retry later"))
+}
+
 /// Answers a stream that an admission budget refused with [`Response::Busy`], bounded in
 /// time (the request itself is not read).
 pub async fn refuse_stream(mut stream: libp2p::Stream, budget: &'static str) {
-    let busy = Response::Busy(format!("{budget}: too many requests at once; retry later"));
     let _ = tokio::time::timeout(WRITE_STALL, async {
-        write_frame(&mut stream, &busy).await?;
+        write_frame(&mut stream, &busy(budget)).await?;
         stream.close().await
     })
     .await;
