@@ -64,10 +64,9 @@ struct Source {
 
 pub(super) struct WorkState {
     sources: HashMap<PeerId, Source>,
-    /// Slots taken (fetching inputs or running).
-    running: usize,
-    /// The units those slots hold: a unit issued again while this node still works on it (its
-    /// submitter gave up on the first issue) is not run a second time beside it.
+    /// The units taking slots (fetching inputs or running): a unit issued again while this
+    /// node still works on it (its submitter gave up on the first issue) is not run a second
+    /// time beside it.
     in_progress: std::collections::HashSet<(Digest, u32)>,
     /// Units in the sandbox now.
     executing: usize,
@@ -107,7 +106,6 @@ impl WorkState {
             .collect();
         Ok(Self {
             sources: HashMap::new(),
-            running: 0,
             in_progress: Default::default(),
             executing: 0,
             fuel_per_sec: 0.0,
@@ -394,7 +392,7 @@ impl Grid {
             enabled: self.config.enabled,
             cpus: self.config.cpus,
             memory: self.config.memory,
-            running: w.running,
+            running: w.in_progress.len(),
             executing: w.executing,
             fuel_per_sec: w.fuel_per_sec as u64,
             units_run: w.units_run,
@@ -490,7 +488,7 @@ impl Grid {
                 let pick = {
                     let w = self.work.lock().unwrap();
                     // Twice the threads: inputs of the next units arrive while these run.
-                    let free = (2 * self.config.cpus).saturating_sub(w.running);
+                    let free = (2 * self.config.cpus).saturating_sub(w.in_progress.len());
                     if free == 0 {
                         None
                     } else {
@@ -543,7 +541,6 @@ impl Grid {
                                 continue;
                             }
                             tracing::debug!(%source, job = %hex::encode(a.job), unit = a.unit, "grid unit taken");
-                            w.running += 1;
                             w.in_progress.insert((a.job, a.unit));
                             took += 1;
                             tokio::spawn(self.clone().execute(source, a));
@@ -628,11 +625,11 @@ impl Grid {
         if let Err(e) = result {
             tracing::warn!(%submitter, job = %hex::encode(a.job), unit = a.unit, "grid unit not done: {e}");
         }
-        {
-            let mut w = self.work.lock().unwrap();
-            w.running -= 1;
-            w.in_progress.remove(&(a.job, a.unit));
-        }
+        self.work
+            .lock()
+            .unwrap()
+            .in_progress
+            .remove(&(a.job, a.unit));
         self.wake.notify_one();
     }
 
