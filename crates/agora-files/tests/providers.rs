@@ -772,6 +772,30 @@ async fn read_response(
     }
 }
 
+/// A node sharing a file of `mib` MiB: its bytes, hash, handle and address to bootstrap from.
+struct Seeded {
+    data: Vec<u8>,
+    hash: blake3::Hash,
+    net: Handle,
+    bootstrap: Multiaddr,
+    _files: Arc<Files>,
+}
+
+async fn seeded(dir: &std::path::Path, mib: u32) -> Seeded {
+    let (data, hash, src) = source_file(dir, mib);
+    let (net, addr) = node(vec![]).await;
+    let files = files(&net, &dir.join("seed"));
+    done(&files, files.share(src, false, false).id).await;
+    let bootstrap = addr.with_p2p(net.local_peer_id()).unwrap();
+    Seeded {
+        data,
+        hash,
+        net,
+        bootstrap,
+        _files: files,
+    }
+}
+
 /// A node answers several requests on one stream, in turn, and one request on a stream of the
 /// older protocol, which it then closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -779,12 +803,15 @@ async fn a_node_answers_request_after_request_on_one_stream() {
     use bao_tree::{ChunkNum, ChunkRanges};
     use futures::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let (data, hash, src) = source_file(dir.path(), 2);
-    let (seed_net, seed_addr) = node(vec![]).await;
-    let seed = files(&seed_net, &dir.path().join("seed"));
-    done(&seed, seed.share(src, false, false).id).await;
-    let (client, _) = node(vec![seed_addr.with_p2p(seed_net.local_peer_id()).unwrap()]).await;
-    let peer = seed_net.local_peer_id();
+    let Seeded {
+        data,
+        hash,
+        net: seed,
+        bootstrap,
+        ..
+    } = seeded(dir.path(), 2).await;
+    let (client, _) = node(vec![bootstrap]).await;
+    let peer = seed.local_peer_id();
     let mut control = client.stream_control();
     let mut stream = control.open_stream(peer, PROTOCOL).await.unwrap();
     // The second MiB, then the first 64 KiB, then the last group: one stream.
@@ -819,12 +846,14 @@ async fn idle_streams_hold_only_their_peers_slots() {
     use bao_tree::{ChunkNum, ChunkRanges};
     use futures::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let (data, hash, src) = source_file(dir.path(), 1);
-    let (seed_net, seed_addr) = node(vec![]).await;
-    let seed = files(&seed_net, &dir.path().join("seed"));
-    done(&seed, seed.share(src, false, false).id).await;
-    let bootstrap = seed_addr.with_p2p(seed_net.local_peer_id()).unwrap();
-    let peer = seed_net.local_peer_id();
+    let Seeded {
+        data,
+        hash,
+        net: seed,
+        bootstrap,
+        ..
+    } = seeded(dir.path(), 1).await;
+    let peer = seed.local_peer_id();
 
     let (hostile, _) = node(vec![bootstrap.clone()]).await;
     let mut control = hostile.stream_control();
