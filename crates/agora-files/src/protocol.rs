@@ -335,9 +335,9 @@ async fn send_ranges(
     write_frame(stream, &Response::Size(blob.size)).await?;
     // bao-tree's fast encoder is synchronous: it runs on a blocking thread and hands the
     // encoding over in 1 MiB chunks, which this task writes to the stream. (Writing through a
-    // sync bridge instead cost a thread hand-off for every yamux frame.) Validated
-    // encoding re-hashes each group it sends, so data that rotted on disk is never sent as if
-    // it were good.
+    // sync bridge instead cost a thread hand-off for every yamux frame.) Data this node has
+    // not verified within the last hour is encoded validated: each group is hashed again as it
+    // is sent, so bytes that rotted on disk are never sent as if they were good.
     let (chunks, mut received) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     // Written chunks go back to the encoder to be filled again: three 1 MiB buffers per
     // response at most, not one allocation per MiB sent.
@@ -349,8 +349,13 @@ async fn send_ranges(
             spare,
             buf: Vec::with_capacity(SEND_CHUNK),
         };
-        bao_tree::io::sync::encode_ranges_validated(&blob.data, &blob.outboard, &ranges, &mut out)
-            .map_err(io::Error::from)?;
+        let (data, outboard) = (&blob.data, &blob.outboard);
+        if blob.recheck {
+            bao_tree::io::sync::encode_ranges_validated(data, outboard, &ranges, &mut out)
+        } else {
+            bao_tree::io::sync::encode_ranges(data, outboard, &ranges, &mut out)
+        }
+        .map_err(io::Error::from)?;
         io::Write::flush(&mut out)
     });
     let mut sent = Ok(());

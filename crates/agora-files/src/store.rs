@@ -128,7 +128,18 @@ pub struct OpenBlob {
     pub data: File,
     pub outboard: PreOrderOutboard<File>,
     pub size: u64,
+    /// The data was hashed by this node long enough ago ([`RECHECK_AFTER_SECS`]) that it
+    /// is hashed again as it is sent, so bytes that rotted on disk are not passed on.
+    pub recheck: bool,
 }
+
+/// How long after a node verified a blob's data (hashed it to share it, or verified it as it
+/// arrived) it sends that data without hashing it again. Every receiver verifies what it gets
+/// anyway; the re-hash only keeps a node from passing on its own rotted bytes, which is
+/// vanishingly rare within an hour of hashing, while a fresh blob's first hour is when most of
+/// its uploads happen (a swarm right after a share), each upload otherwise paying a second
+/// BLAKE3 pass.
+pub const RECHECK_AFTER_SECS: u64 = 3600;
 
 #[derive(Clone)]
 pub struct Store {
@@ -562,6 +573,7 @@ impl Store {
                 data: ob_file,
             },
             size: meta.size,
+            recheck: now_secs().saturating_sub(meta.added) >= RECHECK_AFTER_SECS,
         })
     }
 

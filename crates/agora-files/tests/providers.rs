@@ -893,3 +893,106 @@ async fn idle_streams_hold_only_their_peers_slots() {
     assert_eq!(std::fs::read(&out).unwrap(), data, "byte-identical");
     drop(idle);
 }
+
+/// Requests the whole of `hash` on a new stream and decodes what comes back: the verified
+/// bytes, and the error that ended the response early, if one did.
+async fn fetch_raw(
+    client: &Handle,
+    peer: libp2p::PeerId,
+    hash: blake3::Hash,
+) -> (Vec<u8>, Option<bao_tree::io::DecodeError>) {
+    use bao_tree::{
+        ChunkRanges,
+        io::{
+            BaoContentItem,
+            fsm::{ResponseDecoder, ResponseDecoderNext},
+        },
+    };
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+    let mut stream = client
+        .stream_control()
+        .open_stream(peer, PROTOCOL)
+        .await
+        .unwrap();
+    write_frame(&mut stream, &Request::new(&hash, &ChunkRanges::all()))
+        .await
+        .unwrap();
+    let frame = read_limited_frame(&mut stream, 8 * 1024).await.unwrap();
+    let Response::Size(size) = agora_files::wire::decode(&frame).unwrap() else {
+        panic!("not a size");
+    };
+    let tree = bao_tree::BaoTree::new(size, BLOCK_SIZE);
+    let reader = iroh_io::TokioStreamReader::new(stream.compat());
+    let mut decoder = ResponseDecoder::new(hash, ChunkRanges::all(), tree, reader);
+    let mut bytes = Vec::new();
+    loop {
+        match decoder.next().await {
+            ResponseDecoderNext::More((next, Ok(item))) => {
+                decoder = next;
+                if let BaoContentItem::Leaf(leaf) = item {
+                    bytes.extend_from_slice(&leaf.data);
+                }
+            }
+            ResponseDecoderNext::More((_, Err(e))) => return (bytes, Some(e)),
+            ResponseDecoderNext::Done(_) => return (bytes, None),
+        }
+    }
+}
+
+/// A byte of a shared file rots on disk (its size and modification time unchanged). While the
+/// node hashed the file recently it sends without hashing again, and the receiver's check
+/// catches the rotted group; once the blob is older than the recheck window the node hashes
+/// what it sends and stops before the rotted group, so not one rotted byte leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotted_bytes_of_an_old_blob_are_not_sent() {
+    use agora_files::store::{RECHECK_AFTER_SECS, Store};
+    use bao_tree::io::DecodeError;
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, hash, src) = source_file(dir.path(), 2);
+    let (net, addr) = node(vec![]).await;
+    let seed_dir = dir.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let db = Arc::new(agora_store::Db::open(&seed_dir.join("db")).unwrap());
+    let config = agora_files::service::Config {
+        replicas: 0,
+        ..Default::default()
+    };
+    let files = Files::start(net.clone(), &seed_dir, db.clone(), config).unwrap();
+    done(&files, files.share(src.clone(), false, false).id).await;
+
+    let rot_at = 1536 * 1024 + 77;
+    let file = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    let mtime = file.metadata().unwrap().modified().unwrap();
+    file.write_all_at(&[data[rot_at] ^ 0x5a], rot_at as u64)
+        .unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
+
+    let (client, _) = node(vec![addr.with_p2p(net.local_peer_id()).unwrap()]).await;
+    let peer = net.local_peer_id();
+    let (bytes, error) = fetch_raw(&client, peer, hash).await;
+    assert!(
+        matches!(error, Some(DecodeError::LeafHashMismatch(_))),
+        "fresh blob: sent as stored, caught by the receiver: {error:?}"
+    );
+    assert_eq!(bytes, data[..bytes.len()]);
+    assert!(bytes.len() <= rot_at);
+
+    let store = Store::open(&seed_dir, db).unwrap();
+    let mut meta = store.get(&hash).unwrap().unwrap();
+    meta.added -= 2 * RECHECK_AFTER_SECS;
+    store.put(&hash, &meta).unwrap();
+    let (bytes, error) = fetch_raw(&client, peer, hash).await;
+    assert!(
+        matches!(
+            error,
+            Some(
+                DecodeError::LeafNotFound(_) | DecodeError::ParentNotFound(_) | DecodeError::Io(_)
+            )
+        ),
+        "old blob: the response ends before the rotted group, nothing fails to verify: {error:?}"
+    );
+    assert_eq!(bytes, data[..bytes.len()], "no rotted byte left the node");
+    assert!(bytes.len() <= rot_at);
+}
