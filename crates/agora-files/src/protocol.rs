@@ -403,13 +403,13 @@ fn encode(
     let (data, outboard) = (&blob.data, &blob.outboard);
     let tree = outboard.tree;
     let ranges = truncate_ranges(ranges, tree.size());
-    if blob.recheck || !whole_groups(&tree, ranges) {
-        return if blob.recheck {
-            bao_tree::io::sync::encode_ranges_validated(data, outboard, ranges, out)
-        } else {
-            bao_tree::io::sync::encode_ranges(data, outboard, ranges, out)
-        }
-        .map_err(io::Error::from);
+    if blob.recheck {
+        return bao_tree::io::sync::encode_ranges_validated(data, outboard, ranges, out)
+            .map_err(io::Error::from);
+    }
+    if !whole_groups(&tree, ranges) {
+        return bao_tree::io::sync::encode_ranges(data, outboard, ranges, out)
+            .map_err(io::Error::from);
     }
     // The hash pairs are read from the outboard 64 KiB at a time: a range's pairs lie close
     // together in pre-order, and a read per pair was a system call per 16 KiB sent.

@@ -40,12 +40,17 @@ async fn node(bootstrap: Vec<Multiaddr>) -> (Handle, Multiaddr) {
 }
 
 fn files(net: &Handle, dir: &std::path::Path) -> Arc<Files> {
+    files_and_db(net, dir).0
+}
+
+/// [`files`] and the database it keeps its store in.
+fn files_and_db(net: &Handle, dir: &std::path::Path) -> (Arc<Files>, Arc<agora_store::Db>) {
     // No replication here: the downloader must fetch from the providers under test.
     let config = agora_files::service::Config {
         replicas: 0,
         ..Default::default()
     };
-    files_with(net, dir, config)
+    start_files(net, dir, config)
 }
 
 fn files_with(
@@ -53,9 +58,20 @@ fn files_with(
     dir: &std::path::Path,
     config: agora_files::service::Config,
 ) -> Arc<Files> {
+    start_files(net, dir, config).0
+}
+
+fn start_files(
+    net: &Handle,
+    dir: &std::path::Path,
+    config: agora_files::service::Config,
+) -> (Arc<Files>, Arc<agora_store::Db>) {
     std::fs::create_dir_all(dir).unwrap();
     let db = Arc::new(agora_store::Db::open(&dir.join("db")).unwrap());
-    Files::start(net.clone(), dir, db, config).unwrap()
+    (
+        Files::start(net.clone(), dir, db.clone(), config).unwrap(),
+        db,
+    )
 }
 
 /// Writes `mib` MiB of patterned bytes to `source.bin` in `dir`: the bytes, their hash, the path.
@@ -740,10 +756,22 @@ async fn a_provider_of_one_request_per_stream_still_serves() {
 
 /// Reads one response to its end from `stream` and returns the stream and the data it carried.
 async fn read_response(
-    mut stream: libp2p::Stream,
+    stream: libp2p::Stream,
     hash: blake3::Hash,
     ranges: bao_tree::ChunkRanges,
 ) -> (libp2p::Stream, Vec<u8>) {
+    let (end, bytes) = decode_response(stream, hash, ranges).await;
+    (end.unwrap(), bytes)
+}
+
+/// Reads a response from `stream`: its size frame, then the verified data of `ranges`. Returns
+/// the stream once the response is read to its end, or the error that ended it early, and the
+/// bytes verified before that.
+async fn decode_response(
+    mut stream: libp2p::Stream,
+    hash: blake3::Hash,
+    ranges: bao_tree::ChunkRanges,
+) -> (Result<libp2p::Stream, bao_tree::io::DecodeError>, Vec<u8>) {
     use bao_tree::io::{
         BaoContentItem,
         fsm::{ResponseDecoder, ResponseDecoderNext},
@@ -759,14 +787,15 @@ async fn read_response(
     let mut bytes = Vec::new();
     loop {
         match decoder.next().await {
-            ResponseDecoderNext::More((next, item)) => {
+            ResponseDecoderNext::More((next, Ok(item))) => {
                 decoder = next;
-                if let BaoContentItem::Leaf(leaf) = item.unwrap() {
+                if let BaoContentItem::Leaf(leaf) = item {
                     bytes.extend_from_slice(&leaf.data);
                 }
             }
+            ResponseDecoderNext::More((_, Err(e))) => return (Err(e), bytes),
             ResponseDecoderNext::Done(reader) => {
-                return (reader.into_inner().into_inner(), bytes);
+                return (Ok(reader.into_inner().into_inner()), bytes);
             }
         }
     }
@@ -901,14 +930,7 @@ async fn fetch_raw(
     peer: libp2p::PeerId,
     hash: blake3::Hash,
 ) -> (Vec<u8>, Option<bao_tree::io::DecodeError>) {
-    use bao_tree::{
-        ChunkRanges,
-        io::{
-            BaoContentItem,
-            fsm::{ResponseDecoder, ResponseDecoderNext},
-        },
-    };
-    use tokio_util::compat::FuturesAsyncReadCompatExt;
+    use bao_tree::ChunkRanges;
     let mut stream = client
         .stream_control()
         .open_stream(peer, PROTOCOL)
@@ -917,26 +939,8 @@ async fn fetch_raw(
     write_frame(&mut stream, &Request::new(&hash, &ChunkRanges::all()))
         .await
         .unwrap();
-    let frame = read_limited_frame(&mut stream, 8 * 1024).await.unwrap();
-    let Response::Size(size) = agora_files::wire::decode(&frame).unwrap() else {
-        panic!("not a size");
-    };
-    let tree = bao_tree::BaoTree::new(size, BLOCK_SIZE);
-    let reader = iroh_io::TokioStreamReader::new(stream.compat());
-    let mut decoder = ResponseDecoder::new(hash, ChunkRanges::all(), tree, reader);
-    let mut bytes = Vec::new();
-    loop {
-        match decoder.next().await {
-            ResponseDecoderNext::More((next, Ok(item))) => {
-                decoder = next;
-                if let BaoContentItem::Leaf(leaf) = item {
-                    bytes.extend_from_slice(&leaf.data);
-                }
-            }
-            ResponseDecoderNext::More((_, Err(e))) => return (bytes, Some(e)),
-            ResponseDecoderNext::Done(_) => return (bytes, None),
-        }
-    }
+    let (end, bytes) = decode_response(stream, hash, ChunkRanges::all()).await;
+    (bytes, end.err())
 }
 
 /// A byte of a shared file rots on disk (its size and modification time unchanged). While the
@@ -952,13 +956,7 @@ async fn rotted_bytes_of_an_old_blob_are_not_sent() {
     let (data, hash, src) = source_file(dir.path(), 2);
     let (net, addr) = node(vec![]).await;
     let seed_dir = dir.path().join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    let db = Arc::new(agora_store::Db::open(&seed_dir.join("db")).unwrap());
-    let config = agora_files::service::Config {
-        replicas: 0,
-        ..Default::default()
-    };
-    let files = Files::start(net.clone(), &seed_dir, db.clone(), config).unwrap();
+    let (files, db) = files_and_db(&net, &seed_dir);
     done(&files, files.share(src.clone(), false, false).id).await;
 
     let rot_at = 1536 * 1024 + 77;
