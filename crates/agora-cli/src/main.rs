@@ -252,6 +252,14 @@ pub fn default_data_dir() -> PathBuf {
         .join(".agora")
 }
 
+/// mimalloc instead of glibc's allocator: a transfer allocates and frees a 64 KiB muxer frame and
+/// a 16 KiB leaf every few microseconds, from several threads. glibc's arenas page-faulted on
+/// these (3.8 % of a downloader's profile); with mimalloc a 1 GiB get took 15 % less CPU in the
+/// downloader and ran 10-13 % faster (README, "Experiments"). The price: idle RSS ~50 MB instead
+/// of ~32 MB (mimalloc keeps freed pages mapped for reuse).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Up(_) | Command::Devnet(_)) {

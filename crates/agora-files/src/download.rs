@@ -876,11 +876,7 @@ impl Link {
 
     /// Keeps the stream a response was read from to its end.
     fn keep_read(&mut self, reader: ResponseReader) {
-        let buffered = reader.into_inner();
-        // Nothing may follow a response before the next request.
-        if buffered.buffer().is_empty() {
-            self.keep(buffered.into_inner().into_inner().into_inner());
-        }
+        self.keep(reader.into_inner().into_inner().into_inner());
     }
 }
 
@@ -942,11 +938,11 @@ async fn fetch_size(net: &Handle, hash: Hash, peer: PeerId) -> Result<u64, SizeE
     }
 }
 
-/// A provider's response stream, buffered (the decoder reads 64-byte parent pairs and 16 KiB
-/// leaves) and failing when it stalls.
-type ResponseReader = iroh_io::TokioStreamReader<
-    tokio::io::BufReader<Stalling<tokio_util::compat::Compat<libp2p::Stream>>>,
->;
+/// A provider's response stream, its leaves read into page-aligned memory
+/// ([`crate::aligned`]), failing when it stalls. It is not buffered: a buffer would cost a copy
+/// of every leaf, and the 64-byte parent pairs come one per 16 KiB leaf.
+type ResponseReader =
+    crate::aligned::LeafReader<Stalling<tokio_util::compat::Compat<libp2p::Stream>>>;
 
 /// Decodes and verifies a response stream as it arrives.
 fn response_decoder(
@@ -955,8 +951,8 @@ fn response_decoder(
     tree: BaoTree,
     stream: libp2p::Stream,
 ) -> ResponseDecoder<ResponseReader> {
-    let reader = tokio::io::BufReader::with_capacity(256 * 1024, Stalling::new(stream.compat()));
-    ResponseDecoder::new(hash, ranges, tree, iroh_io::TokioStreamReader::new(reader))
+    let reader = crate::aligned::LeafReader::new(Stalling::new(stream.compat()));
+    ResponseDecoder::new(hash, ranges, tree, reader)
 }
 
 /// What a download knows of a provider's pieces, shared by the provider's workers.
@@ -1209,14 +1205,13 @@ fn open_direct(path: &Path) -> Option<File> {
         .map(File::from)
 }
 
-/// Alignment of `O_DIRECT` offsets, lengths and buffers: a page, which covers every logical
-/// block size in use.
-const DIRECT_ALIGN: usize = 4096;
+use crate::aligned::DIRECT_ALIGN;
 
 /// Writes a run of verified leaves (`len` bytes, at most [`COALESCE`]) at `offset` of the
 /// partial file.
 ///
-/// Whole blocks go with `O_DIRECT` (copied once into an aligned buffer): from the network to
+/// Whole blocks go with `O_DIRECT` (as they are when they were read into page-aligned memory,
+/// see [`crate::aligned`]; otherwise copied once into an aligned buffer): from the network to
 /// the disk without the page cache, whose fresh pages cost the downloader more CPU than
 /// decrypting and verifying together (on a VM each new page-cache page can also fault in the
 /// host), and which a 1 GiB download would otherwise flush the user's cache with. The tail of
@@ -1237,6 +1232,23 @@ fn write_run(
     };
     if whole == 0 || !offset.is_multiple_of(DIRECT_ALIGN as u64) || len > COALESCE {
         return write_vectored_at(data, run, offset);
+    }
+    // Leaves read into page-aligned leaf buffers go to the disk as they are; a short last leaf (the
+    // blob's end) through the cache.
+    let short_tail = run
+        .last()
+        .is_some_and(|b| !b.len().is_multiple_of(DIRECT_ALIGN));
+    let (pages, tail) = run.split_at(run.len() - usize::from(short_tail));
+    if crate::aligned::pages(pages) {
+        match write_vectored_at(direct, pages, offset) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                return write_vectored_at(data, run, offset);
+            }
+            Err(e) => return Err(e),
+        }
+        let written: usize = pages.iter().map(|b| b.len()).sum();
+        return write_vectored_at(data, tail, offset + written as u64);
     }
     ALIGNED.with_borrow_mut(|buf| {
         // Allocated once per thread, with room to start at an aligned address.
@@ -1409,24 +1421,34 @@ mod tests {
         assert_eq!(&written[100..], &expected[..]);
     }
 
+    /// Leaves copied anywhere in memory (written through the aligned buffer) and leaves read
+    /// into page-aligned arenas (written as they are), with and without `O_DIRECT`.
     #[test]
     fn runs_are_written_whole_blocks_direct_and_the_tail_buffered() {
+        use iroh_io::AsyncStreamReader;
         let dir = tempfile::tempdir().unwrap();
         let size = 2 * COALESCE + 16 * 1024 + 1000;
         let content: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
-        let leaves = |start: usize, end: usize| -> Vec<bytes::Bytes> {
-            (start..end)
+        let leaves = |start: usize, end: usize, arena: bool| -> Vec<bytes::Bytes> {
+            let mut reader = crate::aligned::LeafReader::new(&content[start..end]);
+            let leaves: Vec<bytes::Bytes> = (start..end)
                 .step_by(16 * 1024)
-                .map(|o| bytes::Bytes::copy_from_slice(&content[o..(o + 16 * 1024).min(end)]))
-                .collect()
+                .map(|o| match arena {
+                    true => futures::executor::block_on(reader.read_bytes(16 * 1024)).unwrap(),
+                    false => bytes::Bytes::copy_from_slice(&content[o..(o + 16 * 1024).min(end)]),
+                })
+                .collect();
+            let whole = &leaves[..(end - start) / (16 * 1024)];
+            assert_eq!(crate::aligned::pages(whole), arena);
+            leaves
         };
         let runs = [
             (COALESCE, 2 * COALESCE),
             (2 * COALESCE, size),
             (0, COALESCE),
         ];
-        for use_direct in [true, false] {
-            let path = dir.path().join(format!("part-{use_direct}"));
+        for (use_direct, arena) in [(true, false), (true, true), (false, true)] {
+            let path = dir.path().join(format!("part-{use_direct}-{arena}"));
             let data = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -1443,7 +1465,7 @@ mod tests {
                 write_run(
                     &data,
                     direct.as_ref(),
-                    &leaves(start, end),
+                    &leaves(start, end, arena),
                     end - start,
                     start as u64,
                 )
@@ -1451,7 +1473,7 @@ mod tests {
             }
             assert!(
                 std::fs::read(&path).unwrap() == content,
-                "direct: {use_direct}"
+                "direct: {use_direct}, arena: {arena}"
             );
         }
     }

@@ -21,6 +21,7 @@
 //! listings ≤ 16 MiB and ≤ 100,000 entries, with every path checked so that it cannot escape the
 //! destination directory.
 
+pub mod aligned;
 pub mod collection;
 pub mod download;
 pub mod proto;
