@@ -12,6 +12,8 @@
 use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncWrite};
+
+use crate::read_ahead::ReadAhead;
 use libp2p::{PeerId, identity::Keypair, tls::certificate};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme,
@@ -32,8 +34,8 @@ use rustls::{
 /// ALPN protocol id the libp2p TLS spec requires.
 const ALPN: &[u8] = b"libp2p";
 
-/// The TLS stream after the handshake.
-pub(crate) type TlsStream<C> = futures_rustls::TlsStream<C>;
+/// The TLS stream after the handshake, over a socket read ahead ([`ReadAhead`]).
+pub(crate) type TlsStream<C> = futures_rustls::TlsStream<ReadAhead<C>>;
 
 /// Why a TLS handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +109,7 @@ impl Config {
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let stream = futures_rustls::TlsAcceptor::from(self.server)
-            .accept(socket)
+            .accept(ReadAhead::new(socket))
             .await
             .map_err(TlsError::Handshake)?;
         let peer = peer_of(stream.get_ref().1.peer_certificates())?;
@@ -122,7 +124,7 @@ impl Config {
         // The spec: no server name indication (an unspecified address sends none).
         let name = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
         let stream = futures_rustls::TlsConnector::from(self.client)
-            .connect(name, socket)
+            .connect(name, ReadAhead::new(socket))
             .await
             .map_err(TlsError::Handshake)?;
         let peer = peer_of(stream.get_ref().1.peer_certificates())?;
