@@ -298,6 +298,19 @@ pub fn run(
             f(&fl["get_vs_ceiling"])
         ),
     );
+    row(
+        "agora get on a node already fetching the blob as a replica",
+        if fl["replica_get"].as_u64().unwrap_or(0) > 0 {
+            format!("{} MiB/s", fl["replica_get"])
+        } else {
+            "not run".into()
+        },
+        format!(
+            "{:.2} × a plain get (one round, timed from the share's end; the get must not wait \
+             behind the replica fetch)",
+            f(&fl["replica_get_vs_get"])
+        ),
+    );
     let tr = &all["transport"];
     for (name, key) in [("TLS 1.3", "tls"), ("Noise", "noise")] {
         let t = &tr[key];
