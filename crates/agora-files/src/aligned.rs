@@ -9,8 +9,9 @@
 //! leaf lands in fresh memory that page-faults on first touch. Parent hash pairs (64 bytes)
 //! are read straight from the stream into arrays: there is no read buffer to copy leaves out of.
 
-use std::{io, sync::Mutex};
+use std::io;
 
+use agora_net::pool::BufferPool;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -21,13 +22,13 @@ pub const DIRECT_ALIGN: usize = 4096;
 /// The largest leaf: a chunk group.
 const LEAF: usize = 16 * 1024;
 
-/// Leaf buffers not in use, kept for the next leaves (at most [`POOLED`], 10 MiB).
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-const POOLED: usize = 512;
+/// Leaf buffers not in use, kept for the next leaves (at most 512, 10 MiB): room for a leaf
+/// at a page boundary.
+static POOL: BufferPool = BufferPool::new(LEAF + DIRECT_ALIGN, 512);
 
 /// A leaf's bytes at a page boundary of `mem`; `mem` goes back to the pool when dropped.
 struct LeafBuf {
-    mem: Vec<u8>,
+    mem: Box<[u8]>,
     start: usize,
     len: usize,
 }
@@ -35,8 +36,10 @@ struct LeafBuf {
 impl LeafBuf {
     /// A buffer with room for `len` bytes at a page boundary.
     fn take(len: usize) -> Self {
-        let pooled = (len <= LEAF).then(|| POOL.lock().unwrap().pop()).flatten();
-        let mem = pooled.unwrap_or_else(|| vec![0; len.max(LEAF) + DIRECT_ALIGN]);
+        let mem = match len <= LEAF {
+            true => POOL.take(),
+            false => vec![0; len + DIRECT_ALIGN].into_boxed_slice(),
+        };
         let start = mem.as_ptr().align_offset(DIRECT_ALIGN);
         LeafBuf { mem, start, len }
     }
@@ -54,13 +57,7 @@ impl AsRef<[u8]> for LeafBuf {
 
 impl Drop for LeafBuf {
     fn drop(&mut self) {
-        let mem = std::mem::take(&mut self.mem);
-        if mem.len() == LEAF + DIRECT_ALIGN {
-            let mut pool = POOL.lock().unwrap();
-            if pool.len() < POOLED {
-                pool.push(mem);
-            }
-        }
+        POOL.give(std::mem::take(&mut self.mem));
     }
 }
 

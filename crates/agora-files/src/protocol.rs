@@ -487,16 +487,14 @@ struct SendBuf {
     len: usize,
 }
 
-/// Send buffers not in use, kept for the next response (at most [`POOLED_BUFS`]): a response
-/// of a few MiB would otherwise make (and zero) most of its buffers afresh.
-static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
-const POOLED_BUFS: usize = 8;
+/// Send buffers not in use, kept for the next response (at most 8): a response of a few MiB
+/// would otherwise make (and zero) most of its buffers afresh.
+static POOL: agora_net::pool::BufferPool = agora_net::pool::BufferPool::new(SEND_CHUNK, 8);
 
 impl SendBuf {
     fn new() -> Self {
-        let pooled = POOL.lock().unwrap().pop();
         SendBuf {
-            bytes: pooled.unwrap_or_else(|| vec![0; SEND_CHUNK].into_boxed_slice()),
+            bytes: POOL.take(),
             len: 0,
         }
     }
@@ -508,11 +506,7 @@ impl SendBuf {
 
 impl Drop for SendBuf {
     fn drop(&mut self) {
-        let bytes = std::mem::take(&mut self.bytes);
-        let mut pool = POOL.lock().unwrap();
-        if pool.len() < POOLED_BUFS {
-            pool.push(bytes);
-        }
+        POOL.give(std::mem::take(&mut self.bytes));
     }
 }
 

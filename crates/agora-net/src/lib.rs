@@ -44,6 +44,7 @@ mod event;
 mod event_loop;
 mod handle;
 mod muxer;
+pub mod pool;
 mod read_ahead;
 mod rpc;
 mod security;

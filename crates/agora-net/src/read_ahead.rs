@@ -15,30 +15,18 @@
 use std::{
     io,
     pin::Pin,
-    sync::Mutex,
     task::{Context, Poll},
 };
 
 use futures::{AsyncRead, AsyncWrite};
 
+use crate::pool::BufferPool;
+
 /// Bytes read from the socket at most at once.
 pub(crate) const READ_AHEAD: usize = 256 * 1024;
 
-/// Buffers not in use (at most [`POOLED`], 4 MiB).
-static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
-const POOLED: usize = 16;
-
-fn take() -> Box<[u8]> {
-    let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    pooled.unwrap_or_else(|| vec![0; READ_AHEAD].into_boxed_slice())
-}
-
-fn give_back(buf: Box<[u8]>) {
-    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.len() < POOLED {
-        pool.push(buf);
-    }
-}
+/// Buffers not in use (at most 16 kept, 4 MiB).
+static POOL: BufferPool = BufferPool::new(READ_AHEAD, 16);
 
 /// A socket whose reads are served from up to [`READ_AHEAD`] bytes read at once; writes go
 /// straight through.
@@ -69,7 +57,7 @@ impl<C> ReadAhead<C> {
         if self.pos == self.len
             && let Some(buf) = self.buf.take()
         {
-            give_back(buf);
+            POOL.give(buf);
         }
         n
     }
@@ -91,14 +79,14 @@ impl<C: AsyncRead + Unpin> AsyncRead for ReadAhead<C> {
         if out.len() >= READ_AHEAD {
             return Pin::new(&mut this.inner).poll_read(cx, out);
         }
-        let mut buf = take();
+        let mut buf = POOL.take();
         match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(n)) if n > 0 => {
                 (this.buf, this.pos, this.len) = (Some(buf), 0, n);
                 Poll::Ready(Ok(this.serve(out)))
             }
             other => {
-                give_back(buf);
+                POOL.give(buf);
                 other
             }
         }
