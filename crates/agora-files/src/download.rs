@@ -48,6 +48,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::{
     BLOCK_SIZE, Hash,
+    aligned::DIRECT_ALIGN,
     proto::{meter::Meter, picker::Picker},
     protocol::{PROTOCOL, PROTOCOL_ONE_SHOT, Request, Response, read_limited_frame, write_frame},
 };
@@ -1236,8 +1237,6 @@ fn open_direct(path: &Path) -> Option<File> {
         .ok()
         .map(File::from)
 }
-
-use crate::aligned::DIRECT_ALIGN;
 
 /// Writes a run of verified leaves (`len` bytes, at most [`COALESCE`]) at `offset` of the
 /// partial file.

@@ -341,7 +341,7 @@ async fn send_ranges(
     let (chunks, mut received) = tokio::sync::mpsc::channel::<SendBuf>(2);
     let ranges = ranges.clone();
     let encoder = tokio::task::spawn_blocking(move || {
-        let mut out = ChunkSender::new(chunks);
+        let mut out = ChunkSender::new(chunks, &blob.data);
         encode(&blob, &ranges, &mut out)?;
         out.send()
     });
@@ -390,11 +390,12 @@ pub async fn refuse_stream(mut stream: libp2p::Stream, budget: &'static str) {
 /// file straight into the send buffer: bao-tree's encoder reads a group into a buffer of its
 /// own and writes it on, one more copy of every byte sent (5 % of a seeder's CPU in a get).
 /// Adjacent groups are read with one `preadv` per send buffer ([`ChunkSender::leaf`]), not a
-/// read per 16 KiB group. Anything else goes through bao-tree's encoder.
-fn encode<'a>(
-    blob: &'a crate::store::OpenBlob,
+/// read per 16 KiB group. Anything else goes through bao-tree's encoder. `out` reads the groups
+/// from `blob.data`.
+fn encode(
+    blob: &crate::store::OpenBlob,
     ranges: &ChunkRanges,
-    out: &mut ChunkSender<'a>,
+    out: &mut ChunkSender<'_>,
 ) -> io::Result<()> {
     use bao_tree::{io::sync::truncate_ranges, iter::BaoChunk};
     let (data, outboard) = (&blob.data, &blob.outboard);
@@ -425,7 +426,7 @@ fn encode<'a>(
             }
             BaoChunk::Leaf {
                 start_chunk, size, ..
-            } => out.leaf(data, start_chunk.to_bytes(), size)?,
+            } => out.leaf(start_chunk.to_bytes(), size)?,
         }
     }
     Ok(())
@@ -511,24 +512,26 @@ impl Drop for SendBuf {
 }
 
 /// Passes what is written on in buffers of [`SEND_CHUNK`] bytes (blocking while two are
-/// queued). Fails once the other side stopped listening.
+/// queued), and the leaves of `file` asked for with [`ChunkSender::leaf`]. Fails once the other
+/// side stopped listening.
 struct ChunkSender<'a> {
     chunks: tokio::sync::mpsc::Sender<SendBuf>,
     buf: SendBuf,
+    /// The blob's data.
+    file: &'a std::fs::File,
     /// Leaves of the current buffer still to be read: adjacent in `file` from `at`, at these
     /// places in the buffer (with their hash pairs between them).
     pending: Vec<std::ops::Range<usize>>,
-    file: Option<&'a std::fs::File>,
     at: u64,
 }
 
 impl<'a> ChunkSender<'a> {
-    fn new(chunks: tokio::sync::mpsc::Sender<SendBuf>) -> Self {
+    fn new(chunks: tokio::sync::mpsc::Sender<SendBuf>, file: &'a std::fs::File) -> Self {
         ChunkSender {
             chunks,
             buf: SendBuf::new(),
+            file,
             pending: Vec::new(),
-            file: None,
             at: 0,
         }
     }
@@ -562,18 +565,16 @@ impl<'a> ChunkSender<'a> {
         Ok(&mut self.buf.bytes[start..start + n])
     }
 
-    /// The next `size` bytes of the stream are `file`'s from `offset`: read with the leaves
+    /// The next `size` bytes of the stream are the file's from `offset`: read with the leaves
     /// adjacent to it, before the buffer is sent.
-    fn leaf(&mut self, file: &'a std::fs::File, offset: u64, size: usize) -> io::Result<()> {
+    fn leaf(&mut self, offset: u64, size: usize) -> io::Result<()> {
         let pending: usize = self.pending.iter().map(|r| r.len()).sum();
-        let adjacent =
-            self.file.is_some_and(|f| std::ptr::eq(f, file)) && offset == self.at + pending as u64;
-        if !adjacent {
+        if offset != self.at + pending as u64 {
             self.read_pending()?;
         }
         let start = self.reserve(size)?;
         if self.pending.is_empty() {
-            (self.file, self.at) = (Some(file), offset);
+            self.at = offset;
         }
         self.pending.push(start..start + size);
         Ok(())
@@ -582,9 +583,9 @@ impl<'a> ChunkSender<'a> {
     /// Reads the pending leaves into their places, with one `preadv` (more if it comes back
     /// short).
     fn read_pending(&mut self) -> io::Result<()> {
-        let (Some(file), false) = (self.file, self.pending.is_empty()) else {
+        if self.pending.is_empty() {
             return Ok(());
-        };
+        }
         let mut slices = Vec::with_capacity(self.pending.len());
         let mut rest: &mut [u8] = &mut self.buf.bytes;
         let mut passed = 0;
@@ -598,7 +599,7 @@ impl<'a> ChunkSender<'a> {
         let mut slices = &mut slices[..];
         let mut done = 0;
         while done < total {
-            match rustix::io::preadv(file, slices, self.at + done as u64) {
+            match rustix::io::preadv(self.file, slices, self.at + done as u64) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -680,7 +681,7 @@ mod tests {
             recheck,
         };
         let (chunks, mut received) = tokio::sync::mpsc::channel(1024);
-        let mut out = ChunkSender::new(chunks);
+        let mut out = ChunkSender::new(chunks, &blob.data);
         encode(&blob, ranges, &mut out)?;
         out.send()?;
         let mut joined = Vec::new();

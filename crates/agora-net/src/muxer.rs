@@ -143,16 +143,22 @@ impl<C: AsyncWrite + Unpin> Coalesced<C> {
     /// Writes out what is held.
     fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.held_len > 0 {
-            let n = match Pin::new(&mut self.inner).poll_write(cx, &self.held[..self.held_len]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            self.held.copy_within(n..self.held_len, 0);
-            self.held_len -= n;
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[..self.held_len]))?;
+            self.written_held(n)?;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Drops the first `n` held bytes, which the inner writer took; returns how many of its
+    /// `n` were not held ones.
+    fn written_held(&mut self, n: usize) -> io::Result<usize> {
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let of_held = n.min(self.held_len);
+        self.held.copy_within(of_held..self.held_len, 0);
+        self.held_len -= of_held;
+        Ok(n - of_held)
     }
 }
 
@@ -186,21 +192,10 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Coalesced<C> {
                 io::IoSlice::new(&this.held[..this.held_len]),
                 io::IoSlice::new(buf),
             ];
-            let n = match Pin::new(&mut this.inner).poll_write_vectored(cx, &both) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            if n >= this.held_len {
-                let of_buf = n - this.held_len;
-                this.held_len = 0;
-                if of_buf > 0 {
-                    return Poll::Ready(Ok(of_buf));
-                }
-            } else {
-                this.held.copy_within(n..this.held_len, 0);
-                this.held_len -= n;
+            let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &both))?;
+            let of_buf = this.written_held(n)?;
+            if of_buf > 0 {
+                return Poll::Ready(Ok(of_buf));
             }
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)

@@ -12,8 +12,6 @@
 use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncWrite};
-
-use crate::read_ahead::ReadAhead;
 use libp2p::{PeerId, identity::Keypair, tls::certificate};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme,
@@ -30,6 +28,8 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, UnixTime},
     server::danger::{ClientCertVerified, ClientCertVerifier},
 };
+
+use crate::read_ahead::ReadAhead;
 
 /// ALPN protocol id the libp2p TLS spec requires.
 const ALPN: &[u8] = b"libp2p";

@@ -298,13 +298,14 @@ pub fn run(
             f(&fl["get_vs_ceiling"])
         ),
     );
+    // A rate, or "not run" where the script left it out (0).
+    let mib_s = |v: &Value| match v.as_u64().unwrap_or(0) {
+        0 => "not run".to_string(),
+        x => format!("{x} MiB/s"),
+    };
     row(
         "agora get on a node already fetching the blob as a replica",
-        if fl["replica_get"].as_u64().unwrap_or(0) > 0 {
-            format!("{} MiB/s", fl["replica_get"])
-        } else {
-            "not run".into()
-        },
+        mib_s(&fl["replica_get"]),
         format!(
             "{:.2} × a plain get (one round, timed from the share's end; the get must not wait \
              behind the replica fetch)",
@@ -333,11 +334,7 @@ pub fn run(
     );
     row(
         "iroh sendme, same file",
-        if fl["sendme"].as_u64().unwrap_or(0) > 0 {
-            format!("{} MiB/s", fl["sendme"])
-        } else {
-            "not run".into()
-        },
+        mib_s(&fl["sendme"]),
         match fl["vs_sendme"].as_f64() {
             Some(x) => format!("agora = {x:.2} × sendme (target ≥ 1.5)"),
             None => "no sendme binary (SENDME=path) or not root".into(),
