@@ -66,9 +66,10 @@ mod tests {
         let again = [pool.take(), pool.take()];
         assert!(again.iter().all(|b| kept.contains(&b.as_ptr())));
         assert!(again.iter().any(|b| b[0] == 7), "not cleared");
+        assert!(pool.free.lock().unwrap().is_empty(), "both taken again");
         assert!(
-            !kept.contains(&pool.take().as_ptr()),
-            "a new one once the pool is empty"
+            pool.take().iter().all(|&x| x == 0),
+            "then a new, zeroed one"
         );
     }
 }
